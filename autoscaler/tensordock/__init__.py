@@ -1,0 +1,61 @@
+"""The TensorDock provider: the client, its models and errors, and a faithful fake server."""
+
+from .client import DEFAULT_BASE_URL, ApiObserver, TensorDockClient
+from .errors import (
+    AuthenticationError,
+    BadRequestError,
+    CapacityUnavailableError,
+    ConnectionFailedError,
+    MalformedResponseError,
+    NotFoundError,
+    RateLimitedError,
+    RequestTimeoutError,
+    ServerError,
+    TensorDockError,
+    TransportError,
+)
+from .models import (
+    CreateInstanceRequest,
+    GpuAllocation,
+    Hostnode,
+    HostnodeGpu,
+    Instance,
+    InstanceStatus,
+    Location,
+    LocationGpuOffer,
+    ModifyInstanceRequest,
+    PortForward,
+    Pricing,
+    WireFormat,
+)
+from .ratelimit import TokenBucket
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "ApiObserver",
+    "AuthenticationError",
+    "BadRequestError",
+    "CapacityUnavailableError",
+    "ConnectionFailedError",
+    "CreateInstanceRequest",
+    "GpuAllocation",
+    "Hostnode",
+    "HostnodeGpu",
+    "Instance",
+    "InstanceStatus",
+    "Location",
+    "LocationGpuOffer",
+    "MalformedResponseError",
+    "ModifyInstanceRequest",
+    "NotFoundError",
+    "PortForward",
+    "Pricing",
+    "RateLimitedError",
+    "RequestTimeoutError",
+    "ServerError",
+    "TensorDockClient",
+    "TensorDockError",
+    "TokenBucket",
+    "TransportError",
+    "WireFormat",
+]

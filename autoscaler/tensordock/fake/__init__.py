@@ -1,0 +1,25 @@
+"""A faithful fake of the TensorDock API: real HTTP, both dialects, billing, faults, virtual time."""
+
+from .app import DroppedReply, FakeTensorDockApp
+from .catalog import Catalog, load_catalog
+from .dialects import Dialect
+from .server import FakeServer, build_fake, in_process_transport, serve_forever
+from .state import Bill, FakeApiError, Faults, FakeInstance, FakeTensorDock, Timings
+
+__all__ = [
+    "Bill",
+    "Catalog",
+    "Dialect",
+    "DroppedReply",
+    "FakeApiError",
+    "FakeInstance",
+    "FakeServer",
+    "FakeTensorDock",
+    "FakeTensorDockApp",
+    "Faults",
+    "Timings",
+    "build_fake",
+    "in_process_transport",
+    "load_catalog",
+    "serve_forever",
+]

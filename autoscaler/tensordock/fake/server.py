@@ -1,0 +1,137 @@
+"""Serving the fake: over real sockets in a background thread, or in-process for speed."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+
+from autoscaler.clock import Clock, SystemClock
+
+from .app import DroppedReply, FakeTensorDockApp
+from .catalog import load_catalog
+from .dialects import Dialect
+from .state import Faults, FakeTensorDock, Timings
+
+
+def build_fake(
+    token: str,
+    dialect: Dialect = "observed",
+    *,
+    clock: Clock | None = None,
+    catalog_path: str | Path | None = None,
+    timings: Timings | None = None,
+    faults: Faults | None = None,
+    seed: int = 0,
+    rate_limit: int = 100,
+    rate_window_s: float = 60.0,
+    balance_usd: float = 10_000.0,
+) -> FakeTensorDockApp:
+    state = FakeTensorDock(
+        load_catalog(catalog_path),
+        clock or SystemClock(),
+        timings=timings,
+        faults=faults,
+        seed=seed,
+        balance_usd=balance_usd,
+    )
+    return FakeTensorDockApp(state, token, dialect, rate_limit=rate_limit, rate_window_s=rate_window_s)
+
+
+class _InProcessTransport(httpx.WSGITransport):
+    """httpx's WSGI transport, with a dropped reply turned into the timeout a client would see."""
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            return super().handle_request(request)
+        except DroppedReply as exc:
+            raise httpx.ReadTimeout(str(exc), request=request) from None
+
+
+def in_process_transport(app: FakeTensorDockApp) -> httpx.BaseTransport:
+    return _InProcessTransport(app=app)
+
+
+class _DroppingMiddleware:
+    """Over sockets a dropped reply is a connection cut without a response, after an optional hold."""
+
+    def __init__(self, app: FakeTensorDockApp) -> None:
+        self.app = app
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        try:
+            return self.app(environ, start_response)
+        except DroppedReply as exc:
+            if exc.hold_s > 0:
+                time.sleep(exc.hold_s)
+            conn = environ.get("werkzeug.socket")
+            if isinstance(conn, socket.socket):
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            raise
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        pass
+
+    def connection_dropped(self, error: BaseException, environ: Any = None) -> None:
+        pass
+
+
+class FakeServer:
+    """The fake on a loopback port in a daemon thread; `with FakeServer(app) as server: server.url`."""
+
+    def __init__(self, app: FakeTensorDockApp, host: str = "127.0.0.1", port: int = 0, quiet: bool = True) -> None:
+        self.app = app
+        self._server: BaseWSGIServer = make_server(
+            host, port, _DroppingMiddleware(app), threaded=True, request_handler=_QuietHandler if quiet else None
+        )
+        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-tensordock", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_port)
+
+    @property
+    def url(self) -> str:
+        """The API base URL, as a client takes it."""
+        return f"http://{self._server.host}:{self.port}/api/v2"
+
+    @property
+    def root_url(self) -> str:
+        return f"http://{self._server.host}:{self.port}"
+
+    def start(self) -> FakeServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> FakeServer:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+def serve_forever(app: FakeTensorDockApp, host: str, port: int) -> None:
+    """Blocking server for `tensordock-autoscaler fake-api`."""
+    server = FakeServer(app, host, port, quiet=False)
+    try:
+        server._server.serve_forever()
+    finally:
+        server._server.server_close()
+
+
+

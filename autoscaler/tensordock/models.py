@@ -1,0 +1,217 @@
+"""Typed values the client hands out and takes in; one shape, whatever the wire said."""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+WireFormat = Literal["observed", "spec"]
+
+
+class InstanceStatus(str, Enum):
+    """Normalised lifecycle state; `UNKNOWN` keeps an unexpected value from crashing a cycle."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    STOPPED_DISASSOCIATED = "stoppeddisassociated"
+    DELETING = "deleting"
+    DELETED = "deleted"
+    ERROR = "error"
+    UNKNOWN = "unknown"
+
+    @classmethod
+    def parse(cls, raw: object) -> InstanceStatus:
+        """Lower-case and drop `_`, `-` and spaces, as the field notes advise."""
+        if not isinstance(raw, str):
+            return cls.UNKNOWN
+        key = re.sub(r"[\s_\-]", "", raw).lower()
+        try:
+            return cls(key)
+        except ValueError:
+            return cls.UNKNOWN
+
+    @property
+    def is_transitional(self) -> bool:
+        return self in (InstanceStatus.STARTING, InstanceStatus.STOPPING, InstanceStatus.DELETING)
+
+    @property
+    def is_stopped(self) -> bool:
+        return self in (InstanceStatus.STOPPED, InstanceStatus.STOPPED_DISASSOCIATED)
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class GpuAllocation(_Frozen):
+    model: str
+    count: int = Field(ge=0)
+
+
+class PortForward(_Frozen):
+    internal_port: int = Field(ge=1, le=65535)
+    external_port: int = Field(ge=1, le=65535)
+
+
+class Instance(_Frozen):
+    """A virtual machine as listed; fields the API did not send are None, never guessed."""
+
+    id: str = Field(min_length=1)
+    name: str | None = None
+    status: InstanceStatus = InstanceStatus.UNKNOWN
+    status_raw: str | None = None
+    gpus: tuple[GpuAllocation, ...] = ()
+    rate_hourly: float | None = Field(default=None, ge=0)
+    ip_address: str | None = None
+    port_forwards: tuple[PortForward, ...] = ()
+    vcpu_count: int | None = Field(default=None, ge=0)
+    ram_gb: float | None = Field(default=None, ge=0)
+    storage_gb: float | None = Field(default=None, ge=0)
+    location_id: str | None = None
+    hostnode_id: str | None = None
+    image: str | None = None
+
+    @property
+    def gpu_model(self) -> str | None:
+        """The model of the instance's GPUs (TensorDock puts one model on an instance)."""
+        return self.gpus[0].model if self.gpus else None
+
+    @property
+    def gpu_count(self) -> int:
+        return sum(g.count for g in self.gpus)
+
+
+class Pricing(_Frozen):
+    """Per-resource hourly prices of a host; GPU prices are per GPU and quoted separately."""
+
+    per_vcpu_hr: float = Field(default=0.0, ge=0)
+    per_gb_ram_hr: float = Field(default=0.0, ge=0)
+    per_gb_storage_hr: float = Field(default=0.0, ge=0)
+
+    def hourly_price(
+        self, gpu_price_per_hr: float, gpus: int, vcpus: int, ram_gb: float, storage_gb: float
+    ) -> float:
+        """The hourly price of an offer, as TensorDock computes `rateHourly`."""
+        return (
+            gpu_price_per_hr * gpus
+            + vcpus * self.per_vcpu_hr
+            + ram_gb * self.per_gb_ram_hr
+            + storage_gb * self.per_gb_storage_hr
+        )
+
+    def storage_price(self, storage_gb: float) -> float:
+        """What a stopped instance keeps costing."""
+        return storage_gb * self.per_gb_storage_hr
+
+
+class LocationGpuOffer(_Frozen):
+    """One GPU model offered at one location, as `/locations` lists it."""
+
+    location_id: str
+    gpu_model: str
+    display_name: str | None = None
+    max_count: int = Field(ge=0)
+    price_per_hr: float = Field(ge=0)
+    max_vcpus: int | None = Field(default=None, ge=0)
+    max_ram_gb: float | None = Field(default=None, ge=0)
+    max_storage_gb: float | None = Field(default=None, ge=0)
+    pricing: Pricing = Pricing()
+    dedicated_ip_available: bool = False
+    port_forwarding_available: bool = True
+    network_storage_available: bool = False
+
+    def hourly_price(self, gpus: int, vcpus: int, ram_gb: float, storage_gb: float) -> float:
+        return self.pricing.hourly_price(self.price_per_hr, gpus, vcpus, ram_gb, storage_gb)
+
+
+class Location(_Frozen):
+    id: str
+    city: str | None = None
+    stateprovince: str | None = None
+    country: str | None = None
+    tier: int | None = None
+    gpus: tuple[LocationGpuOffer, ...] = ()
+
+
+class HostnodeGpu(_Frozen):
+    gpu_model: str
+    available_count: int = Field(ge=0)
+    price_per_hr: float = Field(ge=0)
+
+
+class Hostnode(_Frozen):
+    """A physical host and what it has free right now (free counts are often stale)."""
+
+    id: str
+    location_id: str | None = None
+    engine: str | None = None
+    uptime_percentage: float | None = None
+    gpus: tuple[HostnodeGpu, ...] = ()
+    vcpu_count: int | None = None
+    ram_gb: float | None = None
+    storage_gb: float | None = None
+    max_vcpus_per_gpu: int | None = None
+    max_ram_per_gpu: float | None = None
+    has_public_ip_available: bool = False
+    available_ports: tuple[int, ...] = ()
+    pricing: Pricing = Pricing()
+    city: str | None = None
+    stateprovince: str | None = None
+    country: str | None = None
+    tier: int | None = None
+
+    def hourly_price(
+        self, gpu_model: str, gpus: int, vcpus: int, ram_gb: float, storage_gb: float
+    ) -> float | None:
+        """Price of this shape on this host, or None when the host has no such GPU."""
+        for gpu in self.gpus:
+            if gpu.gpu_model == gpu_model:
+                return self.pricing.hourly_price(gpu.price_per_hr, gpus, vcpus, ram_gb, storage_gb)
+        return None
+
+
+class CreateInstanceRequest(_Frozen):
+    """What to create; rendered in the wire format the client is configured for."""
+
+    name: str = Field(min_length=1, max_length=128)
+    image: str = Field(min_length=1)
+    gpu_model: str | None = None
+    gpu_count: int = Field(default=1, ge=0, le=8)
+    vcpu_count: int = Field(ge=1)
+    ram_gb: int = Field(ge=1)
+    storage_gb: int = Field(ge=100, description="TensorDock refuses less than 100 GB")
+    location_id: str | None = None
+    hostnode_id: str | None = None
+    use_dedicated_ip: bool = False
+    ssh_key: str = Field(min_length=1)
+    port_forwards: tuple[PortForward, ...] = ()
+    cloud_init: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_placement(self) -> CreateInstanceRequest:
+        if (self.location_id is None) == (self.hostnode_id is None):
+            raise ValueError("give exactly one of location_id or hostnode_id")
+        if self.location_id is not None and (self.gpu_model is None or self.gpu_count < 1):
+            raise ValueError("a location-based create needs gpu_model and gpu_count >= 1")
+        return self
+
+
+class ModifyInstanceRequest(_Frozen):
+    """Resources to change on a stopped instance; None leaves a resource as it is."""
+
+    vcpu_count: int | None = Field(default=None, ge=1)
+    ram_gb: int | None = Field(default=None, ge=1)
+    storage_gb: int | None = Field(default=None, ge=100)
+    gpu_model: str | None = None
+    gpu_count: int | None = Field(default=None, ge=1, le=8)
+
+    @model_validator(mode="after")
+    def _gpu_pair(self) -> ModifyInstanceRequest:
+        if (self.gpu_model is None) != (self.gpu_count is None):
+            raise ValueError("give gpu_model and gpu_count together")
+        return self

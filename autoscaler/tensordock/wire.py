@@ -1,0 +1,329 @@
+"""Translation between TensorDock's JSON, in every shape seen in the wild, and the typed models.
+
+Reading is always tolerant (spec and observed shapes alike); writing follows the configured
+wire format. Anything that cannot be read raises MalformedResponseError naming what was wrong.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import ValidationError
+
+from .errors import MalformedResponseError
+from .models import (
+    CreateInstanceRequest,
+    GpuAllocation,
+    Hostnode,
+    HostnodeGpu,
+    Instance,
+    InstanceStatus,
+    Location,
+    LocationGpuOffer,
+    ModifyInstanceRequest,
+    PortForward,
+    Pricing,
+    WireFormat,
+)
+
+JsonObject = dict[str, Any]
+
+
+def _first(mapping: Mapping[str, Any], *keys: str) -> Any:
+    for key in keys:
+        if key in mapping and mapping[key] is not None:
+            return mapping[key]
+    return None
+
+
+def _malformed(operation: str, what: str, body: object) -> MalformedResponseError:
+    excerpt = json.dumps(body, default=str)[:200]
+    return MalformedResponseError(operation, f"{what}; reply began {excerpt}")
+
+
+def find_error(body: object) -> tuple[int | None, str] | None:
+    """The error a reply carries, even inside a 2xx; None when it is not an error body."""
+    if isinstance(body, list):
+        if body and all(isinstance(item, dict) and "message" in item for item in body):
+            parts = []
+            for item in body:
+                path = ".".join(str(p) for p in item.get("path") or [])
+                parts.append(f"{path}: {item['message']}" if path else str(item["message"]))
+            return 400, "; ".join(parts)
+        return None
+    if not isinstance(body, dict):
+        return None
+    errors = body.get("errors")
+    if isinstance(errors, list) and errors:
+        first = errors[0] if isinstance(errors[0], dict) else {"detail": str(errors[0])}
+        message = str(_first(first, "detail", "title", "message") or "unspecified error")
+        return _as_status(first.get("status")), message
+    error = body.get("error")
+    if error:
+        message = str(_first(error, "message", "detail") or error) if isinstance(error, dict) else str(error)
+        return _as_status(body.get("status")), message
+    if body.get("success") is False:
+        return _as_status(body.get("status")), str(body.get("message") or "request failed")
+    return None
+
+
+def _as_status(value: object) -> int | None:
+    try:
+        return int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return None
+
+
+def _parse_gpus(raw: object) -> list[GpuAllocation]:
+    if raw is None:
+        return []
+    if isinstance(raw, list):
+        out = []
+        for item in raw:
+            if not isinstance(item, dict):
+                raise ValueError(f"gpu entry {item!r} is not an object")
+            model = _first(item, "gpuV0Name", "v0Name", "model")
+            out.append(GpuAllocation(model=model, count=item.get("count", 1)))
+        return out
+    if isinstance(raw, dict):
+        out = []
+        for model, spec in raw.items():
+            count = spec.get("count", 1) if isinstance(spec, dict) else spec
+            out.append(GpuAllocation(model=model, count=count))
+        return out
+    raise ValueError(f"gpus is neither a list nor an object: {raw!r}")
+
+
+def _parse_port_forwards(raw: object) -> list[PortForward]:
+    if raw is None:
+        return []
+    if isinstance(raw, list):
+        return [
+            PortForward(
+                internal_port=_first(item, "internal_port", "internalPort", "internal"),
+                external_port=_first(item, "external_port", "externalPort", "external"),
+            )
+            for item in raw
+            if isinstance(item, dict)
+        ]
+    if isinstance(raw, dict):
+        return [PortForward(internal_port=int(k), external_port=v) for k, v in raw.items()]
+    raise ValueError(f"portForwards is neither a list nor an object: {raw!r}")
+
+
+def parse_instance(item: object, operation: str) -> Instance:
+    """One instance, flat or `{type, id, attributes}`."""
+    if not isinstance(item, dict):
+        raise _malformed(operation, "instance is not an object", item)
+    attributes = item.get("attributes")
+    merged: JsonObject = {**item, **attributes} if isinstance(attributes, dict) else dict(item)
+    resources = merged.get("resources") if isinstance(merged.get("resources"), dict) else {}
+    assert isinstance(resources, dict)
+    status_raw = merged.get("status")
+    try:
+        return Instance(
+            id=str(merged.get("id") or ""),
+            name=merged.get("name"),
+            status=InstanceStatus.parse(status_raw),
+            status_raw=status_raw if isinstance(status_raw, str) else None,
+            gpus=tuple(_parse_gpus(resources.get("gpus"))),
+            rate_hourly=_first(merged, "rateHourly", "rate_hourly"),
+            ip_address=_first(merged, "ipAddress", "ip_address", "ip") or None,
+            port_forwards=tuple(_parse_port_forwards(_first(merged, "portForwards", "port_forwards"))),
+            vcpu_count=_first(resources, "vcpu_count", "vcpuCount"),
+            ram_gb=_first(resources, "ram_gb", "ramGb"),
+            storage_gb=_first(resources, "storage_gb", "storageGb"),
+            location_id=_first(merged, "location_id", "locationId"),
+            hostnode_id=_first(merged, "hostnode_id", "hostnodeId"),
+            image=merged.get("image"),
+        )
+    except (ValidationError, ValueError, TypeError) as exc:
+        raise _malformed(operation, f"instance fields are invalid ({_summarise(exc)})", item) from exc
+
+
+def _summarise(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        return "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()[:3]
+        )
+    return str(exc)[:200]
+
+
+def parse_instance_list(body: object, operation: str = "list_instances") -> list[Instance]:
+    """Every list variant: `data.instances`, flat `data`, `data.attributes.instances`."""
+    items: object = None
+    if isinstance(body, dict):
+        data = body.get("data")
+        if isinstance(data, list):
+            items = data
+        elif isinstance(data, dict):
+            items = data.get("instances")
+            attributes = data.get("attributes")
+            if items is None and isinstance(attributes, dict):
+                items = attributes.get("instances")
+        elif isinstance(body.get("instances"), list):
+            items = body["instances"]
+    if not isinstance(items, list):
+        raise _malformed(operation, "no instance list found", body)
+    return [parse_instance(item, operation) for item in items]
+
+
+def parse_instance_reply(body: object, operation: str) -> Instance:
+    """A single instance: wrapped in `data` or flat at the top level."""
+    if isinstance(body, dict) and isinstance(body.get("data"), dict):
+        return parse_instance(body["data"], operation)
+    return parse_instance(body, operation)
+
+
+def _pricing(raw: object) -> Pricing:
+    return Pricing.model_validate(raw) if isinstance(raw, dict) else Pricing()
+
+
+def parse_locations(body: object, operation: str = "list_locations") -> list[Location]:
+    data = body.get("data") if isinstance(body, dict) else None
+    items = data.get("locations") if isinstance(data, dict) else data
+    if not isinstance(items, list):
+        raise _malformed(operation, "no location list found", body)
+    try:
+        return [_parse_location(item) for item in items]
+    except (ValidationError, ValueError, TypeError, AttributeError) as exc:
+        raise _malformed(operation, f"location fields are invalid ({_summarise(exc)})", body) from exc
+
+
+def _parse_location(item: JsonObject) -> Location:
+    offers = []
+    for gpu in item.get("gpus") or []:
+        resources = gpu.get("resources") or {}
+        network = gpu.get("network_features") or {}
+        offers.append(
+            LocationGpuOffer(
+                location_id=item["id"],
+                gpu_model=gpu["v0Name"],
+                display_name=gpu.get("displayName"),
+                max_count=gpu.get("max_count", 0),
+                price_per_hr=gpu["price_per_hr"],
+                max_vcpus=resources.get("max_vcpus"),
+                max_ram_gb=resources.get("max_ram_gb"),
+                max_storage_gb=resources.get("max_storage_gb"),
+                pricing=_pricing(gpu.get("pricing")),
+                dedicated_ip_available=bool(network.get("dedicated_ip_available", False)),
+                port_forwarding_available=bool(network.get("port_forwarding_available", True)),
+                network_storage_available=bool(network.get("network_storage_available", False)),
+            )
+        )
+    return Location(
+        id=item["id"],
+        city=item.get("city"),
+        stateprovince=item.get("stateprovince"),
+        country=item.get("country"),
+        tier=item.get("tier"),
+        gpus=tuple(offers),
+    )
+
+
+def parse_hostnodes(body: object, operation: str = "list_hostnodes") -> list[Hostnode]:
+    data = body.get("data") if isinstance(body, dict) else None
+    items = data.get("hostnodes") if isinstance(data, dict) else data
+    if not isinstance(items, list):
+        raise _malformed(operation, "no hostnode list found", body)
+    return [parse_hostnode(item, operation) for item in items]
+
+
+def parse_hostnode_reply(body: object, operation: str = "get_hostnode") -> Hostnode:
+    data = body.get("data") if isinstance(body, dict) and "data" in body else body
+    return parse_hostnode(data, operation)
+
+
+def parse_hostnode(item: object, operation: str) -> Hostnode:
+    if not isinstance(item, dict):
+        raise _malformed(operation, "hostnode is not an object", item)
+    try:
+        available = item.get("available_resources") or {}
+        location = item.get("location") or {}
+        return Hostnode(
+            id=item["id"],
+            location_id=item.get("location_id") or location.get("uuid"),
+            engine=item.get("engine"),
+            uptime_percentage=item.get("uptime_percentage"),
+            gpus=tuple(
+                HostnodeGpu(
+                    gpu_model=gpu["v0Name"],
+                    available_count=gpu.get("availableCount", 0),
+                    price_per_hr=gpu["price_per_hr"],
+                )
+                for gpu in available.get("gpus") or []
+            ),
+            vcpu_count=available.get("vcpu_count"),
+            ram_gb=available.get("ram_gb"),
+            storage_gb=available.get("storage_gb"),
+            max_vcpus_per_gpu=available.get("max_vcpus_per_gpu"),
+            max_ram_per_gpu=available.get("max_ram_per_gpu"),
+            has_public_ip_available=bool(available.get("has_public_ip_available", False)),
+            available_ports=tuple(available.get("available_ports") or ()),
+            pricing=_pricing(item.get("pricing")),
+            city=location.get("city"),
+            stateprovince=location.get("stateprovince"),
+            country=location.get("country"),
+            tier=location.get("tier"),
+        )
+    except (ValidationError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise _malformed(operation, f"hostnode fields are invalid ({_summarise(exc)})", item) from exc
+
+
+def _gpus_wire(model: str, count: int, wire_format: WireFormat) -> object:
+    if wire_format == "spec":
+        return [{"gpuV0Name": model, "count": count}]
+    return {model: {"count": count}}
+
+
+def _cloud_config_text(cloud_init: Mapping[str, Any]) -> str:
+    """The spec wants cloud-init as text; JSON is valid YAML, so no YAML writer is needed."""
+    return "#cloud-config\n" + json.dumps(cloud_init, indent=2, sort_keys=True)
+
+
+def create_body(request: CreateInstanceRequest, wire_format: WireFormat) -> JsonObject:
+    resources: JsonObject = {
+        "vcpu_count": request.vcpu_count,
+        "ram_gb": request.ram_gb,
+        "storage_gb": request.storage_gb,
+    }
+    if request.gpu_model is not None and request.gpu_count > 0:
+        resources["gpus"] = _gpus_wire(request.gpu_model, request.gpu_count, wire_format)
+    attributes: JsonObject = {
+        "name": request.name,
+        "type": "virtualmachine",
+        "image": request.image,
+        "resources": resources,
+        "useDedicatedIp": request.use_dedicated_ip,
+        "ssh_key": request.ssh_key,
+    }
+    if request.location_id is not None:
+        attributes["location_id"] = request.location_id
+    if request.hostnode_id is not None:
+        attributes["hostnode_id"] = request.hostnode_id
+    if request.port_forwards:
+        attributes["port_forwards"] = [pf.model_dump() for pf in request.port_forwards]
+    if request.cloud_init is not None:
+        attributes["cloud_init"] = (
+            _cloud_config_text(request.cloud_init) if wire_format == "spec" else request.cloud_init
+        )
+    return {"data": {"type": "virtualmachine", "attributes": attributes}}
+
+
+def modify_body(request: ModifyInstanceRequest, wire_format: WireFormat) -> JsonObject:
+    body: JsonObject = {}
+    if request.vcpu_count is not None:
+        body["cpuCores"] = request.vcpu_count
+    if request.ram_gb is not None:
+        body["ramGb"] = request.ram_gb
+    if request.storage_gb is not None:
+        body["diskGb"] = request.storage_gb
+    if request.gpu_model is not None and request.gpu_count is not None:
+        body["gpus"] = (
+            {"gpuV0Name": request.gpu_model, "count": request.gpu_count}
+            if wire_format == "spec"
+            else {request.gpu_model: {"count": request.gpu_count}}
+        )
+    return body
