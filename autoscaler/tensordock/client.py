@@ -137,7 +137,9 @@ class TensorDockClient:
                 "User-Agent": f"tensordock-autoscaler/{__version__}",
             },
         )
-        self._backoff = wait_exponential_jitter(initial=backoff_initial_s, max=backoff_max_s, jitter=backoff_initial_s)
+        self._backoff = wait_exponential_jitter(
+            multiplier=backoff_initial_s, max=backoff_max_s, jitter=backoff_initial_s
+        )
         self._max_attempts = max_attempts
 
     def __repr__(self) -> str:

@@ -188,7 +188,7 @@ def parse_locations(body: object, operation: str = "list_locations") -> list[Loc
         raise _malformed(operation, "no location list found", body)
     try:
         return [_parse_location(item) for item in items]
-    except (ValidationError, ValueError, TypeError, AttributeError) as exc:
+    except (ValidationError, ValueError, TypeError, AttributeError, KeyError) as exc:
         raise _malformed(operation, f"location fields are invalid ({_summarise(exc)})", body) from exc
 
 

@@ -53,6 +53,7 @@ class FakeTensorDockApp:
         self._recent: collections.deque[float] = collections.deque()
         self._burst_left = 0
         self.requests: collections.Counter[str] = collections.Counter()
+        self.statuses: collections.Counter[int] = collections.Counter()
         self.url_map = Map(
             [
                 Rule(f"{API}/instances", methods=["GET"], endpoint="list_instances"),
@@ -80,6 +81,14 @@ class FakeTensorDockApp:
     # -- pipeline ------------------------------------------------------------------------------
 
     def handle(self, request: Request) -> Response:
+        """Answer one request; `requests` counts them by operation and `statuses` by reply code."""
+        response = self._handle(request)
+        if not request.path.startswith("/_fake/"):
+            with self.state.lock:
+                self.statuses[response.status_code] += 1
+        return response
+
+    def _handle(self, request: Request) -> Response:
         adapter = self.url_map.bind_to_environ(request.environ)
         try:
             endpoint, args = adapter.match()
@@ -108,9 +117,15 @@ class FakeTensorDockApp:
                 status = rng.choice([500, 502, 503])
                 return Response(f"<html><body>{status} upstream error</body></html>", status, mimetype="text/html")
             response = self._dispatch(endpoint, request, args)
-            if endpoint in _MUTATING and faults.lost_reply_rate and rng.random() < faults.lost_reply_rate:
+            if endpoint in _MUTATING and self._reply_is_lost(faults):
                 raise DroppedReply(faults.hold_dropped_s)
             return response
+
+    def _reply_is_lost(self, faults: Faults) -> bool:
+        if faults.lose_next_replies > 0:
+            self.state.faults = faults.model_copy(update={"lose_next_replies": faults.lose_next_replies - 1})
+            return True
+        return bool(faults.lost_reply_rate) and self.state.rng.random() < faults.lost_reply_rate
 
     def _authorised(self, request: Request) -> bool:
         header = request.headers.get("Authorization", "")
@@ -206,9 +221,8 @@ class FakeTensorDockApp:
                 {"total_usd": bill.total_usd, "balance_usd": bill.balance_usd, "instances": bill.per_instance_usd},
             )
         if endpoint == "admin_requests":
-            return self._json(200, dict(self.requests))
+            return self._json(200, {"operations": dict(self.requests), "statuses": dict(self.statuses)})
         if endpoint == "admin_reclaim":
-            self.state.settle()
             try:
                 inst = self.state.reclaim(args["instance_id"])
             except FakeApiError as error:

@@ -57,6 +57,7 @@ class Faults(BaseModel):
     rate_limit_burst_rate: float = Field(default=0.0, ge=0, le=1, description="a burst of 429s begins")
     rate_limit_burst_length: int = Field(default=5, ge=1)
     lost_reply_rate: float = Field(default=0.0, ge=0, le=1, description="a mutation happens, its reply is lost")
+    lose_next_replies: int = Field(default=0, ge=0, description="the next N mutations happen, their replies are lost")
     stale_create_rate: float = Field(default=0.0, ge=0, le=1, description="a listed offer fails to create")
     stale_locations: list[str] = Field(default_factory=list, description="location ids whose offers all fail")
     reclaim_per_hour: float = Field(default=0.0, ge=0, description="chance per hour a stopped tier-0 VM loses its GPUs")
@@ -219,18 +220,24 @@ class FakeTensorDock:
                 continue
             factor = 1.0 if inst.location.tier == 0 else self.faults.reclaim_other_tiers_factor
             if self.rng.random() < 1.0 - math.exp(-self.faults.reclaim_per_hour * factor * elapsed_h):
-                self.reclaim(inst.id)
+                self._take_gpus(inst)
 
     def reclaim(self, instance_id: str) -> FakeInstance:
         """Another renter takes a stopped instance's GPUs, as happens on TensorDock."""
-        inst = self.get(instance_id)
-        if inst.phase != "stopped" or inst.gpu_model is None:
-            raise FakeApiError("domain", "Only a stopped GPU instance can lose its GPUs")
+        with self.lock:
+            self.settle()
+            inst = self.get(instance_id)
+            if inst.phase != "stopped" or inst.gpu_model is None:
+                raise FakeApiError("domain", "Only a stopped GPU instance can lose its GPUs")
+            self._take_gpus(inst)
+            return inst
+
+    def _take_gpus(self, inst: FakeInstance) -> None:
+        assert inst.gpu_model is not None
         inst.disassociated = True
         self._foreign.append(
             _ForeignRental(inst.host.id, inst.gpu_model, inst.gpu_count, self.clock.now() + self.foreign_rental_s)
         )
-        return inst
 
     # -- instances ----------------------------------------------------------------------------
 

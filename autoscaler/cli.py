@@ -1,0 +1,106 @@
+"""Command line: `tensordock-autoscaler COMMAND`.
+
+Exit codes: 0 success, 1 runtime failure, 2 bad usage or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+from autoscaler import __version__
+
+
+def _fake_api(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from autoscaler.logging import configure_logging, register_secret
+    from autoscaler.tensordock.fake import Faults, Timings, build_fake, serve_forever
+
+    token = args.token or os.environ.get("TDAS_FAKE_TOKEN")
+    if not token:
+        print("fake-api: give --token or set TDAS_FAKE_TOKEN", file=sys.stderr)
+        return 2
+    register_secret(token)
+    configure_logging("INFO")
+    try:
+        faults = Faults.model_validate(json.loads(args.faults)) if args.faults else Faults()
+        timings = Timings(create_s=args.create_s, start_s=args.start_s, stop_s=args.stop_s, ip_s=args.ip_s)
+    except (ValidationError, ValueError) as exc:
+        print(f"fake-api: bad --faults or timing: {exc}", file=sys.stderr)
+        return 2
+    app = build_fake(
+        token,
+        args.dialect,
+        catalog_path=args.catalog,
+        timings=timings,
+        faults=faults,
+        seed=args.seed,
+        rate_limit=args.rate_limit,
+        rate_window_s=args.rate_window_s,
+    )
+    print(f"fake TensorDock API ({args.dialect}) on http://{args.host}:{args.port}/api/v2", file=sys.stderr, flush=True)
+    try:
+        serve_forever(app, args.host, args.port)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from autoscaler.demo import run_walkthrough
+    from autoscaler.logging import configure_logging
+
+    configure_logging("WARNING")
+    run_walkthrough(speed=args.speed)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tensordock-autoscaler",
+        description="Keep a TensorDock GPU fleet matched to a job queue at the lowest cost that serves it.",
+        epilog="Exit codes: 0 success, 1 runtime failure, 2 bad usage or configuration.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    fake = commands.add_parser("fake-api", help="serve the fake TensorDock API (for demos and tests)")
+    fake.add_argument("--host", default="127.0.0.1", help="listen address (default: %(default)s)")
+    fake.add_argument("--port", type=int, default=8787, help="listen port (default: %(default)s)")
+    fake.add_argument("--token", help="the bearer token to accept (or TDAS_FAKE_TOKEN)")
+    fake.add_argument("--dialect", choices=["observed", "spec"], default="observed",
+                      help="reply shapes: the field notes' (observed) or the OpenAPI file's (spec)")
+    fake.add_argument("--catalog", help="JSON catalog of locations, hosts and prices (default: shipped catalog)")
+    fake.add_argument("--seed", type=int, default=0, help="seed for ids and fault draws")
+    fake.add_argument("--rate-limit", type=int, default=100, help="requests per window (default: %(default)s)")
+    fake.add_argument("--rate-window-s", type=float, default=60.0, help="rate-limit window in seconds")
+    fake.add_argument("--create-s", type=float, default=30.0, help="seconds from create to running")
+    fake.add_argument("--start-s", type=float, default=20.0, help="seconds from start to running")
+    fake.add_argument("--stop-s", type=float, default=10.0, help="seconds from stop to stopped")
+    fake.add_argument("--ip-s", type=float, default=15.0, help="seconds from create until the IP is listed")
+    fake.add_argument("--faults", help='fault injection as JSON, e.g. \'{"timeout_rate": 0.05}\'')
+    fake.set_defaults(handler=_fake_api)
+
+    demo = commands.add_parser("demo", help="walk one instance through its life on the fake API, with the bill")
+    demo.add_argument("--speed", type=float, default=1.0, help="shorten the fake's delays by this factor")
+    demo.set_defaults(handler=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from autoscaler.tensordock import TensorDockError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except TensorDockError as exc:
+        print(f"{args.command}: TensorDock call failed: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
