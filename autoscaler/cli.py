@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 runtime failure, 2 bad usage or configuration.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -43,10 +44,8 @@ def _fake_api(args: argparse.Namespace) -> int:
         rate_window_s=args.rate_window_s,
     )
     print(f"fake TensorDock API ({args.dialect}) on http://{args.host}:{args.port}/api/v2", file=sys.stderr, flush=True)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         serve_forever(app, args.host, args.port)
-    except KeyboardInterrupt:
-        pass
     return 0
 
 
@@ -72,8 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     fake.add_argument("--host", default="127.0.0.1", help="listen address (default: %(default)s)")
     fake.add_argument("--port", type=int, default=8787, help="listen port (default: %(default)s)")
     fake.add_argument("--token", help="the bearer token to accept (or TDAS_FAKE_TOKEN)")
-    fake.add_argument("--dialect", choices=["observed", "spec"], default="observed",
-                      help="reply shapes: the field notes' (observed) or the OpenAPI file's (spec)")
+    fake.add_argument(
+        "--dialect",
+        choices=["observed", "spec"],
+        default="observed",
+        help="reply shapes: the field notes' (observed) or the OpenAPI file's (spec)",
+    )
     fake.add_argument("--catalog", help="JSON catalog of locations, hosts and prices (default: shipped catalog)")
     fake.add_argument("--seed", type=int, default=0, help="seed for ids and fault draws")
     fake.add_argument("--rate-limit", type=int, default=100, help="requests per window (default: %(default)s)")
@@ -82,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     fake.add_argument("--start-s", type=float, default=20.0, help="seconds from start to running")
     fake.add_argument("--stop-s", type=float, default=10.0, help="seconds from stop to stopped")
     fake.add_argument("--ip-s", type=float, default=15.0, help="seconds from create until the IP is listed")
-    fake.add_argument("--faults", help='fault injection as JSON, e.g. \'{"timeout_rate": 0.05}\'')
+    fake.add_argument("--faults", help="fault injection as JSON, e.g. '{\"timeout_rate\": 0.05}'")
     fake.set_defaults(handler=_fake_api)
 
     demo = commands.add_parser("demo", help="walk one instance through its life on the fake API, with the bill")

@@ -27,9 +27,7 @@ from autoscaler.tensordock.fake import FakeServer, Timings, build_fake
 DEMO_TOKEN = "demo-token-not-a-secret"  # noqa: S105 - the fake's own token, printed nowhere
 
 
-def _wait_for(
-    client: TensorDockClient, instance_id: str, wanted: InstanceStatus, timeout_s: float = 30.0
-) -> Instance:
+def _wait_for(client: TensorDockClient, instance_id: str, wanted: InstanceStatus, timeout_s: float = 30.0) -> Instance:
     deadline = time.monotonic() + timeout_s
     while True:
         instance = client.get_instance(instance_id)
@@ -53,7 +51,8 @@ def run_walkthrough(out: TextIO = sys.stdout, speed: float = 1.0) -> float:
         )
         say(f"{len(offers)} GPU offers; the five cheapest for 1 GPU, 8 vCPU, 32 GB RAM, 100 GB disk:")
         for offer in offers[:5]:
-            say(f"  {offer.gpu_model:<28} ${offer.hourly_price(1, 8, 32, 100):.3f}/h  (location {offer.location_id[:8]})")
+            price = offer.hourly_price(1, 8, 32, 100)
+            say(f"  {offer.gpu_model:<28} ${price:.3f}/h  (location {offer.location_id[:8]})")
         offer = next(o for o in offers if o.gpu_model == "geforcertx4090-pcie-24gb")
         request = CreateInstanceRequest(
             name="demo-worker-1",

@@ -10,13 +10,16 @@ from typing import Any
 import pytest
 
 from autoscaler.clock import ManualClock
+from autoscaler.logging import configure_logging
 from autoscaler.tensordock import CreateInstanceRequest, PortForward, TensorDockClient
 from autoscaler.tensordock.fake import FakeTensorDockApp, build_fake, in_process_transport
 
-TOKEN = "td-test-token-5f2c9a7e41b3d8"  # noqa: S105 - a test token; the tests check it never leaks
+TOKEN = "td-test-token-5f2c9a7e41b3d8"
 REPO = Path(__file__).resolve().parents[1]
 SPEC_PATH = Path(os.environ.get("TDAS_SPEC_PATH", REPO.parent / "shared/spec/tensordock-instances-v2.openapi.yml"))
 RTX4090 = "geforcertx4090-pcie-24gb"
+
+configure_logging("WARNING")  # tests that read logs configure their own stream
 
 
 @pytest.fixture
@@ -60,8 +63,16 @@ def make_client(clock: ManualClock) -> Iterator[MakeClient]:
         client.close()
 
 
-def create_request(location_id: str | None = None, *, hostnode_id: str | None = None, name: str = "fleet-a1b2",
-                   gpu_model: str | None = RTX4090, gpu_count: int = 1, vcpu: int = 8, ram: int = 32) -> CreateInstanceRequest:
+def create_request(
+    location_id: str | None = None,
+    *,
+    hostnode_id: str | None = None,
+    name: str = "fleet-a1b2",
+    gpu_model: str | None = RTX4090,
+    gpu_count: int = 1,
+    vcpu: int = 8,
+    ram: int = 32,
+) -> CreateInstanceRequest:
     return CreateInstanceRequest(
         name=name,
         image="ubuntu2404",

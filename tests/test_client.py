@@ -92,7 +92,7 @@ def test_hostnode_based_create_lands_on_that_host(dialect: str, make_fake: MakeF
 
 
 def test_wrong_token_is_an_authentication_error(dialect: str, make_fake: MakeFake, make_client: MakeClient) -> None:
-    client = make_client(make_fake(dialect), token="not-the-token")  # noqa: S106
+    client = make_client(make_fake(dialect), token="not-the-token")
     with pytest.raises(AuthenticationError) as caught:
         client.list_instances()
     assert caught.value.status == 401
@@ -257,9 +257,12 @@ def test_token_bucket_refuses_nonsense() -> None:
 def test_burst_of_300_calls_never_draws_a_429_over_real_sockets() -> None:
     app = build_fake(TOKEN, "observed", clock=SystemClock(), rate_limit=50, rate_window_s=1.0)
     recorder = Recorder()
-    with FakeServer(app) as server, TensorDockClient(
-        server.url, TOKEN, rate_limit=50, rate_window_s=1.0, rate_burst=5, observer=recorder
-    ) as client:
+    with (
+        FakeServer(app) as server,
+        TensorDockClient(
+            server.url, TOKEN, rate_limit=50, rate_window_s=1.0, rate_burst=5, observer=recorder
+        ) as client,
+    ):
         started = time.monotonic()
         for _ in range(300):
             client.list_instances()
@@ -286,7 +289,14 @@ def test_the_token_never_leaks(make_fake: MakeFake, make_client: MakeClient, cap
         except TensorDockError as exc:
             errors.append(exc)
     assert errors, "the fault mix must have produced errors"
-    texts = [stream.getvalue(), caplog.text, repr(client), *map(str, errors), *map(repr, errors), str(recorder.outcomes)]
+    texts = [
+        stream.getvalue(),
+        caplog.text,
+        repr(client),
+        *map(str, errors),
+        *map(repr, errors),
+        str(recorder.outcomes),
+    ]
     assert stream.getvalue().count("tensordock_request") > 25
     for text in texts:
         assert TOKEN not in text

@@ -20,7 +20,9 @@ def raw(app: FakeTensorDockApp, method: str, path: str, body: Any = None, token:
         return http.request(method, path, json=body, headers={"Authorization": f"Bearer {token}"})
 
 
-def test_lifecycle_follows_the_configured_delays(make_fake: MakeFake, make_client: MakeClient, clock: ManualClock) -> None:
+def test_lifecycle_follows_the_configured_delays(
+    make_fake: MakeFake, make_client: MakeClient, clock: ManualClock
+) -> None:
     app = make_fake("observed")
     client = make_client(app)
     inst = client.create_instance(create_request(location_of(app, "Chicago")))
@@ -114,7 +116,9 @@ def test_modify_rules(
             client.modify_instance(inst.id, ModifyInstanceRequest(**change))
 
 
-def test_modify_cannot_shrink_storage_or_remove_gpus(make_fake: MakeFake, make_client: MakeClient, clock: ManualClock) -> None:
+def test_modify_cannot_shrink_storage_or_remove_gpus(
+    make_fake: MakeFake, make_client: MakeClient, clock: ManualClock
+) -> None:
     app = make_fake("spec")
     client = make_client(app)
     inst = client.create_instance(create_request(location_of(app, "Chicago"), gpu_count=2))
@@ -166,7 +170,7 @@ def test_capacity_refusals_come_inside_200_in_the_observed_dialect(make_fake: Ma
 
 
 def test_wrong_token_gets_401_in_both_dialects(dialect: str, make_fake: MakeFake) -> None:
-    response = raw(make_fake(dialect), "GET", "/api/v2/instances", token="wrong")  # noqa: S106
+    response = raw(make_fake(dialect), "GET", "/api/v2/instances", token="wrong")
     assert response.status_code == 401
 
 
@@ -214,10 +218,10 @@ def test_stopped_tier0_instances_lose_their_gpus_over_time(
             break
     assert client.get_instance(inst.id).status is InstanceStatus.STOPPED_DISASSOCIATED
     host = app.state.get(inst.id).host
-    assert app.state.free(host)["gpus"][RTX4090] == 1  # another renter holds them now
+    assert app.state.free(host).gpus[RTX4090] == 1  # another renter holds them now
     clock.advance(7 * 3600)
     app.state.settle()
-    assert app.state.free(host)["gpus"][RTX4090] == 2  # the renter left; ours no longer holds any
+    assert app.state.free(host).gpus[RTX4090] == 2  # the renter left; ours no longer holds any
 
 
 def test_an_empty_balance_stops_the_fleet(make_fake: MakeFake, make_client: MakeClient, clock: ManualClock) -> None:
@@ -230,7 +234,9 @@ def test_an_empty_balance_stops_the_fleet(make_fake: MakeFake, make_client: Make
         client.create_instance(create_request(location_of(app, "Chicago"), name="fleet-2"))
 
 
-def test_observed_dialect_rotates_through_every_list_and_get_shape(make_fake: MakeFake, make_client: MakeClient) -> None:
+def test_observed_dialect_rotates_through_every_list_and_get_shape(
+    make_fake: MakeFake, make_client: MakeClient
+) -> None:
     app = make_fake("observed")
     client = make_client(app)
     client.create_instance(create_request(location_of(app, "Chicago")))

@@ -286,14 +286,22 @@ class TensorDockClient:
         finally:
             elapsed = time.perf_counter() - started
             self._observer.request_finished(operation, outcome, elapsed)
-            _log.debug("tensordock_request", operation=operation, method=method, path=path, outcome=outcome,
-                       ms=round(elapsed * 1000, 1))
+            _log.debug(
+                "tensordock_request",
+                operation=operation,
+                method=method,
+                path=path,
+                outcome=outcome,
+                ms=round(elapsed * 1000, 1),
+            )
 
     def _exchange(self, operation: str, method: str, path: str, json: dict[str, Any] | None) -> httpx.Response:
         try:
             return self._http.request(method, path, json=json)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            raise ConnectionFailedError(operation, f"could not connect to {self.base_url}: {type(exc).__name__}") from None
+            raise ConnectionFailedError(
+                operation, f"could not connect to {self.base_url}: {type(exc).__name__}"
+            ) from None
         except (httpx.TimeoutException, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
             raise RequestTimeoutError(operation, f"no reply from {self.base_url}: {type(exc).__name__}") from None
         except httpx.TransportError as exc:
@@ -328,4 +336,3 @@ class TensorDockClient:
             self._bucket.pause(retry_after if retry_after is not None else self._bucket.window_s / self._bucket.limit)
             raise RateLimitedError(operation, message, retry_after)
         raise _error_for(operation, status, message)
-

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from enum import Enum
+from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 WireFormat = Literal["observed", "spec"]
 
 
-class InstanceStatus(str, Enum):
+class InstanceStatus(StrEnum):
     """Normalised lifecycle state; `UNKNOWN` keeps an unexpected value from crashing a cycle."""
 
     STARTING = "starting"
@@ -93,9 +93,7 @@ class Pricing(_Frozen):
     per_gb_ram_hr: float = Field(default=0.0, ge=0)
     per_gb_storage_hr: float = Field(default=0.0, ge=0)
 
-    def hourly_price(
-        self, gpu_price_per_hr: float, gpus: int, vcpus: int, ram_gb: float, storage_gb: float
-    ) -> float:
+    def hourly_price(self, gpu_price_per_hr: float, gpus: int, vcpus: int, ram_gb: float, storage_gb: float) -> float:
         """The hourly price of an offer, as TensorDock computes `rateHourly`."""
         return (
             gpu_price_per_hr * gpus
@@ -165,9 +163,7 @@ class Hostnode(_Frozen):
     country: str | None = None
     tier: int | None = None
 
-    def hourly_price(
-        self, gpu_model: str, gpus: int, vcpus: int, ram_gb: float, storage_gb: float
-    ) -> float | None:
+    def hourly_price(self, gpu_model: str, gpus: int, vcpus: int, ram_gb: float, storage_gb: float) -> float | None:
         """Price of this shape on this host, or None when the host has no such GPU."""
         for gpu in self.gpus:
             if gpu.gpu_model == gpu_model:

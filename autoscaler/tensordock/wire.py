@@ -70,10 +70,16 @@ def find_error(body: object) -> tuple[int | None, str] | None:
 
 
 def _as_status(value: object) -> int | None:
-    try:
-        return int(value)  # type: ignore[call-overload]
-    except (TypeError, ValueError):
+    if isinstance(value, bool):
         return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str | float):
+        try:
+            return int(value)
+        except ValueError:
+            return None
+    return None
 
 
 def _parse_gpus(raw: object) -> list[GpuAllocation]:
@@ -145,9 +151,7 @@ def parse_instance(item: object, operation: str) -> Instance:
 
 def _summarise(exc: Exception) -> str:
     if isinstance(exc, ValidationError):
-        return "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()[:3]
-        )
+        return "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()[:3])
     return str(exc)[:200]
 
 

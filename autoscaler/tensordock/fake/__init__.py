@@ -1,16 +1,16 @@
 """A faithful fake of the TensorDock API: real HTTP, both dialects, billing, faults, virtual time."""
 
-from .app import DroppedReply, FakeTensorDockApp
+from .app import DroppedReplyError, FakeTensorDockApp
 from .catalog import Catalog, load_catalog
 from .dialects import Dialect
 from .server import FakeServer, build_fake, in_process_transport, serve_forever
-from .state import Bill, FakeApiError, Faults, FakeInstance, FakeTensorDock, Timings
+from .state import Bill, FakeApiError, FakeInstance, FakeTensorDock, Faults, Timings
 
 __all__ = [
     "Bill",
     "Catalog",
     "Dialect",
-    "DroppedReply",
+    "DroppedReplyError",
     "FakeApiError",
     "FakeInstance",
     "FakeServer",

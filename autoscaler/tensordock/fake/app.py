@@ -11,7 +11,7 @@ import collections
 import hmac
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
@@ -19,13 +19,13 @@ from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
 from .dialects import Dialect, Renderer
-from .state import FakeApiError, Faults, FakeTensorDock
+from .state import FakeApiError, FakeTensorDock, Faults
 
 API = "/api/v2"
 _MUTATING = {"create_instance", "start_instance", "stop_instance", "modify_instance", "delete_instance"}
 
 
-class DroppedReply(ConnectionAbortedError):
+class DroppedReplyError(ConnectionAbortedError):
     """The request's reply never arrives; transports turn this into a timeout or a cut connection."""
 
     def __init__(self, hold_s: float) -> None:
@@ -112,13 +112,13 @@ class FakeTensorDockApp:
                 return limited
             rng = self.state.rng
             if faults.timeout_rate and rng.random() < faults.timeout_rate:
-                raise DroppedReply(faults.hold_dropped_s)
+                raise DroppedReplyError(faults.hold_dropped_s)
             if faults.server_error_rate and rng.random() < faults.server_error_rate:
                 status = rng.choice([500, 502, 503])
                 return Response(f"<html><body>{status} upstream error</body></html>", status, mimetype="text/html")
             response = self._dispatch(endpoint, request, args)
             if endpoint in _MUTATING and self._reply_is_lost(faults):
-                raise DroppedReply(faults.hold_dropped_s)
+                raise DroppedReplyError(faults.hold_dropped_s)
             return response
 
     def _reply_is_lost(self, faults: Faults) -> bool:
@@ -136,7 +136,11 @@ class FakeTensorDockApp:
         """A sliding window per organisation, as TensorDock documents (100 per minute)."""
         now = self.state.clock.now()
         faults = self.state.faults
-        if self._burst_left == 0 and faults.rate_limit_burst_rate and self.state.rng.random() < faults.rate_limit_burst_rate:
+        if (
+            self._burst_left == 0
+            and faults.rate_limit_burst_rate
+            and self.state.rng.random() < faults.rate_limit_burst_rate
+        ):
             self._burst_left = faults.rate_limit_burst_length
         retry_after: float | None = None
         if self._burst_left > 0:
@@ -157,7 +161,7 @@ class FakeTensorDockApp:
         response.headers["X-RateLimit-Remaining"] = "0"
         return response
 
-    def _dispatch(self, endpoint: str, request: Request, args: dict[str, Any]) -> Response:
+    def _dispatch(self, endpoint: str, request: Request, args: Mapping[str, Any]) -> Response:
         now = self.state.settle()
         render = self.renderer
         try:
@@ -212,7 +216,7 @@ class FakeTensorDockApp:
             raise FakeApiError("validation", "data.attributes is required", ("data", "attributes"))
         return attributes
 
-    def _admin(self, endpoint: str, request: Request, args: dict[str, Any]) -> Response:
+    def _admin(self, endpoint: str, request: Request, args: Mapping[str, Any]) -> Response:
         if endpoint == "admin_bill":
             self.state.settle()
             bill = self.state.bill()
@@ -230,7 +234,9 @@ class FakeTensorDockApp:
             return self._json(200, {"id": inst.id, "disassociated": True})
         if request.method == "PUT":
             try:
-                self.state.faults = Faults.model_validate({**self.state.faults.model_dump(), **self._json_object(request)})
+                self.state.faults = Faults.model_validate(
+                    {**self.state.faults.model_dump(), **self._json_object(request)}
+                )
             except (ValueError, FakeApiError) as exc:
                 return self._json(400, {"error": str(exc)})
         return self._json(200, self.state.faults.model_dump())

@@ -9,11 +9,17 @@ from collections.abc import Iterator
 from typing import Any, Literal
 
 from .catalog import Catalog, CatalogHostnode, CatalogLocation
-from .state import FakeApiError, FakeInstance
+from .state import FakeApiError, FakeInstance, HostFree
 
 Dialect = Literal["spec", "observed"]
 Json = Any
-_TITLES = {400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed", 429: "Too Many Requests"}
+_TITLES = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    429: "Too Many Requests",
+}
 
 
 class Renderer:
@@ -116,14 +122,14 @@ class Renderer:
 
     # -- offers -----------------------------------------------------------------------------------
 
-    def locations(self, rows: list[tuple[CatalogLocation, list[tuple[CatalogHostnode, dict[str, Any]]]]]) -> Json:
+    def locations(self, rows: list[tuple[CatalogLocation, list[tuple[CatalogHostnode, HostFree]]]]) -> Json:
         """One offer per location and model: the cheapest host that has any free, as TensorDock lists."""
         out = []
         for loc, hosts in rows:
             offers: dict[str, Json] = {}
             for host, free in hosts:
                 for model, spec in host.gpus.items():
-                    available = free["gpus"].get(model, 0)
+                    available = free.gpus.get(model, 0)
                     if available <= 0:
                         continue
                     current = offers.get(model)
@@ -136,9 +142,9 @@ class Renderer:
                         "max_count": max(available, current["max_count"] if current else 0),
                         "price_per_hr": spec.price_per_hr,
                         "resources": {
-                            "max_vcpus": min(free["vcpu"], host.max_vcpus_per_gpu * available),
-                            "max_ram_gb": min(free["ram"], host.max_ram_per_gpu * available),
-                            "max_storage_gb": free["storage"],
+                            "max_vcpus": min(free.vcpu, host.max_vcpus_per_gpu * available),
+                            "max_ram_gb": min(free.ram, host.max_ram_per_gpu * available),
+                            "max_storage_gb": free.storage,
                         },
                         "pricing": host.pricing.model_dump(),
                         "network_features": {
@@ -159,7 +165,7 @@ class Renderer:
             )
         return {"data": {"locations": out}}
 
-    def hostnode(self, loc: CatalogLocation, host: CatalogHostnode, free: dict[str, Any]) -> Json:
+    def hostnode(self, loc: CatalogLocation, host: CatalogHostnode, free: HostFree) -> Json:
         return {
             "id": host.id,
             "location_id": loc.id,
@@ -167,12 +173,12 @@ class Renderer:
             "uptime_percentage": host.uptime_percentage,
             "available_resources": {
                 "gpus": [
-                    {"v0Name": model, "availableCount": free["gpus"].get(model, 0), "price_per_hr": spec.price_per_hr}
+                    {"v0Name": model, "availableCount": free.gpus.get(model, 0), "price_per_hr": spec.price_per_hr}
                     for model, spec in host.gpus.items()
                 ],
-                "vcpu_count": free["vcpu"],
-                "ram_gb": free["ram"],
-                "storage_gb": free["storage"],
+                "vcpu_count": free.vcpu,
+                "ram_gb": free.ram,
+                "storage_gb": free.storage,
                 "max_vcpus_per_gpu": host.max_vcpus_per_gpu,
                 "max_ram_per_gpu": host.max_ram_per_gpu,
                 "max_vcpus": host.vcpu_count,
@@ -197,7 +203,9 @@ class Renderer:
     def error(self, status: int, message: str) -> tuple[int, Json]:
         """Protocol-level errors (401, 404 route, 405, 429) keep their HTTP status in both dialects."""
         if self.dialect == "spec":
-            return status, {"errors": [{"status": str(status), "title": _TITLES.get(status, "Error"), "detail": message}]}
+            return status, {
+                "errors": [{"status": str(status), "title": _TITLES.get(status, "Error"), "detail": message}]
+            }
         return status, {"error": message, "status": status}
 
     def api_error(self, error: FakeApiError) -> tuple[int, Json]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -13,10 +14,10 @@ from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from autoscaler.clock import Clock, SystemClock
 
-from .app import DroppedReply, FakeTensorDockApp
+from .app import DroppedReplyError, FakeTensorDockApp
 from .catalog import load_catalog
 from .dialects import Dialect
-from .state import Faults, FakeTensorDock, Timings
+from .state import FakeTensorDock, Faults, Timings
 
 
 def build_fake(
@@ -49,7 +50,7 @@ class _InProcessTransport(httpx.WSGITransport):
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         try:
             return super().handle_request(request)
-        except DroppedReply as exc:
+        except DroppedReplyError as exc:
             raise httpx.ReadTimeout(str(exc), request=request) from None
 
 
@@ -66,15 +67,13 @@ class _DroppingMiddleware:
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         try:
             return self.app(environ, start_response)
-        except DroppedReply as exc:
+        except DroppedReplyError as exc:
             if exc.hold_s > 0:
                 time.sleep(exc.hold_s)
             conn = environ.get("werkzeug.socket")
             if isinstance(conn, socket.socket):
-                try:
+                with contextlib.suppress(OSError):
                     conn.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
             raise
 
 
@@ -132,6 +131,3 @@ def serve_forever(app: FakeTensorDockApp, host: str, port: int) -> None:
         server._server.serve_forever()
     finally:
         server._server.server_close()
-
-
-

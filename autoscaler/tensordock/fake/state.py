@@ -92,6 +92,14 @@ class FakeInstance:
         return self.host.public_ip if now >= self.created_at + ip_delay_s else None
 
 
+@dataclass(frozen=True)
+class HostFree:
+    gpus: dict[str, int]
+    vcpu: int
+    ram: int
+    storage: int
+
+
 @dataclass
 class _ForeignRental:
     """GPUs another renter took from under a stopped instance; they leave after a while."""
@@ -160,7 +168,7 @@ class FakeTensorDock:
         except KeyError:
             raise FakeApiError("not_found", f"Hostnode {host_id} not found") from None
 
-    def free(self, host: CatalogHostnode) -> dict[str, Any]:
+    def free(self, host: CatalogHostnode) -> HostFree:
         """What a host has left: GPUs per model, vCPUs, RAM and storage."""
         gpus = {model: spec.count for model, spec in host.gpus.items()}
         vcpu, ram, storage = host.vcpu_count, host.ram_gb, host.storage_gb
@@ -176,7 +184,7 @@ class FakeTensorDock:
         for rental in self._foreign:
             if rental.host_id == host.id:
                 gpus[rental.gpu_model] -= rental.count
-        return {"gpus": {m: max(0, c) for m, c in gpus.items()}, "vcpu": vcpu, "ram": ram, "storage": storage}
+        return HostFree({m: max(0, c) for m, c in gpus.items()}, vcpu, ram, storage)
 
     # -- time ---------------------------------------------------------------------------------
 
@@ -308,10 +316,10 @@ class FakeTensorDock:
             return False
         free = self.free(host)
         return (
-            (spec.gpu_model is None or free["gpus"][spec.gpu_model] >= spec.gpu_count)
-            and free["vcpu"] >= spec.vcpu_count
-            and free["ram"] >= spec.ram_gb
-            and free["storage"] >= spec.storage_gb
+            (spec.gpu_model is None or free.gpus[spec.gpu_model] >= spec.gpu_count)
+            and free.vcpu >= spec.vcpu_count
+            and free.ram >= spec.ram_gb
+            and free.storage >= spec.storage_gb
         )
 
     @staticmethod
@@ -374,10 +382,10 @@ class FakeTensorDock:
             if count < inst.gpu_count:
                 raise FakeApiError("validation", "GPUs cannot be removed in place", ("gpus",))
         free = self.free(inst.host)
-        gpu_free = free["gpus"].get(model or "", 0) + (inst.gpu_count if model == inst.gpu_model else 0)
+        gpu_free = free.gpus.get(model or "", 0) + (inst.gpu_count if model == inst.gpu_model else 0)
         if model is not None and (model not in inst.host.gpus or gpu_free < count):
             raise FakeApiError("capacity", "Hostnode unavailable: not enough GPUs of that model")
-        if free["vcpu"] + inst.vcpu_count < vcpu or free["ram"] + inst.ram_gb < ram:
+        if free.vcpu + inst.vcpu_count < vcpu or free.ram + inst.ram_gb < ram:
             raise FakeApiError("capacity", "Hostnode unavailable: not enough vCPU or RAM")
         self._check_per_gpu_limits(inst.host, count, vcpu, ram)
         gpu_price = inst.host.gpus[model].price_per_hr if model else 0.0
@@ -489,7 +497,7 @@ class _CreateSpec:
 
     @staticmethod
     def _gpus(raw: object, catalog: Catalog) -> tuple[str | None, int]:
-        if raw is None or raw == [] or raw == {}:
+        if raw is None or raw in ([], {}):
             return None, 0
         if isinstance(raw, list):
             entries = [(g.get("gpuV0Name"), g.get("count", 1)) if isinstance(g, dict) else (None, 0) for g in raw]
@@ -516,8 +524,12 @@ class _CreateSpec:
         for item in raw:
             internal = item.get("internal_port") if isinstance(item, dict) else None
             external = item.get("external_port") if isinstance(item, dict) else None
-            if not all(isinstance(p, int) and not isinstance(p, bool) and 1 <= p <= 65535 for p in (internal, external)):
-                raise FakeApiError("validation", "port_forwards need internal_port and external_port", ("port_forwards",))
+            if not all(
+                isinstance(p, int) and not isinstance(p, bool) and 1 <= p <= 65535 for p in (internal, external)
+            ):
+                raise FakeApiError(
+                    "validation", "port_forwards need internal_port and external_port", ("port_forwards",)
+                )
             assert isinstance(internal, int) and isinstance(external, int)
             out.append((internal, external))
         return out

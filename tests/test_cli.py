@@ -1,0 +1,101 @@
+"""The command line: the fake API as its own process, and the demo walk-through."""
+
+from __future__ import annotations
+
+import io
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from autoscaler.cli import main
+from autoscaler.demo import run_walkthrough
+from autoscaler.tensordock import InstanceStatus, TensorDockClient
+
+from .conftest import TOKEN, create_request
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_fake_api_command_serves_the_api_over_a_real_socket() -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "autoscaler.cli",
+            "fake-api",
+            "--port",
+            str(port),
+            "--token",
+            TOKEN,
+            "--dialect",
+            "spec",
+            "--create-s",
+            "0.5",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/_fake/faults", timeout=1)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    pytest.fail(f"fake-api did not come up: {process.stderr.read() if process.stderr else ''}")
+                time.sleep(0.1)
+        with TensorDockClient(f"http://127.0.0.1:{port}/api/v2", TOKEN, "spec") as client:
+            chicago = next(loc.id for loc in client.list_locations() if loc.city == "Chicago")
+            created = client.create_instance(create_request(chicago))
+            time.sleep(0.6)
+            assert client.get_instance(created.id).status is InstanceStatus.RUNNING
+            client.delete_instance(created.id)
+        counts = httpx.get(f"http://127.0.0.1:{port}/_fake/requests").json()
+        assert counts["operations"]["create_instance"] == 1
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    assert TOKEN not in (process.stderr.read() if process.stderr else "")
+
+
+def test_fake_api_refuses_to_start_without_a_token(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("TDAS_FAKE_TOKEN", raising=False)
+    assert main(["fake-api", "--port", "0"]) == 2
+    assert "--token" in capsys.readouterr().err
+
+
+def test_fake_api_refuses_bad_faults(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["fake-api", "--token", TOKEN, "--faults", '{"timeout_rate": 3}']) == 2
+    assert "timeout_rate" in capsys.readouterr().err
+
+
+def test_demo_walks_an_instance_through_its_life_and_prints_the_bill() -> None:
+    out = io.StringIO()
+    bill = run_walkthrough(out, speed=8.0)
+    text = out.getvalue()
+    for step in (
+        "create  ->",
+        "running ->",
+        "stop    ->",
+        "stopped ->",
+        "modify  ->",
+        "start   ->",
+        "delete  ->",
+        "bill",
+    ):
+        assert step in text
+    assert "instances left: 0" in text
+    assert bill > 0
