@@ -81,6 +81,13 @@ def _retry_after_seconds(response: httpx.Response, body: object) -> float | None
     return None
 
 
+def _retry_safe(exc: TensorDockError, idempotent: bool) -> bool:
+    """429 and a connection never made mean the server did not act; otherwise only idempotent calls."""
+    if isinstance(exc, RateLimitedError | ConnectionFailedError):
+        return True
+    return idempotent and isinstance(exc, ServerError | TransportError)
+
+
 def _error_for(operation: str, status: int, message: str) -> TensorDockError:
     if status in (401, 403):
         return AuthenticationError(operation, message, status)
@@ -141,6 +148,7 @@ class TensorDockClient:
             multiplier=backoff_initial_s, max=backoff_max_s, jitter=backoff_initial_s
         )
         self._max_attempts = max_attempts
+        self._retrying = self._build_retrying()
 
     def __repr__(self) -> str:
         return f"TensorDockClient(base_url={self.base_url!r}, wire_format={self.wire_format!r})"
@@ -224,36 +232,6 @@ class TensorDockClient:
         json: dict[str, Any] | None = None,
         gone_ok_on_retry: bool = False,
     ) -> object:
-        def retryable(exc: BaseException) -> bool:
-            if isinstance(exc, RateLimitedError | ConnectionFailedError):
-                return True  # the server certainly did not act
-            return idempotent and isinstance(exc, ServerError | TransportError)
-
-        def wait(state: RetryCallState) -> float:
-            outcome = state.outcome
-            if outcome is not None and isinstance(outcome.exception(), RateLimitedError):
-                return 0.0  # the shared bucket is paused for Retry-After; acquire() waits
-            return float(self._backoff(state))
-
-        def log_retry(state: RetryCallState) -> None:
-            exc = state.outcome.exception() if state.outcome else None
-            _log.warning(
-                "tensordock_retry",
-                operation=operation,
-                attempt=state.attempt_number,
-                error=type(exc).__name__,
-                detail=str(exc),
-                sleep_s=round(state.upcoming_sleep, 2),
-            )
-
-        retrying = Retrying(
-            stop=stop_after_attempt(self._max_attempts),
-            wait=wait,
-            retry=retry_if_exception(retryable),
-            sleep=self._clock.sleep,
-            before_sleep=log_retry,
-            reraise=True,
-        )
         attempts = 0
 
         def attempt() -> object:
@@ -265,8 +243,40 @@ class TensorDockClient:
                 if gone_ok_on_retry and attempts > 1:
                     return None
                 raise
+            except TensorDockError as exc:
+                exc.retry_safe = _retry_safe(exc, idempotent)
+                raise
 
-        return retrying(attempt)
+        return self._retrying(attempt)
+
+    def _build_retrying(self) -> Retrying:
+        """Built once: tenacity's per-call cost stays small, and the policy lives in one place."""
+
+        def wait(state: RetryCallState) -> float:
+            outcome = state.outcome
+            if outcome is not None and isinstance(outcome.exception(), RateLimitedError):
+                return 0.0  # the shared bucket is paused for Retry-After; acquire() waits
+            return float(self._backoff(state))
+
+        def log_retry(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            _log.warning(
+                "tensordock_retry",
+                operation=getattr(exc, "operation", None),
+                attempt=state.attempt_number,
+                error=type(exc).__name__,
+                detail=str(exc),
+                sleep_s=round(state.upcoming_sleep, 2),
+            )
+
+        return Retrying(
+            stop=stop_after_attempt(self._max_attempts),
+            wait=wait,
+            retry=retry_if_exception(lambda exc: getattr(exc, "retry_safe", False)),
+            sleep=self._clock.sleep,
+            before_sleep=log_retry,
+            reraise=True,
+        )
 
     def _send_once(self, operation: str, method: str, path: str, json: dict[str, Any] | None) -> object:
         waited = self._bucket.acquire()

@@ -17,6 +17,8 @@ _CAPACITY_PATTERN = re.compile(
 class TensorDockError(Exception):
     """Any failed call. `operation` names the client method; `status` is the HTTP or body status."""
 
+    retry_safe = False  # set by the client: may this call be repeated after this failure?
+
     def __init__(self, operation: str, message: str, status: int | None = None) -> None:
         self.operation = operation
         self.message = message

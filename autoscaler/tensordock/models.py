@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AliasChoices, AliasPath, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 WireFormat = Literal["observed", "spec"]
 
@@ -29,11 +30,7 @@ class InstanceStatus(StrEnum):
         """Lower-case and drop `_`, `-` and spaces, as the field notes advise."""
         if not isinstance(raw, str):
             return cls.UNKNOWN
-        key = re.sub(r"[\s_\-]", "", raw).lower()
-        try:
-            return cls(key)
-        except ValueError:
-            return cls.UNKNOWN
+        return _parse_status(raw)
 
     @property
     def is_transitional(self) -> bool:
@@ -44,8 +41,23 @@ class InstanceStatus(StrEnum):
         return self in (InstanceStatus.STOPPED, InstanceStatus.STOPPED_DISASSOCIATED)
 
 
+@functools.lru_cache(maxsize=256)
+def _parse_status(raw: str) -> InstanceStatus:
+    try:
+        return InstanceStatus(_STATUS_NOISE.sub("", raw).lower())
+    except ValueError:
+        return InstanceStatus.UNKNOWN
+
+
+_STATUS_NOISE = re.compile(r"[\s_\-]")
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _also(*names: str | AliasPath) -> AliasChoices:
+    return AliasChoices(*names)
 
 
 class GpuAllocation(_Frozen):
@@ -54,27 +66,77 @@ class GpuAllocation(_Frozen):
 
 
 class PortForward(_Frozen):
-    internal_port: int = Field(ge=1, le=65535)
-    external_port: int = Field(ge=1, le=65535)
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    internal_port: int = Field(ge=1, le=65535, validation_alias=_also("internal_port", "internalPort", "internal"))
+    external_port: int = Field(ge=1, le=65535, validation_alias=_also("external_port", "externalPort", "external"))
 
 
 class Instance(_Frozen):
-    """A virtual machine as listed; fields the API did not send are None, never guessed."""
+    """A virtual machine as listed; fields the API did not send are None, never guessed.
+
+    Validates straight from a flat wire item (spec or observed names and shapes) so that one pass
+    in pydantic-core does the work and lists of thousands stay cheap; `wire` flattens envelopes.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore", coerce_numbers_to_str=True)
 
     id: str = Field(min_length=1)
     name: str | None = None
     status: InstanceStatus = InstanceStatus.UNKNOWN
-    status_raw: str | None = None
-    gpus: tuple[GpuAllocation, ...] = ()
-    rate_hourly: float | None = Field(default=None, ge=0)
-    ip_address: str | None = None
-    port_forwards: tuple[PortForward, ...] = ()
-    vcpu_count: int | None = Field(default=None, ge=0)
-    ram_gb: float | None = Field(default=None, ge=0)
-    storage_gb: float | None = Field(default=None, ge=0)
-    location_id: str | None = None
-    hostnode_id: str | None = None
+    status_raw: str | None = Field(default=None, validation_alias=_also("status_raw", "status"))
+    gpus: tuple[GpuAllocation, ...] = Field(default=(), validation_alias=_also("gpus", AliasPath("resources", "gpus")))
+    rate_hourly: float | None = Field(default=None, ge=0, validation_alias=_also("rate_hourly", "rateHourly"))
+    ip_address: str | None = Field(default=None, validation_alias=_also("ip_address", "ipAddress", "ip"))
+    port_forwards: tuple[PortForward, ...] = Field(default=(), validation_alias=_also("port_forwards", "portForwards"))
+    vcpu_count: int | None = Field(
+        default=None, ge=0, validation_alias=_also("vcpu_count", AliasPath("resources", "vcpu_count"))
+    )
+    ram_gb: float | None = Field(default=None, ge=0, validation_alias=_also("ram_gb", AliasPath("resources", "ram_gb")))
+    storage_gb: float | None = Field(
+        default=None, ge=0, validation_alias=_also("storage_gb", AliasPath("resources", "storage_gb"))
+    )
+    location_id: str | None = Field(default=None, validation_alias=_also("location_id", "locationId"))
+    hostnode_id: str | None = Field(default=None, validation_alias=_also("hostnode_id", "hostnodeId"))
     image: str | None = None
+
+    @field_validator("status", mode="before")
+    @classmethod
+    def _normalise_status(cls, value: Any) -> InstanceStatus:
+        return value if isinstance(value, InstanceStatus) else InstanceStatus.parse(value)
+
+    @field_validator("gpus", mode="before")
+    @classmethod
+    def _gpus_any_shape(cls, value: Any) -> Any:
+        """Spec: `[{gpuV0Name, count}]`; observed: `{model: {count}}`."""
+        if value is None:
+            return ()
+        if isinstance(value, dict):
+            return [
+                {"model": model, "count": spec.get("count", 1) if isinstance(spec, dict) else spec}
+                for model, spec in value.items()
+            ]
+        if isinstance(value, list):
+            return [
+                {
+                    "model": item.get("gpuV0Name") or item.get("v0Name") or item.get("model"),
+                    "count": item.get("count", 1),
+                }
+                if isinstance(item, dict)
+                else item
+                for item in value
+            ]
+        return value
+
+    @field_validator("port_forwards", mode="before")
+    @classmethod
+    def _port_forwards_any_shape(cls, value: Any) -> Any:
+        """Spec: an object `{internal: external}`; observed: `[{internal_port, external_port}]`."""
+        if value is None:
+            return ()
+        if isinstance(value, dict):
+            return [{"internal_port": internal, "external_port": external} for internal, external in value.items()]
+        return value
 
     @property
     def gpu_model(self) -> str | None:

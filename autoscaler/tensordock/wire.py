@@ -10,25 +10,23 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from .errors import MalformedResponseError
 from .models import (
     CreateInstanceRequest,
-    GpuAllocation,
     Hostnode,
     HostnodeGpu,
     Instance,
-    InstanceStatus,
     Location,
     LocationGpuOffer,
     ModifyInstanceRequest,
-    PortForward,
     Pricing,
     WireFormat,
 )
 
 JsonObject = dict[str, Any]
+_INSTANCE_LIST: TypeAdapter[list[Instance]] = TypeAdapter(list[Instance])
 
 
 def _first(mapping: Mapping[str, Any], *keys: str) -> Any:
@@ -82,69 +80,21 @@ def _as_status(value: object) -> int | None:
     return None
 
 
-def _parse_gpus(raw: object) -> list[GpuAllocation]:
-    if raw is None:
-        return []
-    if isinstance(raw, list):
-        out = []
-        for item in raw:
-            if not isinstance(item, dict):
-                raise ValueError(f"gpu entry {item!r} is not an object")
-            model = _first(item, "gpuV0Name", "v0Name", "model")
-            out.append(GpuAllocation(model=model, count=item.get("count", 1)))
-        return out
-    if isinstance(raw, dict):
-        out = []
-        for model, spec in raw.items():
-            count = spec.get("count", 1) if isinstance(spec, dict) else spec
-            out.append(GpuAllocation(model=model, count=count))
-        return out
-    raise ValueError(f"gpus is neither a list nor an object: {raw!r}")
-
-
-def _parse_port_forwards(raw: object) -> list[PortForward]:
-    if raw is None:
-        return []
-    if isinstance(raw, list):
-        return [
-            PortForward(
-                internal_port=_first(item, "internal_port", "internalPort", "internal"),
-                external_port=_first(item, "external_port", "externalPort", "external"),
-            )
-            for item in raw
-            if isinstance(item, dict)
-        ]
-    if isinstance(raw, dict):
-        return [PortForward(internal_port=int(k), external_port=v) for k, v in raw.items()]
-    raise ValueError(f"portForwards is neither a list nor an object: {raw!r}")
+def _flatten(item: object) -> object:
+    """`{type, id, attributes}` to one flat object; flat items pass through untouched."""
+    if isinstance(item, dict):
+        attributes = item.get("attributes")
+        if isinstance(attributes, dict):
+            return {**item, **attributes}
+    return item
 
 
 def parse_instance(item: object, operation: str) -> Instance:
-    """One instance, flat or `{type, id, attributes}`."""
+    """One instance, flat or `{type, id, attributes}`; the model itself reads every wire shape."""
     if not isinstance(item, dict):
         raise _malformed(operation, "instance is not an object", item)
-    attributes = item.get("attributes")
-    merged: JsonObject = {**item, **attributes} if isinstance(attributes, dict) else dict(item)
-    resources = merged.get("resources") if isinstance(merged.get("resources"), dict) else {}
-    assert isinstance(resources, dict)
-    status_raw = merged.get("status")
     try:
-        return Instance(
-            id=str(merged.get("id") or ""),
-            name=merged.get("name"),
-            status=InstanceStatus.parse(status_raw),
-            status_raw=status_raw if isinstance(status_raw, str) else None,
-            gpus=tuple(_parse_gpus(resources.get("gpus"))),
-            rate_hourly=_first(merged, "rateHourly", "rate_hourly"),
-            ip_address=_first(merged, "ipAddress", "ip_address", "ip") or None,
-            port_forwards=tuple(_parse_port_forwards(_first(merged, "portForwards", "port_forwards"))),
-            vcpu_count=_first(resources, "vcpu_count", "vcpuCount"),
-            ram_gb=_first(resources, "ram_gb", "ramGb"),
-            storage_gb=_first(resources, "storage_gb", "storageGb"),
-            location_id=_first(merged, "location_id", "locationId"),
-            hostnode_id=_first(merged, "hostnode_id", "hostnodeId"),
-            image=merged.get("image"),
-        )
+        return Instance.model_validate(_flatten(item))
     except (ValidationError, ValueError, TypeError) as exc:
         raise _malformed(operation, f"instance fields are invalid ({_summarise(exc)})", item) from exc
 
@@ -171,7 +121,10 @@ def parse_instance_list(body: object, operation: str = "list_instances") -> list
             items = body["instances"]
     if not isinstance(items, list):
         raise _malformed(operation, "no instance list found", body)
-    return [parse_instance(item, operation) for item in items]
+    try:
+        return _INSTANCE_LIST.validate_python([_flatten(item) for item in items])
+    except (ValidationError, ValueError, TypeError) as exc:
+        raise _malformed(operation, f"instance fields are invalid ({_summarise(exc)})", body) from exc
 
 
 def parse_instance_reply(body: object, operation: str) -> Instance:

@@ -88,15 +88,15 @@ class Renderer:
         if self.dialect == "spec":
             return {"data": {"instances": [self._envelope(i, now) for i in instances]}}
         variant = next(self._list_variant)
-        flat = [self._flat(i, now) for i in instances]
-        enveloped = [self._envelope(i, now) for i in instances]
+        render = self._flat if variant < 2 else self._envelope
+        items = [render(i, now) for i in instances]
         if variant == 0:
-            return {"data": flat}
+            return {"data": items}
         if variant == 1:
-            return {"data": {"attributes": {"instances": flat}}}
+            return {"data": {"attributes": {"instances": items}}}
         if variant == 2:
-            return {"data": {"instances": enveloped}}
-        return {"data": enveloped}
+            return {"data": {"instances": items}}
+        return {"data": items}
 
     def instance(self, inst: FakeInstance, now: float) -> Json:
         if self.dialect == "spec":
