@@ -89,6 +89,15 @@ def create_request(
     )
 
 
+def stopped_instance(client: TensorDockClient, clock: ManualClock, request: CreateInstanceRequest) -> str:
+    """Create, let it boot, stop it and let it settle, with the fake's default delays (30 s, 10 s)."""
+    created = client.create_instance(request)
+    clock.advance(31)
+    client.stop_instance(created.id)
+    clock.advance(11)
+    return created.id
+
+
 def location_of(app: FakeTensorDockApp, city: str) -> str:
     return next(loc.id for loc in app.state.catalog.locations if loc.city == city)
 

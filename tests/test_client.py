@@ -27,7 +27,16 @@ from autoscaler.tensordock import (
 )
 from autoscaler.tensordock.fake import FakeServer, Faults, build_fake
 
-from .conftest import RTX4090, TOKEN, MakeClient, MakeFake, create_request, host_named, location_of
+from .conftest import (
+    RTX4090,
+    TOKEN,
+    MakeClient,
+    MakeFake,
+    create_request,
+    host_named,
+    location_of,
+    stopped_instance,
+)
 
 
 class Recorder:
@@ -134,15 +143,12 @@ def test_capacity_errors_are_their_own_kind_even_inside_a_200(
     with pytest.raises(CapacityUnavailableError, match="Hostnode unavailable"):
         client.create_instance(create_request(hostnode_id=host_id, gpu_model=RTX4090))
 
-    created = client.create_instance(create_request(dallas))
-    clock.advance(31)
-    client.stop_instance(created.id)
-    clock.advance(11)
-    app.state.reclaim(created.id)
+    instance_id = stopped_instance(client, clock, create_request(dallas))
+    app.state.reclaim(instance_id)
     expected = InstanceStatus.STOPPED if dialect == "spec" else InstanceStatus.STOPPED_DISASSOCIATED
-    assert client.get_instance(created.id).status is expected
+    assert client.get_instance(instance_id).status is expected
     with pytest.raises(CapacityUnavailableError, match="no longer available"):
-        client.start_instance(created.id)
+        client.start_instance(instance_id)
     if dialect == "observed":
         assert app.statuses[200] > app.statuses[400]  # those refusals really came inside 200 replies
 

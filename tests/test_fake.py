@@ -12,7 +12,7 @@ from autoscaler.tensordock import CapacityUnavailableError, InstanceStatus, Modi
 from autoscaler.tensordock.fake import FakeTensorDockApp, Faults, in_process_transport
 from autoscaler.tensordock.wire import create_body
 
-from .conftest import RTX4090, TOKEN, MakeClient, MakeFake, create_request, location_of
+from .conftest import RTX4090, TOKEN, MakeClient, MakeFake, create_request, location_of, stopped_instance
 
 
 def raw(app: FakeTensorDockApp, method: str, path: str, body: Any = None, token: str = TOKEN) -> httpx.Response:
@@ -103,17 +103,14 @@ def test_modify_rules(
 ) -> None:
     app = make_fake("observed")
     client = make_client(app)
-    inst = client.create_instance(create_request(location_of(app, "Chicago"), gpu_count=2, vcpu=8, ram=32))
-    clock.advance(31)
-    client.stop_instance(inst.id)
-    clock.advance(11)
+    instance_id = stopped_instance(client, clock, create_request(location_of(app, "Chicago"), gpu_count=2))
     if message is None:
-        client.modify_instance(inst.id, ModifyInstanceRequest(**change))
-        after = client.get_instance(inst.id)
+        client.modify_instance(instance_id, ModifyInstanceRequest(**change))
+        after = client.get_instance(instance_id)
         assert after.vcpu_count == change.get("vcpu_count", 8)
     else:
         with pytest.raises(Exception, match=message):
-            client.modify_instance(inst.id, ModifyInstanceRequest(**change))
+            client.modify_instance(instance_id, ModifyInstanceRequest(**change))
 
 
 def test_modify_cannot_shrink_storage_or_remove_gpus(
@@ -121,18 +118,15 @@ def test_modify_cannot_shrink_storage_or_remove_gpus(
 ) -> None:
     app = make_fake("spec")
     client = make_client(app)
-    inst = client.create_instance(create_request(location_of(app, "Chicago"), gpu_count=2))
-    clock.advance(31)
-    client.stop_instance(inst.id)
-    clock.advance(11)
-    client.modify_instance(inst.id, ModifyInstanceRequest(storage_gb=200))
+    instance_id = stopped_instance(client, clock, create_request(location_of(app, "Chicago"), gpu_count=2))
+    client.modify_instance(instance_id, ModifyInstanceRequest(storage_gb=200))
     with pytest.raises(Exception, match="cannot shrink"):
-        client.modify_instance(inst.id, ModifyInstanceRequest(storage_gb=150))
-    before = app.state.get(inst.id).rate_hourly
+        client.modify_instance(instance_id, ModifyInstanceRequest(storage_gb=150))
+    before = app.state.get(instance_id).rate_hourly
     with pytest.raises(Exception, match="cannot be removed"):
-        client.modify_instance(inst.id, ModifyInstanceRequest(gpu_model=RTX4090, gpu_count=1))
-    assert app.state.get(inst.id).rate_hourly == before
-    assert client.get_instance(inst.id).storage_gb == 200
+        client.modify_instance(instance_id, ModifyInstanceRequest(gpu_model=RTX4090, gpu_count=1))
+    assert app.state.get(instance_id).rate_hourly == before
+    assert client.get_instance(instance_id).storage_gb == 200
 
 
 @pytest.mark.parametrize(
@@ -209,15 +203,13 @@ def test_stopped_tier0_instances_lose_their_gpus_over_time(
 ) -> None:
     app = make_fake("observed", faults=Faults(reclaim_per_hour=2.0), seed=1)
     client = make_client(app)
-    inst = client.create_instance(create_request(location_of(app, "Dallas")))
-    clock.advance(31)
-    client.stop_instance(inst.id)
+    instance_id = stopped_instance(client, clock, create_request(location_of(app, "Dallas")))
     for _ in range(12):
         clock.advance(600)
-        if client.get_instance(inst.id).status is InstanceStatus.STOPPED_DISASSOCIATED:
+        if client.get_instance(instance_id).status is InstanceStatus.STOPPED_DISASSOCIATED:
             break
-    assert client.get_instance(inst.id).status is InstanceStatus.STOPPED_DISASSOCIATED
-    host = app.state.get(inst.id).host
+    assert client.get_instance(instance_id).status is InstanceStatus.STOPPED_DISASSOCIATED
+    host = app.state.get(instance_id).host
     assert app.state.free(host).gpus[RTX4090] == 1  # another renter holds them now
     clock.advance(7 * 3600)
     app.state.settle()
