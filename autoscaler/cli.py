@@ -58,6 +58,26 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan(args: argparse.Namespace) -> int:
+    from autoscaler.config import ConfigError, load_settings
+    from autoscaler.logging import configure_logging
+    from autoscaler.report import cycle_as_dict, cycle_as_text
+    from autoscaler.runtime import build_runtime
+
+    configure_logging("WARNING")
+    try:
+        runtime = build_runtime(load_settings(args.config), dry_run=True)
+    except ConfigError as exc:
+        print(f"plan: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    try:
+        report = runtime.engine.run_cycle()
+    finally:
+        runtime.close()
+    print(json.dumps(cycle_as_dict(report), indent=2) if args.json else cycle_as_text(report))
+    return 1 if report.error else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tensordock-autoscaler",
@@ -87,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     fake.add_argument("--ip-s", type=float, default=15.0, help="seconds from create until the IP is listed")
     fake.add_argument("--faults", help="fault injection as JSON, e.g. '{\"timeout_rate\": 0.05}'")
     fake.set_defaults(handler=_fake_api)
+
+    plan = commands.add_parser("plan", help="one dry-run cycle: the snapshot and each intended action with its cost")
+    plan.add_argument("--config", required=True, help="TOML configuration file")
+    plan.add_argument("--json", action="store_true", help="machine-readable output")
+    plan.set_defaults(handler=_plan)
 
     demo = commands.add_parser("demo", help="walk one instance through its life on the fake API, with the bill")
     demo.add_argument("--speed", type=float, default=1.0, help="shorten the fake's delays by this factor")

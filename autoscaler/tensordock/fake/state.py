@@ -267,15 +267,12 @@ class FakeTensorDock:
             location = self._location_index.get(spec.location_id)
             if location is None:
                 raise FakeApiError("validation", f"Location {spec.location_id} not found", ("location_id",))
-            stale = spec.location_id in self.faults.stale_locations or (
-                self.faults.stale_create_rate > 0 and self.rng.random() < self.faults.stale_create_rate
-            )
-            host = None if stale else self._place(location.hostnodes, spec)
+            host = None if self._stale(location) else self._place(location.hostnodes, spec)
             if host is None:
                 raise FakeApiError("capacity", "No available nodes found")
         else:
             location, host = self.host(spec.hostnode_id or "")
-            if not self._fits(host, spec):
+            if self._stale(location) or not self._fits(host, spec):
                 raise FakeApiError("capacity", "Hostnode unavailable")
         self._check_per_gpu_limits(host, spec.gpu_count, spec.vcpu_count, spec.ram_gb)
         gpu_price = host.gpus[spec.gpu_model].price_per_hr if spec.gpu_model else 0.0
@@ -304,6 +301,12 @@ class FakeTensorDock:
         self._instances[inst.id] = inst
         self._by_host[host.id].add(inst.id)
         return inst
+
+    def _stale(self, location: CatalogLocation) -> bool:
+        """Listed, yet gone when asked for: how TensorDock's availability often behaves."""
+        if location.id in self.faults.stale_locations:
+            return True
+        return self.faults.stale_create_rate > 0 and self.rng.random() < self.faults.stale_create_rate
 
     def _place(self, hosts: list[CatalogHostnode], spec: _CreateSpec) -> CatalogHostnode | None:
         candidates = [h for h in hosts if self._fits(h, spec)]

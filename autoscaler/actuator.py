@@ -1,0 +1,212 @@
+"""Carries out a guarded plan: intent journaled before each call, outcome after, never twice.
+
+A create's name is chosen and journaled before the POST, so after a lost reply the next cycle
+finds it by name instead of creating again (DESIGN rule 3). A create refused for capacity backs
+its offer off and tries the plan's next offer. Dry run journals nothing and calls nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from pydantic import BaseModel, ConfigDict, Field
+
+from autoscaler.clock import Clock
+from autoscaler.plan import Action, ActionKind
+from autoscaler.snapshot import InstanceShape, Offer
+from autoscaler.store import Store
+from autoscaler.tensordock import (
+    BadRequestError,
+    CapacityUnavailableError,
+    CreateInstanceRequest,
+    MalformedResponseError,
+    NotFoundError,
+    PortForward,
+    RequestTimeoutError,
+    ServerError,
+    TensorDockClient,
+    TensorDockError,
+)
+
+_log = structlog.get_logger("autoscaler.actuator")
+
+
+class InstanceTemplate(BaseModel):
+    """What every instance of the fleet is created with, apart from its GPUs and place."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    image: str = "ubuntu2404"
+    ssh_key: str = Field(min_length=1, description="public key put on every instance")
+    ssh_port: int = Field(default=22, ge=1, le=65535)
+    use_dedicated_ip: bool = False
+    cloud_init: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class ActionResult:
+    action: Action
+    outcome: str  # ok | failed | unknown | dry_run | skipped
+    instance_id: str | None = None
+    name: str | None = None
+    offer_key: str | None = None
+    error: str | None = None
+
+
+def default_names(prefix: str) -> Callable[[], str]:
+    return lambda: f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+class Actuator:
+    def __init__(
+        self,
+        client: TensorDockClient,
+        store: Store,
+        clock: Clock,
+        *,
+        template: InstanceTemplate,
+        shape: InstanceShape,
+        name_prefix: str,
+        dry_run: bool = False,
+        offer_backoff_s: float = 900.0,
+        name_factory: Callable[[], str] | None = None,
+        stopping: threading.Event | None = None,
+    ) -> None:
+        self.client = client
+        self.store = store
+        self.clock = clock
+        self.template = template
+        self.shape = shape
+        self.dry_run = dry_run
+        self.offer_backoff_s = offer_backoff_s
+        self.new_name = name_factory or default_names(name_prefix)
+        self.stopping = stopping or threading.Event()
+
+    def execute(self, cycle_id: str, actions: Sequence[Action]) -> list[ActionResult]:
+        results = []
+        for action in actions:
+            if self.stopping.is_set():  # SIGTERM: the call in flight finished and was recorded; no new one
+                results.append(ActionResult(action, "skipped", error="shutting down"))
+                continue
+            if self.dry_run:
+                results.append(ActionResult(action, "dry_run", action.instance_id))
+                continue
+            if action.kind is ActionKind.CREATE:
+                results.append(self._create(cycle_id, action))
+            else:
+                results.append(self._change(cycle_id, action))
+        return results
+
+    def _request(self, name: str, offer: Offer, gpus: int) -> CreateInstanceRequest:
+        t = self.template
+        forwards = () if t.use_dedicated_ip else (PortForward(internal_port=22, external_port=t.ssh_port),)
+        return CreateInstanceRequest(
+            name=name,
+            image=t.image,
+            gpu_model=offer.gpu_model,
+            gpu_count=gpus,
+            vcpu_count=self.shape.vcpu_per_gpu * gpus,
+            ram_gb=self.shape.ram_gb_per_gpu * gpus,
+            storage_gb=self.shape.storage_gb,
+            location_id=None if offer.hostnode_id else offer.location_id,
+            hostnode_id=offer.hostnode_id,
+            use_dedicated_ip=t.use_dedicated_ip,
+            ssh_key=t.ssh_key,
+            port_forwards=forwards,
+            cloud_init=t.cloud_init,
+        )
+
+    def _create(self, cycle_id: str, action: Action) -> ActionResult:
+        name = self.new_name()
+        last_error = "no offer"
+        assert action.offer is not None
+        for offer in (action.offer, *action.alternatives):
+            price = offer.hourly_price(self.shape, action.gpus)
+            entry = self.store.journal_intent(
+                cycle_id,
+                self.clock.now(),
+                "create",
+                name=name,
+                offer_key=offer.key,
+                gpus=action.gpus,
+                hourly_price=price,
+                replaces=action.replaces,
+                reason=action.reason,
+            )
+            try:
+                created = self.client.create_instance(self._request(name, offer, action.gpus))
+            except CapacityUnavailableError as exc:
+                now = self.clock.now()
+                self.store.journal_outcome(entry, "failed", now, error=exc.message)
+                self.store.back_off(offer.key, now + self.offer_backoff_s, exc.message)
+                last_error = exc.message
+                _log.info("offer_backed_off", cycle=cycle_id, offer=offer.key, reason=exc.message)
+                continue
+            except (RequestTimeoutError, ServerError, MalformedResponseError) as exc:
+                # It may exist: the next cycle looks the name up before anything is retried.
+                self.store.journal_outcome(entry, "unknown", self.clock.now(), error=str(exc))
+                return ActionResult(action, "unknown", name=name, offer_key=offer.key, error=str(exc))
+            except TensorDockError as exc:
+                self.store.journal_outcome(entry, "failed", self.clock.now(), error=str(exc))
+                return ActionResult(action, "failed", name=name, offer_key=offer.key, error=str(exc))
+            now = self.clock.now()
+            self.store.journal_outcome(entry, "ok", now, instance_id=created.id)
+            storage_rate = offer.pricing.storage_price(self.shape.storage_gb)
+            self.store.adopt(created.id, name, now, offer.key, storage_rate)
+            self.store.accrue(created.id, price, now)
+            if action.replaces:
+                self.store.mark_retiring(action.replaces, name)
+            return ActionResult(action, "ok", created.id, name, offer.key)
+        return ActionResult(action, "failed", name=name, error=f"every offer refused: {last_error}")
+
+    def _change(self, cycle_id: str, action: Action) -> ActionResult:
+        instance_id = action.instance_id
+        assert instance_id is not None
+        entry = self.store.journal_intent(
+            cycle_id,
+            self.clock.now(),
+            action.kind.value,
+            instance_id=instance_id,
+            gpus=action.gpus,
+            reason=action.reason,
+        )
+        try:
+            if action.kind is ActionKind.START:
+                self.client.start_instance(instance_id)
+            elif action.kind is ActionKind.STOP:
+                self.client.stop_instance(instance_id)
+            else:
+                self.client.delete_instance(instance_id)
+        except NotFoundError as exc:
+            now = self.clock.now()
+            if action.kind is ActionKind.DELETE:  # already gone: what we wanted
+                self._gone(instance_id, now)
+                self.store.journal_outcome(entry, "ok", now, error="already gone")
+                return ActionResult(action, "ok", instance_id)
+            self.store.journal_outcome(entry, "failed", now, error=str(exc))
+            return ActionResult(action, "failed", instance_id, error=str(exc))
+        except CapacityUnavailableError as exc:
+            now = self.clock.now()
+            if action.kind is ActionKind.START:
+                self.store.mark_start_refused(instance_id, now)
+            self.store.journal_outcome(entry, "failed", now, error=exc.message)
+            return ActionResult(action, "failed", instance_id, error=exc.message)
+        except (RequestTimeoutError, ServerError, MalformedResponseError) as exc:
+            self.store.journal_outcome(entry, "unknown", self.clock.now(), error=str(exc))
+            return ActionResult(action, "unknown", instance_id, error=str(exc))
+        except (BadRequestError, TensorDockError) as exc:
+            self.store.journal_outcome(entry, "failed", self.clock.now(), error=str(exc))
+            return ActionResult(action, "failed", instance_id, error=str(exc))
+        now = self.clock.now()
+        if action.kind is ActionKind.DELETE:
+            self._gone(instance_id, now)
+        self.store.journal_outcome(entry, "ok", now)
+        return ActionResult(action, "ok", instance_id)
+
+    def _gone(self, instance_id: str, now: float) -> None:
+        self.store.accrue(instance_id, 0.0, now)
+        self.store.forget(instance_id)

@@ -1,0 +1,159 @@
+"""Typed settings: a TOML file and `TDAS_` environment variables (`__` nests), via pydantic-settings.
+
+Environment variables win over the file, so a container can keep the file generic and pass
+the token as `TDAS_TENSORDOCK__TOKEN` (or a `token_file` for systemd credentials and secrets).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+from autoscaler.guards import GuardConfig
+from autoscaler.policy import PolicySpec
+from autoscaler.snapshot import InstanceShape
+from autoscaler.throughput import DEFAULT_THROUGHPUT
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TensorDockSettings(_Section):
+    base_url: str = "https://dashboard.tensordock.com/api/v2"
+    token: SecretStr | None = Field(default=None, description="API token; prefer token_file or the environment")
+    token_file: Path | None = Field(default=None, description="file holding the token (systemd credential, secret)")
+    wire_format: Literal["observed", "spec"] = "observed"
+    rate_limit: int = Field(default=100, ge=2, description="requests per rate_window_s, shared by every call")
+    rate_window_s: float = Field(default=60.0, gt=0)
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    read_timeout_s: float = Field(default=30.0, gt=0)
+
+    def resolved_token(self) -> SecretStr:
+        if self.token is not None and self.token.get_secret_value():
+            return self.token
+        if self.token_file is not None:
+            try:
+                text = self.token_file.read_text().strip()
+            except OSError as exc:
+                raise ValueError(f"tensordock.token_file: cannot read {self.token_file}: {exc.strerror}") from None
+            if text:
+                return SecretStr(text)
+        raise ValueError(
+            "tensordock.token: no API token; set TDAS_TENSORDOCK__TOKEN, tensordock.token or tensordock.token_file"
+        )
+
+
+class FleetSettings(_Section):
+    name_prefix: str = Field(
+        default="tdas",
+        pattern=r"^[a-z0-9][a-z0-9-]{0,30}$",
+        description="names are <prefix>-<suffix>; only such instances are ever touched",
+    )
+    image: str = "ubuntu2404"
+    ssh_key: str = Field(default="", description="public key installed on every instance")
+    ssh_port: int = Field(default=22, ge=1, le=65535, description="external port forwarded to 22")
+    cloud_init_file: Path | None = Field(default=None, description="cloud-init YAML/JSON mapping for workers")
+    storage_gb: int = Field(default=100, ge=100)
+    vcpu_per_gpu: int = Field(default=8, ge=1)
+    ram_gb_per_gpu: int = Field(default=32, ge=1)
+    throughput: dict[str, float] = Field(default_factory=dict, description="overrides of the default table")
+
+    @property
+    def shape(self) -> InstanceShape:
+        return InstanceShape(self.vcpu_per_gpu, self.ram_gb_per_gpu, self.storage_gb)
+
+    @property
+    def throughput_table(self) -> dict[str, float]:
+        return {**DEFAULT_THROUGHPUT, **self.throughput}
+
+
+class SignalSettings(_Section):
+    kind: Literal["static", "file"] = "static"
+    queued: int = Field(default=0, ge=0, description="static: queued jobs")
+    running: int = Field(default=0, ge=0, description="static: running jobs")
+    path: Path | None = Field(default=None, description="file: JSON with queued and running")
+
+    @model_validator(mode="after")
+    def _path_for_file(self) -> SignalSettings:
+        if self.kind == "file" and self.path is None:
+            raise ValueError("signal.path is required when signal.kind = 'file'")
+        return self
+
+
+class StoreSettings(_Section):
+    url: str = Field(default="sqlite:///var/lib/tensordock-autoscaler/state.db")
+
+
+class SchedulerSettings(_Section):
+    interval_s: float = Field(default=30.0, ge=1)
+
+
+DEFAULT_POLICIES = [
+    PolicySpec(name="queue_target"),
+    PolicySpec(name="schedule"),
+    PolicySpec(name="cheapest_throughput"),
+    PolicySpec(name="idle"),
+    PolicySpec(name="budget"),
+]
+
+
+class Settings(BaseSettings):
+    """The whole configuration. Build with `load_settings(path)`."""
+
+    model_config = SettingsConfigDict(env_prefix="TDAS_", env_nested_delimiter="__", extra="forbid")
+    _toml_path: ClassVar[Path | None] = None
+
+    tensordock: TensorDockSettings = TensorDockSettings()
+    fleet: FleetSettings = FleetSettings()
+    guards: GuardConfig = GuardConfig()
+    signal: SignalSettings = SignalSettings()
+    policies: list[PolicySpec] = Field(default_factory=lambda: list(DEFAULT_POLICIES))
+    store: StoreSettings = StoreSettings()
+    scheduler: SchedulerSettings = SchedulerSettings()
+    dry_run: bool = False
+    provision_timeout_s: float = Field(default=900.0, gt=0)
+    max_signal_age_s: float = Field(default=120.0, gt=0)
+    offer_refresh_s: float = Field(default=300.0, ge=0)
+    reap_orphans: bool = False
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if cls._toml_path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls._toml_path))
+        return tuple(sources)
+
+
+class ConfigError(ValueError):
+    """Every problem in the configuration, each naming its field and the fix."""
+
+
+def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
+    if path is not None and not Path(path).is_file():
+        raise ConfigError(f"config file {path} does not exist")
+
+    class _FromFile(Settings):
+        _toml_path: ClassVar[Path | None] = Path(path) if path is not None else None
+
+    try:
+        loaded = _FromFile(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"])
+            lines.append(f"{where}: {error['msg']}")
+        raise ConfigError("; ".join(lines)) from None
+    except ValueError as exc:  # TOML syntax
+        raise ConfigError(f"{path}: {exc}") from None
+    return loaded

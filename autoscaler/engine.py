@@ -1,0 +1,353 @@
+"""One cycle: sync with what the world did, build the snapshot, decide, guard, act, remember.
+
+Every failure outside the policies is data in the report (and a log line), never an exception
+through the scheduler: a cycle that cannot read the fleet does nothing; one that cannot read
+demand holds (DESIGN rule 4).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import structlog
+from pydantic import BaseModel, ConfigDict, Field
+
+from autoscaler.actuator import ActionResult, Actuator
+from autoscaler.clock import Clock
+from autoscaler.guards import GuardConfig, GuardedPlan, GuardMemory, apply_guards
+from autoscaler.plan import Action, ActionKind, Plan
+from autoscaler.planner import PlanningError, run_chain
+from autoscaler.policy import Policy
+from autoscaler.signals import Demand, DemandSignal, SignalError
+from autoscaler.snapshot import FleetInstance, InstanceShape, Offer, PendingCreate, Snapshot, offers_from
+from autoscaler.store import Store
+from autoscaler.tensordock import Instance, InstanceStatus, TensorDockClient, TensorDockError
+from autoscaler.throughput import DEFAULT_THROUGHPUT
+
+_log = structlog.get_logger("autoscaler.cycle")
+
+
+class EngineConfig(BaseModel):
+    """How the cycle treats time and the things the policies do not decide."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name_prefix: str = Field(default="tdas", pattern=r"^[a-z0-9][a-z0-9-]{0,30}$")
+    shape: InstanceShape = InstanceShape()
+    throughput: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_THROUGHPUT))
+    guards: GuardConfig = GuardConfig()
+    max_signal_age_s: float = Field(default=120.0, gt=0, description="older demand counts as unknown")
+    offer_refresh_s: float = Field(default=300.0, ge=0, description="how long listed offers are reused")
+    provision_timeout_s: float = Field(default=900.0, gt=0, description="not running by then: deleted (rule 10)")
+    unresolved_create_grace_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="a create with no reply and no instance by that name after this long never happened",
+    )
+    reap_orphans: bool = Field(default=False, description="delete prefix-named instances the store never created")
+    stopped_storage_usd_per_gb_hr: float = Field(default=0.0001, ge=0, description="when no offer prices storage")
+
+
+@dataclass
+class CycleReport:
+    cycle_id: str
+    started_at: float
+    snapshot: Snapshot | None = None
+    plan: Plan | None = None
+    guarded: GuardedPlan | None = None
+    safety: tuple[Action, ...] = ()
+    results: list[ActionResult] = field(default_factory=list)
+    orphans: tuple[Instance, ...] = ()
+    hold: str | None = None  # why nothing (or only safety work) was done
+    error: str | None = None  # the cycle failed before deciding
+    seconds: float = 0.0
+
+
+class Engine:
+    def __init__(
+        self,
+        client: TensorDockClient,
+        *,
+        signal: DemandSignal,
+        store: Store,
+        chain: Sequence[Policy],
+        actuator: Actuator,
+        clock: Clock,
+        config: EngineConfig,
+    ) -> None:
+        self.client = client
+        self.signal = signal
+        self.store = store
+        self.chain = list(chain)
+        self.actuator = actuator
+        self.clock = clock
+        self.config = config
+        self._offers: tuple[Offer, ...] = ()
+        self._offers_at: float | None = None
+        self._counter = itertools.count(1)
+
+    # -- the cycle ----------------------------------------------------------------------------
+
+    def run_cycle(self) -> CycleReport:
+        started = time.perf_counter()
+        now = self.clock.now()
+        report = CycleReport(cycle_id=f"c{int(now)}-{next(self._counter)}", started_at=now)
+        log = _log.bind(cycle=report.cycle_id)
+        try:
+            listing = self.client.list_instances()
+        except TensorDockError as exc:
+            report.error = f"cannot list instances: {exc}"
+            log.warning("cycle_skipped", reason=report.error)
+            report.seconds = time.perf_counter() - started
+            return report
+        demand, demand_error = self._read_demand(now)
+        snapshot, orphans = self._sync(now, listing, demand, demand_error)
+        report.snapshot, report.orphans = snapshot, orphans
+        for orphan in orphans:
+            log.warning("orphan_instance", instance=orphan.id, name=orphan.name, rate_hourly=orphan.rate_hourly)
+        report.safety = self._safety_actions(snapshot, orphans)
+        try:
+            report.plan = run_chain(snapshot, self.chain)
+        except PlanningError as exc:
+            report.hold = str(exc)
+            log.error("plan_held", policy=exc.policy, problem=exc.problem)
+        if report.plan is not None:
+            report.guarded = apply_guards(snapshot, report.plan, self.config.guards, self._memory(now))
+            for dropped in report.guarded.dropped:
+                log.info(
+                    "action_refused",
+                    action=dropped.action.kind.value,
+                    instance=dropped.action.target,
+                    rule=dropped.rule,
+                    why=dropped.why,
+                    policy=dropped.action.policy,
+                )
+        elif demand is None:
+            report.hold = report.hold or f"demand unknown: {demand_error}"
+        budget = self.config.guards.max_actions_per_cycle
+        actions = list(report.safety[:budget])
+        if report.guarded is not None:
+            actions += list(report.guarded.actions[: max(0, budget - len(actions))])
+        report.results = self.actuator.execute(report.cycle_id, actions)
+        for result in report.results:
+            log.info(
+                "decision",
+                action=result.action.kind.value,
+                instance=result.instance_id or result.name,
+                gpu_model=result.action.gpu_model,
+                gpus=result.action.gpus,
+                reason=result.action.reason,
+                policy=result.action.policy,
+                usd_per_hour=round(result.action.hourly_delta, 4),
+                outcome=result.outcome,
+                error=result.error,
+            )
+        self._remember(now, report)
+        report.seconds = time.perf_counter() - started
+        return report
+
+    # -- before deciding ------------------------------------------------------------------------
+
+    def _read_demand(self, now: float) -> tuple[Demand | None, str | None]:
+        try:
+            demand = self.signal.read(now)
+        except SignalError as exc:
+            return None, str(exc)
+        except Exception as exc:  # a plugin's bug is a failed read, not a dead daemon
+            return None, f"{self.signal.name}: {type(exc).__name__}: {exc}"
+        age = now - demand.observed_at
+        if age > self.config.max_signal_age_s:
+            return None, f"{demand.source}: stale by {age:.0f}s (max_signal_age_s {self.config.max_signal_age_s:g})"
+        return demand, None
+
+    def _current_offers(self, now: float) -> tuple[Offer, ...]:
+        fresh = self._offers_at is not None and now - self._offers_at < self.config.offer_refresh_s
+        if not fresh:
+            try:
+                self._offers = offers_from(self.client.list_locations(), self.client.list_hostnodes())
+                self._offers_at = now
+            except TensorDockError as exc:
+                _log.warning("offers_unavailable", error=str(exc), reusing=len(self._offers))
+        return self._offers
+
+    def refresh_offers(self) -> None:
+        """Forget cached offers (after a capacity failure the listing is known to be stale)."""
+        self._offers_at = None
+
+    def _sync(
+        self, now: float, listing: list[Instance], demand: Demand | None, demand_error: str | None
+    ) -> tuple[Snapshot, tuple[Instance, ...]]:
+        """Reconcile the store with the listing: adopt creates whose reply was lost, forget what is
+        gone, charge the ledger, track idleness; then freeze it all into a Snapshot."""
+        store = self.store
+        owned = store.owned()
+        created_names = store.created_names()
+        unresolved = store.unresolved_creates()
+        by_name = {i.name: i for i in listing if i.name}
+        offers = self._current_offers(now)
+        offer_by_key = {o.key: o for o in offers}
+        for entry in unresolved:
+            found = by_name.get(entry.name or "")
+            if found is not None and found.id not in owned:
+                store.adopt(
+                    found.id,
+                    found.name or found.id,
+                    entry.at,
+                    entry.offer_key,
+                    self._storage_rate(offer_by_key.get(entry.offer_key or ""), found),
+                )
+                store.accrue(found.id, entry.hourly_price, entry.at)
+                if entry.replaces:
+                    store.mark_retiring(entry.replaces, entry.name)
+            if found is not None:
+                store.journal_outcome(entry.id, "ok", now, instance_id=found.id)
+            elif now - entry.at > self.config.unresolved_create_grace_s:
+                store.journal_outcome(entry.id, "lost", now, error="never appeared in the listing")
+        owned = store.owned()
+        listed_ids = {i.id for i in listing}
+        for gone in set(owned) - listed_ids:
+            store.accrue(gone, 0.0, now)
+            store.forget(gone)
+        owned = store.owned()
+        prefix = f"{self.config.name_prefix}-"
+        fleet: list[FleetInstance] = []
+        unowned: list[Instance] = []
+        orphans: list[Instance] = []
+        busy_map: Mapping[str, bool] = demand.busy if demand and demand.busy is not None else {}
+        for instance in listing:
+            name = instance.name or ""
+            if instance.id not in owned and name in created_names and name.startswith(prefix):
+                store.adopt(instance.id, name, now, None, self._storage_rate(None, instance))
+                owned = store.owned()
+            record = owned.get(instance.id)
+            if record is None:
+                (orphans if name.startswith(prefix) else unowned).append(instance)
+                continue
+            busy = busy_map.get(name) if demand is not None and demand.busy is not None else None
+            storage_rate = record.storage_rate or self._storage_rate(offer_by_key.get(record.offer_key or ""), instance)
+            view = FleetInstance(instance, record.created_at, record.offer_key, busy, None, None, storage_rate)
+            store.accrue(instance.id, view.current_rate_hourly, now)
+            store.observe(instance.id, instance.status.value, busy, now)
+        owned = store.owned()
+        for instance in listing:
+            record = owned.get(instance.id)
+            if record is None:
+                continue
+            name = instance.name or ""
+            busy = busy_map.get(name) if demand is not None and demand.busy is not None else None
+            fleet.append(
+                FleetInstance(
+                    instance=instance,
+                    created_at=record.created_at,
+                    offer_key=record.offer_key,
+                    busy=busy,
+                    idle_since=record.idle_since,
+                    status_since=record.status_since,
+                    storage_rate_hourly=record.storage_rate
+                    or self._storage_rate(offer_by_key.get(record.offer_key or ""), instance),
+                    retiring_for=record.retiring_for,
+                    start_refused=record.start_refused_at is not None and instance.status is InstanceStatus.STOPPED,
+                )
+            )
+        pending = tuple(
+            PendingCreate(e.name or "?", e.gpus, e.hourly_price, e.at)
+            for e in store.unresolved_creates()
+            if e.name not in by_name
+        )
+        if demand is not None:
+            idle_key = "fleet_idle_since"
+            if demand.queued_jobs + demand.running_jobs == 0:
+                if store.get_value(idle_key) is None:
+                    store.set_value(idle_key, repr(now))
+            else:
+                store.set_value(idle_key, None)
+        idle_since = store.get_value("fleet_idle_since")
+        snapshot = Snapshot(
+            now=now,
+            demand=demand,
+            instances=tuple(fleet),
+            unowned=tuple(unowned) + tuple(orphans),
+            offers=offers,
+            spend=store.spend(now),
+            shape=self.config.shape,
+            throughput=self.config.throughput,
+            backed_off=store.backed_off(now),
+            pending_creates=pending,
+            demand_error=demand_error,
+            fleet_idle_since=float(idle_since) if idle_since else None,
+            desired_history=tuple(store.desired_history(now - 86400)),
+        )
+        return snapshot, tuple(orphans)
+
+    def _storage_rate(self, offer: Offer | None, instance: Instance) -> float:
+        storage = instance.storage_gb or self.config.shape.storage_gb
+        if offer is not None:
+            return offer.pricing.storage_price(storage)
+        return storage * self.config.stopped_storage_usd_per_gb_hr
+
+    def _safety_actions(self, snapshot: Snapshot, orphans: tuple[Instance, ...]) -> tuple[Action, ...]:
+        """Rule 10: nothing left running unaccounted. These bypass the policies, not the journal."""
+        actions = []
+        timeout = self.config.provision_timeout_s
+        for instance in snapshot.instances:
+            started = instance.status_since if instance.status_since is not None else instance.created_at
+            if instance.status is InstanceStatus.STARTING and snapshot.now - started > timeout:
+                if instance.offer_key:
+                    self.store.back_off(instance.offer_key, snapshot.now + timeout, "provisioning timed out")
+                actions.append(
+                    Action(
+                        ActionKind.DELETE,
+                        f"not running after {timeout:g}s (provision_timeout_s)",
+                        "safety",
+                        instance_id=instance.id,
+                        gpus=instance.gpus,
+                        gpu_model=instance.gpu_model,
+                        hourly_delta=-instance.rate_hourly,
+                    )
+                )
+        if self.config.reap_orphans:
+            for orphan in orphans:
+                actions.append(
+                    Action(
+                        ActionKind.DELETE,
+                        "orphan: carries the fleet prefix, never created by this store",
+                        "safety",
+                        instance_id=orphan.id,
+                        gpus=orphan.gpu_count,
+                        gpu_model=orphan.gpu_model,
+                        hourly_delta=-(orphan.rate_hourly or 0.0),
+                    )
+                )
+        return tuple(actions)
+
+    # -- after acting -------------------------------------------------------------------------
+
+    def _memory(self, now: float) -> GuardMemory:
+        def as_float(key: str) -> float | None:
+            value = self.store.get_value(key)
+            return float(value) if value else None
+
+        history = self.store.desired_history(0.0)
+        return GuardMemory(
+            last_scale_up_at=as_float("last_scale_up_at"),
+            last_scale_down_at=as_float("last_scale_down_at"),
+            history_since=history[0][0] if history else None,
+        )
+
+    def _remember(self, now: float, report: CycleReport) -> None:
+        ok = [r for r in report.results if r.outcome in ("ok", "unknown")]
+        if any(r.action.kind.adds_capacity for r in ok):
+            self.store.set_value("last_scale_up_at", repr(now))
+        if any(
+            r.action.kind is ActionKind.STOP or (r.action.kind is ActionKind.DELETE and r.action.gpus)
+            for r in ok
+            if r.action.policy != "safety"
+        ):
+            self.store.set_value("last_scale_down_at", repr(now))
+        if any(r.outcome == "failed" and r.action.kind is ActionKind.CREATE for r in report.results):
+            self.refresh_offers()
+        if report.snapshot is not None:
+            desired = report.plan.desired_gpus if report.plan is not None else None
+            self.store.record_cycle(now, desired, report.snapshot.active_gpus)

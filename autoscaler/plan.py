@@ -1,0 +1,69 @@
+"""What policies produce: a desired capacity and the actions to get there, each with its reason."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+
+from autoscaler.snapshot import Offer
+
+
+class ActionKind(StrEnum):
+    CREATE = "create"
+    START = "start"
+    STOP = "stop"
+    DELETE = "delete"
+
+    @property
+    def adds_capacity(self) -> bool:
+        return self in (ActionKind.CREATE, ActionKind.START)
+
+
+@dataclass(frozen=True)
+class Action:
+    """One mutating call. `hourly_delta` is its $/h effect; `alternatives` are offers to try in order
+    when `offer` turns out to have no capacity."""
+
+    kind: ActionKind
+    reason: str
+    policy: str
+    instance_id: str | None = None
+    offer: Offer | None = None
+    alternatives: tuple[Offer, ...] = ()
+    gpus: int = 0
+    gpu_model: str | None = None
+    hourly_delta: float = 0.0
+    replaces: str | None = None  # consolidation: the instance this one will take over from
+
+    def __post_init__(self) -> None:
+        if self.kind is ActionKind.CREATE:
+            if self.offer is None or self.gpus < 1:
+                raise ValueError("a create needs an offer and at least one GPU")
+        elif not self.instance_id:
+            raise ValueError(f"a {self.kind} needs an instance_id")
+
+    @property
+    def target(self) -> str:
+        return self.instance_id or (self.offer.key if self.offer else "?")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Passed down the policy chain; each policy returns a new one."""
+
+    desired_gpus: int | None = None  # None: no policy has an opinion; nothing scales
+    floor_gpus: int = 0
+    actions: tuple[Action, ...] = ()
+    notes: tuple[str, ...] = field(default=())
+
+    def with_actions(self, *actions: Action) -> Plan:
+        return replace(self, actions=self.actions + actions)
+
+    def without(self, dropped: set[int]) -> Plan:
+        return replace(self, actions=tuple(a for i, a in enumerate(self.actions) if i not in dropped))
+
+    def note(self, text: str) -> Plan:
+        return replace(self, notes=(*self.notes, text))
+
+    def touched(self) -> set[str]:
+        return {a.instance_id for a in self.actions if a.instance_id}

@@ -1,0 +1,131 @@
+"""Wiring: settings in, a ready Engine out (client, signal, store, policy chain, actuator)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from autoscaler.actuator import Actuator, InstanceTemplate
+from autoscaler.clock import Clock, SystemClock
+from autoscaler.config import ConfigError, Settings
+from autoscaler.engine import Engine, EngineConfig
+from autoscaler.logging import register_secret
+from autoscaler.policy import PolicyConfigError, build_chain
+from autoscaler.signals import DemandSignal, StaticSignal
+from autoscaler.signals.static import FileSignal
+from autoscaler.store import Store, open_store
+from autoscaler.tensordock import TensorDockClient
+
+
+@dataclass
+class Runtime:
+    engine: Engine
+    client: TensorDockClient
+    store: Store
+    stopping: threading.Event
+
+    def close(self) -> None:
+        self.client.close()
+        self.store.close()
+
+
+def _cloud_init(path: Path | None) -> dict[str, Any] | None:
+    if path is None:
+        return None
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"fleet.cloud_init_file: cannot read {path}: {exc.strerror}") from None
+    try:
+        import yaml  # optional: JSON needs nothing
+
+        data = yaml.safe_load(text)
+    except ImportError:
+        data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ConfigError(f"fleet.cloud_init_file: {path} must hold a mapping (runcmd, packages, write_files)")
+    return data
+
+
+def build_signal(settings: Settings) -> DemandSignal:
+    if settings.signal.kind == "file":
+        assert settings.signal.path is not None
+        return FileSignal(settings.signal.path)
+    return StaticSignal(settings.signal.queued, settings.signal.running)
+
+
+def build_runtime(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    transport: httpx.BaseTransport | None = None,
+    signal: DemandSignal | None = None,
+    store: Store | None = None,
+    dry_run: bool | None = None,
+) -> Runtime:
+    clock = clock or SystemClock()
+    td = settings.tensordock
+    try:
+        token = td.resolved_token()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    register_secret(token.get_secret_value())
+    if not settings.fleet.ssh_key:
+        raise ConfigError("fleet.ssh_key: required; TensorDock refuses instances without an SSH public key")
+    try:
+        chain = build_chain(settings.policies)
+    except PolicyConfigError as exc:
+        raise ConfigError(str(exc)) from None
+    client = TensorDockClient(
+        td.base_url,
+        token,
+        td.wire_format,
+        clock=clock,
+        rate_limit=td.rate_limit,
+        rate_window_s=td.rate_window_s,
+        connect_timeout_s=td.connect_timeout_s,
+        read_timeout_s=td.read_timeout_s,
+        transport=transport,
+    )
+    state = store if store is not None else open_store(settings.store.url)
+    stopping = threading.Event()
+    fleet = settings.fleet
+    actuator = Actuator(
+        client,
+        state,
+        clock,
+        template=InstanceTemplate(
+            image=fleet.image,
+            ssh_key=fleet.ssh_key,
+            ssh_port=fleet.ssh_port,
+            cloud_init=_cloud_init(fleet.cloud_init_file),
+        ),
+        shape=fleet.shape,
+        name_prefix=fleet.name_prefix,
+        dry_run=settings.dry_run if dry_run is None else dry_run,
+        stopping=stopping,
+    )
+    engine = Engine(
+        client,
+        signal=signal or build_signal(settings),
+        store=state,
+        chain=chain,
+        actuator=actuator,
+        clock=clock,
+        config=EngineConfig(
+            name_prefix=fleet.name_prefix,
+            shape=fleet.shape,
+            throughput=fleet.throughput_table,
+            guards=settings.guards,
+            max_signal_age_s=settings.max_signal_age_s,
+            offer_refresh_s=settings.offer_refresh_s,
+            provision_timeout_s=settings.provision_timeout_s,
+            reap_orphans=settings.reap_orphans,
+        ),
+    )
+    return Runtime(engine, client, state, stopping)

@@ -1,0 +1,86 @@
+"""The store's interface; SQLite implements it now, PostgreSQL (for HA) later, same tests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from autoscaler.snapshot import Spend
+
+
+@dataclass(frozen=True)
+class OwnedRecord:
+    id: str
+    name: str
+    created_at: float
+    offer_key: str | None
+    status: str | None
+    status_since: float | None
+    idle_since: float | None
+    retiring_for: str | None
+    storage_rate: float
+    start_refused_at: float | None = None  # a start failed for capacity: its GPUs are gone
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    id: int
+    cycle_id: str
+    at: float
+    kind: str
+    name: str | None
+    instance_id: str | None
+    offer_key: str | None
+    gpus: int
+    hourly_price: float
+    replaces: str | None
+    reason: str
+    outcome: str | None  # None: intent written, call not finished (crash); "unknown": no reply
+    error: str | None
+
+
+class Store(Protocol):
+    # ownership
+    def owned(self) -> dict[str, OwnedRecord]: ...
+    def adopt(
+        self, instance_id: str, name: str, created_at: float, offer_key: str | None, storage_rate: float = 0.0
+    ) -> None: ...
+    def forget(self, instance_id: str) -> None: ...
+    def observe(self, instance_id: str, status: str, busy: bool | None, now: float) -> None: ...
+    def mark_start_refused(self, instance_id: str, at: float) -> None: ...
+    def mark_retiring(self, instance_id: str, replacement_name: str | None) -> None: ...
+
+    # journal
+    def journal_intent(
+        self,
+        cycle_id: str,
+        at: float,
+        kind: str,
+        *,
+        name: str | None = None,
+        instance_id: str | None = None,
+        offer_key: str | None = None,
+        gpus: int = 0,
+        hourly_price: float = 0.0,
+        replaces: str | None = None,
+        reason: str = "",
+    ) -> int: ...
+    def journal_outcome(
+        self, entry_id: int, outcome: str, at: float, *, instance_id: str | None = None, error: str | None = None
+    ) -> None: ...
+    def unresolved_creates(self) -> list[JournalEntry]: ...
+    def created_names(self) -> set[str]: ...
+    def journal(self, limit: int = 100) -> list[JournalEntry]: ...
+
+    # money
+    def accrue(self, instance_id: str, rate_hourly: float, now: float) -> None: ...
+    def spend(self, now: float) -> Spend: ...
+
+    # memory between cycles
+    def back_off(self, offer_key: str, until: float, reason: str) -> None: ...
+    def backed_off(self, now: float) -> frozenset[str]: ...
+    def record_cycle(self, at: float, desired_gpus: int | None, active_gpus: int) -> None: ...
+    def desired_history(self, since: float) -> list[tuple[float, int]]: ...
+    def get_value(self, key: str) -> str | None: ...
+    def set_value(self, key: str, value: str | None) -> None: ...
+    def close(self) -> None: ...

@@ -1,0 +1,297 @@
+"""SQLite store: one file, schema versioned and migrated on open, every write committed at once
+so a crash loses nothing that was acted on."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+
+from autoscaler.snapshot import Spend
+
+from .base import JournalEntry, OwnedRecord
+
+SCHEMA_VERSION = 1
+_MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE TABLE instances (
+        id TEXT PRIMARY KEY, name TEXT NOT NULL, created_at REAL NOT NULL, offer_key TEXT,
+        status TEXT, status_since REAL, idle_since REAL, busy INTEGER, retiring_for TEXT,
+        storage_rate REAL NOT NULL DEFAULT 0, last_rate REAL, last_accrued_at REAL, start_refused_at REAL
+    );
+    CREATE TABLE journal (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, cycle_id TEXT NOT NULL, at REAL NOT NULL, kind TEXT NOT NULL,
+        name TEXT, instance_id TEXT, offer_key TEXT, gpus INTEGER NOT NULL DEFAULT 0,
+        hourly_price REAL NOT NULL DEFAULT 0, replaces TEXT, reason TEXT NOT NULL DEFAULT '',
+        outcome TEXT, outcome_at REAL, error TEXT, fencing_token INTEGER
+    );
+    CREATE INDEX journal_name ON journal(name);
+    CREATE TABLE ledger (day TEXT NOT NULL, instance_id TEXT NOT NULL, usd REAL NOT NULL,
+                         PRIMARY KEY (day, instance_id));
+    CREATE TABLE backoffs (offer_key TEXT PRIMARY KEY, until REAL NOT NULL, reason TEXT);
+    CREATE TABLE history (at REAL NOT NULL, desired INTEGER, active INTEGER NOT NULL);
+    CREATE INDEX history_at ON history(at);
+    CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT);
+    """,
+}
+
+
+def _day(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%d")
+
+
+def _next_midnight(ts: float) -> float:
+    day = datetime.fromtimestamp(ts, tz=UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return day.timestamp() + 86400
+
+
+class SqliteStore:
+    """Thread-safe through one lock; the daemon runs one cycle at a time anyway."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._lock = threading.Lock()
+        self._migrate()
+
+    def _migrate(self) -> None:
+        with self._lock:
+            self._db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = self._db.execute("SELECT version FROM schema_version").fetchone()
+            version = row[0] if row else 0
+            if version > SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"store {self.path} has schema {version}, newer than this build ({SCHEMA_VERSION}); upgrade"
+                )
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    for statement in filter(str.strip, _MIGRATIONS[target].split(";")):
+                        self._db.execute(statement)
+                    self._db.execute("DELETE FROM schema_version")
+                    self._db.execute("INSERT INTO schema_version VALUES (?)", (target,))
+                    self._db.execute("COMMIT")
+                except Exception:
+                    self._db.execute("ROLLBACK")
+                    raise
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._db.execute("SELECT version FROM schema_version").fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- ownership ----------------------------------------------------------------------------
+
+    def owned(self) -> dict[str, OwnedRecord]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, name, created_at, offer_key, status, status_since, idle_since, retiring_for, storage_rate,"
+                " start_refused_at FROM instances"
+            ).fetchall()
+        return {row[0]: OwnedRecord(*row) for row in rows}
+
+    def adopt(
+        self, instance_id: str, name: str, created_at: float, offer_key: str | None, storage_rate: float = 0.0
+    ) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO instances (id, name, created_at, offer_key, storage_rate, last_accrued_at)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET name = excluded.name",
+                (instance_id, name, created_at, offer_key, storage_rate, created_at),
+            )
+
+    def forget(self, instance_id: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM instances WHERE id = ?", (instance_id,))
+
+    def observe(self, instance_id: str, status: str, busy: bool | None, now: float) -> None:
+        """Remember when the status last changed and since when the instance has been idle."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT status, idle_since, busy FROM instances WHERE id = ?", (instance_id,)
+            ).fetchone()
+            if row is None:
+                return
+            old_status, idle_since, _ = row
+            status_since_sql = "status_since" if old_status == status else "?"
+            if busy is True:
+                idle_since = None
+            elif busy is False and idle_since is None:
+                idle_since = now
+            params: tuple[object, ...] = (status, idle_since, None if busy is None else int(busy))
+            if old_status != status:
+                params = (*params, now)
+            self._db.execute(
+                f"UPDATE instances SET status = ?, idle_since = ?, busy = ?, status_since = {status_since_sql}"  # noqa: S608
+                " WHERE id = ?",
+                (*params, instance_id),
+            )
+
+    def mark_start_refused(self, instance_id: str, at: float) -> None:
+        with self._lock:
+            self._db.execute("UPDATE instances SET start_refused_at = ? WHERE id = ?", (at, instance_id))
+
+    def mark_retiring(self, instance_id: str, replacement_name: str | None) -> None:
+        with self._lock:
+            self._db.execute("UPDATE instances SET retiring_for = ? WHERE id = ?", (replacement_name, instance_id))
+
+    # -- journal ------------------------------------------------------------------------------
+
+    def journal_intent(
+        self,
+        cycle_id: str,
+        at: float,
+        kind: str,
+        *,
+        name: str | None = None,
+        instance_id: str | None = None,
+        offer_key: str | None = None,
+        gpus: int = 0,
+        hourly_price: float = 0.0,
+        replaces: str | None = None,
+        reason: str = "",
+    ) -> int:
+        with self._lock:
+            cursor = self._db.execute(
+                "INSERT INTO journal (cycle_id, at, kind, name, instance_id, offer_key, gpus, hourly_price, replaces,"
+                " reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (cycle_id, at, kind, name, instance_id, offer_key, gpus, hourly_price, replaces, reason),
+            )
+            return int(cursor.lastrowid or 0)
+
+    def journal_outcome(
+        self, entry_id: int, outcome: str, at: float, *, instance_id: str | None = None, error: str | None = None
+    ) -> None:
+        with self._lock:
+            self._db.execute(
+                "UPDATE journal SET outcome = ?, outcome_at = ?, instance_id = COALESCE(?, instance_id), error = ?"
+                " WHERE id = ?",
+                (outcome, at, instance_id, error, entry_id),
+            )
+
+    _JOURNAL_COLUMNS = (
+        "id, cycle_id, at, kind, name, instance_id, offer_key, gpus, hourly_price, replaces, reason, outcome, error"
+    )
+
+    def unresolved_creates(self) -> list[JournalEntry]:
+        """Creates whose result we do not know: crashed before the outcome, or no reply came."""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {self._JOURNAL_COLUMNS} FROM journal WHERE kind = 'create'"  # noqa: S608
+                " AND (outcome IS NULL OR outcome = 'unknown') ORDER BY id"
+            ).fetchall()
+        return [JournalEntry(*row) for row in rows]
+
+    def created_names(self) -> set[str]:
+        with self._lock:
+            rows = self._db.execute("SELECT DISTINCT name FROM journal WHERE kind = 'create'").fetchall()
+        return {row[0] for row in rows if row[0]}
+
+    def journal(self, limit: int = 100) -> list[JournalEntry]:
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {self._JOURNAL_COLUMNS} FROM journal ORDER BY id DESC LIMIT ?",  # noqa: S608
+                (limit,),
+            ).fetchall()
+        return [JournalEntry(*row) for row in reversed(rows)]
+
+    # -- money --------------------------------------------------------------------------------
+
+    def accrue(self, instance_id: str, rate_hourly: float, now: float) -> None:
+        """Charge the rate in force since the last accrual, split at UTC midnights; `rate_hourly`
+        is the rate from now on (left-point integration, one cycle of lag at most)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT last_rate, last_accrued_at FROM instances WHERE id = ?", (instance_id,)
+            ).fetchone()
+            if row is None:
+                return
+            last_rate, since = row
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                if last_rate is not None and since is not None and now > since:
+                    start = since
+                    while start < now:
+                        end = min(now, _next_midnight(start))
+                        usd = last_rate * (end - start) / 3600.0
+                        self._db.execute(
+                            "INSERT INTO ledger (day, instance_id, usd) VALUES (?, ?, ?)"
+                            " ON CONFLICT(day, instance_id) DO UPDATE SET usd = usd + excluded.usd",
+                            (_day(start), instance_id, usd),
+                        )
+                        start = end
+                self._db.execute(
+                    "UPDATE instances SET last_rate = ?, last_accrued_at = ? WHERE id = ?",
+                    (rate_hourly, max(now, since or now), instance_id),
+                )
+                self._db.execute("COMMIT")
+            except Exception:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def spend(self, now: float) -> Spend:
+        today = _day(now)
+        month = today[:7]
+        with self._lock:
+            total, day_usd, month_usd = self._db.execute(
+                "SELECT COALESCE(SUM(usd), 0), COALESCE(SUM(CASE WHEN day = ? THEN usd END), 0),"
+                " COALESCE(SUM(CASE WHEN substr(day, 1, 7) = ? THEN usd END), 0) FROM ledger",
+                (today, month),
+            ).fetchone()
+        return Spend(today_usd=day_usd, month_usd=month_usd, total_usd=total)
+
+    # -- memory between cycles ------------------------------------------------------------------
+
+    def back_off(self, offer_key: str, until: float, reason: str) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO backoffs VALUES (?, ?, ?) ON CONFLICT(offer_key) DO UPDATE"
+                " SET until = MAX(until, excluded.until), reason = excluded.reason",
+                (offer_key, until, reason),
+            )
+
+    def backed_off(self, now: float) -> frozenset[str]:
+        with self._lock:
+            self._db.execute("DELETE FROM backoffs WHERE until <= ?", (now,))
+            rows = self._db.execute("SELECT offer_key FROM backoffs").fetchall()
+        return frozenset(row[0] for row in rows)
+
+    def record_cycle(self, at: float, desired_gpus: int | None, active_gpus: int) -> None:
+        with self._lock:
+            self._db.execute("INSERT INTO history VALUES (?, ?, ?)", (at, desired_gpus, active_gpus))
+            self._db.execute("DELETE FROM history WHERE at < ?", (at - 7 * 86400,))
+
+    def desired_history(self, since: float) -> list[tuple[float, int]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT at, desired FROM history WHERE at >= ? AND desired IS NOT NULL ORDER BY at", (since,)
+            ).fetchall()
+        return [(float(at), int(desired)) for at, desired in rows]
+
+    def get_value(self, key: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def set_value(self, key: str, value: str | None) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO kv VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value)
+            )
+
+
+def open_store(url: str) -> SqliteStore:
+    """`sqlite:///path/to/file.db` or a bare path; PostgreSQL arrives with high availability."""
+    if url.startswith("sqlite:///"):
+        return SqliteStore(url.removeprefix("sqlite:///") or ":memory:")
+    if "://" in url:
+        raise ValueError(f"unsupported store url {url!r}; use sqlite:///PATH (PostgreSQL is not built yet)")
+    return SqliteStore(url)

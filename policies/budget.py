@@ -1,0 +1,106 @@
+"""Spend limits: an hourly ceiling, and daily and monthly budgets read from the ledger.
+
+Trims capacity the plan would add, dearest per unit of work first; if the fleet is over the
+ceiling even so (prices rose, budget ran out), it stops running instances that are not busy,
+again dearest per unit first.
+"""
+
+from __future__ import annotations
+
+import calendar
+import math
+from datetime import UTC, datetime
+
+from pydantic import Field
+
+from autoscaler.plan import Action, ActionKind, Plan
+from autoscaler.policy import BasePolicy, PolicyOptions
+from autoscaler.snapshot import Snapshot
+from autoscaler.tensordock import InstanceStatus
+
+
+class BudgetOptions(PolicyOptions):
+    max_hourly_spend: float | None = Field(default=None, ge=0, description="USD per hour, whole managed fleet")
+    daily_budget_usd: float | None = Field(default=None, ge=0, description="USD per UTC day")
+    monthly_budget_usd: float | None = Field(default=None, ge=0, description="USD per UTC month")
+
+
+class Budget(BasePolicy[BudgetOptions]):
+    name = "budget"
+    Options = BudgetOptions
+
+    def _ceiling(self, snapshot: Snapshot) -> tuple[float, str]:
+        """The $/h the fleet may run at now: the hourly cap, or what spreads a budget's rest to its end."""
+        o = self.options
+        ceiling, why = math.inf, ""
+        if o.max_hourly_spend is not None:
+            ceiling, why = o.max_hourly_spend, f"max_hourly_spend ${o.max_hourly_spend:g}/h"
+        now = datetime.fromtimestamp(snapshot.now, tz=UTC)
+        hours_left_today = max((24 - now.hour - now.minute / 60 - now.second / 3600), 1 / 60)
+        days_in_month = calendar.monthrange(now.year, now.month)[1]
+        hours_left_month = max((days_in_month - now.day) * 24 + hours_left_today, 1 / 60)
+        for budget, spent, hours, label in (
+            (o.daily_budget_usd, snapshot.spend.today_usd, hours_left_today, "daily"),
+            (o.monthly_budget_usd, snapshot.spend.month_usd, hours_left_month, "monthly"),
+        ):
+            if budget is None:
+                continue
+            pace = max(budget - spent, 0.0) / hours
+            if pace < ceiling:
+                ceiling, why = pace, f"{label} budget ${budget:g} (spent ${spent:.2f}, ${pace:.2f}/h left)"
+        return ceiling, why
+
+    def decide(self, snapshot: Snapshot, plan: Plan) -> Plan:
+        ceiling, why = self._ceiling(snapshot)
+        if math.isinf(ceiling):
+            return plan
+        projected = snapshot.hourly_cost + sum(a.hourly_delta for a in plan.actions)
+        if projected <= ceiling + 1e-9:
+            return plan
+        adds = sorted(
+            (i for i, a in enumerate(plan.actions) if a.kind.adds_capacity),
+            key=lambda i: -self._unit_price(snapshot, plan.actions[i]),
+        )
+        dropped: set[int] = set()
+        for index in adds:
+            if projected <= ceiling + 1e-9:
+                break
+            dropped.add(index)
+            projected -= plan.actions[index].hourly_delta
+        trimmed = plan.without(dropped)
+        if dropped:
+            trimmed = trimmed.note(f"budget: dropped {len(dropped)} scale-up actions to stay under {why}")
+        if projected <= ceiling + 1e-9:
+            return trimmed
+        touched = trimmed.touched()
+        running = sorted(
+            (
+                i
+                for i in snapshot.instances
+                if i.status is InstanceStatus.RUNNING and i.busy is not True and i.id not in touched
+            ),
+            key=lambda i: -(i.rate_hourly / max(snapshot.throughput_of(i.gpu_model) * i.gpus, 1e-9)),
+        )
+        stops = []
+        for instance in running:
+            if projected <= ceiling + 1e-9:
+                break
+            delta = instance.storage_rate_hourly - instance.rate_hourly
+            stops.append(
+                Action(
+                    ActionKind.STOP,
+                    f"over {why}: fleet at ${projected:.2f}/h",
+                    self.name,
+                    instance_id=instance.id,
+                    gpus=instance.gpus,
+                    gpu_model=instance.gpu_model,
+                    hourly_delta=delta,
+                )
+            )
+            projected += delta
+        return trimmed.with_actions(*stops)
+
+    @staticmethod
+    def _unit_price(snapshot: Snapshot, action: Action) -> float:
+        throughput = snapshot.throughput_of(action.gpu_model) * max(action.gpus, 1)
+        return action.hourly_delta / throughput if throughput > 0 else math.inf

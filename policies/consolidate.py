@@ -1,0 +1,95 @@
+"""Replace dear instances with cheaper ones once demand has settled.
+
+When the desired capacity has not moved for `steady_window_s` and an offer does the same work
+for at least `min_saving_fraction` (and `min_saving_usd_hr`) less, create the replacement; once
+it runs, stop the old instance when it is not busy. One replacement in flight at a time.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from autoscaler.plan import Action, ActionKind, Plan
+from autoscaler.policy import BasePolicy, PolicyOptions
+from autoscaler.snapshot import FleetInstance, Snapshot
+from autoscaler.tensordock import InstanceStatus
+
+
+class ConsolidateOptions(PolicyOptions):
+    steady_window_s: float = Field(default=1800.0, gt=0, description="desired GPUs unchanged this long")
+    min_saving_fraction: float = Field(default=0.2, gt=0, lt=1)
+    min_saving_usd_hr: float = Field(default=0.05, ge=0)
+
+
+class Consolidate(BasePolicy[ConsolidateOptions]):
+    name = "consolidate"
+    Options = ConsolidateOptions
+
+    def decide(self, snapshot: Snapshot, plan: Plan) -> Plan:
+        retiring = [i for i in snapshot.instances if i.retiring_for]
+        if retiring:
+            return self._finish(snapshot, plan, retiring[0])
+        if plan.actions or snapshot.pending_creates or not self._steady(snapshot):
+            return plan
+        touched = plan.touched()
+        running = [i for i in snapshot.instances if i.status is InstanceStatus.RUNNING and i.id not in touched]
+        best_swap: tuple[float, FleetInstance, Action] | None = None
+        for instance in running:
+            unit_now = self._unit(snapshot, instance.rate_hourly, instance.gpu_model, instance.gpus)
+            for offer in snapshot.offers:
+                if offer.key in snapshot.backed_off or not offer.fits(snapshot.shape, instance.gpus):
+                    continue
+                price = offer.hourly_price(snapshot.shape, instance.gpus)
+                unit = self._unit(snapshot, price, offer.gpu_model, instance.gpus)
+                # the same work for less: scale the replacement's price to the old one's throughput
+                equivalent = instance.rate_hourly * unit / unit_now if unit_now > 0 else price
+                saving = instance.rate_hourly - equivalent
+                if unit > unit_now * (1 - self.options.min_saving_fraction) or saving < self.options.min_saving_usd_hr:
+                    continue
+                if best_swap is None or saving > best_swap[0]:
+                    action = Action(
+                        ActionKind.CREATE,
+                        f"consolidate: {offer.gpu_model} does {instance.name}'s work for ${saving:.3f}/h less",
+                        self.name,
+                        offer=offer,
+                        gpus=instance.gpus,
+                        gpu_model=offer.gpu_model,
+                        hourly_delta=price,
+                        replaces=instance.id,
+                    )
+                    best_swap = (saving, instance, action)
+        return plan.with_actions(best_swap[2]) if best_swap else plan
+
+    def _finish(self, snapshot: Snapshot, plan: Plan, old: FleetInstance) -> Plan:
+        new = next((i for i in snapshot.instances if i.name == old.retiring_for), None)
+        if (
+            new is None
+            or new.status is not InstanceStatus.RUNNING
+            or old.status is not InstanceStatus.RUNNING
+            or old.busy is True
+            or old.id in plan.touched()
+        ):
+            return plan
+        return plan.with_actions(
+            Action(
+                ActionKind.STOP,
+                f"consolidate: {new.name} has taken over",
+                self.name,
+                instance_id=old.id,
+                gpus=old.gpus,
+                gpu_model=old.gpu_model,
+                hourly_delta=old.storage_rate_hourly - old.rate_hourly,
+            )
+        )
+
+    def _steady(self, snapshot: Snapshot) -> bool:
+        history = snapshot.desired_history
+        if not history or snapshot.now - history[0][0] < self.options.steady_window_s:
+            return False
+        window = [d for t, d in history if t >= snapshot.now - self.options.steady_window_s]
+        return bool(window) and min(window) == max(window) and window[-1] > 0
+
+    @staticmethod
+    def _unit(snapshot: Snapshot, price: float, model: str | None, gpus: int) -> float:
+        throughput = snapshot.throughput_of(model) * gpus
+        return price / throughput if throughput > 0 else float("inf")

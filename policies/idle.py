@@ -1,0 +1,91 @@
+"""Housekeeping of the fleet's idle and broken instances.
+
+Stops running instances idle past `idle_timeout_s` while nothing is queued (and the fleet keeps
+its floor), deletes instances stopped longer than `stopped_retention_s` (they still bill
+storage), and deletes instances whose GPUs were reclaimed or that report an error, so that
+`cheapest_throughput` replaces them with working capacity on the next cycle.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from autoscaler.plan import Action, ActionKind, Plan
+from autoscaler.policy import BasePolicy, PolicyOptions
+from autoscaler.snapshot import FleetInstance, Snapshot
+from autoscaler.tensordock import InstanceStatus
+
+
+class IdleOptions(PolicyOptions):
+    idle_timeout_s: float = Field(default=900.0, gt=0, description="seconds a running instance may sit idle")
+    stopped_retention_s: float = Field(default=24 * 3600.0, gt=0, description="seconds a stopped instance is kept")
+    replace_reclaimed: bool = Field(default=True, description="delete instances whose GPUs were taken")
+    delete_errored: bool = True
+
+
+class Idle(BasePolicy[IdleOptions]):
+    name = "idle"
+    Options = IdleOptions
+
+    def decide(self, snapshot: Snapshot, plan: Plan) -> Plan:
+        o = self.options
+        touched = plan.touched()
+        actions: list[Action] = []
+        floor = max(plan.floor_gpus, plan.desired_gpus or 0)
+        spare = snapshot.active_gpus - floor - sum(a.gpus for a in plan.actions if a.kind is ActionKind.STOP)
+        nothing_queued = snapshot.demand is not None and snapshot.demand.queued_jobs == 0
+        for instance in snapshot.instances:
+            if instance.id in touched:
+                continue
+            reclaimed = instance.status is InstanceStatus.STOPPED_DISASSOCIATED or (
+                instance.status is InstanceStatus.STOPPED and instance.start_refused
+            )
+            if reclaimed and o.replace_reclaimed:
+                actions.append(self._delete(instance, "its GPUs were reclaimed by another renter; replacing it"))
+            elif instance.status is InstanceStatus.ERROR and o.delete_errored:
+                actions.append(self._delete(instance, "TensorDock reports it in error"))
+            elif (
+                instance.status is InstanceStatus.STOPPED
+                and self._stopped_for(snapshot, instance) > o.stopped_retention_s
+            ):
+                actions.append(
+                    self._delete(
+                        instance, f"stopped longer than {o.stopped_retention_s / 3600:g} h; storage still bills"
+                    )
+                )
+            elif (
+                instance.status is InstanceStatus.RUNNING
+                and nothing_queued
+                and instance.busy is False
+                and instance.idle_since is not None
+                and snapshot.now - instance.idle_since > o.idle_timeout_s
+                and instance.gpus <= spare
+            ):
+                spare -= instance.gpus
+                actions.append(
+                    Action(
+                        ActionKind.STOP,
+                        f"idle {(snapshot.now - instance.idle_since) / 60:.0f} min with nothing queued",
+                        self.name,
+                        instance_id=instance.id,
+                        gpus=instance.gpus,
+                        gpu_model=instance.gpu_model,
+                        hourly_delta=instance.storage_rate_hourly - instance.rate_hourly,
+                    )
+                )
+        return plan.with_actions(*actions)
+
+    @staticmethod
+    def _stopped_for(snapshot: Snapshot, instance: FleetInstance) -> float:
+        return snapshot.now - (instance.status_since if instance.status_since is not None else snapshot.now)
+
+    def _delete(self, instance: FleetInstance, reason: str) -> Action:
+        return Action(
+            ActionKind.DELETE,
+            reason,
+            self.name,
+            instance_id=instance.id,
+            gpus=instance.gpus,
+            gpu_model=instance.gpu_model,
+            hourly_delta=-instance.current_rate_hourly,
+        )

@@ -1,0 +1,128 @@
+"""Whole cycles over the fake API on a virtual clock: the product's promises, end to end."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from autoscaler.tensordock.fake import Faults, Timings
+
+from .conftest import MakeWorld
+
+
+def test_a_queue_spike_scales_up_with_the_cheapest_models(make_world: MakeWorld) -> None:
+    world = make_world()
+    world.signal.set(queued_jobs=6)
+    report = world.cycle()
+    creates = [r for r in report.results if r.action.kind == "create"]
+    assert len(creates) == 6 and all(r.outcome == "ok" for r in creates)
+    snapshot = report.snapshot
+    assert snapshot is not None
+    chosen = Counter(r.action.gpu_model for r in creates)
+    # every chosen offer is among the cheapest per unit of work that could fit
+    unit = {
+        o.key: o.hourly_price(snapshot.shape, 1) / snapshot.throughput_of(o.gpu_model)
+        for o in snapshot.offers
+        if o.fits(snapshot.shape, 1)
+    }
+    worst_chosen = max(unit[r.offer_key] for r in creates if r.offer_key)
+    cheaper_unused = [k for k, u in unit.items() if u < worst_chosen and k not in {r.offer_key for r in creates}]
+    assert not cheaper_unused, f"skipped cheaper offers {cheaper_unused} for {chosen}"
+    assert len(world.fake_instances()) == 6
+    # the next cycle sees them starting and does not create more
+    again = world.cycle()
+    assert not [r for r in again.results if r.action.kind == "create"]
+
+
+def test_a_lull_stops_after_the_delay_and_deletes_after_retention(make_world: MakeWorld) -> None:
+    world = make_world(
+        policies=[
+            {"name": "queue_target"},
+            {"name": "cheapest_throughput"},
+            {"name": "idle", "options": {"stopped_retention_s": 3600}},
+        ]
+    )
+    world.signal.set(queued_jobs=2)
+    for _ in range(3):
+        world.cycle()
+    assert [i.phase for i in world.fake_instances()] == ["running", "running"]
+    world.signal.set(queued_jobs=0)
+    stopped_at = None
+    for step in range(40):
+        report = world.cycle()
+        if any(r.action.kind == "stop" for r in report.results):
+            stopped_at = step * 30
+            break
+    assert stopped_at is not None and stopped_at >= 300  # scale_down_delay_s
+    for _ in range(4):
+        world.cycle()
+    assert {i.phase for i in world.fake_instances()} == {"stopped"}
+    world.clock.advance(3600)
+    for _ in range(2):
+        world.cycle()
+    assert world.fake_instances() == []
+
+
+def test_a_capacity_failure_falls_back_to_the_next_offer(make_world: MakeWorld) -> None:
+    world = make_world()
+    world.signal.set(queued_jobs=1)
+    first = world.runtime.engine.run_cycle()
+    best = next(r for r in first.results if r.action.kind == "create")
+    # start over: same offers, but the best one's location is stale now
+    world2 = make_world()
+    world2.fake.state.faults = Faults(stale_locations=[best.action.offer.location_id])  # type: ignore[union-attr]
+    world2.signal.set(queued_jobs=1)
+    report = world2.cycle()
+    (result,) = [r for r in report.results if r.action.kind == "create"]
+    assert result.outcome == "ok"
+    assert result.offer_key != best.offer_key
+    assert best.offer_key in world2.runtime.store.backed_off(world2.clock.now())
+
+
+def test_a_budget_cap_holds(make_world: MakeWorld) -> None:
+    world = make_world(guards={"max_hourly_spend": 1.5})
+    world.signal.set(queued_jobs=20)
+    for _ in range(4):
+        report = world.cycle()
+        assert report.snapshot is not None
+        assert report.snapshot.hourly_cost <= 1.5 + 1e-9
+    running_rate = sum(i.rate_hourly for i in world.fake_instances())
+    assert 0 < running_rate <= 1.5
+
+
+def test_a_restart_in_the_middle_of_a_scale_up_creates_no_duplicate(make_world: MakeWorld) -> None:
+    world = make_world()
+    world.signal.set(queued_jobs=3)
+    world.fake.state.faults = Faults(lose_next_replies=3)  # the creates happen, their replies never arrive
+    report = world.cycle()
+    assert [r.outcome for r in report.results] == ["unknown"] * 3
+    assert len(world.fake_instances()) == 3
+    world.restart()  # the daemon dies and comes back
+    for _ in range(3):
+        world.cycle()
+    assert len(world.fake_instances()) == 3
+    assert len(world.runtime.store.owned()) == 3
+
+
+def test_demand_unknown_holds_and_never_scales_down(make_world: MakeWorld) -> None:
+    world = make_world()
+    world.signal.set(queued_jobs=2)
+    for _ in range(3):
+        world.cycle()
+    world.signal.failing = "connection refused"
+    for _ in range(30):
+        report = world.cycle()
+        assert not report.results
+    assert [i.phase for i in world.fake_instances()] == ["running", "running"]
+
+
+def test_stuck_provisioning_is_deleted_and_its_offer_backed_off(make_world: MakeWorld) -> None:
+    world = make_world(fake_options={"timings": Timings(create_s=10_000)}, provision_timeout_s=120)
+    world.signal.set(queued_jobs=1)
+    (created,) = world.cycle().results
+    deleted = []
+    for _ in range(6):
+        deleted += [r for r in world.cycle().results if r.action.kind == "delete"]
+    assert [r.instance_id for r in deleted][:1] == [created.instance_id]
+    assert deleted[0].action.policy == "safety"
+    assert created.instance_id not in {i.id for i in world.fake_instances()}
+    assert created.offer_key in world.runtime.store.backed_off(world.clock.now())
