@@ -31,6 +31,8 @@ class TensorDockSettings(_Section):
     rate_window_s: float = Field(default=60.0, gt=0)
     connect_timeout_s: float = Field(default=5.0, gt=0)
     read_timeout_s: float = Field(default=30.0, gt=0)
+    max_attempts: int = Field(default=4, ge=1, description="tries per call, retries only where safe")
+    backoff_initial_s: float = Field(default=2.0, ge=0, description="first back-off; doubles, jittered")
 
     def resolved_token(self) -> SecretStr:
         if self.token is not None and self.token.get_secret_value():

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from autoscaler.actuator import ActionResult, Actuator
 from autoscaler.clock import Clock
 from autoscaler.guards import GuardConfig, GuardedPlan, GuardMemory, apply_guards
+from autoscaler.metrics import CoreMetrics
 from autoscaler.plan import Action, ActionKind, Plan
 from autoscaler.planner import PlanningError, run_chain
 from autoscaler.policy import Policy
@@ -76,7 +77,9 @@ class Engine:
         actuator: Actuator,
         clock: Clock,
         config: EngineConfig,
+        metrics: CoreMetrics | None = None,
     ) -> None:
+        self.metrics = metrics or CoreMetrics()
         self.client = client
         self.signal = signal
         self.store = store
@@ -100,8 +103,7 @@ class Engine:
         except TensorDockError as exc:
             report.error = f"cannot list instances: {exc}"
             log.warning("cycle_skipped", reason=report.error)
-            report.seconds = time.perf_counter() - started
-            return report
+            return self._finish(report, started)
         demand, demand_error = self._read_demand(now)
         snapshot, orphans = self._sync(now, listing, demand, demand_error)
         report.snapshot, report.orphans = snapshot, orphans
@@ -112,6 +114,7 @@ class Engine:
             report.plan = run_chain(snapshot, self.chain)
         except PlanningError as exc:
             report.hold = str(exc)
+            self.metrics.policy_errors.labels(exc.policy).inc()
             log.error("plan_held", policy=exc.policy, problem=exc.problem)
         if report.plan is not None:
             report.guarded = apply_guards(snapshot, report.plan, self.config.guards, self._memory(now))
@@ -145,7 +148,22 @@ class Engine:
                 error=result.error,
             )
         self._remember(now, report)
+        return self._finish(report, started)
+
+    def _finish(self, report: CycleReport, started: float) -> CycleReport:
         report.seconds = time.perf_counter() - started
+        m = self.metrics
+        m.cycle_seconds.observe(report.seconds)
+        m.cycles.labels("error" if report.error else "hold" if report.hold else "ok").inc()
+        m.signal_up.labels(self.signal.name).set(
+            1.0 if report.snapshot is not None and report.snapshot.demand is not None else 0.0
+        )
+        m.orphans.set(len(report.orphans))
+        for result in report.results:
+            m.actions.labels(result.action.kind.value, result.outcome).inc()
+        if report.guarded is not None:
+            for dropped in report.guarded.dropped:
+                m.refused.labels(dropped.rule).inc()
         return report
 
     # -- before deciding ------------------------------------------------------------------------

@@ -151,11 +151,8 @@ def apply_guards(snapshot: Snapshot, plan: Plan, config: GuardConfig, memory: Gu
             drop(action, "max_actions_per_cycle", f"{config.max_actions_per_cycle} actions already this cycle")
             continue
         kept.append(action)
-        if action.kind.adds_capacity:
+        if action.kind.adds_capacity:  # a stop frees nothing this cycle: the instance bills until it is down
             gpus += action.gpus
             instances += 1
-        elif removes:
-            gpus -= action.gpus
-            instances -= 1
-        cost += action.hourly_delta
+            cost += action.hourly_delta
     return GuardedPlan(plan, tuple(kept), tuple(dropped))

@@ -91,6 +91,8 @@ def build_runtime(
         connect_timeout_s=td.connect_timeout_s,
         read_timeout_s=td.read_timeout_s,
         transport=transport,
+        max_attempts=td.max_attempts,
+        backoff_initial_s=td.backoff_initial_s,
     )
     state = store if store is not None else open_store(settings.store.url)
     stopping = threading.Event()

@@ -29,7 +29,7 @@ class Consolidate(BasePolicy[ConsolidateOptions]):
         retiring = [i for i in snapshot.instances if i.retiring_for]
         if retiring:
             return self._finish(snapshot, plan, retiring[0])
-        if plan.actions or snapshot.pending_creates or not self._steady(snapshot):
+        if plan.actions or snapshot.pending_creates or not self._steady(snapshot, plan):
             return plan
         touched = plan.touched()
         running = [i for i in snapshot.instances if i.status is InstanceStatus.RUNNING and i.id not in touched]
@@ -82,12 +82,16 @@ class Consolidate(BasePolicy[ConsolidateOptions]):
             )
         )
 
-    def _steady(self, snapshot: Snapshot) -> bool:
+    def _steady(self, snapshot: Snapshot, plan: Plan) -> bool:
+        """The same desired GPUs for the whole window: the value in force when it began, every
+        sample inside it, and this cycle's."""
         history = snapshot.desired_history
-        if not history or snapshot.now - history[0][0] < self.options.steady_window_s:
+        start = snapshot.now - self.options.steady_window_s
+        if not history or history[0][0] > start or plan.desired_gpus is None:
             return False
-        window = [d for t, d in history if t >= snapshot.now - self.options.steady_window_s]
-        return bool(window) and min(window) == max(window) and window[-1] > 0
+        at_start = [d for t, d in history if t <= start][-1]
+        window = [at_start, *(d for t, d in history if t > start), plan.desired_gpus]
+        return min(window) == max(window) > 0
 
     @staticmethod
     def _unit(snapshot: Snapshot, price: float, model: str | None, gpus: int) -> float:

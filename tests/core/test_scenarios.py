@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
+from pathlib import Path
 
+from autoscaler.signals.static import FileSignal
 from autoscaler.tensordock.fake import Faults, Timings
 
 from .conftest import MakeWorld
@@ -126,3 +129,45 @@ def test_stuck_provisioning_is_deleted_and_its_offer_backed_off(make_world: Make
     assert deleted[0].action.policy == "safety"
     assert created.instance_id not in {i.id for i in world.fake_instances()}
     assert created.offer_key in world.runtime.store.backed_off(world.clock.now())
+
+
+def test_stale_demand_counts_as_unknown_and_holds(make_world: MakeWorld, tmp_path: Path) -> None:
+    world = make_world(max_signal_age_s=60)
+    world.signal.set(queued_jobs=2)
+    for _ in range(3):
+        world.cycle()
+    signal_file = tmp_path / "queue.json"
+    signal_file.write_text(json.dumps({"queued": 0, "running": 0, "observed_at": world.clock.now() - 3600}))
+    world.runtime.engine.signal = FileSignal(signal_file)
+    for _ in range(20):
+        report = world.cycle()
+        assert report.snapshot is not None and report.snapshot.demand is None
+        assert "stale" in (report.snapshot.demand_error or "")
+        assert not report.results
+    assert len(world.fake_instances()) == 2
+    assert (
+        world.runtime.engine.metrics.registry.get_sample_value("tensordock_autoscaler_signal_up", {"source": "file"})
+        == 0.0
+    )
+
+
+def test_a_broken_plugin_holds_the_cycle_and_is_counted(make_world: MakeWorld) -> None:
+    world = make_world()
+    world.signal.set(queued_jobs=2)
+
+    class Broken:
+        name = "broken"
+
+        def decide(self, snapshot: object, plan: object) -> object:
+            raise RuntimeError("bug in a third-party plugin")
+
+    world.runtime.engine.chain.append(Broken())
+    report = world.cycle()
+    assert report.hold and "broken" in report.hold and report.results == []
+    assert world.fake_instances() == []
+    assert (
+        world.runtime.engine.metrics.registry.get_sample_value(
+            "tensordock_autoscaler_policy_errors_total", {"policy": "broken"}
+        )
+        == 1.0
+    )

@@ -1,0 +1,307 @@
+"""Each built-in policy on hand-built snapshots."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from autoscaler.plan import Action, ActionKind, Plan
+from autoscaler.planner import PlanningError, run_chain
+from autoscaler.policy import PolicyConfigError, PolicySpec, available_policies, build_chain
+from autoscaler.snapshot import Spend
+from autoscaler.tensordock import InstanceStatus
+from policies.budget import Budget, BudgetOptions
+from policies.cheapest_throughput import CheapestThroughput, CheapestThroughputOptions
+from policies.consolidate import Consolidate, ConsolidateOptions
+from policies.idle import Idle, IdleOptions
+from policies.queue_target import QueueTarget, QueueTargetOptions
+from policies.schedule import Schedule, ScheduleOptions
+
+from .builders import NOW, instance, offer, snapshot
+
+R4090, R3090, H100 = "geforcertx4090-pcie-24gb", "geforcertx3090-pcie-24gb", "h100-sxm5-80gb"
+
+
+def queue_target(**options: Any) -> QueueTarget:
+    return QueueTarget(QueueTargetOptions(**options))
+
+
+def cheapest(**options: Any) -> CheapestThroughput:
+    return CheapestThroughput(CheapestThroughputOptions(**options))
+
+
+# -- queue_target ----------------------------------------------------------------------------
+
+
+def test_queue_target_sizes_to_queued_plus_running() -> None:
+    plan = queue_target(jobs_per_gpu=2).decide(snapshot(queued=5, running=2), Plan())
+    assert plan.desired_gpus == 4  # ceil(7 / 2)
+
+
+def test_queue_target_needs_the_activation_threshold_to_leave_zero() -> None:
+    policy = queue_target(activation_jobs=3)
+    assert policy.decide(snapshot(queued=2), Plan()).desired_gpus == 0
+    assert policy.decide(snapshot(queued=3), Plan()).desired_gpus == 3
+
+
+def test_queue_target_steps_and_bounds() -> None:
+    up = queue_target(max_step_up=2, max_gpus=10).decide(snapshot(queued=50), Plan())
+    assert up.desired_gpus == 2
+    fleet = [instance(f"i{n}") for n in range(6)]
+    down = queue_target(max_step_down=1, min_gpus=1).decide(snapshot(*fleet, queued=0), Plan())
+    assert down.desired_gpus == 5
+    capped = queue_target(max_gpus=3, max_step_up=100).decide(snapshot(queued=50), Plan())
+    assert capped.desired_gpus == 3
+
+
+def test_queue_target_holds_when_demand_is_unknown() -> None:
+    plan = queue_target(min_gpus=1).decide(snapshot(queued=None), Plan())
+    assert plan.desired_gpus is None and plan.floor_gpus == 1
+
+
+def test_queue_target_rejects_min_above_max() -> None:
+    with pytest.raises(ValueError, match="min_gpus"):
+        QueueTargetOptions(min_gpus=5, max_gpus=2)
+
+
+# -- cheapest_throughput -----------------------------------------------------------------------
+
+
+def test_cheapest_ranks_by_price_per_unit_of_work_not_by_price() -> None:
+    # the H100 costs more per hour but does 2.2x the work of an A100; the 4090 0.75x
+    offers = (offer(H100, 1.20), offer(R4090, 0.60), offer(R3090, 0.40))
+    snap = snapshot(offers=offers)
+    plan = cheapest().decide(snap, Plan(desired_gpus=1))
+    (create,) = plan.actions
+    unit = {o.gpu_model: o.hourly_price(snap.shape, 1) / snap.throughput_of(o.gpu_model) for o in offers}
+    assert create.gpu_model == min(unit, key=unit.__getitem__) == H100
+    assert create.alternatives and create.alternatives[0].gpu_model != H100
+
+
+def test_cheapest_honours_models_vram_tier_and_locations() -> None:
+    offers = (
+        offer(H100, 0.1, location="eu"),
+        offer(R3090, 0.1, tier=0),
+        offer(R4090, 0.5, location="us"),
+        offer("rtxa6000-pcie-48gb", 0.5, location="us"),
+    )
+    snap = snapshot(offers=offers)
+    assert cheapest(excluded_models=[H100], min_tier=1).decide(snap, Plan(desired_gpus=1)).actions[0].gpu_model == R4090
+    assert (
+        cheapest(min_vram_gb=48, allowed_locations=["us"]).decide(snap, Plan(desired_gpus=1)).actions[0].gpu_model
+        == "rtxa6000-pcie-48gb"
+    )
+    assert cheapest(allowed_models=["l4-pcie-24gb"]).decide(snap, Plan(desired_gpus=1)).actions == ()
+
+
+def test_cheapest_restarts_a_stopped_instance_within_the_margin() -> None:
+    stopped = instance("s1", InstanceStatus.STOPPED, model=R4090, rate=0.55)
+    snap = snapshot(stopped, offers=(offer(R4090, 0.40),))
+    best_rate = snap.offers[0].hourly_price(snap.shape, 1)
+    close = cheapest(restart_margin=(0.55 / best_rate) - 1 + 0.01).decide(snap, Plan(desired_gpus=1))
+    assert [a.kind for a in close.actions] == [ActionKind.START]
+    far = cheapest(restart_margin=0.0).decide(snap, Plan(desired_gpus=1))
+    assert [a.kind for a in far.actions] == [ActionKind.CREATE]
+
+
+def test_cheapest_skips_backed_off_offers_and_refused_starts() -> None:
+    offers = (offer(R3090, 0.2, location="x"), offer(R4090, 0.5, location="y"))
+    refused = instance("s1", InstanceStatus.STOPPED, start_refused=True)
+    snap = snapshot(refused, offers=offers, backed_off=frozenset({offers[0].key}))
+    (action,) = cheapest().decide(snap, Plan(desired_gpus=1)).actions
+    assert action.kind is ActionKind.CREATE and action.offer == offers[1]
+
+
+def test_cheapest_never_plans_more_than_a_host_holds() -> None:
+    small = replace(offer(R3090, 0.1, available=8), host_vcpus_free=16, host_ram_gb_free=1000)
+    other = offer(R4090, 0.6, location="b")
+    plan = cheapest().decide(snapshot(offers=(small, other)), Plan(desired_gpus=4))
+    assert [a.offer.key for a in plan.actions if a.offer].count(small.key) == 2  # 2 x 8 vCPUs fill 16
+
+
+def test_cheapest_sizes_instances_for_the_widest_job() -> None:
+    snap = replace(snapshot(offers=(offer(R4090, 0.4),)), demand=replace(snapshot().demand, max_job_gpus=3))  # type: ignore[arg-type]
+    (create,) = cheapest(gpus_per_instance=[1, 2, 4]).decide(snap, Plan(desired_gpus=4)).actions
+    assert create.gpus == 4
+
+
+def test_cheapest_scales_down_idle_then_dearest_and_never_busy() -> None:
+    fleet = (
+        instance("busy-dear", rate=2.0, busy=True),
+        instance("dear", rate=1.5, busy=None),
+        instance("idle-cheap", rate=0.3, busy=False),
+        instance("cheap", rate=0.3, busy=None),
+    )
+    plan = cheapest().decide(snapshot(*fleet), Plan(desired_gpus=2))
+    assert [a.instance_id for a in plan.actions] == ["id-idle-cheap", "id-dear"]
+    assert all(a.kind is ActionKind.STOP for a in plan.actions)
+
+
+def test_cheapest_only_grows_to_the_floor_when_demand_is_unknown() -> None:
+    snap = snapshot(instance("a"), instance("b"), queued=None, offers=(offer(R4090, 0.4),))
+    assert cheapest().decide(snap, Plan(desired_gpus=None, floor_gpus=1)).actions == ()
+    grown = cheapest().decide(snapshot(queued=None, offers=(offer(R4090, 0.4),)), Plan(floor_gpus=1))
+    assert len(grown.actions) == 1
+
+
+# -- idle ------------------------------------------------------------------------------------
+
+
+def test_idle_stops_long_idle_instances_when_nothing_is_queued() -> None:
+    policy = Idle(IdleOptions(idle_timeout_s=600))
+    fleet = (instance("long", busy=False, idle_since=NOW - 700), instance("short", busy=False, idle_since=NOW - 60))
+    plan = policy.decide(snapshot(*fleet, queued=0), Plan(desired_gpus=0))
+    assert [a.instance_id for a in plan.actions] == ["id-long"]
+    assert policy.decide(snapshot(*fleet, queued=1), Plan(desired_gpus=0)).actions == ()
+
+
+def test_idle_deletes_after_retention_and_replaces_reclaimed_or_errored() -> None:
+    policy = Idle(IdleOptions(stopped_retention_s=3600))
+    fleet = (
+        instance("old", InstanceStatus.STOPPED, status_since=NOW - 3700),
+        instance("young", InstanceStatus.STOPPED, status_since=NOW - 100),
+        instance("taken", InstanceStatus.STOPPED_DISASSOCIATED, status_since=NOW - 10),
+        instance("refused", InstanceStatus.STOPPED, status_since=NOW - 10, start_refused=True),
+        instance("broken", InstanceStatus.ERROR),
+    )
+    plan = policy.decide(snapshot(*fleet), Plan(desired_gpus=0))
+    assert sorted(a.instance_id or "" for a in plan.actions) == ["id-broken", "id-old", "id-refused", "id-taken"]
+    assert {a.kind for a in plan.actions} == {ActionKind.DELETE}
+
+
+# -- budget ----------------------------------------------------------------------------------
+
+
+def _create(gpu_model: str, price: float, gpus: int = 1) -> Action:
+    return Action(
+        ActionKind.CREATE,
+        "test",
+        "test",
+        offer=offer(gpu_model, price),
+        gpus=gpus,
+        gpu_model=gpu_model,
+        hourly_delta=price,
+    )
+
+
+def test_budget_trims_the_dearest_per_unit_of_work_first() -> None:
+    plan = Plan(desired_gpus=3, actions=(_create(R3090, 0.5), _create(H100, 2.5), _create(R4090, 0.6)))
+    trimmed = Budget(BudgetOptions(max_hourly_spend=1.2)).decide(snapshot(), plan)
+    # per unit of work: 3090 0.5/0.45=1.11, H100 2.5/2.2=1.14, 4090 0.6/0.75=0.8: the H100 goes, $1.10/h remain
+    assert [a.gpu_model for a in trimmed.actions] == [R3090, R4090]
+    tighter = Budget(BudgetOptions(max_hourly_spend=1.0)).decide(snapshot(), plan)
+    assert [a.gpu_model for a in tighter.actions] == [R4090]
+
+
+def test_budget_stops_non_busy_instances_when_already_over() -> None:
+    fleet = (instance("a", rate=1.0, busy=True), instance("b", rate=1.0), instance("c", rate=0.5))
+    plan = Budget(BudgetOptions(max_hourly_spend=1.6)).decide(snapshot(*fleet), Plan(desired_gpus=3))
+    assert [a.instance_id for a in plan.actions] == ["id-b"]
+
+
+def test_budget_paces_the_rest_of_a_daily_budget() -> None:
+    # noon: 12 h left; $6 of $10 spent leaves $4, i.e. $0.33/h
+    snap = snapshot(spend=Spend(today_usd=6.0, month_usd=6.0, total_usd=6.0))
+    plan = Plan(desired_gpus=2, actions=(_create(R3090, 0.3), _create(R3090, 0.3)))
+    trimmed = Budget(BudgetOptions(daily_budget_usd=10.0)).decide(snap, plan)
+    assert len(trimmed.actions) == 1
+    spent = Budget(BudgetOptions(monthly_budget_usd=5.0)).decide(snap, plan)
+    assert spent.actions == ()
+
+
+# -- schedule --------------------------------------------------------------------------------
+
+
+def test_schedule_keeps_capacity_warm_inside_its_window() -> None:
+    policy = Schedule(ScheduleOptions(windows=[{"cron": "* 9-17 * * mon-fri", "min_gpus": 2}]))  # type: ignore[list-item]
+    thursday_noon = policy.decide(snapshot(now=NOW), Plan(desired_gpus=0))
+    assert (thursday_noon.floor_gpus, thursday_noon.desired_gpus) == (2, 2)
+    evening = policy.decide(snapshot(now=NOW + 8 * 3600), Plan(desired_gpus=0))
+    assert (evening.floor_gpus, evening.desired_gpus) == (0, 0)
+    saturday = policy.decide(snapshot(now=NOW + 2 * 86400), Plan(desired_gpus=0))
+    assert saturday.floor_gpus == 0
+
+
+def test_schedule_rejects_bad_cron_and_timezone() -> None:
+    with pytest.raises(ValueError, match="cron"):
+        ScheduleOptions(windows=[{"cron": "every day", "min_gpus": 1}])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="timezone"):
+        ScheduleOptions(windows=[{"cron": "* * * * *", "min_gpus": 1, "timezone": "Mars/Base"}])  # type: ignore[list-item]
+
+
+# -- consolidate -----------------------------------------------------------------------------
+
+
+def test_consolidate_replaces_a_dear_instance_once_demand_is_steady() -> None:
+    policy = Consolidate(ConsolidateOptions(steady_window_s=600, min_saving_fraction=0.2))
+    dear = instance("dear", model=R4090, rate=1.0)
+    steady = tuple((NOW - t, 1) for t in range(900, 0, -30))
+    snap = snapshot(dear, offers=(offer(R4090, 0.3),), desired_history=steady)
+    (create,) = policy.decide(snap, Plan(desired_gpus=1)).actions
+    assert create.kind is ActionKind.CREATE and create.replaces == "id-dear"
+    jumpy = snapshot(dear, offers=(offer(R4090, 0.3),), desired_history=((NOW - 900, 1), (NOW - 300, 2)))
+    assert policy.decide(jumpy, Plan(desired_gpus=1)).actions == ()
+
+
+def test_consolidate_stops_the_old_one_when_the_new_one_runs() -> None:
+    policy = Consolidate(ConsolidateOptions())
+    old = instance("old", rate=1.0, retiring_for="new")
+    booting = snapshot(old, instance("new", InstanceStatus.STARTING))
+    assert policy.decide(booting, Plan()).actions == ()
+    up = snapshot(old, instance("new"))
+    assert [(a.kind, a.instance_id) for a in policy.decide(up, Plan()).actions] == [(ActionKind.STOP, "id-old")]
+    busy = snapshot(replace(old, busy=True), instance("new"))
+    assert policy.decide(busy, Plan()).actions == ()
+
+
+# -- the plugin machinery -------------------------------------------------------------------------
+
+
+def test_every_builtin_is_discovered_through_entry_points() -> None:
+    assert {"queue_target", "schedule", "cheapest_throughput", "idle", "budget", "consolidate"} <= set(
+        available_policies()
+    )
+
+
+def test_bad_options_name_the_field() -> None:
+    with pytest.raises(PolicyConfigError, match=r"policies\[0\] \(queue_target\)\.options\.jobs_per_gpu"):
+        build_chain([PolicySpec(name="queue_target", options={"jobs_per_gpu": 0})])
+    with pytest.raises(PolicyConfigError, match="unknown policy 'nope'"):
+        build_chain([PolicySpec(name="nope")])
+    with pytest.raises(PolicyConfigError, match="jobs_per_gpus"):
+        build_chain([PolicySpec(name="queue_target", options={"jobs_per_gpus": 1})])
+
+
+class _Raises:
+    name = "raises"
+
+    def decide(self, snapshot: Any, plan: Plan) -> Plan:
+        raise ZeroDivisionError("oops")
+
+
+class _Nonsense:
+    name = "nonsense"
+
+    def __init__(self, result: Any) -> None:
+        self.result = result
+
+    def decide(self, snapshot: Any, plan: Plan) -> Any:
+        return self.result
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        _Raises(),
+        _Nonsense(None),
+        _Nonsense(Plan(desired_gpus=-1)),
+        _Nonsense(Plan(actions=(Action(ActionKind.STOP, "x", "x", instance_id="ghost"),))),
+        _Nonsense(Plan(actions=(_create(R4090, 0.1),))),  # an offer that is not in the snapshot
+    ],
+)
+def test_a_policy_that_raises_or_returns_nonsense_holds_the_cycle(policy: Any) -> None:
+    with pytest.raises(PlanningError) as caught:
+        run_chain(snapshot(instance("a")), [queue_target(), policy])
+    assert caught.value.policy == policy.name
