@@ -99,6 +99,7 @@ DEFAULT_POLICIES = [
     PolicySpec(name="schedule"),
     PolicySpec(name="cheapest_throughput"),
     PolicySpec(name="idle"),
+    PolicySpec(name="consolidate"),
     PolicySpec(name="budget"),
 ]
 

@@ -3,8 +3,9 @@
 Price per unit of work is `$/h / (throughput(model) * gpus)`. Scale-up restarts an owned
 stopped instance when it is within `restart_margin` of the best offer (it boots faster and
 keeps its disk), else creates on the best offer, with the next best as fallbacks for when the
-listed capacity turns out to be gone. Scale-down stops the instances that are retiring, then
-idle ones, then the dearest per unit of work; a busy instance is never chosen.
+listed capacity turns out to be gone. Scale-down stops idle instances first, then the
+dearest per unit of work; a busy instance is never chosen, and one being replaced is left to
+`consolidate`.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ class CheapestThroughput(BasePolicy[CheapestThroughputOptions]):
     def decide(self, snapshot: Snapshot, plan: Plan) -> Plan:
         active = snapshot.active_gpus + sum(a.gpus for a in plan.actions if a.kind.adds_capacity)
         active -= sum(a.gpus for a in plan.actions if a.kind in (ActionKind.STOP, ActionKind.DELETE))
+        # an instance being replaced is on its way out; `consolidate` stops it once its successor runs
+        active -= sum(i.gpus for i in snapshot.instances if i.retiring_for and i.status is InstanceStatus.RUNNING)
         if plan.desired_gpus is None:
             target, may_shrink = plan.floor_gpus, False  # demand unknown: only up to the floor (rule 4)
         else:
@@ -194,12 +197,13 @@ class CheapestThroughput(BasePolicy[CheapestThroughputOptions]):
             for i in snapshot.instances
             if i.status is InstanceStatus.RUNNING and i.id not in touched and i.busy is not True
         ]
-        running.sort(key=lambda i: (i.retiring_for is None, i.busy is not False, -self._unit_price(snapshot, i)))
+        running = [i for i in running if i.retiring_for is None]
+        running.sort(key=lambda i: (i.busy is not False, -self._unit_price(snapshot, i)))
         actions = []
         for instance in running:
             if instance.gpus > surplus:
                 continue
-            why = "retiring" if instance.retiring_for else "idle" if instance.busy is False else "dearest per unit"
+            why = "idle" if instance.busy is False else "dearest per unit"
             actions.append(
                 Action(
                     ActionKind.STOP,

@@ -305,3 +305,10 @@ def test_a_policy_that_raises_or_returns_nonsense_holds_the_cycle(policy: Any) -
     with pytest.raises(PlanningError) as caught:
         run_chain(snapshot(instance("a")), [queue_target(), policy])
     assert caught.value.policy == policy.name
+
+
+def test_cheapest_leaves_an_instance_being_replaced_to_consolidate() -> None:
+    old = instance("old", rate=1.0, retiring_for="new")
+    new = instance("new", InstanceStatus.STARTING, rate=0.4)
+    plan = cheapest().decide(snapshot(old, new), Plan(desired_gpus=1))
+    assert plan.actions == ()  # one GPU wanted, one coming: no surplus stop, no extra create
