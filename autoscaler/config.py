@@ -9,11 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from autoscaler.guards import GuardConfig
 from autoscaler.policy import PolicySpec
+from autoscaler.signals.registry import SignalSettings
 from autoscaler.snapshot import InstanceShape
 from autoscaler.throughput import DEFAULT_THROUGHPUT
 
@@ -71,19 +72,6 @@ class FleetSettings(_Section):
     @property
     def throughput_table(self) -> dict[str, float]:
         return {**DEFAULT_THROUGHPUT, **self.throughput}
-
-
-class SignalSettings(_Section):
-    kind: Literal["static", "file"] = "static"
-    queued: int = Field(default=0, ge=0, description="static: queued jobs")
-    running: int = Field(default=0, ge=0, description="static: running jobs")
-    path: Path | None = Field(default=None, description="file: JSON with queued and running")
-
-    @model_validator(mode="after")
-    def _path_for_file(self) -> SignalSettings:
-        if self.kind == "file" and self.path is None:
-            raise ValueError("signal.path is required when signal.kind = 'file'")
-        return self
 
 
 class StoreSettings(_Section):

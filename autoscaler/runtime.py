@@ -16,8 +16,8 @@ from autoscaler.config import ConfigError, Settings
 from autoscaler.engine import Engine, EngineConfig
 from autoscaler.logging import register_secret
 from autoscaler.policy import PolicyConfigError, build_chain
-from autoscaler.signals import DemandSignal, StaticSignal
-from autoscaler.signals.static import FileSignal
+from autoscaler.signals import DemandSignal, SignalError
+from autoscaler.signals.registry import SignalConfigError, build_signal
 from autoscaler.store import Store, open_store
 from autoscaler.tensordock import TensorDockClient
 
@@ -50,13 +50,6 @@ def _cloud_init(path: Path | None) -> dict[str, Any] | None:
     if not isinstance(data, dict):
         raise ConfigError(f"fleet.cloud_init_file: {path} must hold a mapping (runcmd, packages, write_files)")
     return data
-
-
-def build_signal(settings: Settings) -> DemandSignal:
-    if settings.signal.kind == "file":
-        assert settings.signal.path is not None
-        return FileSignal(settings.signal.path)
-    return StaticSignal(settings.signal.queued, settings.signal.running)
 
 
 def build_runtime(
@@ -112,9 +105,14 @@ def build_runtime(
         dry_run=settings.dry_run if dry_run is None else dry_run,
         stopping=stopping,
     )
+    if signal is None:
+        try:
+            signal = build_signal(settings.signal)
+        except (SignalConfigError, SignalError) as exc:
+            raise ConfigError(str(exc)) from None
     engine = Engine(
         client,
-        signal=signal or build_signal(settings),
+        signal=signal,
         store=state,
         chain=chain,
         actuator=actuator,

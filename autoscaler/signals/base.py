@@ -1,10 +1,17 @@
-"""The demand a cycle decides on, and the interface every source implements."""
+"""The demand a cycle decides on, and what every demand source implements."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from pathlib import Path
+from typing import ClassVar, Protocol
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from autoscaler.logging import register_secret
 
 
 class SignalError(Exception):
@@ -44,3 +51,56 @@ class DemandSignal(Protocol):
     name: str
 
     def read(self, now: float) -> Demand: ...
+
+
+class SourceOptions(BaseModel):
+    """Base of every source's options: unknown keys are errors; every read has a timeout."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    timeout_s: float = Field(default=5.0, gt=0, le=60, description="seconds one read may take")
+
+
+class Secret(BaseModel):
+    """A credential given inline, by environment variable, or by file; never printed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    value: SecretStr | None = None
+    env: str | None = None
+    file: Path | None = None
+
+    def resolve(self, what: str) -> str | None:
+        text: str | None = None
+        if self.value is not None:
+            text = self.value.get_secret_value()
+        elif self.env:
+            text = os.environ.get(self.env)
+            if text is None:
+                raise SignalError(f"{what}: environment variable {self.env} is not set")
+        elif self.file is not None:
+            try:
+                text = self.file.read_text().strip()
+            except OSError as exc:
+                raise SignalError(f"{what}: cannot read {self.file}: {exc.strerror}") from None
+        if text:
+            register_secret(text)
+            password = urlsplit(text).password if "://" in text else None
+            if password:
+                register_secret(password)
+        return text
+
+
+class SignalSource:
+    """Convenience base for sources: `kind`, an `Options` model, and `read`."""
+
+    kind: ClassVar[str] = "unnamed"
+    Options: ClassVar[type[SourceOptions]] = SourceOptions
+
+    def __init__(self, options: SourceOptions, name: str | None = None) -> None:
+        self.options = options
+        self.name = name or self.kind
+
+    def read(self, now: float) -> Demand:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release connections; sources reconnect on the next read when needed."""

@@ -4,28 +4,45 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
-from .base import Demand, SignalError
+from pydantic import Field
+
+from .base import Demand, SignalError, SignalSource, SourceOptions
 
 
-class StaticSignal:
+class StaticOptions(SourceOptions):
+    queued: int = Field(default=0, ge=0)
+    running: int = Field(default=0, ge=0)
+    max_job_gpus: int = Field(default=1, ge=1)
+
+
+class StaticSignal(SignalSource):
     """Returns what it was told; `set()` changes it, as a test or the demo's burst pattern does."""
 
-    name = "static"
+    kind = "static"
+    Options = StaticOptions
 
-    def __init__(self, queued_jobs: int = 0, running_jobs: int = 0, *, max_job_gpus: int = 1) -> None:
+    def __init__(
+        self, queued_jobs: int = 0, running_jobs: int = 0, *, max_job_gpus: int = 1, name: str | None = None
+    ) -> None:
+        super().__init__(StaticOptions(queued=queued_jobs, running=running_jobs, max_job_gpus=max_job_gpus), name)
         self.queued_jobs = queued_jobs
         self.running_jobs = running_jobs
         self.max_job_gpus = max_job_gpus
         self.busy: dict[str, bool] | None = None
         self.failing: str | None = None
 
+    @classmethod
+    def from_options(cls, options: StaticOptions, name: str | None = None) -> StaticSignal:
+        return cls(options.queued, options.running, max_job_gpus=options.max_job_gpus, name=name)
+
     def set(self, queued_jobs: int, running_jobs: int = 0, busy: dict[str, bool] | None = None) -> None:
         self.queued_jobs, self.running_jobs, self.busy = queued_jobs, running_jobs, busy
 
     def read(self, now: float) -> Demand:
         if self.failing:
-            raise SignalError(f"static: {self.failing}")
+            raise SignalError(f"{self.name}: {self.failing}")
         return Demand(
             queued_jobs=self.queued_jobs,
             running_jobs=self.running_jobs,
@@ -36,17 +53,24 @@ class StaticSignal:
         )
 
 
-class FileSignal:
-    """Reads `{"queued": N, "running": M}` from a JSON file that something else keeps current."""
+class FileOptions(SourceOptions):
+    path: Path
 
-    name = "file"
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+class FileSignal(SignalSource):
+    """Reads `{"queued": N, "running": M, "busy": {...}, "observed_at": T}` that something keeps current."""
+
+    kind = "file"
+    Options = FileOptions
+
+    def __init__(self, path: str | Path | FileOptions, name: str | None = None) -> None:
+        options = path if isinstance(path, FileOptions) else FileOptions(path=Path(path))
+        super().__init__(options, name)
+        self.path = options.path
 
     def read(self, now: float) -> Demand:
         try:
-            data = json.loads(self.path.read_text())
+            data: Any = json.loads(self.path.read_text())
             return Demand(
                 queued_jobs=int(data["queued"]),
                 running_jobs=int(data.get("running", 0)),
@@ -55,4 +79,4 @@ class FileSignal:
                 source=self.name,
             )
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise SignalError(f"file {self.path}: {exc}") from exc
+            raise SignalError(f"{self.name} {self.path}: {exc}") from exc

@@ -26,9 +26,9 @@ token = "{TOKEN}"
 name_prefix = "tdas"
 ssh_key = "ssh-ed25519 AAAATEST test"
 
-[signal]
+[[signal.sources]]
 kind = "static"
-queued = 3
+options = {{ queued = 3 }}
 
 [store]
 url = "sqlite:///{tmp_path}/state.db"

@@ -1,0 +1,79 @@
+"""HTTP JSON: any endpoint that reports the queue; dotted paths pick the numbers out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+from pydantic import Field
+
+from .base import Demand, Secret, SignalError, SignalSource, SourceOptions
+
+
+class HttpJsonOptions(SourceOptions):
+    url: str
+    queued_path: str = Field(description="dotted path to queued jobs, e.g. 'queue.waiting' or 'items.0.n'")
+    running_path: str | None = None
+    busy_path: str | None = Field(default=None, description="path to an object of instance name -> busy")
+    bearer_token: Secret | None = None
+
+
+def _pick(document: Any, path: str) -> Any:
+    node = document
+    for part in path.split("."):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.lstrip("-").isdigit() and -len(node) <= int(part) < len(node):
+            node = node[int(part)]
+        else:
+            raise KeyError(path)
+    return node
+
+
+class HttpJsonSignal(SignalSource):
+    kind = "http"
+    Options = HttpJsonOptions
+    options: HttpJsonOptions
+
+    def __init__(self, options: HttpJsonOptions, name: str | None = None) -> None:
+        super().__init__(options, name)
+        token = options.bearer_token.resolve(f"{self.name}.bearer_token") if options.bearer_token else None
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(timeout=options.timeout_s, headers=headers)
+
+    def _count(self, document: Any, path: str) -> int:
+        try:
+            value = _pick(document, path)
+        except KeyError:
+            raise SignalError(f"{self.name}: {path!r} not found in the reply of {self.options.url}") from None
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise SignalError(f"{self.name}: {path!r} is {value!r}, not a count")
+        return round(value)
+
+    def read(self, now: float) -> Demand:
+        o = self.options
+        try:
+            response = self._http.get(o.url)
+            response.raise_for_status()
+            document = response.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            raise SignalError(f"{self.name}: {o.url}: {type(exc).__name__}") from None
+        busy = None
+        if o.busy_path:
+            try:
+                raw = _pick(document, o.busy_path)
+            except KeyError:
+                raise SignalError(f"{self.name}: {o.busy_path!r} not found") from None
+            if not isinstance(raw, dict):
+                raise SignalError(f"{self.name}: {o.busy_path!r} is not an object of instance -> busy")
+            busy = {str(k): bool(v) for k, v in raw.items()}
+        return Demand(
+            queued_jobs=self._count(document, o.queued_path),
+            running_jobs=self._count(document, o.running_path) if o.running_path else 0,
+            observed_at=now,
+            busy=busy,
+            source=self.name,
+        )
+
+    def close(self) -> None:
+        self._http.close()

@@ -1,0 +1,83 @@
+"""PostgreSQL: the team's own SQL for queued and running jobs, run read-only with a statement timeout.
+
+The transaction is READ ONLY, so a query that would write is refused by the server itself.
+"""
+
+from __future__ import annotations
+
+import psycopg
+from pydantic import Field
+
+from .base import Demand, Secret, SignalError, SignalSource, SourceOptions
+
+
+class PostgresOptions(SourceOptions):
+    dsn: Secret = Field(default=Secret(env="TDAS_POSTGRES_DSN"), description="postgresql://user:pw@host/db")
+    query: str = Field(description="one row: queued, running [, queued_gpus, running_gpus]")
+    busy_query: str | None = Field(default=None, description="rows of (instance name, busy boolean)")
+
+
+class PostgresSignal(SignalSource):
+    kind = "postgres"
+    Options = PostgresOptions
+    options: PostgresOptions
+
+    def __init__(self, options: PostgresOptions, name: str | None = None) -> None:
+        super().__init__(options, name)
+        self._dsn = options.dsn.resolve(f"{self.name}.dsn") or "postgresql://127.0.0.1/postgres"
+        self._conn: psycopg.Connection | None = None
+
+    def _connection(self) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(
+                self._dsn, connect_timeout=max(1, round(self.options.timeout_s)), autocommit=False
+            )
+            self._conn.read_only = True
+        return self._conn
+
+    def read(self, now: float) -> Demand:
+        timeout_ms = int(self.options.timeout_s * 1000)
+        try:
+            conn = self._connection()
+            try:
+                with conn.cursor() as cur:
+                    cur.execute(f"SET LOCAL statement_timeout = {timeout_ms}")
+                    cur.execute(self.options.query)  # the user's own SQL, in a read-only transaction
+                    row = cur.fetchone()
+                    busy = None
+                    if self.options.busy_query:
+                        cur.execute(self.options.busy_query)
+                        busy = {str(name): bool(flag) for name, flag in cur.fetchall()}
+            finally:
+                conn.rollback()
+        except psycopg.errors.ReadOnlySqlTransaction:
+            raise SignalError(f"{self.name}: refused: the query tries to write; give a read-only SELECT") from None
+        except psycopg.errors.QueryCanceled:
+            raise SignalError(
+                f"{self.name}: query exceeded its {self.options.timeout_s:g}s statement timeout"
+            ) from None
+        except psycopg.Error as exc:
+            self.close()
+            raise SignalError(f"{self.name}: {type(exc).__name__}: {str(exc).strip()[:200]}") from None
+        if row is None or len(row) < 2:
+            raise SignalError(f"{self.name}: the query must return one row with queued and running")
+        try:
+            queued, running = int(row[0]), int(row[1])
+            queued_gpus = int(row[2]) if len(row) > 2 and row[2] is not None else None
+            running_gpus = int(row[3]) if len(row) > 3 and row[3] is not None else None
+            return Demand(
+                queued_jobs=queued,
+                running_jobs=running,
+                observed_at=now,
+                queued_gpus=queued_gpus,
+                running_gpus=running_gpus,
+                busy=busy,
+                source=self.name,
+            )
+        except (TypeError, ValueError) as exc:
+            raise SignalError(f"{self.name}: the query returned {row!r}: {exc}") from None
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+        self._conn = None

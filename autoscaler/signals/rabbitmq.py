@@ -1,0 +1,66 @@
+"""RabbitMQ over AMQP: a passive declare gives ready messages and consumers without touching the queue.
+
+AMQP does not report unacknowledged messages; with `running = "consumers"` each consumer counts
+as one running job, which holds for GPU workers that take one job at a time (prefetch 1).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Literal
+
+import pika
+import pika.exceptions
+from pydantic import Field
+
+from .base import Demand, Secret, SignalError, SignalSource, SourceOptions
+
+
+class RabbitMqOptions(SourceOptions):
+    url: Secret = Field(default=Secret(env="TDAS_AMQP_URL"), description="amqp://user:password@host:5672/vhost")
+    queue: str
+    running: Literal["consumers", "none"] = Field(default="consumers", description="how running jobs are counted")
+
+
+class RabbitMqSignal(SignalSource):
+    kind = "rabbitmq"
+    Options = RabbitMqOptions
+    options: RabbitMqOptions
+
+    def __init__(self, options: RabbitMqOptions, name: str | None = None) -> None:
+        super().__init__(options, name)
+        url = options.url.resolve(f"{self.name}.url") or "amqp://guest:guest@127.0.0.1:5672/%2F"
+        self._parameters = pika.URLParameters(url)
+        self._parameters.socket_timeout = options.timeout_s
+        self._parameters.blocked_connection_timeout = options.timeout_s
+        self._parameters.connection_attempts = 1
+        self._parameters.retry_delay = 0
+        self._connection: pika.BlockingConnection | None = None
+
+    def _channel(self) -> pika.adapters.blocking_connection.BlockingChannel:
+        if self._connection is None or self._connection.is_closed:
+            self._connection = pika.BlockingConnection(self._parameters)
+        return self._connection.channel()
+
+    def read(self, now: float) -> Demand:
+        try:
+            channel = self._channel()
+            try:
+                declared = channel.queue_declare(queue=self.options.queue, passive=True)
+            finally:
+                if channel.is_open:
+                    channel.close()
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            raise SignalError(f"{self.name}: queue {self.options.queue!r}: {exc.reply_text}") from None
+        except (pika.exceptions.AMQPError, OSError) as exc:
+            self.close()
+            raise SignalError(f"{self.name}: {type(exc).__name__}: {exc}") from None
+        method = declared.method
+        running = int(method.consumer_count) if self.options.running == "consumers" else 0
+        return Demand(queued_jobs=int(method.message_count), running_jobs=running, observed_at=now, source=self.name)
+
+    def close(self) -> None:
+        if self._connection is not None and self._connection.is_open:
+            with contextlib.suppress(pika.exceptions.AMQPError):
+                self._connection.close()
+        self._connection = None

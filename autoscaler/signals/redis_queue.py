@@ -1,0 +1,88 @@
+"""Redis: plain lists, RQ and Celery queues, sorted sets, streams; busy workers from a heartbeat hash.
+
+Workers write `HSET <heartbeat_key> <instance name> "busy:<unix time>"` (or `idle:`); entries
+older than `heartbeat_ttl_s` are ignored, so a dead worker is never taken for a busy one.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import redis
+from pydantic import Field, model_validator
+
+from .base import Demand, Secret, SignalError, SignalSource, SourceOptions
+
+
+class RedisOptions(SourceOptions):
+    url: Secret = Field(default=Secret(env="TDAS_REDIS_URL"), description="redis://[:password@]host:port/db")
+    mode: Literal["list", "rq", "celery", "zset", "stream"] = "list"
+    key: str = Field(description="list, sorted set or stream key; for rq and celery the queue name")
+    group: str | None = Field(default=None, description="stream: the consumer group")
+    heartbeat_key: str | None = Field(default=None, description="hash of instance name -> 'busy:<ts>'|'idle:<ts>'")
+    heartbeat_ttl_s: float = Field(default=120.0, gt=0)
+
+    @model_validator(mode="after")
+    def _group_for_streams(self) -> RedisOptions:
+        if self.mode == "stream" and not self.group:
+            raise ValueError("group is required when mode = 'stream'")
+        return self
+
+
+class RedisSignal(SignalSource):
+    kind = "redis"
+    Options = RedisOptions
+    options: RedisOptions
+
+    def __init__(self, options: RedisOptions, name: str | None = None) -> None:
+        super().__init__(options, name)
+        url = options.url.resolve(f"{self.name}.url") or "redis://127.0.0.1:6379/0"
+        self._redis = redis.Redis.from_url(
+            url, socket_timeout=options.timeout_s, socket_connect_timeout=options.timeout_s, decode_responses=True
+        )
+
+    def _busy(self, now: float) -> dict[str, bool] | None:
+        key = self.options.heartbeat_key
+        if not key:
+            return None
+        busy = {}
+        for instance, value in self._redis.hgetall(key).items():
+            state, _, stamp = str(value).partition(":")
+            try:
+                fresh = now - float(stamp) <= self.options.heartbeat_ttl_s
+            except ValueError:
+                continue
+            if fresh and state in ("busy", "idle"):
+                busy[instance] = state == "busy"
+        return busy
+
+    def _counts(self, busy: dict[str, bool] | None) -> tuple[int, int]:
+        o, r = self.options, self._redis
+        working = sum(busy.values()) if busy is not None else 0
+        if o.mode == "list":
+            return int(r.llen(o.key)), working
+        if o.mode == "rq":  # RQ keeps a queue's jobs in a list and the started ones in its wip registry
+            return int(r.llen(f"rq:queue:{o.key}")), int(r.zcard(f"rq:wip:{o.key}"))
+        if o.mode == "celery":  # kombu's Redis transport: the queue is a list, delivered messages sit in 'unacked'
+            return int(r.llen(o.key)), max(working, int(r.hlen("unacked")))
+        if o.mode == "zset":
+            return int(r.zcard(o.key)), working
+        groups: list[dict[str, Any]] = r.xinfo_groups(o.key)  # type: ignore[no-untyped-call]
+        group = next((g for g in groups if g.get("name") == o.group), None)
+        if group is None:
+            raise SignalError(f"{self.name}: stream {o.key} has no consumer group {o.group}")
+        lag = group.get("lag")
+        if lag is None:  # Redis cannot tell (entries deleted); count what the group has not read yet
+            raise SignalError(f"{self.name}: Redis cannot compute the lag of group {o.group} on {o.key}")
+        return int(lag), int(group.get("pending", 0))
+
+    def read(self, now: float) -> Demand:
+        try:
+            busy = self._busy(now)
+            queued, running = self._counts(busy)
+        except redis.RedisError as exc:
+            raise SignalError(f"{self.name}: {type(exc).__name__}: {exc}") from None
+        return Demand(queued_jobs=queued, running_jobs=running, observed_at=now, busy=busy, source=self.name)
+
+    def close(self) -> None:
+        self._redis.close()

@@ -1,0 +1,69 @@
+"""Demand sources are plugins too: entry-point group `tensordock_autoscaler.signals`, keyed by kind."""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .base import SignalSource
+from .combined import CombinedSignal
+from .static import FileSignal, StaticSignal
+
+ENTRY_POINT_GROUP = "tensordock_autoscaler.signals"
+
+
+class SignalSpec(BaseModel):
+    """One entry of `[[signal.sources]]`: the kind, an optional name (for metrics), its options."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: str
+    name: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class SignalSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    combine: Literal["sum", "max"] = "sum"
+    sources: list[SignalSpec] = Field(default_factory=lambda: [SignalSpec(kind="static")])
+
+
+class SignalConfigError(ValueError):
+    pass
+
+
+def available_sources() -> dict[str, type[SignalSource]]:
+    return {entry.name: entry.load() for entry in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def validate_signal_settings(settings: SignalSettings) -> list[tuple[type[SignalSource], Any, str | None]]:
+    """Check every source's options without connecting anywhere; errors name the field."""
+    known = available_sources()
+    checked, problems = [], []
+    for index, spec in enumerate(settings.sources):
+        cls = known.get(spec.kind)
+        if cls is None:
+            problems.append(f"signal.sources[{index}].kind: unknown source {spec.kind!r}; installed: {sorted(known)}")
+            continue
+        try:
+            checked.append((cls, cls.Options.model_validate(spec.options), spec.name))
+        except ValidationError as exc:
+            for error in exc.errors():
+                where = ".".join(str(p) for p in error["loc"])
+                problems.append(f"signal.sources[{index}] ({spec.kind}).options.{where}: {error['msg']}")
+    if problems:
+        raise SignalConfigError("; ".join(problems))
+    return checked
+
+
+def build_signal(settings: SignalSettings) -> CombinedSignal:
+    sources: list[SignalSource] = []
+    for cls, options, name in validate_signal_settings(settings):
+        if cls is StaticSignal:
+            sources.append(StaticSignal.from_options(options, name))
+        elif cls is FileSignal:
+            sources.append(FileSignal(options, name))
+        else:
+            sources.append(cls(options, name))
+    return CombinedSignal(sources, settings.combine)
