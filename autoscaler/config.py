@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from autoscaler.guards import GuardConfig
@@ -110,6 +110,13 @@ class Settings(BaseSettings):
     max_signal_age_s: float = Field(default=120.0, gt=0)
     offer_refresh_s: float = Field(default=300.0, ge=0)
     reap_orphans: bool = False
+
+    @model_validator(mode="after")
+    def _signal_options_valid(self) -> Settings:
+        from autoscaler.signals.registry import validate_signal_settings
+
+        validate_signal_settings(self.signal)  # raises ValueError naming signal.sources[i].options.field
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -105,6 +105,8 @@ class Engine:
             log.warning("cycle_skipped", reason=report.error)
             return self._finish(report, started)
         demand, demand_error = self._read_demand(now)
+        if demand is None:
+            log.warning("demand_unknown", source=self.signal.name, error=demand_error)
         snapshot, orphans = self._sync(now, listing, demand, demand_error)
         report.snapshot, report.orphans = snapshot, orphans
         for orphan in orphans:
@@ -155,9 +157,17 @@ class Engine:
         m = self.metrics
         m.cycle_seconds.observe(report.seconds)
         m.cycles.labels("error" if report.error else "hold" if report.hold else "ok").inc()
-        m.signal_up.labels(self.signal.name).set(
-            1.0 if report.snapshot is not None and report.snapshot.demand is not None else 0.0
-        )
+        readings = getattr(self.signal, "readings", None)
+        if isinstance(readings, list) and len(readings) > 1:
+            for reading in readings:  # several sources: say which one is down
+                m.signal_up.labels(reading.name).set(1.0 if reading.up else 0.0)
+        for reading in readings if isinstance(readings, list) else []:
+            m.signal_read_seconds.labels(reading.name).observe(reading.seconds)
+            if reading.up:
+                m.queue_depth.labels(reading.name, "queued").set(reading.queued or 0)
+                m.queue_depth.labels(reading.name, "running").set(reading.running or 0)
+        if report.snapshot is not None:
+            m.signal_up.labels(self.signal.name).set(0.0 if report.snapshot.demand is None else 1.0)
         m.orphans.set(len(report.orphans))
         for result in report.results:
             m.actions.labels(result.action.kind.value, result.outcome).inc()

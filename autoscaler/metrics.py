@@ -24,6 +24,16 @@ class CoreMetrics:
         self.signal_up = Gauge(
             f"{PREFIX}_signal_up", "1 when the last demand read succeeded and was fresh", ["source"], registry=r
         )
+        self.queue_depth = Gauge(
+            f"{PREFIX}_queue_depth", "Jobs by source and state at the last read", ["source", "state"], registry=r
+        )
+        self.signal_read_seconds = Histogram(
+            f"{PREFIX}_signal_read_seconds",
+            "Time one source read took",
+            ["source"],
+            registry=r,
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30),
+        )
         self.actions = Counter(
             f"{PREFIX}_actions", "Mutating actions by kind and outcome", ["kind", "outcome"], registry=r
         )
