@@ -36,21 +36,22 @@ class RabbitMqSignal(SignalSource):
         self._parameters.connection_attempts = 1
         self._parameters.retry_delay = 0
         self._connection: pika.BlockingConnection | None = None
+        self._open_channel: pika.adapters.blocking_connection.BlockingChannel | None = None
 
     def _channel(self) -> pika.adapters.blocking_connection.BlockingChannel:
+        """One connection and channel kept between reads; a refused declare closes the channel, so reopen."""
         if self._connection is None or self._connection.is_closed:
             self._connection = pika.BlockingConnection(self._parameters)
-        return self._connection.channel()
+            self._open_channel = None
+        if self._open_channel is None or self._open_channel.is_closed:
+            self._open_channel = self._connection.channel()
+        return self._open_channel
 
     def read(self, now: float) -> Demand:
         try:
-            channel = self._channel()
-            try:
-                declared = channel.queue_declare(queue=self.options.queue, passive=True)
-            finally:
-                if channel.is_open:
-                    channel.close()
+            declared = self._channel().queue_declare(queue=self.options.queue, passive=True)
         except pika.exceptions.ChannelClosedByBroker as exc:
+            self._open_channel = None
             raise SignalError(f"{self.name}: queue {self.options.queue!r}: {exc.reply_text}") from None
         except (pika.exceptions.AMQPError, OSError) as exc:
             self.close()
@@ -64,3 +65,4 @@ class RabbitMqSignal(SignalSource):
             with contextlib.suppress(pika.exceptions.AMQPError):
                 self._connection.close()
         self._connection = None
+        self._open_channel = None

@@ -1,0 +1,98 @@
+"""Local servers for tests, benchmarks and demos: a real Prometheus scraping an exporter we run."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from prometheus_client import CollectorRegistry, Gauge, start_http_server
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class LocalPrometheus:
+    """Debian's `prometheus` on a loopback port, scraping (every second) gauges this process sets."""
+
+    url: str = ""
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    _process: subprocess.Popen[bytes] | None = None
+    _workdir: Path | None = None
+    _exporter: Any = None
+
+    def gauge(self, name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
+        return Gauge(name, doc, list(labels), registry=self.registry)
+
+    def start(self, timeout_s: float = 30.0) -> LocalPrometheus:
+        binary = shutil.which("prometheus")
+        if binary is None:
+            raise RuntimeError("the prometheus binary is missing; install Debian's 'prometheus' package")
+        exporter_port = free_port()
+        self._exporter = start_http_server(exporter_port, addr="127.0.0.1", registry=self.registry)
+        port = free_port()
+        self._workdir = Path(tempfile.mkdtemp(prefix="tdas-prom-"))
+        config = self._workdir / "prometheus.yml"
+        config.write_text(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: queue\n"
+            f"    static_configs:\n      - targets: ['127.0.0.1:{exporter_port}']\n"
+        )
+        self._process = subprocess.Popen(  # noqa: S603 - our own binary path and flags
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={self._workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        self.url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                if httpx.get(f"{self.url}/-/ready", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                err = self._process.stderr.read().decode()[-500:] if self._process.stderr else ""
+                self.stop()
+                raise RuntimeError(f"Prometheus did not start: {err}")
+            time.sleep(0.2)
+
+    def wait_for(self, query: str, expected: float, timeout_s: float = 20.0) -> None:
+        """Block until the query's summed value equals `expected` (scrapes lag by a second or two)."""
+        deadline = time.monotonic() + timeout_s
+        last: Any = None
+        while time.monotonic() < deadline:
+            try:
+                result = httpx.get(f"{self.url}/api/v1/query", params={"query": query}, timeout=2).json()
+                last = [float(r["value"][1]) for r in result["data"]["result"]]
+                if last and abs(sum(last) - expected) < 1e-9:
+                    return
+            except (httpx.HTTPError, KeyError, ValueError):
+                pass
+            time.sleep(0.25)
+        raise TimeoutError(f"Prometheus never showed {query} == {expected} (last {last})")
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait(timeout=10)
+        if self._exporter is not None:
+            server, thread = self._exporter
+            server.shutdown()
+            thread.join(timeout=5)
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
