@@ -57,6 +57,20 @@ class ActionResult:
     error: str | None = None
 
 
+NAME_PLACEHOLDER = "${TDAS_INSTANCE_NAME}"
+
+
+def _with_name(value: Any, name: str) -> Any:
+    """Put the instance's own name into its cloud-init, so the worker can report itself by name."""
+    if isinstance(value, str):
+        return value.replace(NAME_PLACEHOLDER, name)
+    if isinstance(value, list):
+        return [_with_name(item, name) for item in value]
+    if isinstance(value, dict):
+        return {key: _with_name(item, name) for key, item in value.items()}
+    return value
+
+
 def default_names(prefix: str) -> Callable[[], str]:
     return lambda: f"{prefix}-{uuid.uuid4().hex[:10]}"
 
@@ -117,7 +131,7 @@ class Actuator:
             use_dedicated_ip=t.use_dedicated_ip,
             ssh_key=t.ssh_key,
             port_forwards=forwards,
-            cloud_init=t.cloud_init,
+            cloud_init=_with_name(t.cloud_init, name) if t.cloud_init is not None else None,
         )
 
     def _create(self, cycle_id: str, action: Action) -> ActionResult:
