@@ -19,7 +19,7 @@ from autoscaler.actuator import ActionResult, Actuator
 from autoscaler.clock import Clock
 from autoscaler.guards import GuardConfig, GuardedPlan, GuardMemory, apply_guards
 from autoscaler.metrics import CoreMetrics
-from autoscaler.plan import Action, ActionKind, Plan
+from autoscaler.plan import Action, ActionKind, Plan, delete_action
 from autoscaler.planner import PlanningError, run_chain
 from autoscaler.policy import Policy
 from autoscaler.signals import Demand, DemandSignal, SignalError
@@ -325,15 +325,7 @@ class Engine:
                 if instance.offer_key:
                     self.store.back_off(instance.offer_key, snapshot.now + timeout, "provisioning timed out")
                 actions.append(
-                    Action(
-                        ActionKind.DELETE,
-                        f"not running after {timeout:g}s (provision_timeout_s)",
-                        "safety",
-                        instance_id=instance.id,
-                        gpus=instance.gpus,
-                        gpu_model=instance.gpu_model,
-                        hourly_delta=-instance.rate_hourly,
-                    )
+                    delete_action(instance, f"not running after {timeout:g}s (provision_timeout_s)", "safety")
                 )
         if self.config.reap_orphans:
             for orphan in orphans:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
-from autoscaler.snapshot import Offer
+from autoscaler.snapshot import FleetInstance, Offer
 
 
 class ActionKind(StrEnum):
@@ -67,3 +67,41 @@ class Plan:
 
     def touched(self) -> set[str]:
         return {a.instance_id for a in self.actions if a.instance_id}
+
+
+def stop_action(instance: FleetInstance, reason: str, policy: str) -> Action:
+    """Stop: it keeps billing its storage, so the $/h effect is storage minus the full rate."""
+    return Action(
+        ActionKind.STOP,
+        reason,
+        policy,
+        instance_id=instance.id,
+        gpus=instance.gpus,
+        gpu_model=instance.gpu_model,
+        hourly_delta=instance.storage_rate_hourly - instance.rate_hourly,
+    )
+
+
+def start_action(instance: FleetInstance, reason: str, policy: str) -> Action:
+    return Action(
+        ActionKind.START,
+        reason,
+        policy,
+        instance_id=instance.id,
+        gpus=instance.gpus,
+        gpu_model=instance.gpu_model,
+        hourly_delta=instance.rate_hourly - instance.storage_rate_hourly,
+    )
+
+
+def delete_action(instance: FleetInstance, reason: str, policy: str) -> Action:
+    """Delete: whatever it costs now stops."""
+    return Action(
+        ActionKind.DELETE,
+        reason,
+        policy,
+        instance_id=instance.id,
+        gpus=instance.gpus,
+        gpu_model=instance.gpu_model,
+        hourly_delta=-instance.current_rate_hourly,
+    )

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 from pydantic import Field
 
-from autoscaler.plan import Action, ActionKind, Plan
+from autoscaler.plan import Action, Plan, stop_action
 from autoscaler.policy import BasePolicy, PolicyOptions
 from autoscaler.snapshot import Snapshot
 from autoscaler.tensordock import InstanceStatus
@@ -86,17 +86,7 @@ class Budget(BasePolicy[BudgetOptions]):
             if projected <= ceiling + 1e-9:
                 break
             delta = instance.storage_rate_hourly - instance.rate_hourly
-            stops.append(
-                Action(
-                    ActionKind.STOP,
-                    f"over {why}: fleet at ${projected:.2f}/h",
-                    self.name,
-                    instance_id=instance.id,
-                    gpus=instance.gpus,
-                    gpu_model=instance.gpu_model,
-                    hourly_delta=delta,
-                )
-            )
+            stops.append(stop_action(instance, f"over {why}: fleet at ${projected:.2f}/h", self.name))
             projected += delta
         return trimmed.with_actions(*stops)
 

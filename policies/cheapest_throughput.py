@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from pydantic import Field, model_validator
 
-from autoscaler.plan import Action, ActionKind, Plan
+from autoscaler.plan import Action, ActionKind, Plan, start_action, stop_action
 from autoscaler.policy import BasePolicy, PolicyOptions
 from autoscaler.snapshot import FleetInstance, Offer, Snapshot
 from autoscaler.tensordock import InstanceStatus
@@ -142,15 +142,11 @@ class CheapestThroughput(BasePolicy[CheapestThroughputOptions]):
             ):
                 instance = restartable.pop(0)
                 actions.append(
-                    Action(
-                        ActionKind.START,
+                    start_action(
+                        instance,
                         f"need {deficit} more GPUs; restarting is within "
                         f"{self.options.restart_margin:.0%} of the best offer",
                         self.name,
-                        instance_id=instance.id,
-                        gpus=instance.gpus,
-                        gpu_model=instance.gpu_model,
-                        hourly_delta=instance.rate_hourly - instance.storage_rate_hourly,
                     )
                 )
                 deficit -= instance.gpus
@@ -204,17 +200,7 @@ class CheapestThroughput(BasePolicy[CheapestThroughputOptions]):
             if instance.gpus > surplus:
                 continue
             why = "idle" if instance.busy is False else "dearest per unit"
-            actions.append(
-                Action(
-                    ActionKind.STOP,
-                    f"surplus: desired {target} GPUs, have {active}; {why}",
-                    self.name,
-                    instance_id=instance.id,
-                    gpus=instance.gpus,
-                    gpu_model=instance.gpu_model,
-                    hourly_delta=instance.storage_rate_hourly - instance.rate_hourly,
-                )
-            )
+            actions.append(stop_action(instance, f"surplus: desired {target} GPUs, have {active}; {why}", self.name))
             surplus -= instance.gpus
             if surplus <= 0:
                 break

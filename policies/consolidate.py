@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from autoscaler.plan import Action, ActionKind, Plan
+from autoscaler.plan import Action, ActionKind, Plan, stop_action
 from autoscaler.policy import BasePolicy, PolicyOptions
 from autoscaler.snapshot import FleetInstance, Snapshot
 from autoscaler.tensordock import InstanceStatus
@@ -70,17 +70,7 @@ class Consolidate(BasePolicy[ConsolidateOptions]):
             or old.id in plan.touched()
         ):
             return plan
-        return plan.with_actions(
-            Action(
-                ActionKind.STOP,
-                f"consolidate: {new.name} has taken over",
-                self.name,
-                instance_id=old.id,
-                gpus=old.gpus,
-                gpu_model=old.gpu_model,
-                hourly_delta=old.storage_rate_hourly - old.rate_hourly,
-            )
-        )
+        return plan.with_actions(stop_action(old, f"consolidate: {new.name} has taken over", self.name))
 
     def _steady(self, snapshot: Snapshot, plan: Plan) -> bool:
         """The same desired GPUs for the whole window: the value in force when it began, every

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from autoscaler.plan import Action, ActionKind, Plan
+from autoscaler.plan import Action, ActionKind, Plan, delete_action, stop_action
 from autoscaler.policy import BasePolicy, PolicyOptions
 from autoscaler.snapshot import FleetInstance, Snapshot
 from autoscaler.tensordock import InstanceStatus
@@ -63,14 +63,10 @@ class Idle(BasePolicy[IdleOptions]):
             ):
                 spare -= instance.gpus
                 actions.append(
-                    Action(
-                        ActionKind.STOP,
+                    stop_action(
+                        instance,
                         f"idle {(snapshot.now - instance.idle_since) / 60:.0f} min with nothing queued",
                         self.name,
-                        instance_id=instance.id,
-                        gpus=instance.gpus,
-                        gpu_model=instance.gpu_model,
-                        hourly_delta=instance.storage_rate_hourly - instance.rate_hourly,
                     )
                 )
         return plan.with_actions(*actions)
@@ -80,12 +76,4 @@ class Idle(BasePolicy[IdleOptions]):
         return snapshot.now - (instance.status_since if instance.status_since is not None else snapshot.now)
 
     def _delete(self, instance: FleetInstance, reason: str) -> Action:
-        return Action(
-            ActionKind.DELETE,
-            reason,
-            self.name,
-            instance_id=instance.id,
-            gpus=instance.gpus,
-            gpu_model=instance.gpu_model,
-            hourly_delta=-instance.current_rate_hourly,
-        )
+        return delete_action(instance, reason, self.name)

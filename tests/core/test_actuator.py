@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from autoscaler.tensordock import CreateInstanceRequest, PortForward
-
+from ..conftest import create_request
 from .conftest import MakeWorld
 
 
@@ -36,19 +35,7 @@ def test_crash_after_the_call_before_the_outcome_is_resolved_by_name(make_world:
     store.journal_intent(
         "c0", world.clock.now(), "create", name="tdas-crashed", offer_key="k", gpus=1, hourly_price=0.5
     )
-    world.runtime.client.create_instance(
-        CreateInstanceRequest(
-            name="tdas-crashed",
-            image="ubuntu2404",
-            gpu_model="geforcertx4090-pcie-24gb",
-            vcpu_count=8,
-            ram_gb=32,
-            storage_gb=100,
-            location_id=chicago,
-            ssh_key="k",
-            port_forwards=(PortForward(internal_port=22, external_port=2222),),
-        )
-    )
+    world.runtime.client.create_instance(create_request(chicago, name="tdas-crashed"))
     world.restart()
     world.signal.set(queued_jobs=1)
     report = world.cycle()
@@ -77,19 +64,7 @@ def test_orphans_are_reported_and_only_reaped_when_configured(make_world: MakeWo
     world = make_world()
     chicago = next(loc.id for loc in world.fake.state.catalog.locations if loc.city == "Chicago")
     for name in ("tdas-stray", "someone-elses"):
-        world.runtime.client.create_instance(
-            CreateInstanceRequest(
-                name=name,
-                image="ubuntu2404",
-                gpu_model="geforcertx4090-pcie-24gb",
-                vcpu_count=8,
-                ram_gb=32,
-                storage_gb=100,
-                location_id=chicago,
-                ssh_key="k",
-                port_forwards=(PortForward(internal_port=22, external_port=2222),),
-            )
-        )
+        world.runtime.client.create_instance(create_request(chicago, name=name))
     report = world.cycle()
     assert [o.name for o in report.orphans] == ["tdas-stray"] and report.results == []
     world.restart(reap_orphans=True)
