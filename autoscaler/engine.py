@@ -349,11 +349,10 @@ class Engine:
             value = self.store.get_value(key)
             return float(value) if value else None
 
-        history = self.store.desired_history(0.0)
         return GuardMemory(
             last_scale_up_at=as_float("last_scale_up_at"),
             last_scale_down_at=as_float("last_scale_down_at"),
-            history_since=history[0][0] if history else None,
+            history_since=self.store.oldest_history(),
         )
 
     def _remember(self, now: float, report: CycleReport) -> None:

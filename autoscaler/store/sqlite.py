@@ -276,6 +276,12 @@ class SqliteStore:
             ).fetchall()
         return [(float(at), int(desired)) for at, desired in rows]
 
+    def oldest_history(self) -> float | None:
+        """How far back the desired-GPU history reaches (stabilization needs the whole delay)."""
+        with self._lock:
+            row = self._db.execute("SELECT MIN(at) FROM history WHERE desired IS NOT NULL").fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
     def get_value(self, key: str) -> str | None:
         with self._lock:
             row = self._db.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
