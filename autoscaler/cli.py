@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from autoscaler import __version__
 
@@ -55,6 +56,85 @@ def _demo(args: argparse.Namespace) -> int:
 
     configure_logging("WARNING")
     run_walkthrough(speed=args.speed)
+    return 0
+
+
+def _load(path: str | None, command: str) -> Any:
+    from autoscaler.config import ConfigError, load_settings
+
+    try:
+        return load_settings(path)
+    except ConfigError as exc:
+        print(f"{command}: invalid configuration:", file=sys.stderr)
+        for problem in str(exc).split("; "):
+            print(f"  - {problem}", file=sys.stderr)
+        return None
+
+
+def _run(args: argparse.Namespace) -> int:
+    from autoscaler.config import ConfigError
+    from autoscaler.daemon import Daemon
+    from autoscaler.logging import configure_logging
+
+    settings = _load(args.config, "run")
+    if settings is None:
+        return 2
+    configure_logging(settings.log.level, settings.log.json_lines)
+    try:
+        daemon = Daemon(settings, args.config)
+    except ConfigError as exc:
+        print(f"run: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    return daemon.run()
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    from autoscaler.config import ConfigError
+    from autoscaler.policy import PolicyConfigError, build_chain
+
+    settings = _load(args.file, "check-config")
+    if settings is None:
+        return 2
+    problems = []
+    try:
+        settings.tensordock.resolved_token()
+    except ValueError as exc:
+        problems.append(str(exc))
+    if not settings.fleet.ssh_key:
+        problems.append("fleet.ssh_key: required; TensorDock refuses instances without an SSH public key")
+    try:
+        build_chain(settings.policies)
+    except (PolicyConfigError, ConfigError) as exc:
+        problems.extend(str(exc).split("; "))
+    if problems:
+        print("check-config: invalid configuration:", file=sys.stderr)
+        for problem in problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return 2
+    print(json.dumps(settings.model_dump(mode="json"), indent=2))  # SecretStr prints as '**********'
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from autoscaler.config import ConfigError
+    from autoscaler.logging import configure_logging
+    from autoscaler.runtime import build_runtime
+    from autoscaler.status import fleet_status, render_status
+
+    configure_logging("WARNING")
+    settings = _load(args.config, "status")
+    if settings is None:
+        return 2
+    try:
+        runtime = build_runtime(settings, dry_run=True)
+    except ConfigError as exc:
+        print(f"status: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    try:
+        rows = fleet_status(runtime)
+    finally:
+        runtime.close()
+    print(json.dumps(rows, indent=2) if args.json else render_status(rows))
     return 0
 
 
@@ -107,6 +187,19 @@ def build_parser() -> argparse.ArgumentParser:
     fake.add_argument("--ip-s", type=float, default=15.0, help="seconds from create until the IP is listed")
     fake.add_argument("--faults", help="fault injection as JSON, e.g. '{\"timeout_rate\": 0.05}'")
     fake.set_defaults(handler=_fake_api)
+
+    run = commands.add_parser("run", help="run the autoscaler until SIGTERM (SIGHUP reloads the config)")
+    run.add_argument("--config", help="TOML configuration file (TDAS_* environment variables override it)")
+    run.set_defaults(handler=_run)
+
+    check = commands.add_parser("check-config", help="validate a config and print it, secrets masked")
+    check.add_argument("file", help="TOML configuration file")
+    check.set_defaults(handler=_check_config)
+
+    status = commands.add_parser("status", help="the fleet as a table: $/h, age, idle time, managed or not")
+    status.add_argument("--config", required=True, help="TOML configuration file")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(handler=_status)
 
     plan = commands.add_parser("plan", help="one dry-run cycle: the snapshot and each intended action with its cost")
     plan.add_argument("--config", required=True, help="TOML configuration file")

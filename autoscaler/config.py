@@ -79,7 +79,19 @@ class StoreSettings(_Section):
 
 
 class SchedulerSettings(_Section):
-    interval_s: float = Field(default=30.0, ge=1)
+    interval_s: float = Field(default=30.0, ge=1, description="seconds between cycles")
+    jitter_s: float = Field(default=2.0, ge=0, description="random delay added to each cycle, seconds")
+    shutdown_timeout_s: float = Field(default=60.0, gt=0, description="SIGTERM waits this long for the cycle")
+
+
+class MetricsSettings(_Section):
+    host: str = Field(default="127.0.0.1", description="listen address of /metrics, /healthz, /readyz")
+    port: int = Field(default=9464, ge=0, le=65535, description="0 picks a free port")
+
+
+class LogSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    json_lines: bool | None = Field(default=None, description="JSON lines; default: JSON unless on a terminal")
 
 
 DEFAULT_POLICIES = [
@@ -105,6 +117,8 @@ class Settings(BaseSettings):
     policies: list[PolicySpec] = Field(default_factory=lambda: list(DEFAULT_POLICIES))
     store: StoreSettings = StoreSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    log: LogSettings = LogSettings()
     dry_run: bool = False
     provision_timeout_s: float = Field(default=900.0, gt=0)
     max_signal_age_s: float = Field(default=120.0, gt=0)

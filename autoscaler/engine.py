@@ -90,6 +90,7 @@ class Engine:
         self._offers: tuple[Offer, ...] = ()
         self._offers_at: float | None = None
         self._counter = itertools.count(1)
+        self._spend_seen: float | None = None
 
     # -- the cycle ----------------------------------------------------------------------------
 
@@ -169,6 +170,10 @@ class Engine:
         if report.snapshot is not None:
             m.signal_up.labels(self.signal.name).set(0.0 if report.snapshot.demand is None else 1.0)
         m.orphans.set(len(report.orphans))
+        if report.snapshot is not None:
+            self._export_fleet(report)
+        if report.error is None:
+            m.last_success.set(report.started_at)
         for result in report.results:
             m.actions.labels(result.action.kind.value, result.outcome).inc()
         if report.guarded is not None:
@@ -341,6 +346,48 @@ class Engine:
                     )
                 )
         return tuple(actions)
+
+    def _export_fleet(self, report: CycleReport) -> None:
+        snap, m = report.snapshot, self.metrics
+        assert snap is not None
+        m.fleet_cost.labels("true").set(snap.hourly_cost)
+        unmanaged = [i for i in snap.unowned if i.status in (InstanceStatus.RUNNING, InstanceStatus.STARTING)]
+        m.fleet_cost.labels("false").set(sum(i.rate_hourly or 0.0 for i in unmanaged))
+        counts: dict[tuple[str, str, str, str], int] = {}
+        for fleet_instance in snap.instances:
+            i = fleet_instance.instance
+            key = (i.status.value, i.gpu_model or "none", i.location_id or "unknown", "true")
+            counts[key] = counts.get(key, 0) + 1
+        for i in snap.unowned:
+            key = (i.status.value, i.gpu_model or "none", i.location_id or "unknown", "false")
+            counts[key] = counts.get(key, 0) + 1
+        m.instances.clear()
+        for labels, count in counts.items():
+            m.instances.labels(*labels).set(count)
+        if report.plan is not None and report.plan.desired_gpus is not None:
+            m.gpus_desired.set(report.plan.desired_gpus)
+        m.gpus_active.set(snap.active_gpus)
+        half = self.config.provision_timeout_s / 2
+        m.stuck_starting.set(
+            sum(
+                1
+                for i in snap.instances
+                if i.status is InstanceStatus.STARTING and snap.now - (i.status_since or i.created_at) > half
+            )
+        )
+        if self._spend_seen is not None and snap.spend.total_usd > self._spend_seen:
+            m.spend.inc(snap.spend.total_usd - self._spend_seen)
+        self._spend_seen = snap.spend.total_usd
+        m.spend_today.set(snap.spend.today_usd)
+        for policy in self.chain:
+            options = getattr(policy, "options", None)
+            for label, budget, spent in (
+                ("daily", getattr(options, "daily_budget_usd", None), snap.spend.today_usd),
+                ("monthly", getattr(options, "monthly_budget_usd", None), snap.spend.month_usd),
+                ("hourly", getattr(options, "max_hourly_spend", None), snap.hourly_cost),
+            ):
+                if isinstance(budget, int | float):
+                    m.budget_remaining.labels(label).set(budget - spent)
 
     # -- after acting -------------------------------------------------------------------------
 

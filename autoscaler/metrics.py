@@ -1,4 +1,4 @@
-"""Prometheus collectors for the decision core (the daemon issue adds the HTTP endpoint and more).
+"""Prometheus collectors: every number the daemon exports, with the prefix `tensordock_autoscaler_`.
 
 Each engine gets its own registry unless given one, so several engines in one process (tests,
 the simulator's strategies side by side) never mix their numbers.
@@ -46,3 +46,58 @@ class CoreMetrics:
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
         )
         self.cycles = Counter(f"{PREFIX}_cycles", "Cycles by result", ["result"], registry=r)
+        self.fleet_cost = Gauge(
+            f"{PREFIX}_fleet_cost_usd_per_hour",
+            "What the fleet costs now ($/h): running at rateHourly, stopped at storage",
+            ["managed"],
+            registry=r,
+        )
+        self.spend = Counter(f"{PREFIX}_spend_usd", "USD the managed fleet has cost, from the ledger", registry=r)
+        self.spend_today = Gauge(f"{PREFIX}_spend_today_usd", "USD spent today (UTC) by the managed fleet", registry=r)
+        self.budget_remaining = Gauge(
+            f"{PREFIX}_budget_remaining_usd", "USD left of each configured budget", ["budget"], registry=r
+        )
+        self.instances = Gauge(
+            f"{PREFIX}_instances",
+            "Instances by status, GPU model, location and whether this fleet manages them",
+            ["status", "gpu_model", "location", "managed"],
+            registry=r,
+        )
+        self.gpus_desired = Gauge(f"{PREFIX}_gpus_desired", "GPUs the policies want", registry=r)
+        self.gpus_active = Gauge(f"{PREFIX}_gpus_active", "GPUs running or on their way", registry=r)
+        self.stuck_starting = Gauge(
+            f"{PREFIX}_instances_starting_too_long",
+            "Managed instances starting for over half of provision_timeout_s",
+            registry=r,
+        )
+        self.api_requests = Counter(
+            f"{PREFIX}_api_requests",
+            "TensorDock API requests by operation and outcome (HTTP status or error)",
+            ["operation", "code"],
+            registry=r,
+        )
+        self.api_latency = Histogram(
+            f"{PREFIX}_api_request_duration_seconds",
+            "TensorDock API request latency",
+            ["operation"],
+            registry=r,
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+        )
+        self.rate_limit_waits = Counter(
+            f"{PREFIX}_rate_limit_wait_seconds", "Seconds calls waited for the shared token bucket", registry=r
+        )
+        self.last_success = Gauge(
+            f"{PREFIX}_last_successful_cycle_timestamp_seconds",
+            "When the last cycle completed without error",
+            registry=r,
+        )
+        self.leader = Gauge(f"{PREFIX}_leader", "1 when this replica acts, 0 when it stands by", registry=r)
+        self.config_reloads = Counter(f"{PREFIX}_config_reloads", "SIGHUP reloads by result", ["result"], registry=r)
+
+    # ApiObserver: the client reports each call here
+    def request_finished(self, operation: str, outcome: str, seconds: float) -> None:
+        self.api_requests.labels(operation, outcome).inc()
+        self.api_latency.labels(operation).observe(seconds)
+
+    def rate_limit_waited(self, seconds: float) -> None:
+        self.rate_limit_waits.inc(seconds)

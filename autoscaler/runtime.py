@@ -15,6 +15,7 @@ from autoscaler.clock import Clock, SystemClock
 from autoscaler.config import ConfigError, Settings
 from autoscaler.engine import Engine, EngineConfig
 from autoscaler.logging import register_secret
+from autoscaler.metrics import CoreMetrics
 from autoscaler.policy import PolicyConfigError, build_chain
 from autoscaler.signals import DemandSignal, SignalError
 from autoscaler.signals.registry import SignalConfigError, build_signal
@@ -28,6 +29,7 @@ class Runtime:
     client: TensorDockClient
     store: Store
     stopping: threading.Event
+    metrics: CoreMetrics
 
     def close(self) -> None:
         self.client.close()
@@ -60,6 +62,7 @@ def build_runtime(
     signal: DemandSignal | None = None,
     store: Store | None = None,
     dry_run: bool | None = None,
+    metrics: CoreMetrics | None = None,
 ) -> Runtime:
     clock = clock or SystemClock()
     td = settings.tensordock
@@ -74,6 +77,7 @@ def build_runtime(
         chain = build_chain(settings.policies)
     except PolicyConfigError as exc:
         raise ConfigError(str(exc)) from None
+    metrics = metrics or CoreMetrics()
     client = TensorDockClient(
         td.base_url,
         token,
@@ -86,6 +90,7 @@ def build_runtime(
         transport=transport,
         max_attempts=td.max_attempts,
         backoff_initial_s=td.backoff_initial_s,
+        observer=metrics,
     )
     state = store if store is not None else open_store(settings.store.url)
     stopping = threading.Event()
@@ -117,6 +122,7 @@ def build_runtime(
         chain=chain,
         actuator=actuator,
         clock=clock,
+        metrics=metrics,
         config=EngineConfig(
             name_prefix=fleet.name_prefix,
             shape=fleet.shape,
@@ -128,4 +134,4 @@ def build_runtime(
             reap_orphans=settings.reap_orphans,
         ),
     )
-    return Runtime(engine, client, state, stopping)
+    return Runtime(engine, client, state, stopping, metrics)

@@ -1,0 +1,188 @@
+"""The long-running service: APScheduler drives cycles; signals stop or reload it; systemd is told.
+
+- One cycle every `scheduler.interval_s` (plus jitter), never two at once, missed runs coalesced.
+  A cycle that fails is logged and counted; the next one runs.
+- SIGTERM/SIGINT: the call in flight finishes and is journaled, no new call starts, exit 0
+  within `scheduler.shutdown_timeout_s`.
+- SIGHUP: reload the configuration file; an invalid one is refused and the running one stays.
+- systemd Type=notify: READY once serving, STATUS with a one-line fleet summary, WATCHDOG only
+  after healthy cycles (a wedged daemon gets restarted), STOPPING on the way out.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import structlog
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from autoscaler.config import ConfigError, Settings, load_settings
+from autoscaler.endpoints import Endpoints
+from autoscaler.engine import CycleReport
+from autoscaler.metrics import CoreMetrics
+from autoscaler.runtime import Runtime, build_runtime
+from autoscaler.sdnotify import SystemdNotifier
+
+_log = structlog.get_logger("autoscaler.daemon")
+_JOB_ID = "cycle"
+
+
+def summary(report: CycleReport) -> str:
+    """One line for systemctl status."""
+    snap = report.snapshot
+    if snap is None:
+        return f"cycle failed: {report.error}"
+    demand = "unknown" if snap.demand is None else f"{snap.demand.queued_jobs}q/{snap.demand.running_jobs}r"
+    return (
+        f"{len(snap.instances)} instances, {snap.active_gpus} GPUs, ${snap.hourly_cost:.2f}/h, "
+        f"today ${snap.spend.today_usd:.2f}, demand {demand}" + (f", HOLD: {report.hold[:60]}" if report.hold else "")
+    )
+
+
+class Daemon:
+    def __init__(self, settings: Settings, config_path: str | Path | None = None, **runtime_options: Any) -> None:
+        self.settings = settings
+        self.config_path = config_path
+        self.metrics = CoreMetrics()
+        self.metrics.leader.set(1)
+        self._runtime_options = runtime_options
+        self.runtime: Runtime = build_runtime(settings, metrics=self.metrics, **runtime_options)
+        self.notifier = SystemdNotifier()
+        self._cycle_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._last_success: float | None = None
+        self._started = time.time()
+        self.scheduler = BackgroundScheduler(timezone="UTC")
+        self.endpoints = Endpoints(self.metrics.registry, self.readiness, settings.metrics.host, settings.metrics.port)
+
+    # -- health -------------------------------------------------------------------------------
+
+    def readiness(self) -> tuple[bool, str]:
+        window = 3 * self.settings.scheduler.interval_s
+        if self._last_success is None:
+            return False, "no successful cycle yet"
+        age = time.time() - self._last_success
+        if age > window:
+            return False, f"last successful cycle {age:.0f}s ago (more than 3 intervals)"
+        return True, f"last successful cycle {age:.0f}s ago"
+
+    # -- the job ------------------------------------------------------------------------------
+
+    def run_one_cycle(self) -> CycleReport | None:
+        if self._stop.is_set():
+            return None
+        with self._cycle_lock:
+            try:
+                report = self.runtime.engine.run_cycle()
+            except Exception:  # a bug in a cycle must not end the daemon; the next one runs
+                _log.exception("cycle_crashed")
+                self.metrics.cycles.labels("crash").inc()
+                return None
+        if report.error is None:
+            self._last_success = time.time()
+            self.notifier.notify(WATCHDOG="1", STATUS=summary(report))
+        else:
+            self.notifier.notify(STATUS=summary(report))
+        return report
+
+    # -- reload -------------------------------------------------------------------------------
+
+    def reload(self) -> bool:
+        """Swap in a new configuration between cycles; keep the old one if the new one is invalid."""
+        if self.config_path is None:
+            _log.warning("reload_ignored", reason="started without --config")
+            return False
+        try:
+            new_settings = load_settings(self.config_path)
+            if new_settings.store.url != self.settings.store.url:
+                raise ConfigError("store.url: changing the store needs a restart")
+            new_runtime = build_runtime(
+                new_settings, metrics=self.metrics, store=self.runtime.store, **self._runtime_options
+            )
+        except ConfigError as exc:
+            self.metrics.config_reloads.labels("refused").inc()
+            _log.error("reload_refused", reason=str(exc), keeping="the running configuration")
+            return False
+        with self._cycle_lock:
+            old = self.runtime
+            self.runtime, self.settings = new_runtime, new_settings
+            old.client.close()
+            signal_close = getattr(old.engine.signal, "close", None)
+            if callable(signal_close):
+                signal_close()
+        self.scheduler.reschedule_job(
+            _JOB_ID,
+            trigger="interval",
+            seconds=new_settings.scheduler.interval_s,
+            jitter=new_settings.scheduler.jitter_s,
+        )
+        self.metrics.config_reloads.labels("ok").inc()
+        _log.info("reloaded", policies=[p.name for p in new_settings.policies], dry_run=new_settings.dry_run)
+        return True
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def _on_signal(self, signum: int, _: FrameType | None) -> None:
+        if signum == signal.SIGHUP:
+            self._reload.set()
+        else:
+            self._stop.set()
+
+    def run(self) -> int:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._on_signal)
+        self.endpoints.start()
+        s = self.settings.scheduler
+        self.scheduler.add_job(
+            self.run_one_cycle,
+            "interval",
+            id=_JOB_ID,
+            seconds=s.interval_s,
+            jitter=s.jitter_s,
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=int(s.interval_s),
+            next_run_time=None,
+        )
+        self.scheduler.start()
+        self.scheduler.modify_job(_JOB_ID, next_run_time=_utcnow())  # first cycle right away
+        self.notifier.notify(READY="1", STATUS="started; first cycle running")
+        _log.info(
+            "started",
+            interval_s=s.interval_s,
+            metrics_port=self.endpoints.port,
+            dry_run=self.settings.dry_run,
+            policies=[p.name for p in self.settings.policies],
+        )
+        while not self._stop.wait(0.2):
+            if self._reload.is_set():
+                self._reload.clear()
+                self.notifier.notify(RELOADING="1", STATUS="reloading configuration")
+                self.reload()
+                self.notifier.notify(READY="1")
+        return self.shutdown()
+
+    def shutdown(self) -> int:
+        self.notifier.notify(STOPPING="1", STATUS="stopping: finishing the call in flight")
+        _log.info("stopping")
+        self.runtime.stopping.set()  # the actuator starts no new call
+        self.scheduler.shutdown(wait=False)
+        clean = self._cycle_lock.acquire(timeout=self.settings.scheduler.shutdown_timeout_s)
+        if not clean:
+            _log.error("shutdown_timeout", waited_s=self.settings.scheduler.shutdown_timeout_s)
+        self.endpoints.stop()
+        self.runtime.close()
+        _log.info("stopped", clean=clean)
+        return 0
+
+
+def _utcnow() -> Any:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC)

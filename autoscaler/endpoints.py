@@ -1,0 +1,50 @@
+"""The daemon's HTTP surface: /metrics (Prometheus), /healthz (process up), /readyz (cycling well)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, make_wsgi_app
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+from werkzeug.wrappers import Request, Response
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        pass  # scrapes every 15 s would drown the decision log
+
+
+class Endpoints:
+    """`ready()` answers (is_ready, reason) so /readyz can say why it is not."""
+
+    def __init__(self, registry: CollectorRegistry, ready: Callable[[], tuple[bool, str]], host: str, port: int):
+        self._metrics = make_wsgi_app(registry)
+        self._ready = ready
+        self._server: BaseWSGIServer = make_server(host, port, self._app, threaded=True, request_handler=_Quiet)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="endpoints", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_port)
+
+    def _app(self, environ: dict[str, Any], start_response: Any) -> Any:
+        path = Request(environ).path
+        if path == "/metrics":
+            return self._metrics(environ, start_response)
+        if path == "/healthz":
+            return Response("ok\n", mimetype="text/plain")(environ, start_response)
+        if path == "/readyz":
+            ready, reason = self._ready()
+            return Response(f"{reason}\n", 200 if ready else 503, mimetype="text/plain")(environ, start_response)
+        return Response("not found: try /metrics, /healthz or /readyz\n", 404)(environ, start_response)
+
+    def start(self) -> Endpoints:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)

@@ -1,0 +1,65 @@
+"""`tensordock-autoscaler status`: the fleet as TensorDock lists it, with what the store knows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from autoscaler.runtime import Runtime
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 86400:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
+
+
+def fleet_status(runtime: Runtime) -> dict[str, Any]:
+    """Read-only: one listing call, the store's records, the ledger. Nothing is changed."""
+    now = runtime.engine.clock.now()
+    owned = runtime.store.owned()
+    rows: list[dict[str, Any]] = []
+    for instance in runtime.client.list_instances():
+        record = owned.get(instance.id)
+        managed = record is not None
+        stopped = instance.status.is_stopped
+        rate = (record.storage_rate if record else 0.0) if stopped else (instance.rate_hourly or 0.0)
+        rows.append(
+            {
+                "name": instance.name,
+                "id": instance.id,
+                "gpu_model": instance.gpu_model,
+                "gpus": instance.gpu_count,
+                "status": instance.status.value,
+                "usd_per_hour": round(rate, 4),
+                "age_s": round(now - record.created_at) if record else None,
+                "idle_s": round(now - record.idle_since) if record and record.idle_since else None,
+                "managed": managed,
+            }
+        )
+    spend = runtime.store.spend(now)
+    return {
+        "instances": rows,
+        "managed_usd_per_hour": round(sum(r["usd_per_hour"] for r in rows if r["managed"]), 4),
+        "unmanaged_usd_per_hour": round(sum(r["usd_per_hour"] for r in rows if not r["managed"]), 4),
+        "spend_today_usd": round(spend.today_usd, 4),
+    }
+
+
+def render_status(status: dict[str, Any]) -> str:
+    header = f"{'NAME':<26} {'GPU':<30} {'STATUS':<22} {'$/H':>8} {'AGE':>6} {'IDLE':>6}  MANAGED"
+    lines = [header]
+    for r in status["instances"]:
+        gpu = f"{r['gpus']}x {r['gpu_model']}" if r["gpu_model"] else "-"
+        lines.append(
+            f"{(r['name'] or r['id'])[:26]:<26} {gpu[:30]:<30} {r['status']:<22} {r['usd_per_hour']:>8.3f} "
+            f"{_duration(r['age_s']):>6} {_duration(r['idle_s']):>6}  {'yes' if r['managed'] else 'no'}"
+        )
+    lines.append(
+        f"fleet ${status['managed_usd_per_hour']:.3f}/h managed, ${status['unmanaged_usd_per_hour']:.3f}/h not;"
+        f" spent today ${status['spend_today_usd']:.2f}"
+    )
+    return "\n".join(lines)

@@ -1,0 +1,77 @@
+"""The daemon as users run it: scales, exports, reloads, stops cleanly, and says when it is unready."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+
+import pytest
+
+from autoscaler.tensordock.fake import Faults
+
+from ..conftest import TOKEN
+from .conftest import RunningDaemon
+
+
+def test_scales_up_and_down_and_exports_valid_metrics(daemon: Callable[..., RunningDaemon]) -> None:
+    d = daemon()
+    d.set_demand(queued=2)
+    d.wait_until(lambda: d.phases() == ["running", "running"], "two running instances")
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool is missing; .ci/run installs Debian's 'prometheus' package")
+    text = d.get("/metrics").text
+    checked = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert d.metric("tensordock_autoscaler_gpus_active") == 2
+    assert (d.metric("tensordock_autoscaler_fleet_cost_usd_per_hour", managed="true") or 0) > 0
+    assert (d.metric("tensordock_autoscaler_api_requests_total", operation="create_instance", code="200") or 0) >= 2
+    assert d.metric("tensordock_autoscaler_signal_up", source="queue-file") == 1
+    assert d.get("/healthz").status_code == 200
+    d.set_demand(queued=0)
+    d.wait_until(lambda: d.phases() == ["stopped", "stopped"], "both stopped after the scale-down delay")
+    assert d.stop() == 0
+    assert TOKEN not in (d.process.stderr.read() if d.process.stderr else "")
+
+
+def test_sighup_reloads_and_a_bad_config_is_refused(daemon: Callable[..., RunningDaemon]) -> None:
+    d = daemon(max_gpus=1)
+    d.set_demand(queued=3)
+    d.wait_until(lambda: len(d.phases()) == 1, "one instance under max_gpus = 1")
+    time.sleep(2)
+    assert len(d.phases()) == 1
+    d.write_config(max_gpus=3)
+    d.process.send_signal(signal.SIGHUP)
+    d.wait_until(lambda: len(d.phases()) == 3, "three instances after the reload raised max_gpus")
+    assert d.metric("tensordock_autoscaler_config_reloads_total", result="ok") == 1
+    d.config.write_text(d.config.read_text().replace("max_gpus = 3", "max_gpus = -5"))
+    d.process.send_signal(signal.SIGHUP)
+    d.wait_until(
+        lambda: d.metric("tensordock_autoscaler_config_reloads_total", result="refused") == 1, "the bad reload refused"
+    )
+    assert d.get("/readyz").status_code == 200  # still running on the old configuration
+    assert d.stop() == 0
+
+
+def test_sigterm_mid_cycle_exits_zero_with_the_journal_consistent(daemon: Callable[..., RunningDaemon]) -> None:
+    d = daemon(fake_faults=Faults(latency_s=0.4))
+    d.set_demand(queued=6)
+    d.wait_until(lambda: len(d.phases()) >= 1, "the scale-up to begin")
+    started = time.monotonic()
+    assert d.stop() == 0
+    assert time.monotonic() - started < 20
+    outcomes = d.journal_outcomes()
+    assert outcomes and None not in outcomes  # every intent has its outcome
+    assert len(d.phases()) == sum(1 for o in outcomes if o == "ok")  # every instance is journaled
+
+
+def test_readyz_turns_unready_when_the_api_is_down(daemon: Callable[..., RunningDaemon]) -> None:
+    d = daemon()
+    assert d.get("/readyz").status_code == 200
+    d.server.stop()
+    d.wait_until(lambda: d.get("/readyz").status_code == 503, "/readyz to report unready", timeout=30)
+    assert "more than 3 intervals" in d.get("/readyz").text
+    assert d.stop() == 0
