@@ -18,8 +18,8 @@ import httpx
 import pytest
 
 from autoscaler.clock import SystemClock
-from autoscaler.testing import free_port
 from autoscaler.tensordock.fake import FakeServer, FakeTensorDockApp, Timings, build_fake
+from autoscaler.testing import free_port
 
 from ..conftest import TOKEN
 
