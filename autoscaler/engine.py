@@ -388,6 +388,7 @@ class Engine:
             ):
                 if isinstance(budget, int | float):
                     m.budget_remaining.labels(label).set(budget - spent)
+                    m.budget_limit.labels(label).set(budget)
 
     # -- after acting -------------------------------------------------------------------------
 

