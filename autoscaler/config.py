@@ -24,14 +24,16 @@ class _Section(BaseModel):
 
 
 class TensorDockSettings(_Section):
-    base_url: str = "https://dashboard.tensordock.com/api/v2"
+    base_url: str = Field(default="https://dashboard.tensordock.com/api/v2", description="API root")
     token: SecretStr | None = Field(default=None, description="API token; prefer token_file or the environment")
     token_file: Path | None = Field(default=None, description="file holding the token (systemd credential, secret)")
-    wire_format: Literal["observed", "spec"] = "observed"
+    wire_format: Literal["observed", "spec"] = Field(
+        default="observed", description="shape of create/modify bodies: observed (GPUs keyed by model) or spec"
+    )
     rate_limit: int = Field(default=100, ge=2, description="requests per rate_window_s, shared by every call")
-    rate_window_s: float = Field(default=60.0, gt=0)
-    connect_timeout_s: float = Field(default=5.0, gt=0)
-    read_timeout_s: float = Field(default=30.0, gt=0)
+    rate_window_s: float = Field(default=60.0, gt=0, description="rate-limit window, seconds")
+    connect_timeout_s: float = Field(default=5.0, gt=0, description="seconds to connect")
+    read_timeout_s: float = Field(default=30.0, gt=0, description="seconds to wait for a reply")
     max_attempts: int = Field(default=4, ge=1, description="tries per call, retries only where safe")
     backoff_initial_s: float = Field(default=2.0, ge=0, description="first back-off; doubles, jittered")
 
@@ -56,13 +58,13 @@ class FleetSettings(_Section):
         pattern=r"^[a-z0-9][a-z0-9-]{0,30}$",
         description="names are <prefix>-<suffix>; only such instances are ever touched",
     )
-    image: str = "ubuntu2404"
+    image: str = Field(default="ubuntu2404", description="OS image of every instance")
     ssh_key: str = Field(default="", description="public key installed on every instance")
     ssh_port: int = Field(default=22, ge=1, le=65535, description="external port forwarded to 22")
     cloud_init_file: Path | None = Field(default=None, description="cloud-init YAML/JSON mapping for workers")
-    storage_gb: int = Field(default=100, ge=100)
-    vcpu_per_gpu: int = Field(default=8, ge=1)
-    ram_gb_per_gpu: int = Field(default=32, ge=1)
+    storage_gb: int = Field(default=100, ge=100, description="disk per instance, GB (TensorDock minimum 100)")
+    vcpu_per_gpu: int = Field(default=8, ge=1, description="vCPUs per GPU of an instance")
+    ram_gb_per_gpu: int = Field(default=32, ge=1, description="RAM per GPU of an instance, GB")
     throughput: dict[str, float] = Field(default_factory=dict, description="overrides of the default table")
 
     @property
@@ -75,7 +77,9 @@ class FleetSettings(_Section):
 
 
 class StoreSettings(_Section):
-    url: str = Field(default="sqlite:///var/lib/tensordock-autoscaler/state.db")
+    url: str = Field(
+        default="sqlite:///var/lib/tensordock-autoscaler/state.db", description="sqlite:///PATH of the state store"
+    )
 
 
 class SchedulerSettings(_Section):
@@ -90,7 +94,7 @@ class MetricsSettings(_Section):
 
 
 class LogSettings(_Section):
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="log level")
     json_lines: bool | None = Field(default=None, description="JSON lines; default: JSON unless on a terminal")
 
 
@@ -114,16 +118,20 @@ class Settings(BaseSettings):
     fleet: FleetSettings = FleetSettings()
     guards: GuardConfig = GuardConfig()
     signal: SignalSettings = SignalSettings()
-    policies: list[PolicySpec] = Field(default_factory=lambda: list(DEFAULT_POLICIES))
+    policies: list[PolicySpec] = Field(
+        default_factory=lambda: list(DEFAULT_POLICIES), description="the policy chain, in order, with options"
+    )
     store: StoreSettings = StoreSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
     metrics: MetricsSettings = MetricsSettings()
     log: LogSettings = LogSettings()
-    dry_run: bool = False
-    provision_timeout_s: float = Field(default=900.0, gt=0)
-    max_signal_age_s: float = Field(default=120.0, gt=0)
-    offer_refresh_s: float = Field(default=300.0, ge=0)
-    reap_orphans: bool = False
+    dry_run: bool = Field(default=False, description="plan, log and export metrics; never mutate")
+    provision_timeout_s: float = Field(
+        default=900.0, gt=0, description="seconds an instance may take to run before it is deleted"
+    )
+    max_signal_age_s: float = Field(default=120.0, gt=0, description="older demand counts as unknown, seconds")
+    offer_refresh_s: float = Field(default=300.0, ge=0, description="seconds listed offers are reused")
+    reap_orphans: bool = Field(default=False, description="delete prefix-named instances the store never created")
 
     @model_validator(mode="after")
     def _signal_options_valid(self) -> Settings:

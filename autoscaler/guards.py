@@ -27,7 +27,7 @@ class GuardConfig(BaseModel):
     scale_down_delay_s: float = Field(
         default=600.0, ge=0, description="demand must stay low this long before capacity is stopped"
     )
-    max_actions_per_cycle: int = Field(default=10, ge=0)
+    max_actions_per_cycle: int = Field(default=10, ge=0, description="mutating calls per cycle, at most")
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,10 @@ class SignalSpec(BaseModel):
 
 class SignalSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    combine: Literal["sum", "max"] = "sum"
-    sources: list[SignalSpec] = Field(default_factory=lambda: [SignalSpec(kind="static")])
+    combine: Literal["sum", "max"] = Field(default="sum", description="how several sources add up: sum or max")
+    sources: list[SignalSpec] = Field(
+        default_factory=lambda: [SignalSpec(kind="static")], description="demand sources: kind, name, options"
+    )
 
 
 class SignalConfigError(ValueError):

@@ -1,0 +1,61 @@
+"""Configuration: file plus environment, every error named, secrets masked, README in step."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from autoscaler.cli import main
+from autoscaler.config import load_settings
+from autoscaler.config_reference import END, START, render_reference
+
+from ..conftest import REPO, TOKEN
+
+
+def test_the_readme_reference_is_generated_from_the_settings_model() -> None:
+    readme = (REPO / "README.md").read_text()
+    section = readme.split(START, 1)[1].split(END, 1)[0].strip()
+    assert section == render_reference(), "run `make docs` to regenerate the README's configuration reference"
+
+
+def test_environment_overrides_the_file_and_token_file_works(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[guards]\nmax_gpus = 4\n[fleet]\nssh_key = "k"\n')
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    monkeypatch.setenv("TDAS_GUARDS__MAX_GPUS", "9")
+    monkeypatch.setenv("TDAS_TENSORDOCK__TOKEN_FILE", str(token_file))
+    settings = load_settings(config)
+    assert settings.guards.max_gpus == 9
+    assert settings.tensordock.resolved_token().get_secret_value() == TOKEN
+
+
+def test_check_config_prints_the_effective_config_with_secrets_masked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(f'[tensordock]\ntoken = "{TOKEN}"\n[fleet]\nssh_key = "ssh-ed25519 AAAA"\n')
+    assert main(["check-config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert TOKEN not in out and "**********" in out and '"max_gpus": 16' in out
+
+
+def test_check_config_lists_every_error_with_its_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[guards]\nmax_gpus = -1\nmax_instances = "many"\n[fleet]\nname_prefix = "Bad Name"\n')
+    assert main(["check-config", str(config)]) == 2
+    err = capsys.readouterr().err
+    for field in ("guards.max_gpus", "guards.max_instances", "fleet.name_prefix"):
+        assert field in err
+    missing = tmp_path / "ok.toml"
+    missing.write_text("")
+    assert main(["check-config", str(missing)]) == 2
+    assert "tensordock.token" in capsys.readouterr().err
+
+
+def test_run_refuses_a_bad_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text("[scheduler]\ninterval_s = 0\n")
+    assert main(["run", "--config", str(config)]) == 2
+    assert "scheduler.interval_s" in capsys.readouterr().err

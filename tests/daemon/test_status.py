@@ -1,0 +1,40 @@
+"""`status`: the fleet as a table and as JSON, managed and unmanaged, with $/h and spend."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from autoscaler.cli import main
+from autoscaler.clock import SystemClock
+from autoscaler.config import load_settings
+from autoscaler.runtime import build_runtime
+from autoscaler.tensordock.fake import FakeServer, Timings, build_fake
+
+from ..conftest import TOKEN, create_request
+
+
+def test_status_shows_managed_and_unmanaged_instances(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fake = build_fake(TOKEN, "observed", clock=SystemClock(), timings=Timings(create_s=0, ip_s=0))
+    with FakeServer(fake) as server:
+        config = tmp_path / "c.toml"
+        config.write_text(
+            f'[tensordock]\nbase_url = "{server.url}"\ntoken = "{TOKEN}"\n[fleet]\nssh_key = "k"\n'
+            f'[[signal.sources]]\nkind = "static"\noptions = {{ queued = 1 }}\n'
+            f'[store]\nurl = "sqlite:///{tmp_path}/s.db"\n'
+        )
+        runtime = build_runtime(load_settings(config))
+        runtime.engine.run_cycle()
+        chicago = next(loc.id for loc in fake.state.catalog.locations if loc.city == "Chicago")
+        runtime.client.create_instance(create_request(chicago, name="someone-elses"))
+        runtime.close()
+        assert main(["status", "--config", str(config), "--json"]) == 0
+        data = json.loads(capsys.readouterr().out)
+        assert main(["status", "--config", str(config)]) == 0
+        table = capsys.readouterr().out
+    managed = {row["name"]: row["managed"] for row in data["instances"]}
+    assert sorted(managed.values()) == [False, True] and managed["someone-elses"] is False
+    assert data["managed_usd_per_hour"] > 0 and data["unmanaged_usd_per_hour"] > 0
+    assert "MANAGED" in table and "someone-elses" in table and "spent today" in table
