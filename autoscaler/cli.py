@@ -51,11 +51,16 @@ def _fake_api(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from autoscaler.demo import run_walkthrough
+    from autoscaler.demo import run_daemon_demo, run_walkthrough
     from autoscaler.logging import configure_logging
 
     configure_logging("WARNING")
-    run_walkthrough(speed=args.speed)
+    if args.walkthrough:
+        run_walkthrough(speed=args.speed)
+    else:
+        run_daemon_demo(
+            wall_seconds=args.seconds, speed=args.speed if args.speed != 1.0 else 60.0, metrics_port=args.metrics_port
+        )
     return 0
 
 
@@ -206,8 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--json", action="store_true", help="machine-readable output")
     plan.set_defaults(handler=_plan)
 
-    demo = commands.add_parser("demo", help="walk one instance through its life on the fake API, with the bill")
-    demo.add_argument("--speed", type=float, default=1.0, help="shorten the fake's delays by this factor")
+    demo = commands.add_parser("demo", help="the daemon against the fake API and a burst-and-lull queue, sped up")
+    demo.add_argument("--seconds", type=float, default=150.0, help="how long the demo runs (wall seconds)")
+    demo.add_argument("--speed", type=float, default=1.0, help="time factor (daemon demo default 60)")
+    demo.add_argument("--metrics-port", type=int, default=9464, help="/metrics port while it runs (0: any)")
+    demo.add_argument("--walkthrough", action="store_true", help="only walk one instance through its life")
     demo.set_defaults(handler=_demo)
     return parser
 

@@ -26,6 +26,24 @@ class SystemClock:
             time.sleep(seconds)
 
 
+class ScaledClock:
+    """Wall time sped up `speed` times, for demos: the daemon runs for real, the hours pass in minutes."""
+
+    def __init__(self, speed: float, start: float | None = None) -> None:
+        if speed <= 0:
+            raise ValueError("speed must be positive")
+        self.speed = speed
+        self._wall0 = time.time()
+        self._start = start if start is not None else self._wall0
+
+    def now(self) -> float:
+        return self._start + (time.time() - self._wall0) * self.speed
+
+    def sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            time.sleep(seconds / self.speed)
+
+
 class ManualClock:
     """Virtual time: sleeping advances the clock instantly, so a month replays in seconds."""
 

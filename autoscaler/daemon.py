@@ -128,6 +128,10 @@ class Daemon:
 
     # -- lifecycle ----------------------------------------------------------------------------
 
+    def request_stop(self) -> None:
+        """What SIGTERM does, for an embedding program (the demo)."""
+        self._stop.set()
+
     def _on_signal(self, signum: int, _: FrameType | None) -> None:
         if signum == signal.SIGHUP:
             self._reload.set()

@@ -99,3 +99,13 @@ def test_demo_walks_an_instance_through_its_life_and_prints_the_bill() -> None:
         assert step in text
     assert "instances left: 0" in text
     assert bill > 0
+
+
+def test_the_daemon_demo_serves_the_burst_and_prints_a_summary() -> None:
+    from autoscaler.demo import run_daemon_demo
+
+    out = io.StringIO()
+    summary = run_daemon_demo(out, wall_seconds=20, speed=420, metrics_port=0)
+    text = out.getvalue()
+    assert summary["jobs_served"] > 0 and summary["spend_usd"] > 0 and summary["virtual_hours"] > 2
+    assert "summary after" in text and "fixed fleet" in text and "fleet $" in text

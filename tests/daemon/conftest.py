@@ -120,7 +120,7 @@ class RunningDaemon:
 def daemon(tmp_path: Path) -> Iterator[Callable[..., RunningDaemon]]:
     started: list[RunningDaemon] = []
 
-    def start(fake_faults: Any = None, max_gpus: int = 8) -> RunningDaemon:
+    def start(fake_faults: Any = None, max_gpus: int = 8, env_extra: dict[str, str] | None = None) -> RunningDaemon:
         fake = build_fake(
             TOKEN,
             "observed",
@@ -146,7 +146,7 @@ def daemon(tmp_path: Path) -> Iterator[Callable[..., RunningDaemon]]:
 
         write_config()
         signal_file.write_text(json.dumps({"queued": 0, "running": 0, "observed_at": time.time()}))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TDAS_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TDAS_")} | (env_extra or {})
         process = subprocess.Popen(
             [sys.executable, "-m", "autoscaler.cli", "run", "--config", str(config)],
             stdout=subprocess.PIPE,

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -75,3 +79,53 @@ def test_readyz_turns_unready_when_the_api_is_down(daemon: Callable[..., Running
     d.wait_until(lambda: d.get("/readyz").status_code == 503, "/readyz to report unready", timeout=30)
     assert "more than 3 intervals" in d.get("/readyz").text
     assert d.stop() == 0
+
+
+def test_systemd_is_told_ready_status_watchdog_and_stopping(
+    daemon: Callable[..., RunningDaemon], tmp_path: Path
+) -> None:
+    address = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(address)
+    sock.settimeout(0.2)
+    messages: list[str] = []
+
+    def drain() -> None:
+        with contextlib.suppress(TimeoutError, OSError):
+            while True:
+                messages.append(sock.recv(4096).decode())
+
+    try:
+        d = daemon(env_extra={"NOTIFY_SOCKET": address})
+        d.set_demand(queued=1)
+        d.wait_until(
+            lambda: (drain(), any("WATCHDOG=1" in m and "1 instances" in m for m in messages))[1],
+            "a watchdog ping with a fleet summary",
+        )
+        assert d.stop() == 0
+        drain()
+    finally:
+        sock.close()
+    text = "\n".join(messages)
+    assert "READY=1" in text and "STOPPING=1" in text
+    assert text.index("READY=1") < text.index("WATCHDOG=1") < text.index("STOPPING=1")
+    assert "STATUS=" in text and "$" in text and "/h" in text
+
+
+def test_every_decision_is_one_json_line_with_cycle_action_reason_and_cost(
+    daemon: Callable[..., RunningDaemon],
+) -> None:
+    d = daemon()
+    d.set_demand(queued=1)
+    d.wait_until(lambda: len(d.phases()) == 1, "one instance")
+    assert d.stop() == 0
+    lines = [
+        json.loads(line)
+        for line in (d.process.stderr.read() if d.process.stderr else "").splitlines()
+        if line.startswith("{")
+    ]
+    decisions = [line for line in lines if line["event"] == "decision"]
+    assert decisions, "no decision lines logged"
+    for key in ("cycle", "action", "instance", "reason", "usd_per_hour", "outcome", "timestamp"):
+        assert key in decisions[0]
+    assert decisions[0]["action"] == "create" and decisions[0]["usd_per_hour"] > 0
