@@ -23,8 +23,16 @@ from autoscaler.plan import Action, ActionKind, Plan, delete_action
 from autoscaler.planner import PlanningError, run_chain
 from autoscaler.policy import Policy
 from autoscaler.signals import Demand, DemandSignal, SignalError
-from autoscaler.snapshot import FleetInstance, InstanceShape, Offer, PendingCreate, Snapshot, offers_from
-from autoscaler.store import Store
+from autoscaler.snapshot import (
+    FleetInstance,
+    InstanceShape,
+    Offer,
+    PendingCreate,
+    Snapshot,
+    billed_rate,
+    offers_from,
+)
+from autoscaler.store import OwnedRecord, Store
 from autoscaler.tensordock import Instance, InstanceStatus, TensorDockClient, TensorDockError
 from autoscaler.throughput import DEFAULT_THROUGHPUT
 
@@ -221,6 +229,7 @@ class Engine:
         by_name = {i.name: i for i in listing if i.name}
         offers = self._current_offers(now)
         offer_by_key = {o.key: o for o in offers}
+        changed = False
         for entry in unresolved:
             found = by_name.get(entry.name or "")
             if found is not None and found.id not in owned:
@@ -232,54 +241,61 @@ class Engine:
                     self._storage_rate(offer_by_key.get(entry.offer_key or ""), found),
                 )
                 store.accrue(found.id, entry.hourly_price, entry.at)
+                changed = True
                 if entry.replaces:
                     store.mark_retiring(entry.replaces, entry.name)
             if found is not None:
                 store.journal_outcome(entry.id, "ok", now, instance_id=found.id)
             elif now - entry.at > self.config.unresolved_create_grace_s:
                 store.journal_outcome(entry.id, "lost", now, error="never appeared in the listing")
-        owned = store.owned()
+        if changed:
+            owned = store.owned()
         listed_ids = {i.id for i in listing}
-        for gone in set(owned) - listed_ids:
-            store.accrue(gone, 0.0, now)
-            store.forget(gone)
-        owned = store.owned()
+        gone = set(owned) - listed_ids
+        for instance_id in gone:
+            store.accrue(instance_id, 0.0, now)
+            store.forget(instance_id)
+        if gone:
+            owned = store.owned()
         prefix = f"{self.config.name_prefix}-"
         fleet: list[FleetInstance] = []
         unowned: list[Instance] = []
         orphans: list[Instance] = []
         busy_map: Mapping[str, bool] = demand.busy if demand and demand.busy is not None else {}
-        for instance in listing:
-            name = instance.name or ""
-            if instance.id not in owned and name in created_names and name.startswith(prefix):
-                store.adopt(instance.id, name, now, None, self._storage_rate(None, instance))
-                owned = store.owned()
-            record = owned.get(instance.id)
-            if record is None:
-                (orphans if name.startswith(prefix) else unowned).append(instance)
-                continue
-            busy = busy_map.get(name) if demand is not None and demand.busy is not None else None
-            storage_rate = record.storage_rate or self._storage_rate(offer_by_key.get(record.offer_key or ""), instance)
-            view = FleetInstance(instance, record.created_at, record.offer_key, busy, None, None, storage_rate)
-            store.accrue(instance.id, view.current_rate_hourly, now)
-            store.observe(instance.id, instance.status.value, busy, now)
-        owned = store.owned()
-        for instance in listing:
-            record = owned.get(instance.id)
-            if record is None:
-                continue
-            name = instance.name or ""
-            busy = busy_map.get(name) if demand is not None and demand.busy is not None else None
+        rates: dict[str, float] = {}
+        observations: list[tuple[str, str, bool | None]] = []
+        tracked: list[tuple[Instance, OwnedRecord, bool | None, float]] = []
+        busy_known = demand is not None and demand.busy is not None
+        with store.transaction():  # one commit for the whole fleet's bookkeeping
+            for instance in listing:
+                name = instance.name or ""
+                if instance.id not in owned and name in created_names and name.startswith(prefix):
+                    store.adopt(instance.id, name, now, None, self._storage_rate(None, instance))
+                    owned = store.owned()
+                record = owned.get(instance.id)
+                if record is None:
+                    (orphans if name.startswith(prefix) else unowned).append(instance)
+                    continue
+                busy = busy_map.get(name) if busy_known else None
+                storage_rate = record.storage_rate or self._storage_rate(
+                    offer_by_key.get(record.offer_key or ""), instance
+                )
+                rates[instance.id] = billed_rate(instance.status, instance.rate_hourly or 0.0, storage_rate)
+                observations.append((instance.id, instance.status.value, busy))
+                tracked.append((instance, record, busy, storage_rate))
+            store.accrue_many(rates, now)
+            since = store.observe_many(observations, now)
+        for instance, record, busy, storage_rate in tracked:
+            idle_since, status_since = since.get(instance.id, (record.idle_since, record.status_since))
             fleet.append(
                 FleetInstance(
                     instance=instance,
                     created_at=record.created_at,
                     offer_key=record.offer_key,
                     busy=busy,
-                    idle_since=record.idle_since,
-                    status_since=record.status_since,
-                    storage_rate_hourly=record.storage_rate
-                    or self._storage_rate(offer_by_key.get(record.offer_key or ""), instance),
+                    idle_since=idle_since,
+                    status_since=status_since,
+                    storage_rate_hourly=storage_rate,
                     retiring_for=record.retiring_for,
                     start_refused=record.start_refused_at is not None and instance.status is InstanceStatus.STOPPED,
                 )
@@ -296,7 +312,7 @@ class Engine:
                     store.set_value(idle_key, repr(now))
             else:
                 store.set_value(idle_key, None)
-        idle_since = store.get_value("fleet_idle_since")
+        fleet_idle = store.get_value("fleet_idle_since")
         snapshot = Snapshot(
             now=now,
             demand=demand,
@@ -309,7 +325,7 @@ class Engine:
             backed_off=store.backed_off(now),
             pending_creates=pending,
             demand_error=demand_error,
-            fleet_idle_since=float(idle_since) if idle_since else None,
+            fleet_idle_since=float(fleet_idle) if fleet_idle else None,
             desired_history=tuple(store.desired_history(now - 86400)),
         )
         return snapshot, tuple(orphans)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from autoscaler.signals import Demand
 from autoscaler.tensordock import Hostnode, Instance, InstanceStatus, Location, Pricing
@@ -107,6 +108,15 @@ def offers_from(locations: Iterable[Location], hostnodes: Iterable[Hostnode]) ->
     return tuple(offers)
 
 
+def billed_rate(status: InstanceStatus, rate_hourly: float, storage_rate_hourly: float) -> float:
+    """What an instance costs right now: the full rate while up, its storage while stopped."""
+    if status in (InstanceStatus.STARTING, InstanceStatus.RUNNING, InstanceStatus.STOPPING):
+        return rate_hourly
+    if status.is_stopped:
+        return storage_rate_hourly
+    return 0.0
+
+
 @dataclass(frozen=True)
 class FleetInstance:
     """An instance this fleet owns, with what the store remembers about it."""
@@ -147,12 +157,7 @@ class FleetInstance:
 
     @property
     def current_rate_hourly(self) -> float:
-        """What it costs right now: full rate while up, storage while stopped."""
-        if self.status in (InstanceStatus.STARTING, InstanceStatus.RUNNING, InstanceStatus.STOPPING):
-            return self.rate_hourly
-        if self.status.is_stopped:
-            return self.storage_rate_hourly
-        return 0.0
+        return billed_rate(self.status, self.rate_hourly, self.storage_rate_hourly)
 
 
 @dataclass(frozen=True)
@@ -193,7 +198,11 @@ class Snapshot:
     desired_history: tuple[tuple[float, int], ...] = ()  # (time, desired GPUs) of recent cycles
 
     def instance(self, instance_id: str) -> FleetInstance | None:
-        return next((i for i in self.instances if i.id == instance_id), None)
+        return self._by_id.get(instance_id)
+
+    @cached_property
+    def _by_id(self) -> dict[str, FleetInstance]:
+        return {i.id: i for i in self.instances}
 
     def throughput_of(self, gpu_model: str | None) -> float:
         """Unknown models count as the reference's 1.0 only if configured; else a cautious 0.5."""
@@ -201,18 +210,18 @@ class Snapshot:
             return 0.0
         return float(self.throughput.get(gpu_model, 0.5))
 
-    @property
+    @cached_property
     def active_gpus(self) -> int:
         """GPUs running or on their way, including creates not yet listed."""
         return sum(i.gpus for i in self.instances if i.status in RUNNING_LIKE) + sum(
             p.gpus for p in self.pending_creates
         )
 
-    @property
+    @cached_property
     def active_instances(self) -> int:
         return sum(1 for i in self.instances if i.status in RUNNING_LIKE) + len(self.pending_creates)
 
-    @property
+    @cached_property
     def hourly_cost(self) -> float:
         """Managed fleet $/h now, pending creates included."""
         return sum(i.current_rate_hourly for i in self.instances) + sum(p.hourly_price for p in self.pending_creates)

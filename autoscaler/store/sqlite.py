@@ -3,8 +3,11 @@ so a crash loses nothing that was acted on."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import sqlite3
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -37,13 +40,18 @@ _MIGRATIONS: dict[int, str] = {
 }
 
 
+@functools.lru_cache(maxsize=64)
+def _day_name(day_index: int) -> str:
+    return datetime.fromtimestamp(day_index * 86400, tz=UTC).strftime("%Y-%m-%d")
+
+
 def _day(ts: float) -> str:
-    return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%d")
+    """The UTC date of a time; cached per day, since a cycle charges a thousand instances at once."""
+    return _day_name(int(ts // 86400))
 
 
 def _next_midnight(ts: float) -> float:
-    day = datetime.fromtimestamp(ts, tz=UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    return day.timestamp() + 86400
+    return (int(ts // 86400) + 1) * 86400.0
 
 
 class SqliteStore:
@@ -79,6 +87,20 @@ class SqliteStore:
                 except Exception:
                     self._db.execute("ROLLBACK")
                     raise
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One commit for a cycle's bookkeeping: a thousand instances, one fsync."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            with self._lock:
+                self._db.execute("ROLLBACK")
+            raise
+        with self._lock:
+            self._db.execute("COMMIT")
 
     @property
     def schema_version(self) -> int:
@@ -215,7 +237,9 @@ class SqliteStore:
             if row is None:
                 return
             last_rate, since = row
-            self._db.execute("BEGIN IMMEDIATE")
+            own_transaction = not self._db.in_transaction
+            if own_transaction:
+                self._db.execute("BEGIN IMMEDIATE")
             try:
                 if last_rate is not None and since is not None and now > since:
                     start = since
@@ -232,10 +256,76 @@ class SqliteStore:
                     "UPDATE instances SET last_rate = ?, last_accrued_at = ? WHERE id = ?",
                     (rate_hourly, max(now, since or now), instance_id),
                 )
-                self._db.execute("COMMIT")
+                if own_transaction:
+                    self._db.execute("COMMIT")
             except Exception:
-                self._db.execute("ROLLBACK")
+                if own_transaction:
+                    self._db.execute("ROLLBACK")
                 raise
+
+    def accrue_many(self, rates: dict[str, float], now: float) -> None:
+        """`accrue` for a whole fleet in one transaction and a handful of statements."""
+        if not rates:
+            return
+        with self._lock:
+            rows = self._db.execute("SELECT id, last_rate, last_accrued_at FROM instances").fetchall()
+            charges: dict[tuple[str, str], float] = {}
+            updates = []
+            for instance_id, last_rate, since in rows:
+                if instance_id not in rates:
+                    continue
+                if last_rate is not None and since is not None and now > since:
+                    start = since
+                    while start < now:
+                        end = min(now, _next_midnight(start))
+                        key = (_day(start), instance_id)
+                        charges[key] = charges.get(key, 0.0) + last_rate * (end - start) / 3600.0
+                        start = end
+                updates.append((rates[instance_id], max(now, since or now), instance_id))
+            own_transaction = not self._db.in_transaction
+            if own_transaction:
+                self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(
+                    "INSERT INTO ledger (day, instance_id, usd) VALUES (?, ?, ?)"
+                    " ON CONFLICT(day, instance_id) DO UPDATE SET usd = usd + excluded.usd",
+                    [(day, instance_id, usd) for (day, instance_id), usd in charges.items()],
+                )
+                self._db.executemany("UPDATE instances SET last_rate = ?, last_accrued_at = ? WHERE id = ?", updates)
+                if own_transaction:
+                    self._db.execute("COMMIT")
+            except Exception:
+                if own_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+
+    def observe_many(
+        self, observations: list[tuple[str, str, bool | None]], now: float
+    ) -> dict[str, tuple[float | None, float | None]]:
+        """`observe` for a whole fleet: (instance id, status, busy) each; returns (idle_since, status_since)."""
+        with self._lock:
+            current = {
+                row[0]: (row[1], row[2], row[3])
+                for row in self._db.execute("SELECT id, status, idle_since, status_since FROM instances")
+            }
+            updates = []
+            result: dict[str, tuple[float | None, float | None]] = {}
+            for instance_id, status, busy in observations:
+                if instance_id not in current:
+                    continue
+                old_status, idle_since, status_since = current[instance_id]
+                if busy is True:
+                    idle_since = None
+                elif busy is False and idle_since is None:
+                    idle_since = now
+                if old_status != status:
+                    status_since = now
+                updates.append((status, idle_since, None if busy is None else int(busy), status_since, instance_id))
+                result[instance_id] = (idle_since, status_since)
+            self._db.executemany(
+                "UPDATE instances SET status = ?, idle_since = ?, busy = ?, status_since = ? WHERE id = ?", updates
+            )
+        return result
 
     def spend(self, now: float) -> Spend:
         today = _day(now)
