@@ -102,10 +102,16 @@ def measure(size: int, cycles: int, workdir: Path) -> dict[str, float]:
             tensordock={"base_url": url, "token": TOKEN, "rate_limit": 1_000_000},  # type: ignore[arg-type]
             fleet={"name_prefix": "fp", "ssh_key": "k"},  # type: ignore[arg-type]
             guards={"max_gpus": size + 10, "max_instances": size + 10},  # type: ignore[arg-type]
+            policies=[  # the default chain, sized so that `size` busy GPUs is exactly what is wanted
+                {"name": "queue_target", "options": {"max_gpus": size + 10}},
+                {"name": "schedule"},
+                {"name": "cheapest_throughput"},
+                {"name": "idle"},
+                {"name": "consolidate"},
+                {"name": "budget"},
+            ],  # type: ignore[list-item]
         )
         runtime = build_runtime(settings, signal=signal, store=store)
-        hosts = sorted({h for h in range(10)})
-        _ = hosts
         for n in range(size):
             location = f"00000000-0000-4000-8000-{(n // 80):012d}"
             created = runtime.client.create_instance(
@@ -153,7 +159,7 @@ def measure(size: int, cycles: int, workdir: Path) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10,1000")
-    parser.add_argument("--cycles", type=int, default=20)
+    parser.add_argument("--cycles", type=int, default=40)
     args = parser.parse_args()
     configure_logging("WARNING")
     workdir = Path(tempfile.mkdtemp(prefix="tdas-footprint-"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -271,6 +272,7 @@ class SqliteStore:
             rows = self._db.execute("SELECT id, last_rate, last_accrued_at FROM instances").fetchall()
             charges: dict[tuple[str, str], float] = {}
             updates = []
+            same_rate: list[str] = []
             for instance_id, last_rate, since in rows:
                 if instance_id not in rates:
                     continue
@@ -281,7 +283,10 @@ class SqliteStore:
                         key = (_day(start), instance_id)
                         charges[key] = charges.get(key, 0.0) + last_rate * (end - start) / 3600.0
                         start = end
-                updates.append((rates[instance_id], max(now, since or now), instance_id))
+                if last_rate == rates[instance_id] and since is not None:
+                    same_rate.append(instance_id)
+                else:
+                    updates.append((rates[instance_id], max(now, since or now), instance_id))
             own_transaction = not self._db.in_transaction
             if own_transaction:
                 self._db.execute("BEGIN IMMEDIATE")
@@ -292,6 +297,12 @@ class SqliteStore:
                     [(day, instance_id, usd) for (day, instance_id), usd in charges.items()],
                 )
                 self._db.executemany("UPDATE instances SET last_rate = ?, last_accrued_at = ? WHERE id = ?", updates)
+                if same_rate:  # the common case: one statement moves every unchanged instance's clock
+                    self._db.execute(
+                        "UPDATE instances SET last_accrued_at = MAX(last_accrued_at, ?)"
+                        " WHERE id IN (SELECT value FROM json_each(?))",
+                        (now, json.dumps(same_rate)),
+                    )
                 if own_transaction:
                     self._db.execute("COMMIT")
             except Exception:
@@ -305,22 +316,25 @@ class SqliteStore:
         """`observe` for a whole fleet: (instance id, status, busy) each; returns (idle_since, status_since)."""
         with self._lock:
             current = {
-                row[0]: (row[1], row[2], row[3])
-                for row in self._db.execute("SELECT id, status, idle_since, status_since FROM instances")
+                row[0]: (row[1], row[2], row[3], row[4])
+                for row in self._db.execute("SELECT id, status, idle_since, status_since, busy FROM instances")
             }
             updates = []
             result: dict[str, tuple[float | None, float | None]] = {}
             for instance_id, status, busy in observations:
                 if instance_id not in current:
                     continue
-                old_status, idle_since, status_since = current[instance_id]
+                old_status, old_idle, status_since, old_busy = current[instance_id]
+                idle_since = old_idle
                 if busy is True:
                     idle_since = None
                 elif busy is False and idle_since is None:
                     idle_since = now
                 if old_status != status:
                     status_since = now
-                updates.append((status, idle_since, None if busy is None else int(busy), status_since, instance_id))
+                busy_flag = None if busy is None else int(busy)
+                if (old_status, old_idle, old_busy) != (status, idle_since, busy_flag):  # write only what changed
+                    updates.append((status, idle_since, busy_flag, status_since, instance_id))
                 result[instance_id] = (idle_since, status_since)
             self._db.executemany(
                 "UPDATE instances SET status = ?, idle_since = ?, busy = ?, status_since = ? WHERE id = ?", updates
