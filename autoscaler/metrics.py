@@ -6,9 +6,10 @@ the simulator's strategies side by side) never mix their numbers.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 PREFIX = "tensordock_autoscaler"
+disable_created_metrics()  # the *_created series double every counter and tell a dashboard nothing
 
 
 class CoreMetrics:

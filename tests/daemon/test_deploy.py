@@ -74,3 +74,11 @@ def test_the_dockerfile_passes_hadolint() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     text = (REPO / "Dockerfile").read_text()
     assert "USER 10001" in text and "HEALTHCHECK" in text and "/healthz" in text and "VOLUME" in text
+
+
+def test_the_readme_metrics_reference_lists_exactly_what_is_exported() -> None:
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Metrics reference", 1)[1].split("\n## ", 1)[0]
+    documented = {re.sub(r"_total$", "", m) for m in re.findall(r"`(tensordock_autoscaler_[a-z0-9_]+)`", section)}
+    exported = {re.sub(r"_total$", "", m) for m in exported_families()}
+    assert documented == exported, f"undocumented: {exported - documented}; stale: {documented - exported}"
