@@ -9,7 +9,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 PREFIX = "tensordock_autoscaler"
-disable_created_metrics()  # the *_created series double every counter and tell a dashboard nothing
+disable_created_metrics()  # type: ignore[no-untyped-call]  # the *_created series double every counter and tell a dashboard nothing
 
 
 class CoreMetrics:
