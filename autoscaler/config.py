@@ -66,6 +66,9 @@ class FleetSettings(_Section):
     vcpu_per_gpu: int = Field(default=8, ge=1, description="vCPUs per GPU of an instance")
     ram_gb_per_gpu: int = Field(default=32, ge=1, description="RAM per GPU of an instance, GB")
     throughput: dict[str, float] = Field(default_factory=dict, description="overrides of the default table")
+    allowed_gpu_models: list[str] = Field(
+        default_factory=list, description="GPU models the fleet may ever create; empty: any (no policy can widen it)"
+    )
 
     @property
     def shape(self) -> InstanceShape:

@@ -56,6 +56,7 @@ class EngineConfig(BaseModel):
         description="a create with no reply and no instance by that name after this long never happened",
     )
     reap_orphans: bool = Field(default=False, description="delete prefix-named instances the store never created")
+    allowed_gpu_models: tuple[str, ...] = Field(default=(), description="offers of other models never reach policies")
     stopped_storage_usd_per_gb_hr: float = Field(default=0.0001, ge=0, description="when no offer prices storage")
 
 
@@ -207,7 +208,9 @@ class Engine:
         fresh = self._offers_at is not None and now - self._offers_at < self.config.offer_refresh_s
         if not fresh:
             try:
-                self._offers = offers_from(self.client.list_locations(), self.client.list_hostnodes())
+                offers = offers_from(self.client.list_locations(), self.client.list_hostnodes())
+                allowed = set(self.config.allowed_gpu_models)
+                self._offers = tuple(o for o in offers if not allowed or o.gpu_model in allowed)
                 self._offers_at = now
             except TensorDockError as exc:
                 _log.warning("offers_unavailable", error=str(exc), reusing=len(self._offers))

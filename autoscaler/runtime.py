@@ -132,6 +132,7 @@ def build_runtime(
             offer_refresh_s=settings.offer_refresh_s,
             provision_timeout_s=settings.provision_timeout_s,
             reap_orphans=settings.reap_orphans,
+            allowed_gpu_models=tuple(fleet.allowed_gpu_models),
         ),
     )
     return Runtime(engine, client, state, stopping, metrics)

@@ -171,3 +171,11 @@ def test_a_broken_plugin_holds_the_cycle_and_is_counted(make_world: MakeWorld) -
         )
         == 1.0
     )
+
+
+def test_fleet_allowed_models_bind_every_policy(make_world: MakeWorld) -> None:
+    world = make_world(fleet={"allowed_gpu_models": ["l40s-pcie-48gb"]})
+    world.signal.set(queued_jobs=3)
+    report = world.cycle()
+    assert report.snapshot is not None and {o.gpu_model for o in report.snapshot.offers} == {"l40s-pcie-48gb"}
+    assert {i.gpu_model for i in world.fake_instances()} == {"l40s-pcie-48gb"}
