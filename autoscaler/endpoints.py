@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
-
-class _Quiet(WSGIRequestHandler):
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        pass  # scrapes every 15 s would drown the decision log
+from autoscaler.wsgi import BackgroundServer
 
 
 class Endpoints:
@@ -22,12 +17,11 @@ class Endpoints:
     def __init__(self, registry: CollectorRegistry, ready: Callable[[], tuple[bool, str]], host: str, port: int):
         self._metrics = make_wsgi_app(registry)
         self._ready = ready
-        self._server: BaseWSGIServer = make_server(host, port, self._app, threaded=True, request_handler=_Quiet)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="endpoints", daemon=True)
+        self._server = BackgroundServer(self._app, host, port, name="endpoints")
 
     @property
     def port(self) -> int:
-        return int(self._server.server_port)
+        return self._server.port
 
     def _app(self, environ: dict[str, Any], start_response: Any) -> Any:
         path = Request(environ).path
@@ -41,10 +35,8 @@ class Endpoints:
         return Response("not found: try /metrics, /healthz or /readyz\n", 404)(environ, start_response)
 
     def start(self) -> Endpoints:
-        self._thread.start()
+        self._server.start()
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        self._server.stop()

@@ -23,7 +23,7 @@ import nats
 import pika
 import psycopg
 import redis
-from werkzeug.serving import WSGIRequestHandler, make_server
+from werkzeug.serving import make_server
 from werkzeug.wrappers import Response
 
 from autoscaler.logging import configure_logging
@@ -35,11 +35,7 @@ from autoscaler.signals.prometheus import PrometheusOptions, PrometheusSignal
 from autoscaler.signals.rabbitmq import RabbitMqOptions, RabbitMqSignal
 from autoscaler.signals.redis_queue import RedisOptions, RedisSignal
 from autoscaler.testing import LocalPrometheus
-
-
-class _Quiet(WSGIRequestHandler):
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        pass
+from autoscaler.wsgi import QuietHandler
 
 
 def _queue_app(environ: dict[str, Any], start_response: Any) -> Any:
@@ -153,7 +149,7 @@ def main() -> None:
                 ),
             )
         )
-        server = make_server("127.0.0.1", 0, _queue_app, threaded=True, request_handler=_Quiet)
+        server = make_server("127.0.0.1", 0, _queue_app, threaded=True, request_handler=QuietHandler)
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
         url = f"http://127.0.0.1:{server.server_port}/queue"

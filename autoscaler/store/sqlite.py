@@ -231,51 +231,21 @@ class SqliteStore:
     def accrue(self, instance_id: str, rate_hourly: float, now: float) -> None:
         """Charge the rate in force since the last accrual, split at UTC midnights; `rate_hourly`
         is the rate from now on (left-point integration, one cycle of lag at most)."""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT last_rate, last_accrued_at FROM instances WHERE id = ?", (instance_id,)
-            ).fetchone()
-            if row is None:
-                return
-            last_rate, since = row
-            own_transaction = not self._db.in_transaction
-            if own_transaction:
-                self._db.execute("BEGIN IMMEDIATE")
-            try:
-                if last_rate is not None and since is not None and now > since:
-                    start = since
-                    while start < now:
-                        end = min(now, _next_midnight(start))
-                        usd = last_rate * (end - start) / 3600.0
-                        self._db.execute(
-                            "INSERT INTO ledger (day, instance_id, usd) VALUES (?, ?, ?)"
-                            " ON CONFLICT(day, instance_id) DO UPDATE SET usd = usd + excluded.usd",
-                            (_day(start), instance_id, usd),
-                        )
-                        start = end
-                self._db.execute(
-                    "UPDATE instances SET last_rate = ?, last_accrued_at = ? WHERE id = ?",
-                    (rate_hourly, max(now, since or now), instance_id),
-                )
-                if own_transaction:
-                    self._db.execute("COMMIT")
-            except Exception:
-                if own_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
+        self.accrue_many({instance_id: rate_hourly}, now)
 
     def accrue_many(self, rates: dict[str, float], now: float) -> None:
         """`accrue` for a whole fleet in one transaction and a handful of statements."""
         if not rates:
             return
         with self._lock:
-            rows = self._db.execute("SELECT id, last_rate, last_accrued_at FROM instances").fetchall()
+            rows = self._db.execute(
+                "SELECT id, last_rate, last_accrued_at FROM instances WHERE id IN (SELECT value FROM json_each(?))",
+                (json.dumps(list(rates)),),
+            ).fetchall()
             charges: dict[tuple[str, str], float] = {}
             updates = []
             same_rate: list[str] = []
             for instance_id, last_rate, since in rows:
-                if instance_id not in rates:
-                    continue
                 if last_rate is not None and since is not None and now > since:
                     start = since
                     while start < now:

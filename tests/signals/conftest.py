@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 from prometheus_client import Gauge
-from werkzeug.serving import WSGIRequestHandler
 
 from autoscaler.testing import LocalPrometheus, free_port
+from autoscaler.wsgi import QuietHandler
 
 START_HINT = {
     "PostgreSQL": "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
@@ -75,11 +75,6 @@ class JsonEndpoint:
     document: dict[str, Any]
 
 
-class _Quiet(WSGIRequestHandler):
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        pass
-
-
 @pytest.fixture
 def json_endpoint() -> Iterator[JsonEndpoint]:
     from werkzeug.serving import make_server
@@ -95,7 +90,7 @@ def json_endpoint() -> Iterator[JsonEndpoint]:
             return Response("{}", 401, mimetype="application/json")(environ, start_response)
         return Response(json.dumps(endpoint.document), mimetype="application/json")(environ, start_response)
 
-    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=_Quiet)
+    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=QuietHandler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     endpoint.url = f"http://127.0.0.1:{server.server_port}/queue"

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from autoscaler.clock import Clock, SystemClock
+from autoscaler.wsgi import BackgroundServer
 
 from .app import DroppedReplyError, FakeTensorDockApp
 from .catalog import load_catalog
@@ -77,45 +76,32 @@ class _DroppingMiddleware:
             raise
 
 
-class _QuietHandler(WSGIRequestHandler):
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        pass
-
-    def connection_dropped(self, error: BaseException, environ: Any = None) -> None:
-        pass
-
-
 class FakeServer:
     """The fake on a loopback port in a daemon thread; `with FakeServer(app) as server: server.url`."""
 
     def __init__(self, app: FakeTensorDockApp, host: str = "127.0.0.1", port: int = 0, quiet: bool = True) -> None:
         self.app = app
-        self._server: BaseWSGIServer = make_server(
-            host, port, _DroppingMiddleware(app), threaded=True, request_handler=_QuietHandler if quiet else None
-        )
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-tensordock", daemon=True)
+        self._server = BackgroundServer(_DroppingMiddleware(app), host, port, quiet=quiet, name="fake-tensordock")
 
     @property
     def port(self) -> int:
-        return int(self._server.server_port)
-
-    @property
-    def url(self) -> str:
-        """The API base URL, as a client takes it."""
-        return f"http://{self._server.host}:{self.port}/api/v2"
+        return self._server.port
 
     @property
     def root_url(self) -> str:
         return f"http://{self._server.host}:{self.port}"
 
+    @property
+    def url(self) -> str:
+        """The API base URL, as a client takes it."""
+        return f"{self.root_url}/api/v2"
+
     def start(self) -> FakeServer:
-        self._thread.start()
+        self._server.start()
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        self._server.stop()
 
     def __enter__(self) -> FakeServer:
         return self.start()
@@ -126,8 +112,8 @@ class FakeServer:
 
 def serve_forever(app: FakeTensorDockApp, host: str, port: int) -> None:
     """Blocking server for `tensordock-autoscaler fake-api`."""
-    server = FakeServer(app, host, port, quiet=False)
+    server = BackgroundServer(_DroppingMiddleware(app), host, port, quiet=False, name="fake-tensordock")
     try:
-        server._server.serve_forever()
+        server.server.serve_forever()
     finally:
-        server._server.server_close()
+        server.server.server_close()
