@@ -139,7 +139,7 @@ class Engine:
                     why=dropped.why,
                     policy=dropped.action.policy,
                 )
-        elif demand is None:
+        if demand is None:  # the guards allow nothing beyond the minimum; say so
             report.hold = report.hold or f"demand unknown: {demand_error}"
         budget = self.config.guards.max_actions_per_cycle
         actions = list(report.safety[:budget])
