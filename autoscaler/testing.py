@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -96,3 +97,24 @@ class LocalPrometheus:
             thread.join(timeout=5)
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
+
+
+def start_fake_api(token: str, *flags: str, timeout_s: float = 20.0) -> tuple[subprocess.Popen[str], str]:
+    """`tensordock-autoscaler fake-api` as its own process on a free port; returns it and its API URL."""
+    port = free_port()
+    process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+        [sys.executable, "-m", "autoscaler.cli", "fake-api", "--port", str(port), "--token", token, *flags],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/_fake/faults", timeout=1)
+            return process, f"http://127.0.0.1:{port}/api/v2"
+        except httpx.HTTPError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError(f"fake-api did not come up: {process.stderr.read() if process.stderr else ''}")
+            time.sleep(0.1)

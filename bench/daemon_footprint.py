@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,7 +24,7 @@ from autoscaler.runtime import build_runtime
 from autoscaler.signals import StaticSignal
 from autoscaler.store import SqliteStore
 from autoscaler.tensordock import CreateInstanceRequest, PortForward
-from autoscaler.testing import free_port
+from autoscaler.testing import start_fake_api
 
 TOKEN = "bench-footprint-token"
 
@@ -65,37 +63,11 @@ def big_catalog(path: Path, hosts: int) -> None:
 def measure(size: int, cycles: int, workdir: Path) -> dict[str, float]:
     catalog = workdir / f"catalog-{size}.json"
     big_catalog(catalog, hosts=max(10, size // 8 + 10))
-    port = free_port()
-    fake = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "autoscaler.cli",
-            "fake-api",
-            "--port",
-            str(port),
-            "--token",
-            TOKEN,
-            "--catalog",
-            str(catalog),
-            "--rate-limit",
-            "1000000",
-            "--create-s",
-            "0",
-            "--ip-s",
-            "0",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    fake, url = start_fake_api(
+        TOKEN, "--catalog", str(catalog), "--rate-limit", "1000000", "--create-s", "0", "--ip-s", "0"
     )
+    requests_url = url.replace("/api/v2", "/_fake/requests")
     try:
-        url = f"http://127.0.0.1:{port}/api/v2"
-        for _ in range(100):
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/_fake/faults", timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.1)
         store = SqliteStore(workdir / f"state-{size}.db")
         signal = StaticSignal(0, size)
         settings = Settings(
@@ -130,13 +102,13 @@ def measure(size: int, cycles: int, workdir: Path) -> dict[str, float]:
             )
             store.adopt(created.id, f"fp-{n:06d}", time.time(), None)
         runtime.engine.run_cycle()  # warm-up: offers fetched, store synced
-        requests_before = httpx.get(f"http://127.0.0.1:{port}/_fake/requests").json()["operations"]
+        requests_before = httpx.get(requests_url).json()["operations"]
         cpu0 = time.process_time()
         for _ in range(cycles):
             report = runtime.engine.run_cycle()
             assert report.error is None and not report.results, "steady state must do nothing"
         cycle_cpu_ms = (time.process_time() - cpu0) / cycles * 1000
-        requests_after = httpx.get(f"http://127.0.0.1:{port}/_fake/requests").json()["operations"]
+        requests_after = httpx.get(requests_url).json()["operations"]
         calls = (sum(requests_after.values()) - sum(requests_before.values())) / cycles
         cpu0 = time.process_time()
         for _ in range(cycles):

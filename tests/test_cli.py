@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import io
-import socket
-import subprocess
-import sys
 import time
 
 import httpx
@@ -14,54 +11,21 @@ import pytest
 from autoscaler.cli import main
 from autoscaler.demo import run_walkthrough
 from autoscaler.tensordock import InstanceStatus, TensorDockClient
+from autoscaler.testing import start_fake_api
 
 from .conftest import TOKEN, create_request
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_fake_api_command_serves_the_api_over_a_real_socket() -> None:
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "autoscaler.cli",
-            "fake-api",
-            "--port",
-            str(port),
-            "--token",
-            TOKEN,
-            "--dialect",
-            "spec",
-            "--create-s",
-            "0.5",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process, url = start_fake_api(TOKEN, "--dialect", "spec", "--create-s", "0.5")
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/_fake/faults", timeout=1)
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    pytest.fail(f"fake-api did not come up: {process.stderr.read() if process.stderr else ''}")
-                time.sleep(0.1)
-        with TensorDockClient(f"http://127.0.0.1:{port}/api/v2", TOKEN, "spec") as client:
+        with TensorDockClient(url, TOKEN, "spec") as client:
             chicago = next(loc.id for loc in client.list_locations() if loc.city == "Chicago")
             created = client.create_instance(create_request(chicago))
             time.sleep(0.6)
             assert client.get_instance(created.id).status is InstanceStatus.RUNNING
             client.delete_instance(created.id)
-        counts = httpx.get(f"http://127.0.0.1:{port}/_fake/requests").json()
+        counts = httpx.get(url.replace("/api/v2", "/_fake/requests")).json()
         assert counts["operations"]["create_instance"] == 1
     finally:
         process.terminate()
