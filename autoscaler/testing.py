@@ -116,5 +116,6 @@ def start_fake_api(token: str, *flags: str, timeout_s: float = 20.0) -> tuple[su
         except httpx.HTTPError:
             if process.poll() is not None or time.monotonic() > deadline:
                 process.kill()
-                raise RuntimeError(f"fake-api did not come up: {process.stderr.read() if process.stderr else ''}")
+                err = process.stderr.read() if process.stderr else ""
+                raise RuntimeError(f"fake-api did not come up: {err}") from None
             time.sleep(0.1)
