@@ -81,7 +81,8 @@ class FleetSettings(_Section):
 
 class StoreSettings(_Section):
     url: str = Field(
-        default="sqlite:///var/lib/tensordock-autoscaler/state.db", description="sqlite:///PATH of the state store"
+        default="sqlite:///var/lib/tensordock-autoscaler/state.db",
+        description="sqlite:///PATH, or postgresql://user:pw@host/db?schema=NAME to share state between replicas",
     )
 
 

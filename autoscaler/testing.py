@@ -99,23 +99,27 @@ class LocalPrometheus:
             shutil.rmtree(self._workdir, ignore_errors=True)
 
 
-def start_fake_api(token: str, *flags: str, timeout_s: float = 20.0) -> tuple[subprocess.Popen[str], str]:
-    """`tensordock-autoscaler fake-api` as its own process on a free port; returns it and its API URL."""
+def start_fake_api(token: str, *flags: str, timeout_s: float = 20.0) -> tuple[subprocess.Popen[str], str, Path]:
+    """`tensordock-autoscaler fake-api` as its own process on a free port.
+
+    Returns the process, its API URL and the file its log goes to (a pipe would fill and stall it).
+    """
     port = free_port()
-    process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-        [sys.executable, "-m", "autoscaler.cli", "fake-api", "--port", str(port), "--token", token, *flags],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    log_path = Path(tempfile.mkstemp(prefix="tdas-fake-api-", suffix=".log")[1])
+    with log_path.open("w") as log:
+        process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            [sys.executable, "-m", "autoscaler.cli", "fake-api", "--port", str(port), "--token", token, *flags],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            text=True,
+        )
     deadline = time.monotonic() + timeout_s
     while True:
         try:
             httpx.get(f"http://127.0.0.1:{port}/_fake/faults", timeout=1)
-            return process, f"http://127.0.0.1:{port}/api/v2"
+            return process, f"http://127.0.0.1:{port}/api/v2", log_path
         except httpx.HTTPError:
             if process.poll() is not None or time.monotonic() > deadline:
                 process.kill()
-                err = process.stderr.read() if process.stderr else ""
-                raise RuntimeError(f"fake-api did not come up: {err}") from None
+                raise RuntimeError(f"fake-api did not come up: {log_path.read_text()[-500:]}") from None
             time.sleep(0.1)

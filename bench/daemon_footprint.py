@@ -63,7 +63,7 @@ def big_catalog(path: Path, hosts: int) -> None:
 def measure(size: int, cycles: int, workdir: Path) -> dict[str, float]:
     catalog = workdir / f"catalog-{size}.json"
     big_catalog(catalog, hosts=max(10, size // 8 + 10))
-    fake, url = start_fake_api(
+    fake, url, _ = start_fake_api(
         TOKEN, "--catalog", str(catalog), "--rate-limit", "1000000", "--create-s", "0", "--ip-s", "0"
     )
     requests_url = url.replace("/api/v2", "/_fake/requests")

@@ -1,6 +1,22 @@
 """Durable state: owned instances, the action journal, the spend ledger, back-offs, history."""
 
+from __future__ import annotations
+
 from .base import JournalEntry, OwnedRecord, Store
-from .sqlite import SqliteStore, open_store
+from .sqlite import SqliteStore
+
+
+def open_store(url: str) -> Store:
+    """`sqlite:///PATH` (or a bare path) or `postgresql://user:pw@host/db[?schema=NAME]`."""
+    if url.startswith(("postgresql://", "postgres://")):
+        from .postgres import PostgresStore
+
+        return PostgresStore(url)
+    if url.startswith("sqlite:///"):
+        return SqliteStore(url.removeprefix("sqlite:///") or ":memory:")
+    if "://" in url:
+        raise ValueError(f"unsupported store url {url!r}; use sqlite:///PATH or postgresql://...")
+    return SqliteStore(url)
+
 
 __all__ = ["JournalEntry", "OwnedRecord", "SqliteStore", "Store", "open_store"]

@@ -14,7 +14,7 @@ from autoscaler.config import Settings
 from autoscaler.engine import CycleReport
 from autoscaler.runtime import Runtime, build_runtime
 from autoscaler.signals import StaticSignal
-from autoscaler.store import SqliteStore
+from autoscaler.store import SqliteStore, open_store
 from autoscaler.tensordock.fake import FakeTensorDockApp, build_fake, in_process_transport
 
 from ..conftest import TOKEN
@@ -62,7 +62,7 @@ def make_runtime(
         clock=clock,
         transport=in_process_transport(fake),
         signal=signal,
-        store=SqliteStore(store_path),
+        store=open_store(str(store_path)) if "://" in str(store_path) else SqliteStore(store_path),
     )
 
 
@@ -73,11 +73,16 @@ MakeWorld = Callable[..., World]
 def make_world(tmp_path: Path) -> Iterator[MakeWorld]:
     worlds: list[World] = []
 
-    def make(dialect: str = "observed", fake_options: dict[str, Any] | None = None, **settings: Any) -> World:
+    def make(
+        dialect: str = "observed",
+        fake_options: dict[str, Any] | None = None,
+        store_url: str | None = None,
+        **settings: Any,
+    ) -> World:
         clock = ManualClock()
         fake = build_fake(TOKEN, dialect, clock=clock, **(fake_options or {}))  # type: ignore[arg-type]
         signal = StaticSignal()
-        path = tmp_path / f"state-{len(worlds)}.db"
+        path: Any = store_url or tmp_path / f"state-{len(worlds)}.db"
         world = World(clock, fake, signal, make_runtime(clock, fake, signal, path, **settings), path)
         worlds.append(world)
         return world
@@ -85,3 +90,22 @@ def make_world(tmp_path: Path) -> Iterator[MakeWorld]:
     yield make
     for world in worlds:
         world.runtime.close()
+
+
+PG_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@pytest.fixture
+def pg_store_url() -> Iterator[str]:
+    """A store URL on the local PostgreSQL with a schema of its own, dropped afterwards."""
+    import uuid
+
+    import psycopg
+
+    from ..signals.conftest import require_server
+
+    require_server("PostgreSQL", 5432)
+    schema_name = f"tdas_test_{uuid.uuid4().hex[:8]}"
+    yield f"{PG_URL}?schema={schema_name}"
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {schema_name} CASCADE")

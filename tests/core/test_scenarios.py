@@ -6,6 +6,8 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from autoscaler.signals.static import FileSignal
 from autoscaler.tensordock.fake import Faults, Timings
 
@@ -92,8 +94,12 @@ def test_a_budget_cap_holds(make_world: MakeWorld) -> None:
     assert 0 < running_rate <= 1.5
 
 
-def test_a_restart_in_the_middle_of_a_scale_up_creates_no_duplicate(make_world: MakeWorld) -> None:
-    world = make_world()
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_restart_in_the_middle_of_a_scale_up_creates_no_duplicate(
+    make_world: MakeWorld, backend: str, request: pytest.FixtureRequest
+) -> None:
+    store_url = request.getfixturevalue("pg_store_url") if backend == "postgres" else None
+    world = make_world(store_url=store_url)
     world.signal.set(queued_jobs=3)
     world.fake.state.faults = Faults(lose_next_replies=3)  # the creates happen, their replies never arrive
     report = world.cycle()

@@ -1,27 +1,49 @@
-"""The SQLite store: migrations, the ledger across days and restarts, the journal, back-offs."""
+"""The store, on SQLite and on PostgreSQL, by the same tests: migrations, the ledger across days
+and restarts, the journal, back-offs, history, idleness."""
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from autoscaler.store import SqliteStore, open_store
-from autoscaler.store.sqlite import SCHEMA_VERSION
+from autoscaler.store import SqliteStore, Store, open_store
+from autoscaler.store.sql import SCHEMA_VERSION
 
 DAY = 86400.0
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def open_again(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Store]]:
+    """Opens the same store each call, as a restarted daemon would."""
+    if request.param == "sqlite":
+        path = tmp_path / "s.db"
+        yield lambda: SqliteStore(path)
+        return
+    url = request.getfixturevalue("pg_store_url")
+    yield lambda: open_store(url)
+
+
+@pytest.fixture
+def store(open_again: Callable[[], Store]) -> Iterator[Store]:
+    opened = open_again()
+    yield opened
+    opened.close()
+
+
 T0 = 1_767_225_600.0  # 2026-01-01T00:00Z
 
 
-def test_schema_is_created_versioned_and_reopened(tmp_path: Path) -> None:
-    path = tmp_path / "s.db"
-    store = SqliteStore(path)
-    assert store.schema_version == SCHEMA_VERSION
+def test_schema_is_created_versioned_and_reopened(open_again: Callable[[], Store]) -> None:
+    store = open_again()
+    assert store.schema_version == SCHEMA_VERSION  # type: ignore[attr-defined]
     store.adopt("i1", "tdas-1", T0, "k")
     store.close()
-    again = open_store(f"sqlite:///{path}")
-    assert again.schema_version == SCHEMA_VERSION and list(again.owned()) == ["i1"]
+    again = open_again()
+    assert again.schema_version == SCHEMA_VERSION and list(again.owned()) == ["i1"]  # type: ignore[attr-defined]
+    again.close()
 
 
 def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
@@ -35,24 +57,23 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
         SqliteStore(path)
 
 
-def test_ledger_integrates_rates_splits_days_and_survives_restarts(tmp_path: Path) -> None:
-    path = tmp_path / "s.db"
-    store = SqliteStore(path)
+def test_ledger_integrates_rates_splits_days_and_survives_restarts(open_again: Callable[[], Store]) -> None:
+    store = open_again()
     store.adopt("i1", "tdas-1", T0 + 22 * 3600, "k")
     store.accrue("i1", 1.0, T0 + 22 * 3600)  # $1/h from 22:00
     store.accrue("i1", 0.1, T0 + 23 * 3600)  # one hour at $1, then stopped: $0.1/h
     store.close()
-    store = SqliteStore(path)  # restart
+    store = open_again()  # restart
     store.accrue("i1", 0.1, T0 + 25 * 3600)  # 2 h at $0.1, one of them tomorrow
     assert store.spend(T0 + 23.5 * 3600).today_usd == pytest.approx(1.1)
     tomorrow = store.spend(T0 + 25 * 3600)
     assert tomorrow.today_usd == pytest.approx(0.1)
     assert tomorrow.month_usd == pytest.approx(1.2) and tomorrow.total_usd == pytest.approx(1.2)
     assert store.spend(T0 + 40 * DAY).month_usd == 0.0
+    store.close()
 
 
-def test_journal_keeps_unresolved_creates_until_resolved() -> None:
-    store = SqliteStore(":memory:")
+def test_journal_keeps_unresolved_creates_until_resolved(store: Store) -> None:
     entry = store.journal_intent("c1", T0, "create", name="tdas-a", offer_key="k", gpus=1, hourly_price=0.4)
     store.journal_intent("c1", T0, "stop", instance_id="x")
     assert [e.name for e in store.unresolved_creates()] == ["tdas-a"]
@@ -64,8 +85,7 @@ def test_journal_keeps_unresolved_creates_until_resolved() -> None:
     assert [e.instance_id for e in store.journal() if e.kind == "create"] == ["id-a"]
 
 
-def test_backoffs_expire_and_history_is_kept() -> None:
-    store = SqliteStore(":memory:")
+def test_backoffs_expire_and_history_is_kept(store: Store) -> None:
     store.back_off("offer-1", T0 + 60, "No available nodes found")
     assert store.backed_off(T0) == {"offer-1"}
     assert store.backed_off(T0 + 61) == frozenset()
@@ -74,8 +94,7 @@ def test_backoffs_expire_and_history_is_kept() -> None:
     assert store.desired_history(T0 + 60) == [(T0 + 60, 2), (T0 + 90, 3), (T0 + 120, 4)]
 
 
-def test_observe_tracks_status_changes_and_idleness() -> None:
-    store = SqliteStore(":memory:")
+def test_observe_tracks_status_changes_and_idleness(store: Store) -> None:
     store.adopt("i1", "tdas-1", T0, None)
     store.observe("i1", "running", False, T0 + 10)
     store.observe("i1", "running", False, T0 + 40)
@@ -85,6 +104,17 @@ def test_observe_tracks_status_changes_and_idleness() -> None:
     assert store.owned()["i1"].idle_since is None
     store.observe("i1", "stopped", None, T0 + 100)
     assert store.owned()["i1"].status_since == T0 + 100
+
+
+def test_a_transaction_commits_together_or_not_at_all(store: Store) -> None:
+    with pytest.raises(RuntimeError), store.transaction():
+        store.adopt("i1", "tdas-1", T0, None)
+        raise RuntimeError("crash mid-cycle")
+    assert store.owned() == {}
+    with store.transaction():
+        store.adopt("i1", "tdas-1", T0, None)
+        store.accrue_many({"i1": 1.0}, T0)
+    assert list(store.owned()) == ["i1"]
 
 
 def test_unsupported_store_urls_are_refused() -> None:

@@ -1,0 +1,378 @@
+"""The store on SQL, one implementation for SQLite and PostgreSQL: they differ only in how they
+connect, their column types, placeholders, and a few spellings (see the subclass attributes)."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import threading
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from autoscaler.snapshot import Spend
+
+from .base import JournalEntry, OwnedRecord
+
+SCHEMA_VERSION = 1
+
+
+def schema(float_type: str, serial: str) -> dict[int, list[str]]:
+    """Migrations by version; every statement is portable but for the two types named."""
+    f = float_type
+    return {
+        1: [
+            f"""CREATE TABLE instances (
+                id TEXT PRIMARY KEY, name TEXT NOT NULL, created_at {f} NOT NULL, offer_key TEXT,
+                status TEXT, status_since {f}, idle_since {f}, busy INTEGER, retiring_for TEXT,
+                storage_rate {f} NOT NULL DEFAULT 0, last_rate {f}, last_accrued_at {f}, start_refused_at {f})""",
+            f"""CREATE TABLE journal (
+                id {serial}, cycle_id TEXT NOT NULL, at {f} NOT NULL, kind TEXT NOT NULL,
+                name TEXT, instance_id TEXT, offer_key TEXT, gpus INTEGER NOT NULL DEFAULT 0,
+                hourly_price {f} NOT NULL DEFAULT 0, replaces TEXT, reason TEXT NOT NULL DEFAULT '',
+                outcome TEXT, outcome_at {f}, error TEXT, fencing_token BIGINT)""",
+            "CREATE INDEX journal_name ON journal(name)",
+            f"""CREATE TABLE ledger (day TEXT NOT NULL, instance_id TEXT NOT NULL, usd {f} NOT NULL,
+                PRIMARY KEY (day, instance_id))""",
+            f"CREATE TABLE backoffs (offer_key TEXT PRIMARY KEY, until {f} NOT NULL, reason TEXT)",
+            f"CREATE TABLE history (at {f} NOT NULL, desired INTEGER, active INTEGER NOT NULL)",
+            "CREATE INDEX history_at ON history(at)",
+            "CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT)",
+        ],
+    }
+
+
+@functools.lru_cache(maxsize=64)
+def _day_name(day_index: int) -> str:
+    return datetime.fromtimestamp(day_index * 86400, tz=UTC).strftime("%Y-%m-%d")
+
+
+def _day(ts: float) -> str:
+    """The UTC date of a time; cached per day, since a cycle charges a thousand instances at once."""
+    return _day_name(int(ts // 86400))
+
+
+def _next_midnight(ts: float) -> float:
+    return (int(ts // 86400) + 1) * 86400.0
+
+
+class SqlStore:
+    """Thread-safe through one lock; the daemon runs one cycle at a time anyway."""
+
+    begin_sql = "BEGIN"
+    greatest = "GREATEST"
+    ids_sql = "(?)"
+    placeholder = "?"
+    where: str = "store"
+
+    def __init__(self, connection: Any) -> None:
+        self._db = connection
+        self._lock = threading.RLock()
+
+    # -- what a dialect provides ----------------------------------------------------------------
+
+    def _in_transaction(self) -> bool:
+        raise NotImplementedError
+
+    def _ids(self, ids: Sequence[str]) -> object:
+        raise NotImplementedError
+
+    def _migrations(self) -> dict[int, list[str]]:
+        raise NotImplementedError
+
+    def _lock_for_migration(self) -> None:
+        """Serialise migrations across processes where the database needs telling (PostgreSQL)."""
+
+    def _x(self, sql: str, params: Sequence[object] = ()) -> Any:
+        if self.placeholder != "?":
+            sql = sql.replace("?", self.placeholder)
+        return self._db.execute(sql, params)
+
+    def _xmany(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
+        if not rows:
+            return
+        if self.placeholder != "?":
+            sql = sql.replace("?", self.placeholder)
+        cursor = self._db.cursor()
+        try:
+            cursor.executemany(sql, rows)
+        finally:
+            cursor.close()
+
+    def _migrate(self) -> None:
+        with self._lock:
+            self._x("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            self._x(self.begin_sql)
+            try:
+                self._lock_for_migration()
+                row = self._x("SELECT version FROM schema_version").fetchone()
+                version = row[0] if row else 0
+                if version > SCHEMA_VERSION:
+                    raise RuntimeError(
+                        f"{self.where} has schema {version}, newer than this build ({SCHEMA_VERSION}); upgrade"
+                    )
+                migrations = self._migrations()
+                for target in range(version + 1, SCHEMA_VERSION + 1):
+                    for statement in migrations[target]:
+                        self._x(statement)
+                    self._x("DELETE FROM schema_version")
+                    self._x("INSERT INTO schema_version VALUES (?)", (target,))
+                self._x("COMMIT")
+            except BaseException:
+                self._x("ROLLBACK")
+                raise
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One commit for a cycle's bookkeeping: a thousand instances, one fsync."""
+        with self._lock:
+            self._x(self.begin_sql)
+            try:
+                yield
+            except BaseException:
+                self._x("ROLLBACK")
+                raise
+            self._x("COMMIT")
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._x("SELECT version FROM schema_version").fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- ownership ----------------------------------------------------------------------------
+
+    def owned(self) -> dict[str, OwnedRecord]:
+        with self._lock:
+            rows = self._x(
+                "SELECT id, name, created_at, offer_key, status, status_since, idle_since, retiring_for, storage_rate,"
+                " start_refused_at FROM instances"
+            ).fetchall()
+        return {row[0]: OwnedRecord(*row) for row in rows}
+
+    def adopt(
+        self, instance_id: str, name: str, created_at: float, offer_key: str | None, storage_rate: float = 0.0
+    ) -> None:
+        with self._lock:
+            self._x(
+                "INSERT INTO instances (id, name, created_at, offer_key, storage_rate, last_accrued_at)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET name = excluded.name",
+                (instance_id, name, created_at, offer_key, storage_rate, created_at),
+            )
+
+    def forget(self, instance_id: str) -> None:
+        with self._lock:
+            self._x("DELETE FROM instances WHERE id = ?", (instance_id,))
+
+    def observe(self, instance_id: str, status: str, busy: bool | None, now: float) -> None:
+        """Remember when the status last changed and since when the instance has been idle."""
+        self.observe_many([(instance_id, status, busy)], now)
+
+    def mark_start_refused(self, instance_id: str, at: float) -> None:
+        with self._lock:
+            self._x("UPDATE instances SET start_refused_at = ? WHERE id = ?", (at, instance_id))
+
+    def mark_retiring(self, instance_id: str, replacement_name: str | None) -> None:
+        with self._lock:
+            self._x("UPDATE instances SET retiring_for = ? WHERE id = ?", (replacement_name, instance_id))
+
+    # -- journal ------------------------------------------------------------------------------
+
+    def journal_intent(
+        self,
+        cycle_id: str,
+        at: float,
+        kind: str,
+        *,
+        name: str | None = None,
+        instance_id: str | None = None,
+        offer_key: str | None = None,
+        gpus: int = 0,
+        hourly_price: float = 0.0,
+        replaces: str | None = None,
+        reason: str = "",
+    ) -> int:
+        with self._lock:
+            row = self._x(
+                "INSERT INTO journal (cycle_id, at, kind, name, instance_id, offer_key, gpus, hourly_price, replaces,"
+                " reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                (cycle_id, at, kind, name, instance_id, offer_key, gpus, hourly_price, replaces, reason),
+            ).fetchone()
+            return int(row[0])
+
+    def journal_outcome(
+        self, entry_id: int, outcome: str, at: float, *, instance_id: str | None = None, error: str | None = None
+    ) -> None:
+        with self._lock:
+            self._x(
+                "UPDATE journal SET outcome = ?, outcome_at = ?, instance_id = COALESCE(?, instance_id), error = ?"
+                " WHERE id = ?",
+                (outcome, at, instance_id, error, entry_id),
+            )
+
+    _JOURNAL_COLUMNS = (
+        "id, cycle_id, at, kind, name, instance_id, offer_key, gpus, hourly_price, replaces, reason, outcome, error"
+    )
+
+    def unresolved_creates(self) -> list[JournalEntry]:
+        """Creates whose result we do not know: crashed before the outcome, or no reply came."""
+        with self._lock:
+            rows = self._x(
+                f"SELECT {self._JOURNAL_COLUMNS} FROM journal WHERE kind = 'create'"  # noqa: S608
+                " AND (outcome IS NULL OR outcome = 'unknown') ORDER BY id"
+            ).fetchall()
+        return [JournalEntry(*row) for row in rows]
+
+    def created_names(self) -> set[str]:
+        with self._lock:
+            rows = self._x("SELECT DISTINCT name FROM journal WHERE kind = 'create'").fetchall()
+        return {row[0] for row in rows if row[0]}
+
+    def journal(self, limit: int = 100) -> list[JournalEntry]:
+        with self._lock:
+            rows = self._x(
+                f"SELECT {self._JOURNAL_COLUMNS} FROM journal ORDER BY id DESC LIMIT ?",  # noqa: S608
+                (limit,),
+            ).fetchall()
+        return [JournalEntry(*row) for row in reversed(rows)]
+
+    # -- money --------------------------------------------------------------------------------
+
+    def accrue(self, instance_id: str, rate_hourly: float, now: float) -> None:
+        """Charge the rate in force since the last accrual, split at UTC midnights; `rate_hourly`
+        is the rate from now on (left-point integration, one cycle of lag at most)."""
+        self.accrue_many({instance_id: rate_hourly}, now)
+
+    def accrue_many(self, rates: dict[str, float], now: float) -> None:
+        """`accrue` for a whole fleet in one transaction and a handful of statements."""
+        if not rates:
+            return
+        with self._lock:
+            rows = self._x(
+                f"SELECT id, last_rate, last_accrued_at FROM instances WHERE id IN {self.ids_sql}",  # noqa: S608
+                (self._ids(list(rates)),),
+            ).fetchall()
+            charges: dict[tuple[str, str], float] = {}
+            updates = []
+            same_rate: list[str] = []
+            for instance_id, last_rate, since in rows:
+                if last_rate is not None and since is not None and now > since:
+                    start = since
+                    while start < now:
+                        end = min(now, _next_midnight(start))
+                        key = (_day(start), instance_id)
+                        charges[key] = charges.get(key, 0.0) + last_rate * (end - start) / 3600.0
+                        start = end
+                if last_rate == rates[instance_id] and since is not None:
+                    same_rate.append(instance_id)
+                else:
+                    updates.append((rates[instance_id], max(now, since or now), instance_id))
+            own_transaction = not self._in_transaction()
+            if own_transaction:
+                self._x(self.begin_sql)
+            try:
+                self._xmany(
+                    "INSERT INTO ledger (day, instance_id, usd) VALUES (?, ?, ?)"
+                    " ON CONFLICT(day, instance_id) DO UPDATE SET usd = ledger.usd + excluded.usd",
+                    [(day, instance_id, usd) for (day, instance_id), usd in charges.items()],
+                )
+                self._xmany("UPDATE instances SET last_rate = ?, last_accrued_at = ? WHERE id = ?", updates)
+                if same_rate:  # the common case: one statement moves every unchanged instance's clock
+                    self._x(
+                        f"UPDATE instances SET last_accrued_at = {self.greatest}(last_accrued_at, ?)"  # noqa: S608
+                        f" WHERE id IN {self.ids_sql}",
+                        (now, self._ids(same_rate)),
+                    )
+                if own_transaction:
+                    self._x("COMMIT")
+            except Exception:
+                if own_transaction:
+                    self._x("ROLLBACK")
+                raise
+
+    def observe_many(
+        self, observations: list[tuple[str, str, bool | None]], now: float
+    ) -> dict[str, tuple[float | None, float | None]]:
+        """`observe` for a whole fleet: (instance id, status, busy) each; returns (idle_since, status_since)."""
+        with self._lock:
+            current = {
+                row[0]: (row[1], row[2], row[3], row[4])
+                for row in self._x("SELECT id, status, idle_since, status_since, busy FROM instances")
+            }
+            updates = []
+            result: dict[str, tuple[float | None, float | None]] = {}
+            for instance_id, status, busy in observations:
+                if instance_id not in current:
+                    continue
+                old_status, old_idle, status_since, old_busy = current[instance_id]
+                idle_since = old_idle
+                if busy is True:
+                    idle_since = None
+                elif busy is False and idle_since is None:
+                    idle_since = now
+                if old_status != status:
+                    status_since = now
+                busy_flag = None if busy is None else int(busy)
+                if (old_status, old_idle, old_busy) != (status, idle_since, busy_flag):  # write only what changed
+                    updates.append((status, idle_since, busy_flag, status_since, instance_id))
+                result[instance_id] = (idle_since, status_since)
+            self._xmany(
+                "UPDATE instances SET status = ?, idle_since = ?, busy = ?, status_since = ? WHERE id = ?", updates
+            )
+        return result
+
+    def spend(self, now: float) -> Spend:
+        today = _day(now)
+        month = today[:7]
+        with self._lock:
+            total, day_usd, month_usd = self._x(
+                "SELECT COALESCE(SUM(usd), 0), COALESCE(SUM(CASE WHEN day = ? THEN usd END), 0),"
+                " COALESCE(SUM(CASE WHEN substr(day, 1, 7) = ? THEN usd END), 0) FROM ledger",
+                (today, month),
+            ).fetchone()
+        return Spend(today_usd=day_usd, month_usd=month_usd, total_usd=total)
+
+    # -- memory between cycles ------------------------------------------------------------------
+
+    def back_off(self, offer_key: str, until: float, reason: str) -> None:
+        with self._lock:
+            self._x(
+                "INSERT INTO backoffs VALUES (?, ?, ?) ON CONFLICT(offer_key) DO UPDATE"  # noqa: S608
+                f" SET until = {self.greatest}(backoffs.until, excluded.until), reason = excluded.reason",
+                (offer_key, until, reason),
+            )
+
+    def backed_off(self, now: float) -> frozenset[str]:
+        with self._lock:
+            self._x("DELETE FROM backoffs WHERE until <= ?", (now,))
+            rows = self._x("SELECT offer_key FROM backoffs").fetchall()
+        return frozenset(row[0] for row in rows)
+
+    def record_cycle(self, at: float, desired_gpus: int | None, active_gpus: int) -> None:
+        with self._lock:
+            self._x("INSERT INTO history VALUES (?, ?, ?)", (at, desired_gpus, active_gpus))
+            self._x("DELETE FROM history WHERE at < ?", (at - 7 * 86400,))
+
+    def desired_history(self, since: float) -> list[tuple[float, int]]:
+        with self._lock:
+            rows = self._x(
+                "SELECT at, desired FROM history WHERE at >= ? AND desired IS NOT NULL ORDER BY at", (since,)
+            ).fetchall()
+        return [(float(at), int(desired)) for at, desired in rows]
+
+    def oldest_history(self) -> float | None:
+        """How far back the desired-GPU history reaches (stabilization needs the whole delay)."""
+        with self._lock:
+            row = self._x("SELECT MIN(at) FROM history WHERE desired IS NOT NULL").fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    def get_value(self, key: str) -> str | None:
+        with self._lock:
+            row = self._x("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def set_value(self, key: str, value: str | None) -> None:
+        with self._lock:
+            self._x("INSERT INTO kv VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
