@@ -20,6 +20,7 @@ from autoscaler.clock import Clock
 from autoscaler.plan import Action, ActionKind
 from autoscaler.snapshot import InstanceShape, Offer
 from autoscaler.store import Store
+from autoscaler.store.sql import FencedError
 from autoscaler.tensordock import (
     BadRequestError,
     CapacityUnavailableError,
@@ -101,18 +102,27 @@ class Actuator:
         self.stopping = stopping or threading.Event()
 
     def execute(self, cycle_id: str, actions: Sequence[Action]) -> list[ActionResult]:
-        results = []
+        results: list[ActionResult] = []
+        fenced: str | None = None
         for action in actions:
             if self.stopping.is_set():  # SIGTERM: the call in flight finished and was recorded; no new one
                 results.append(ActionResult(action, "skipped", error="shutting down"))
                 continue
+            if fenced is not None:
+                results.append(ActionResult(action, "fenced", action.instance_id, error=fenced))
+                continue
             if self.dry_run:
                 results.append(ActionResult(action, "dry_run", action.instance_id))
                 continue
-            if action.kind is ActionKind.CREATE:
-                results.append(self._create(cycle_id, action))
-            else:
-                results.append(self._change(cycle_id, action))
+            try:
+                if action.kind is ActionKind.CREATE:
+                    results.append(self._create(cycle_id, action))
+                else:
+                    results.append(self._change(cycle_id, action))
+            except FencedError as exc:  # another replica leads now: no intent was written, no call made
+                fenced = str(exc)
+                _log.warning("fenced", cycle=cycle_id, reason=fenced)
+                results.append(ActionResult(action, "fenced", action.instance_id, error=fenced))
         return results
 
     def _request(self, name: str, offer: Offer, gpus: int) -> CreateInstanceRequest:

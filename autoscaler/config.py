@@ -135,6 +135,9 @@ class Settings(BaseSettings):
     )
     max_signal_age_s: float = Field(default=120.0, gt=0, description="older demand counts as unknown, seconds")
     offer_refresh_s: float = Field(default=300.0, ge=0, description="seconds listed offers are reused")
+    leader_election: bool = Field(
+        default=True, description="with a PostgreSQL store: one replica acts, the others stand by"
+    )
     reap_orphans: bool = Field(default=False, description="delete prefix-named instances the store never created")
 
     @model_validator(mode="after")

@@ -24,9 +24,11 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from autoscaler.config import ConfigError, Settings, load_settings
 from autoscaler.endpoints import Endpoints
 from autoscaler.engine import CycleReport
+from autoscaler.leader import LeaderElector
 from autoscaler.metrics import CoreMetrics
 from autoscaler.runtime import Runtime, build_runtime
 from autoscaler.sdnotify import SystemdNotifier
+from autoscaler.store.postgres import PostgresStore
 
 _log = structlog.get_logger("autoscaler.daemon")
 _JOB_ID = "cycle"
@@ -52,6 +54,9 @@ class Daemon:
         self.metrics.leader.set(1)
         self._runtime_options = runtime_options
         self.runtime: Runtime = build_runtime(settings, metrics=self.metrics, **runtime_options)
+        self.elector: LeaderElector | None = None
+        if isinstance(self.runtime.store, PostgresStore) and settings.leader_election:
+            self.elector = LeaderElector(settings.store.url, settings.fleet.name_prefix, self.runtime.store)
         self.notifier = SystemdNotifier()
         self._cycle_lock = threading.Lock()
         self._stop = threading.Event()
@@ -77,6 +82,13 @@ class Daemon:
     def run_one_cycle(self) -> CycleReport | None:
         if self._stop.is_set():
             return None
+        if self.elector is not None:
+            leading = self.elector.ensure()
+            self.metrics.leader.set(1 if leading else 0)
+            if not leading:  # a follower: ready to take over, acting on nothing
+                self._last_success = time.time()
+                self.notifier.notify(WATCHDOG="1", STATUS="standby: another replica leads")
+                return None
         with self._cycle_lock:
             try:
                 report = self.runtime.engine.run_cycle()
@@ -176,6 +188,8 @@ class Daemon:
         self.notifier.notify(STOPPING="1", STATUS="stopping: finishing the call in flight")
         _log.info("stopping")
         self.runtime.stopping.set()  # the actuator starts no new call
+        if self.elector is not None:
+            self.elector.step_down()
         self.scheduler.shutdown(wait=False)
         clean = self._cycle_lock.acquire(timeout=self.settings.scheduler.shutdown_timeout_s)
         if not clean:

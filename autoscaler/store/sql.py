@@ -38,6 +38,7 @@ def schema(float_type: str, serial: str) -> dict[int, list[str]]:
             f"CREATE TABLE history (at {f} NOT NULL, desired INTEGER, active INTEGER NOT NULL)",
             "CREATE INDEX history_at ON history(at)",
             "CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT)",
+            "CREATE TABLE leadership (name TEXT PRIMARY KEY, token BIGINT NOT NULL)",
         ],
     }
 
@@ -56,8 +57,14 @@ def _next_midnight(ts: float) -> float:
     return (int(ts // 86400) + 1) * 86400.0
 
 
+class FencedError(RuntimeError):
+    """Another replica has become leader since this one's token was issued."""
+
+
 class SqlStore:
     """Thread-safe through one lock; the daemon runs one cycle at a time anyway."""
+
+    fencing: tuple[str, int] | None = None  # (election name, token) every journal intent must carry
 
     begin_sql = "BEGIN"
     greatest = "GREATEST"
@@ -194,12 +201,23 @@ class SqlStore:
         replaces: str | None = None,
         reason: str = "",
     ) -> int:
+        values = (cycle_id, at, kind, name, instance_id, offer_key, gpus, hourly_price, replaces, reason)
+        columns = "cycle_id, at, kind, name, instance_id, offer_key, gpus, hourly_price, replaces, reason"
         with self._lock:
-            row = self._x(
-                "INSERT INTO journal (cycle_id, at, kind, name, instance_id, offer_key, gpus, hourly_price, replaces,"
-                " reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                (cycle_id, at, kind, name, instance_id, offer_key, gpus, hourly_price, replaces, reason),
-            ).fetchone()
+            if self.fencing is None:
+                row = self._x(
+                    f"INSERT INTO journal ({columns}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",  # noqa: S608
+                    values,
+                ).fetchone()
+            else:  # only while our token is still the current one: a deposed leader writes nothing
+                election, token = self.fencing
+                row = self._x(
+                    f"INSERT INTO journal ({columns}, fencing_token) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?"  # noqa: S608
+                    " WHERE (SELECT token FROM leadership WHERE name = ?) = ? RETURNING id",
+                    (*values, token, election, token),
+                ).fetchone()
+                if row is None:
+                    raise FencedError(f"fencing token {token} of {election!r} is no longer current; not acting")
             return int(row[0])
 
     def journal_outcome(
