@@ -232,6 +232,7 @@ class Engine:
         by_name = {i.name: i for i in listing if i.name}
         offers = self._current_offers(now)
         offer_by_key = {o.key: o for o in offers}
+        store.close_interrupted_changes(now)
         changed = False
         for entry in unresolved:
             found = by_name.get(entry.name or "")

@@ -243,6 +243,18 @@ class SqlStore:
             ).fetchall()
         return [JournalEntry(*row) for row in rows]
 
+    def close_interrupted_changes(self, at: float) -> int:
+        """Start/stop/delete intents a killed process never finished: the listing now tells their
+        result, so they are closed as 'interrupted' rather than left open forever."""
+        with self._lock:
+            cursor = self._x(
+                "UPDATE journal SET outcome = 'interrupted', outcome_at = ?,"
+                " error = 'the process ended before the outcome; the listing shows the result'"
+                " WHERE kind <> 'create' AND outcome IS NULL",
+                (at,),
+            )
+            return int(cursor.rowcount or 0)
+
     def created_names(self) -> set[str]:
         with self._lock:
             rows = self._x("SELECT DISTINCT name FROM journal WHERE kind = 'create'").fetchall()

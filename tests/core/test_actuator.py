@@ -72,3 +72,14 @@ def test_orphans_are_reported_and_only_reaped_when_configured(make_world: MakeWo
     report = world.cycle()
     assert [(r.action.kind, r.outcome) for r in report.results] == [("delete", "ok")]
     assert [i.name for i in world.fake_instances()] == ["someone-elses"]
+
+
+def test_a_stop_interrupted_by_a_crash_is_closed_by_the_next_cycle(make_world: MakeWorld) -> None:
+    world = make_world()
+    world.signal.set(queued_jobs=1)
+    (created,) = world.cycle().results
+    world.runtime.store.journal_intent("c0", world.clock.now(), "stop", instance_id=created.instance_id)
+    world.restart()
+    world.cycle()
+    (entry,) = [e for e in world.runtime.store.journal() if e.kind == "stop"]
+    assert entry.outcome == "interrupted"
