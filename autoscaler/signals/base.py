@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -36,6 +37,13 @@ class Demand:
             raise ValueError("job counts cannot be negative")
         if self.max_job_gpus < 1:
             raise ValueError("max_job_gpus must be at least 1")
+        if self.busy is not None and not (
+            isinstance(self.busy, Mapping)
+            and all(isinstance(k, str) and isinstance(v, bool) for k, v in self.busy.items())
+        ):
+            raise ValueError("busy must map instance names to true or false")
+        if not math.isfinite(self.observed_at):
+            raise ValueError("observed_at must be a finite time")
 
     @property
     def gpus_needed(self) -> int | None:
