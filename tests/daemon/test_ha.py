@@ -135,7 +135,9 @@ def test_one_of_three_replicas_acts_and_a_follower_takes_over_after_sigkill(
     processes[leader].wait(timeout=10)
     survivors = [p for i, p in enumerate(ports) if i != leader]
     wait_for(lambda: 1.0 in leader_flags(survivors), "a follower to take over")
-    assert time.monotonic() - killed_at < 2 * 1 + 3  # two intervals of 1 s, plus process and scrape slack
+    took_over_s = time.monotonic() - killed_at
+    print(f"failover took {took_over_s:.2f}s")
+    assert took_over_s < 2 * 1 + 1  # two intervals of 1 s, plus a second for the scrape that sees it
     replicas.signal_file.write_text(json.dumps({"queued": 3, "running": 0, "observed_at": time.time()}))  # type: ignore[attr-defined]
     wait_for(lambda: len(fake.state.instances()) == 3, "the new leader's scale-up")
     time.sleep(2)
