@@ -190,6 +190,8 @@ class Actuator:
     def _change(self, cycle_id: str, action: Action) -> ActionResult:
         instance_id = action.instance_id
         assert instance_id is not None
+        if action.rate_after is not None:  # charged from the call on, even if we die during it: over, never under
+            self.store.accrue(instance_id, action.rate_after, self.clock.now())
         entry = self.store.journal_intent(
             cycle_id,
             self.clock.now(),

@@ -34,6 +34,7 @@ class Action:
     gpu_model: str | None = None
     hourly_delta: float = 0.0
     replaces: str | None = None  # consolidation: the instance this one will take over from
+    rate_after: float | None = None  # $/h the instance bills once the call is made (start: the full rate)
 
     def __post_init__(self) -> None:
         if self.kind is ActionKind.CREATE:
@@ -83,6 +84,7 @@ def stop_action(instance: FleetInstance, reason: str, policy: str) -> Action:
 
 
 def start_action(instance: FleetInstance, reason: str, policy: str) -> Action:
+    """Start: TensorDock bills the full rate from the call on, so the ledger does too."""
     return Action(
         ActionKind.START,
         reason,
@@ -91,6 +93,7 @@ def start_action(instance: FleetInstance, reason: str, policy: str) -> Action:
         gpus=instance.gpus,
         gpu_model=instance.gpu_model,
         hourly_delta=instance.rate_hourly - instance.storage_rate_hourly,
+        rate_after=instance.rate_hourly,
     )
 
 
