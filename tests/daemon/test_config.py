@@ -59,3 +59,20 @@ def test_run_refuses_a_bad_config(tmp_path: Path, capsys: pytest.CaptureFixture[
     config.write_text("[scheduler]\ninterval_s = 0\n")
     assert main(["run", "--config", str(config)]) == 2
     assert "scheduler.interval_s" in capsys.readouterr().err
+
+
+def test_the_readme_configuration_example_is_valid(tmp_path: Path) -> None:
+    import re
+
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("### See what it would do") : readme.index("### Writing a policy plugin")]
+    match = re.search(r"```toml\n(.*?)```", section, re.S)
+    assert match, "the README lost its configuration example"
+    token = tmp_path / "token"
+    token.write_text(TOKEN)
+    config = tmp_path / "c.toml"
+    config.write_text(match.group(1).replace("/run/credentials/tensordock-autoscaler/token", str(token)))
+    settings = load_settings(config)
+    assert settings.tensordock.resolved_token().get_secret_value() == TOKEN
+    assert [p.name for p in settings.policies] == ["queue_target", "cheapest_throughput", "budget"]
+    assert settings.signal.sources[0].kind == "redis"
