@@ -70,41 +70,44 @@ class Plan:
         return {a.instance_id for a in self.actions if a.instance_id}
 
 
-def stop_action(instance: FleetInstance, reason: str, policy: str) -> Action:
-    """Stop: it keeps billing its storage, so the $/h effect is storage minus the full rate."""
+def _on_instance(
+    kind: ActionKind,
+    instance: FleetInstance,
+    reason: str,
+    policy: str,
+    hourly_delta: float,
+    *,
+    rate_after: float | None = None,
+) -> Action:
     return Action(
-        ActionKind.STOP,
+        kind,
         reason,
         policy,
         instance_id=instance.id,
         gpus=instance.gpus,
         gpu_model=instance.gpu_model,
-        hourly_delta=instance.storage_rate_hourly - instance.rate_hourly,
+        hourly_delta=hourly_delta,
+        rate_after=rate_after,
     )
+
+
+def stop_action(instance: FleetInstance, reason: str, policy: str) -> Action:
+    """Stop: it keeps billing its storage, so the $/h effect is storage minus the full rate."""
+    return _on_instance(ActionKind.STOP, instance, reason, policy, instance.storage_rate_hourly - instance.rate_hourly)
 
 
 def start_action(instance: FleetInstance, reason: str, policy: str) -> Action:
     """Start: TensorDock bills the full rate from the call on, so the ledger does too."""
-    return Action(
+    return _on_instance(
         ActionKind.START,
+        instance,
         reason,
         policy,
-        instance_id=instance.id,
-        gpus=instance.gpus,
-        gpu_model=instance.gpu_model,
-        hourly_delta=instance.rate_hourly - instance.storage_rate_hourly,
+        instance.rate_hourly - instance.storage_rate_hourly,
         rate_after=instance.rate_hourly,
     )
 
 
 def delete_action(instance: FleetInstance, reason: str, policy: str) -> Action:
     """Delete: whatever it costs now stops."""
-    return Action(
-        ActionKind.DELETE,
-        reason,
-        policy,
-        instance_id=instance.id,
-        gpus=instance.gpus,
-        gpu_model=instance.gpu_model,
-        hourly_delta=-instance.current_rate_hourly,
-    )
+    return _on_instance(ActionKind.DELETE, instance, reason, policy, -instance.current_rate_hourly)
