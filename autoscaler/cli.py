@@ -163,6 +163,40 @@ def _plan(args: argparse.Namespace) -> int:
     return 1 if report.error else 0
 
 
+def _simulate(args: argparse.Namespace) -> int:
+    from autoscaler.logging import configure_logging
+    from autoscaler.sim import SimOptions, StrategyError, TraceError, compare, markdown_table
+
+    configure_logging("WARNING")
+    settings = None
+    if args.config:
+        settings = _load(args.config, "simulate")
+        if settings is None:
+            return 2
+    strategies = tuple(name.strip() for name in args.strategies.split(",") if name.strip())
+    options = SimOptions(
+        interval_s=args.interval_s, seed=args.seed, catalog_path=args.catalog, market_depth=args.market_depth
+    )
+    try:
+        results, runs = compare(args.trace, settings, strategies, options)
+    except (TraceError, StrategyError) as exc:
+        print(f"simulate: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps([r.as_json() for r in results], indent=2))
+    else:
+        print(markdown_table(results))
+    if args.plot:
+        try:
+            from autoscaler.sim.plot import plot
+        except ImportError:  # pragma: no cover - matplotlib is in the dev and plot extras
+            print("simulate: --plot needs matplotlib: pip install 'tensordock-autoscaler[plot]'", file=sys.stderr)
+            return 2
+        plot(args.plot, f"{args.trace}", results, runs)
+        print(f"plot written to {args.plot}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tensordock-autoscaler",
@@ -210,6 +244,24 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--config", required=True, help="TOML configuration file")
     plan.add_argument("--json", action="store_true", help="machine-readable output")
     plan.set_defaults(handler=_plan)
+
+    sim = commands.add_parser("simulate", help="replay a job trace in virtual time: cost and waits per strategy")
+    sim.add_argument("--trace", required=True, help="CSV of submit_time,duration,gpus")
+    sim.add_argument("--config", help="TOML configuration whose policies and guards are 'ours' (default: defaults)")
+    sim.add_argument(
+        "--strategies",
+        default="ours,reactive,static-peak,static-mean",
+        help="comma-separated, from ours, reactive, static-peak, static-mean (default: all)",
+    )
+    sim.add_argument("--json", action="store_true", help="one JSON object per strategy instead of a table")
+    sim.add_argument("--plot", metavar="FILE.png", help="write the timeline and cost-versus-wait plot")
+    sim.add_argument("--catalog", help="the fake marketplace's catalog JSON (default: the shipped one)")
+    sim.add_argument(
+        "--market-depth", type=int, default=1, help="offer every host of the catalog this many times (default: 1)"
+    )
+    sim.add_argument("--interval-s", type=float, default=30.0, help="seconds between cycles (default: %(default)s)")
+    sim.add_argument("--seed", type=int, default=0, help="seed for boot times and the fake (default: %(default)s)")
+    sim.set_defaults(handler=_simulate)
 
     demo = commands.add_parser("demo", help="the daemon against the fake API and a burst-and-lull queue, sped up")
     demo.add_argument("--seconds", type=float, default=150.0, help="how long the demo runs (wall seconds)")

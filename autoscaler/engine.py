@@ -24,6 +24,7 @@ from autoscaler.planner import PlanningError, run_chain
 from autoscaler.policy import Policy
 from autoscaler.signals import Demand, DemandSignal, SignalError
 from autoscaler.snapshot import (
+    RUNNING_LIKE,
     FleetInstance,
     InstanceShape,
     Offer,
@@ -123,13 +124,12 @@ class Engine:
             log.warning("orphan_instance", instance=orphan.id, name=orphan.name, rate_hourly=orphan.rate_hourly)
         report.safety = self._safety_actions(snapshot, orphans)
         try:
-            report.plan = run_chain(snapshot, self.chain)
+            report.plan, report.guarded = self.decide(snapshot)
         except PlanningError as exc:
             report.hold = str(exc)
             self.metrics.policy_errors.labels(exc.policy).inc()
             log.error("plan_held", policy=exc.policy, problem=exc.problem)
-        if report.plan is not None:
-            report.guarded = apply_guards(snapshot, report.plan, self.config.guards, self._memory(now))
+        if report.guarded is not None:
             for dropped in report.guarded.dropped:
                 log.info(
                     "action_refused",
@@ -161,6 +161,15 @@ class Engine:
             )
         self._remember(now, report)
         return self._finish(report, started)
+
+    def decide(self, snapshot: Snapshot) -> tuple[Plan, GuardedPlan]:
+        """The policies' plan and what the guards let through; no I/O beyond reading guard memory.
+
+        Raises PlanningError. The simulator calls it on a snapshot moved forward in time to learn
+        whether a quiet stretch may be skipped: the same decision code, not a model of it.
+        """
+        plan = run_chain(snapshot, self.chain)
+        return plan, apply_guards(snapshot, plan, self.config.guards, self._memory(snapshot.now))
 
     def _finish(self, report: CycleReport, started: float) -> CycleReport:
         report.seconds = time.perf_counter() - started
@@ -289,8 +298,18 @@ class Engine:
                 tracked.append((instance, record, busy, storage_rate))
             store.accrue_many(rates, now)
             since = store.observe_many(observations, now)
+        awaited = {e.name for e in unresolved if e.name}
         for instance, record, busy, storage_rate in tracked:
             idle_since, status_since = since.get(instance.id, (record.idle_since, record.status_since))
+            retiring_for = record.retiring_for
+            successor = by_name.get(retiring_for or "")
+            if (
+                retiring_for
+                and retiring_for not in awaited
+                and (successor is None or successor.status not in RUNNING_LIKE)
+            ):
+                store.mark_retiring(instance.id, None)  # its replacement is gone or stopped: it stays
+                retiring_for = None
             fleet.append(
                 FleetInstance(
                     instance=instance,
@@ -300,7 +319,7 @@ class Engine:
                     idle_since=idle_since,
                     status_since=status_since,
                     storage_rate_hourly=storage_rate,
-                    retiring_for=record.retiring_for,
+                    retiring_for=retiring_for,
                     start_refused=record.start_refused_at is not None and instance.status is InstanceStatus.STOPPED,
                 )
             )

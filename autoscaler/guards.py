@@ -77,7 +77,9 @@ def apply_guards(snapshot: Snapshot, plan: Plan, config: GuardConfig, memory: Gu
     floor = max(config.min_gpus, plan.floor_gpus)
     now = snapshot.now
 
-    desired_window = [d for t, d in snapshot.desired_history if t >= now - config.scale_down_delay_s]
+    window_start = now - config.scale_down_delay_s  # the history is a step function: take the value in
+    in_force = [d for t, d in snapshot.desired_history if t <= window_start][-1:]  # force when the window opened
+    desired_window = in_force + [d for t, d in snapshot.desired_history if t > window_start]
     if plan.desired_gpus is not None:
         desired_window.append(plan.desired_gpus)
     history_covers_delay = memory.history_since is not None and memory.history_since <= now - config.scale_down_delay_s

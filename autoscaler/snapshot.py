@@ -195,7 +195,7 @@ class Snapshot:
     pending_creates: tuple[PendingCreate, ...] = ()
     demand_error: str | None = None
     fleet_idle_since: float | None = None  # when queued + running last became zero
-    desired_history: tuple[tuple[float, int], ...] = ()  # (time, desired GPUs) of recent cycles
+    desired_history: tuple[tuple[float, int], ...] = ()  # (since, desired GPUs): each in force until the next
 
     def instance(self, instance_id: str) -> FleetInstance | None:
         return self._by_id.get(instance_id)

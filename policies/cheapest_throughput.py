@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 from pydantic import Field, model_validator
 
-from autoscaler.plan import Action, ActionKind, Plan, start_action, stop_action
+from autoscaler.plan import Action, ActionKind, Plan, delete_action, start_action, stop_action
 from autoscaler.policy import BasePolicy, PolicyOptions
 from autoscaler.snapshot import FleetInstance, Offer, Snapshot
 from autoscaler.tensordock import InstanceStatus
@@ -30,8 +31,16 @@ class CheapestThroughputOptions(PolicyOptions):
     preferred_discount: float = Field(default=0.05, ge=0, lt=1, description="rank preferred places this much cheaper")
     min_tier: int = Field(default=0, ge=0, description="skip hosts below this tier (0 is residential)")
     restart_margin: float = Field(default=0.10, ge=0, description="restart if within this fraction of the best offer")
-    gpus_per_instance: list[int] = Field(default=[1], description="allowed sizes; the smallest that fits is used")
+    gpus_per_instance: list[int] = Field(
+        default=[1, 2, 4, 8], description="allowed sizes; the smallest that fits the widest waiting job is used"
+    )
     fallbacks: int = Field(default=3, ge=0, description="next-best offers to try when one has no capacity")
+    place_widest_job: bool = Field(
+        default=True, description="add an instance when no idle one is wide enough for the widest waiting job"
+    )
+    scale_down: Literal["stop", "delete"] = Field(
+        default="stop", description="stop (restarts fast, storage bills) or delete surplus instances"
+    )
 
     @model_validator(mode="after")
     def _sizes(self) -> CheapestThroughputOptions:
@@ -63,6 +72,12 @@ class CheapestThroughput(BasePolicy[CheapestThroughputOptions]):
             target, may_shrink = max(plan.desired_gpus, plan.floor_gpus), True
         if target > active:
             return self._grow(snapshot, plan, target - active)
+        if may_shrink and self.options.place_widest_job and self._widest_job_unplaceable(snapshot, plan):
+            size = self._size(snapshot)
+            return self._grow(snapshot, plan, size).note(
+                f"{self.name}: a waiting job needs {snapshot.demand.max_job_gpus if snapshot.demand else 1} GPUs "
+                "on one instance and no idle one is that wide"
+            )
         if target < active and may_shrink:
             return self._shrink(snapshot, plan, active - target, active, target)
         return plan
@@ -73,6 +88,29 @@ class CheapestThroughput(BasePolicy[CheapestThroughputOptions]):
         need = snapshot.demand.max_job_gpus if snapshot.demand else 1
         fitting = [n for n in sorted(self.options.gpus_per_instance) if n >= need]
         return fitting[0] if fitting else max(self.options.gpus_per_instance)
+
+    def _widest_job_unplaceable(self, snapshot: Snapshot, plan: Plan) -> bool:
+        """Enough GPUs in total, yet none of them together where the widest waiting job needs them.
+
+        Counting GPUs alone would wait forever: eight idle one-GPU instances never run an
+        eight-GPU job. An instance still starting, or added by this plan, counts as a place for it.
+        """
+        demand = snapshot.demand
+        if demand is None or demand.queued_jobs == 0 or demand.max_job_gpus <= 1:
+            return False
+        wide = demand.max_job_gpus
+        if any(a.gpus >= wide for a in plan.actions if a.kind.adds_capacity):
+            return False
+        if any(p.gpus >= wide for p in snapshot.pending_creates):
+            return False
+        for instance in snapshot.instances:
+            if instance.gpus < wide or instance.id in plan.touched() or instance.retiring_for:
+                continue
+            if instance.status is InstanceStatus.STARTING or (
+                instance.status is InstanceStatus.RUNNING and instance.busy is not True
+            ):
+                return False
+        return True
 
     def _allowed(self, offer: Offer, snapshot: Snapshot) -> bool:
         o = self.options
@@ -102,8 +140,11 @@ class CheapestThroughput(BasePolicy[CheapestThroughputOptions]):
         ranked.sort(key=lambda c: (c.unit_price, c.price, c.offer.key))
         return ranked
 
-    def _unit_price(self, snapshot: Snapshot, instance: FleetInstance) -> float:
-        throughput = snapshot.throughput_of(instance.gpu_model) * max(instance.gpus, 1)
+    def _unit_price(self, snapshot: Snapshot, instance: FleetInstance, useful_gpus: int | None = None) -> float:
+        """Price per unit of work; with `useful_gpus`, of the work it would do (a restart wider than
+        the need pays for GPUs that sit idle)."""
+        gpus = max(instance.gpus, 1) if useful_gpus is None else max(1, min(instance.gpus, useful_gpus))
+        throughput = snapshot.throughput_of(instance.gpu_model) * gpus
         return instance.rate_hourly / throughput if throughput > 0 else math.inf
 
     def _grow(self, snapshot: Snapshot, plan: Plan, deficit: int) -> Plan:
@@ -117,7 +158,7 @@ class CheapestThroughput(BasePolicy[CheapestThroughputOptions]):
                 if i.status is InstanceStatus.STOPPED
                 and not i.start_refused
                 and i.id not in touched
-                and i.gpus >= 1
+                and i.gpus >= size
                 and (not self.options.allowed_models or i.gpu_model in self.options.allowed_models)
             ),
             key=lambda i: self._unit_price(snapshot, i),
@@ -136,9 +177,12 @@ class CheapestThroughput(BasePolicy[CheapestThroughputOptions]):
         while deficit > 0:
             usable = [c for c in candidates if c.remaining >= size and room(c)]
             best = usable[0] if usable else None
+            useful = max(deficit, size)
+            restartable.sort(key=lambda i: (self._unit_price(snapshot, i, useful), i.id))
             if restartable and (
                 best is None
-                or self._unit_price(snapshot, restartable[0]) <= best.unit_price * (1 + self.options.restart_margin)
+                or self._unit_price(snapshot, restartable[0], useful)
+                <= best.unit_price * (1 + self.options.restart_margin)
             ):
                 instance = restartable.pop(0)
                 actions.append(
@@ -194,13 +238,17 @@ class CheapestThroughput(BasePolicy[CheapestThroughputOptions]):
             if i.status is InstanceStatus.RUNNING and i.id not in touched and i.busy is not True
         ]
         running = [i for i in running if i.retiring_for is None]
+        demand = snapshot.demand
+        if demand is not None and demand.queued_jobs and demand.max_job_gpus > 1:  # keep a place for it
+            running = [i for i in running if i.gpus < demand.max_job_gpus]
         running.sort(key=lambda i: (i.busy is not False, -self._unit_price(snapshot, i)))
         actions = []
         for instance in running:
             if instance.gpus > surplus:
                 continue
             why = "idle" if instance.busy is False else "dearest per unit"
-            actions.append(stop_action(instance, f"surplus: desired {target} GPUs, have {active}; {why}", self.name))
+            remove = delete_action if self.options.scale_down == "delete" else stop_action
+            actions.append(remove(instance, f"surplus: desired {target} GPUs, have {active}; {why}", self.name))
             surplus -= instance.gpus
             if surplus <= 0:
                 break

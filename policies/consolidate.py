@@ -32,7 +32,11 @@ class Consolidate(BasePolicy[ConsolidateOptions]):
         if plan.actions or snapshot.pending_creates or not self._steady(snapshot, plan):
             return plan
         touched = plan.touched()
-        running = [i for i in snapshot.instances if i.status is InstanceStatus.RUNNING and i.id not in touched]
+        running = [  # a busy instance cannot hand over until its job ends, which may be days away
+            i
+            for i in snapshot.instances
+            if i.status is InstanceStatus.RUNNING and i.id not in touched and i.busy is not True
+        ]
         best_swap: tuple[float, FleetInstance, Action] | None = None
         for instance in running:
             unit_now = self._unit(snapshot, instance.rate_hourly, instance.gpu_model, instance.gpus)

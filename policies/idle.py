@@ -1,9 +1,9 @@
 """Housekeeping of the fleet's idle and broken instances.
 
 Stops running instances idle past `idle_timeout_s` while nothing is queued (and the fleet keeps
-its floor), deletes instances stopped longer than `stopped_retention_s` (they still bill
-storage), and deletes instances whose GPUs were reclaimed or that report an error, so that
-`cheapest_throughput` replaces them with working capacity on the next cycle.
+its floor), deletes stopped instances once the storage they bill outweighs the faster restart
+they offer (at most `stopped_retention_s`), and deletes instances whose GPUs were reclaimed or
+that report an error, so that `cheapest_throughput` replaces them with working capacity.
 """
 
 from __future__ import annotations
@@ -18,7 +18,15 @@ from autoscaler.tensordock import InstanceStatus
 
 class IdleOptions(PolicyOptions):
     idle_timeout_s: float = Field(default=900.0, gt=0, description="seconds a running instance may sit idle")
-    stopped_retention_s: float = Field(default=24 * 3600.0, gt=0, description="seconds a stopped instance is kept")
+    stopped_retention_s: float = Field(
+        default=24 * 3600.0, gt=0, description="seconds a stopped instance is kept, at most"
+    )
+    restart_saving_s: float = Field(
+        default=70.0,
+        ge=0,
+        description="boot seconds a restart saves over a create; a stopped instance is kept only while its "
+        "storage costs less than that time at its running rate (0: keep for stopped_retention_s)",
+    )
     replace_reclaimed: bool = Field(default=True, description="delete instances whose GPUs were taken")
     delete_errored: bool = True
 
@@ -44,13 +52,14 @@ class Idle(BasePolicy[IdleOptions]):
                 actions.append(self._delete(instance, "its GPUs were reclaimed by another renter; replacing it"))
             elif instance.status is InstanceStatus.ERROR and o.delete_errored:
                 actions.append(self._delete(instance, "TensorDock reports it in error"))
-            elif (
-                instance.status is InstanceStatus.STOPPED
-                and self._stopped_for(snapshot, instance) > o.stopped_retention_s
-            ):
+            elif instance.status is InstanceStatus.STOPPED and self._stopped_for(
+                snapshot, instance
+            ) > self._retention_s(instance):
                 actions.append(
                     self._delete(
-                        instance, f"stopped longer than {o.stopped_retention_s / 3600:g} h; storage still bills"
+                        instance,
+                        f"stopped {self._stopped_for(snapshot, instance) / 3600:.1f} h; its storage "
+                        f"(${instance.storage_rate_hourly:.3f}/h) now outweighs the faster restart it buys",
                     )
                 )
             elif (
@@ -70,6 +79,13 @@ class Idle(BasePolicy[IdleOptions]):
                     )
                 )
         return plan.with_actions(*actions)
+
+    def _retention_s(self, instance: FleetInstance) -> float:
+        """Break-even: storage paid while stopped equals the boot time a restart saves, at its rate."""
+        o = self.options
+        if o.restart_saving_s <= 0 or instance.storage_rate_hourly <= 0:
+            return o.stopped_retention_s
+        return min(o.stopped_retention_s, o.restart_saving_s * instance.rate_hourly / instance.storage_rate_hourly)
 
     @staticmethod
     def _stopped_for(snapshot: Snapshot, instance: FleetInstance) -> float:

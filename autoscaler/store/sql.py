@@ -381,14 +381,25 @@ class SqlStore:
         return frozenset(row[0] for row in rows)
 
     def record_cycle(self, at: float, desired_gpus: int | None, active_gpus: int) -> None:
+        """Keeps changes only: the history is a step function, each row in force until the next."""
         with self._lock:
+            last = self._x("SELECT desired, active FROM history ORDER BY at DESC LIMIT 1").fetchone()
+            if last is not None and (last[0], last[1]) == (desired_gpus, active_gpus):
+                return
             self._x("INSERT INTO history VALUES (?, ?, ?)", (at, desired_gpus, active_gpus))
-            self._x("DELETE FROM history WHERE at < ?", (at - 7 * 86400,))
+            cutoff = at - 7 * 86400  # older rows go, but the one in force at the cutoff stays
+            self._x(
+                "DELETE FROM history WHERE at < (SELECT MAX(at) FROM history WHERE at <= ?)",
+                (cutoff,),
+            )
 
     def desired_history(self, since: float) -> list[tuple[float, int]]:
+        """The desired GPUs in force at `since` (its row may be older) and every change after it."""
         with self._lock:
             rows = self._x(
-                "SELECT at, desired FROM history WHERE at >= ? AND desired IS NOT NULL ORDER BY at", (since,)
+                "SELECT at, desired FROM history WHERE desired IS NOT NULL AND at >= COALESCE("
+                "(SELECT MAX(at) FROM history WHERE desired IS NOT NULL AND at <= ?), ?) ORDER BY at",
+                (since, since),
             ).fetchall()
         return [(float(at), int(desired)) for at, desired in rows]
 

@@ -86,7 +86,7 @@ def test_transitional_instances_are_waited_out() -> None:
 
 def test_stabilization_keeps_capacity_demand_wanted_recently() -> None:
     fleet = [instance(f"i{n}") for n in range(3)]
-    recent = tuple((NOW - t, 3) for t in (500, 400))  # three wanted 400 s ago
+    recent = ((NOW - 500, 3), (NOW - 400, 3), (NOW - 350, 1))  # three wanted until 350 s ago
     snap = snapshot(*fleet, desired_history=recent)
     kept, rules = guard(snap, stop(fleet[0]), desired=1, scale_down_delay_s=600)
     assert kept == [] and rules == ["stabilization"]

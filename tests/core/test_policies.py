@@ -10,7 +10,8 @@ import pytest
 from autoscaler.plan import Action, ActionKind, Plan
 from autoscaler.planner import PlanningError, run_chain
 from autoscaler.policy import PolicyConfigError, PolicySpec, available_policies, build_chain
-from autoscaler.snapshot import Spend
+from autoscaler.signals import Demand
+from autoscaler.snapshot import FleetInstance, Offer, Snapshot, Spend
 from autoscaler.tensordock import InstanceStatus
 from policies.budget import Budget, BudgetOptions
 from policies.cheapest_throughput import CheapestThroughput, CheapestThroughputOptions
@@ -127,6 +128,48 @@ def test_cheapest_sizes_instances_for_the_widest_job() -> None:
     assert create.gpus == 4
 
 
+def wide_job_waiting(*fleet: FleetInstance, offers: tuple[Offer, ...] = ()) -> Snapshot:
+    demand = Demand(1, 0, observed_at=NOW, queued_gpus=8, running_gpus=0, max_job_gpus=8, source="test")
+    return replace(snapshot(*fleet, offers=offers), demand=demand)
+
+
+def test_cheapest_adds_a_wide_instance_when_the_gpus_add_up_but_none_is_wide_enough() -> None:
+    # eight idle one-GPU instances make 8 GPUs, but an eight-GPU job needs them on one instance
+    narrow = tuple(instance(f"n{k}", busy=False) for k in range(8))
+    snap = wide_job_waiting(*narrow, offers=(offer(R4090, 0.4, available=8),))
+    (create,) = cheapest().decide(snap, Plan(desired_gpus=8)).actions
+    assert (create.kind, create.gpus) == (ActionKind.CREATE, 8)
+    # an idle (or still booting) eight-GPU instance is a place for it: nothing is added, and the
+    # surplus narrow ones may go
+    for wide in (instance("w", gpus=8, busy=False), instance("b", InstanceStatus.STARTING, gpus=8)):
+        plan = cheapest().decide(wide_job_waiting(*narrow, wide), Plan(desired_gpus=8))
+        assert plan.actions and all(a.kind is ActionKind.STOP and a.gpus == 1 for a in plan.actions)
+    # a fixed fleet opts out
+    assert cheapest(place_widest_job=False).decide(snap, Plan(desired_gpus=8)).actions == ()
+
+
+def test_cheapest_keeps_wide_instances_while_a_wide_job_waits() -> None:
+    fleet = (instance("wide", gpus=8, busy=False), instance("narrow", busy=False))
+    plan = cheapest().decide(wide_job_waiting(*fleet), Plan(desired_gpus=0))
+    assert [a.instance_id for a in plan.actions] == ["id-narrow"]
+
+
+def test_cheapest_prices_a_restart_by_the_gpus_the_need_can_use() -> None:
+    # a stopped 8-GPU instance at $3.2/h is $0.4/h per GPU, as cheap as the offer, but for one GPU
+    # of need it would run seven idle: the one-GPU offer wins
+    wide = instance("wide", InstanceStatus.STOPPED, model=R4090, gpus=8, rate=3.2)
+    snap = snapshot(wide, offers=(offer(R4090, 0.35),))
+    (one,) = cheapest().decide(snap, Plan(desired_gpus=1)).actions
+    assert one.kind is ActionKind.CREATE
+    plan = cheapest().decide(snap, Plan(desired_gpus=8))
+    assert [a.kind for a in plan.actions] == [ActionKind.START]
+
+
+def test_cheapest_deletes_instead_of_stopping_when_asked() -> None:
+    plan = cheapest(scale_down="delete").decide(snapshot(instance("idle", busy=False)), Plan(desired_gpus=0))
+    assert [a.kind for a in plan.actions] == [ActionKind.DELETE]
+
+
 def test_cheapest_scales_down_idle_then_dearest_and_never_busy() -> None:
     fleet = (
         instance("busy-dear", rate=2.0, busy=True),
@@ -169,6 +212,21 @@ def test_idle_deletes_after_retention_and_replaces_reclaimed_or_errored() -> Non
     plan = policy.decide(snapshot(*fleet), Plan(desired_gpus=0))
     assert sorted(a.instance_id or "" for a in plan.actions) == ["id-broken", "id-old", "id-refused", "id-taken"]
     assert {a.kind for a in plan.actions} == {ActionKind.DELETE}
+
+
+def test_idle_keeps_a_stopped_instance_only_while_its_storage_is_worth_the_faster_restart() -> None:
+    # storage $0.01/h; a restart saves 70 s of boot: worth 70 s x $0.40/h = 2,800 s of storage for a
+    # one-GPU instance, 70 s x $3.70/h = 25,900 s for an eight-GPU one
+    policy = Idle(IdleOptions(restart_saving_s=70))
+    fleet = (
+        instance("small-old", InstanceStatus.STOPPED, rate=0.4, status_since=NOW - 2900),
+        instance("small-young", InstanceStatus.STOPPED, rate=0.4, status_since=NOW - 2700),
+        instance("wide", InstanceStatus.STOPPED, rate=3.7, gpus=8, status_since=NOW - 20000),
+    )
+    plan = policy.decide(snapshot(*fleet), Plan(desired_gpus=0))
+    assert [a.instance_id for a in plan.actions] == ["id-small-old"]
+    fixed = Idle(IdleOptions(restart_saving_s=0, stopped_retention_s=24 * 3600))
+    assert fixed.decide(snapshot(*fleet), Plan(desired_gpus=0)).actions == ()
 
 
 # -- budget ----------------------------------------------------------------------------------
@@ -243,6 +301,8 @@ def test_consolidate_replaces_a_dear_instance_once_demand_is_steady() -> None:
     assert create.kind is ActionKind.CREATE and create.replaces == "id-dear"
     jumpy = snapshot(dear, offers=(offer(R4090, 0.3),), desired_history=((NOW - 900, 1), (NOW - 300, 2)))
     assert policy.decide(jumpy, Plan(desired_gpus=1)).actions == ()
+    busy = snapshot(replace(dear, busy=True), offers=(offer(R4090, 0.3),), desired_history=steady)
+    assert policy.decide(busy, Plan(desired_gpus=1)).actions == ()  # its job may run for days
 
 
 def test_consolidate_stops_the_old_one_when_the_new_one_runs() -> None:

@@ -185,3 +185,18 @@ def test_fleet_allowed_models_bind_every_policy(make_world: MakeWorld) -> None:
     report = world.cycle()
     assert report.snapshot is not None and {o.gpu_model for o in report.snapshot.offers} == {"l40s-pcie-48gb"}
     assert {i.gpu_model for i in world.fake_instances()} == {"l40s-pcie-48gb"}
+
+
+def test_an_instance_whose_replacement_is_gone_is_no_longer_retiring(make_world: MakeWorld) -> None:
+    # consolidate marks the old instance retiring for its replacement; if the replacement is then
+    # stopped or deleted, the mark must go, or the old instance would count as leaving forever
+    world = make_world()
+    world.signal.set(queued_jobs=1)
+    world.cycle()
+    (old_id,) = world.runtime.store.owned()
+    world.runtime.store.mark_retiring(old_id, "tdas-replacement-that-was-deleted")
+    report = world.cycle()
+    assert report.snapshot is not None
+    (old,) = report.snapshot.instances
+    assert old.retiring_for is None
+    assert world.runtime.store.owned()[old_id].retiring_for is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from importlib import resources
 from pathlib import Path
 
@@ -52,6 +53,27 @@ class Catalog(_Strict):
     @property
     def gpu_models(self) -> set[str]:
         return {model for loc in self.locations for host in loc.hostnodes for model in host.gpus}
+
+    def deepened(self, copies: int) -> Catalog:
+        """Each host `copies` times at the same place and price: a marketplace with more stock.
+
+        The copies' ids are derived from the original's, so the same depth gives the same catalog.
+        """
+        if copies < 1:
+            raise ValueError("copies must be at least 1")
+        if copies == 1:
+            return self
+        locations = []
+        for location in self.locations:
+            hosts = [
+                host.model_copy(
+                    update={"id": host.id if n == 0 else str(uuid.uuid5(uuid.NAMESPACE_URL, f"{host.id}/{n}"))}
+                )
+                for host in location.hostnodes
+                for n in range(copies)
+            ]
+            locations.append(location.model_copy(update={"hostnodes": hosts}))
+        return self.model_copy(update={"locations": locations})
 
 
 def load_catalog(path: str | Path | None = None) -> Catalog:

@@ -14,7 +14,7 @@ from autoscaler.clock import Clock, SystemClock
 from autoscaler.wsgi import BackgroundServer
 
 from .app import DroppedReplyError, FakeTensorDockApp
-from .catalog import load_catalog
+from .catalog import Catalog, load_catalog
 from .dialects import Dialect
 from .state import FakeTensorDock, Faults, Timings
 
@@ -25,6 +25,7 @@ def build_fake(
     *,
     clock: Clock | None = None,
     catalog_path: str | Path | None = None,
+    catalog: Catalog | None = None,
     timings: Timings | None = None,
     faults: Faults | None = None,
     seed: int = 0,
@@ -33,7 +34,7 @@ def build_fake(
     balance_usd: float = 10_000.0,
 ) -> FakeTensorDockApp:
     state = FakeTensorDock(
-        load_catalog(catalog_path),
+        catalog if catalog is not None else load_catalog(catalog_path),
         clock or SystemClock(),
         timings=timings,
         faults=faults,

@@ -1,0 +1,133 @@
+"""What a replay is judged by: cost against lower bounds, and how long jobs waited."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+
+from autoscaler.snapshot import InstanceShape
+from autoscaler.tensordock.fake import Catalog
+
+from .runner import Run
+from .trace import Job
+
+
+def unit_prices(catalog: Catalog, shape: InstanceShape, throughput: Mapping[str, float]) -> list[tuple[float, int]]:
+    """(USD per reference-GPU-hour of work, widest instance the host can hold) for every offer."""
+    prices = []
+    for location in catalog.locations:
+        for host in location.hostnodes:
+            for model, gpu in host.gpus.items():
+                speed = float(throughput.get(model, 0.0))
+                if speed <= 0:
+                    continue
+                widest = min(
+                    gpu.count,
+                    host.vcpu_count // shape.vcpu_per_gpu,
+                    host.ram_gb // shape.ram_gb_per_gpu,
+                )
+                if widest >= 1:  # the widest instance spreads its disk over the most GPUs: the lowest price
+                    per_gpu = shape.hourly_price(host.pricing, gpu.price_per_hr, widest) / widest
+                    prices.append((per_gpu / speed, widest))
+    return prices
+
+
+def lower_bound_usd(jobs: list[Job], prices: list[tuple[float, int]]) -> float:
+    """Every job's work bought at the best price per unit of work in the catalog; no fleet costs less."""
+    best = min(price for price, _ in prices)
+    return sum(job.duration * job.gpus for job in jobs) / 3600.0 * best
+
+
+def width_bound_usd(jobs: list[Job], prices: list[tuple[float, int]]) -> float:
+    """As `lower_bound_usd`, but each job at the best price among hosts wide enough for it.
+
+    Also a true lower bound (a job's GPUs share one instance), and the one a fleet can approach:
+    the gap between the two bounds is what the catalog's narrow cheap hosts cannot sell.
+    """
+    total = 0.0
+    for job in jobs:
+        fitting = [price for price, widest in prices if widest >= job.gpus]
+        total += job.duration * job.gpus / 3600.0 * (min(fitting) if fitting else math.inf)
+    return total
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    if not values:
+        return 0.0
+    if len(values) == 1:
+        return values[0]
+    cuts = statistics.quantiles(values, n=100, method="inclusive")
+    return cuts[round(fraction * 100) - 1]
+
+
+@dataclass(frozen=True)
+class StrategyResult:
+    """One row of the comparison; the JSON of `simulate --json` is a list of these."""
+
+    strategy: str
+    trace: str
+    cost_usd: float
+    lower_bound_usd: float
+    cost_ratio: float
+    width_bound_usd: float
+    wait_p50_s: float
+    wait_p95_s: float
+    wait_p99_s: float
+    jobs_completed: int
+    jobs_total: int
+    api_calls: int
+    actions: int
+    peak_gpus: int
+    preempted_jobs: int
+    cycles: int
+    skipped_cycles: int
+    simulated_s: float
+    replay_s: float
+
+    def as_json(self) -> dict[str, object]:
+        return {key: round(value, 4) if isinstance(value, float) else value for key, value in asdict(self).items()}
+
+
+def summarize(strategy: str, trace: str, jobs: list[Job], run: Run, prices: list[tuple[float, int]]) -> StrategyResult:
+    bound = lower_bound_usd(jobs, prices)
+    return StrategyResult(
+        strategy=strategy,
+        trace=trace,
+        cost_usd=run.cost_usd,
+        lower_bound_usd=bound,
+        cost_ratio=run.cost_usd / bound if bound > 0 else math.inf,
+        width_bound_usd=width_bound_usd(jobs, prices),
+        wait_p50_s=percentile(run.waits, 0.50),
+        wait_p95_s=percentile(run.waits, 0.95),
+        wait_p99_s=percentile(run.waits, 0.99),
+        jobs_completed=run.jobs_completed,
+        jobs_total=run.jobs_total,
+        api_calls=run.api_calls,
+        actions=run.actions,
+        peak_gpus=run.peak_gpus,
+        preempted_jobs=run.preempted,
+        cycles=run.cycles,
+        skipped_cycles=run.skipped_cycles,
+        simulated_s=run.simulated_s,
+        replay_s=run.wall_s,
+    )
+
+
+TABLE_HEADER = (
+    "| trace | strategy | cost $ | lower bound $ | ratio | width bound $ | wait p50 s | wait p95 s | wait p99 s "
+    "| jobs done | API calls | replay s | sim s per wall s |"
+)
+
+
+def markdown_table(results: list[StrategyResult]) -> str:
+    lines = [TABLE_HEADER, "|" + "---|" * (TABLE_HEADER.count("|") - 1)]
+    for r in results:
+        speed = r.simulated_s / r.replay_s if r.replay_s > 0 else math.inf
+        lines.append(
+            f"| {r.trace} | {r.strategy} | {r.cost_usd:,.2f} | {r.lower_bound_usd:,.2f} | {r.cost_ratio:.3f} "
+            f"| {r.width_bound_usd:,.2f} | {r.wait_p50_s:,.0f} | {r.wait_p95_s:,.0f} | {r.wait_p99_s:,.0f} "
+            f"| {r.jobs_completed}/{r.jobs_total} | {r.api_calls:,} | {r.replay_s:.1f} | {speed:,.0f} |"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,252 @@
+"""Replay one trace through the production engine against the fake API, in virtual time.
+
+The loop is the daemon's: every `interval_s` the engine runs a cycle (snapshot, policies,
+guards, actuator, store) over the in-process fake on a ManualClock. Between cycles the
+workload moves to the next cycle time event by event. Quiet stretches are skipped: when a
+cycle did nothing, nothing is in transition and the queue will not change before its next
+event, the engine's own `decide` is asked about the later cycle times on the same snapshot;
+cycles it would spend doing nothing are not run (capped at `max_skip_s`, so the ledger and
+the offers are still refreshed regularly). The store keeps the desired-GPU history as changes,
+so a skipped cycle, which would have changed nothing, leaves nothing out.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from autoscaler.clock import ManualClock
+from autoscaler.config import Settings
+from autoscaler.engine import CycleReport, Engine
+from autoscaler.planner import PlanningError
+from autoscaler.runtime import build_runtime
+from autoscaler.snapshot import Snapshot, Spend
+from autoscaler.store import SqliteStore
+from autoscaler.tensordock.fake import (
+    Catalog,
+    FakeTensorDockApp,
+    Timings,
+    build_fake,
+    in_process_transport,
+    load_catalog,
+)
+
+from .trace import Job
+from .workload import WorkerTimings, Workload
+
+SIM_TOKEN = "simulated-token-not-a-secret"  # noqa: S105 - the in-process fake's own token
+ORIGIN = 1_767_225_600.0  # 2026-01-01T00:00:00Z: day and month boundaries fall where a reader expects
+
+
+@dataclass(frozen=True)
+class SimOptions:
+    interval_s: float = 30.0
+    seed: int = 0
+    timings: Timings = field(default_factory=Timings)
+    workers: WorkerTimings = field(default_factory=WorkerTimings)
+    catalog_path: str | Path | None = None
+    market_depth: int = 1  # every host of the catalog this many times
+    fast_forward: bool = True
+    max_skip_s: float = 900.0
+    drain_limit_s: float = 60 * 86400.0  # after the last submission, give up on jobs this much later
+
+    def catalog(self) -> Catalog:
+        return load_catalog(self.catalog_path).deepened(self.market_depth)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """The fleet after one cycle: for the timeline plot."""
+
+    t: float  # seconds since the trace began
+    queued_jobs: int
+    running_gpus: int
+    gpus_by_model: dict[str, int]
+    usd_per_hour: float
+
+
+@dataclass
+class Run:
+    """Everything one replay measured."""
+
+    cost_usd: float
+    waits: list[float]
+    jobs_completed: int
+    jobs_total: int
+    api_calls: int
+    actions: int
+    peak_gpus: int
+    cycles: int
+    skipped_cycles: int
+    preempted: int
+    simulated_s: float
+    wall_s: float
+    timeline: list[Sample]
+
+
+CycleCheck = Callable[[CycleReport, FakeTensorDockApp, Workload], None]
+
+
+def replay(
+    jobs: list[Job],
+    settings: Settings,
+    options: SimOptions | None = None,
+    *,
+    check: CycleCheck | None = None,
+) -> Run:
+    """`check` runs after every cycle (the safety tests assert the rules there)."""
+    options = options or SimOptions()
+    wall = time.perf_counter()
+    clock = ManualClock(ORIGIN)
+    fake = build_fake(
+        SIM_TOKEN,
+        settings.tensordock.wire_format,
+        clock=clock,
+        catalog=options.catalog(),
+        timings=options.timings,
+        seed=options.seed,
+        balance_usd=1e12,
+        rate_limit=settings.tensordock.rate_limit,
+        rate_window_s=settings.tensordock.rate_window_s,
+    )
+    throughput = settings.fleet.throughput_table
+    workload = Workload(jobs, fake.state, throughput, ORIGIN, timings=options.workers, seed=options.seed)
+    runtime = build_runtime(
+        settings,
+        clock=clock,
+        transport=in_process_transport(fake),
+        signal=workload,
+        store=SqliteStore(":memory:"),
+        dry_run=False,
+    )
+    engine = runtime.engine
+    deadline = ORIGIN + max(job.submit for job in jobs) + options.drain_limit_s
+    timeline: list[Sample] = []
+    cycles = skipped = actions = 0
+    try:
+        while True:
+            at = clock.now()
+            workload.advance(at)
+            report = engine.run_cycle()
+            workload.observe_fleet()
+            cycles += 1
+            actions += len(report.results)
+            timeline.append(_sample(fake, workload, at - ORIGIN))
+            if check is not None:
+                check(report, fake, workload)
+            if at >= deadline:
+                break
+            step = options.interval_s
+            if options.fast_forward:
+                quiet = _quiet_cycles(engine, report, fake, workload, options)
+                skipped += quiet
+                step *= 1 + quiet
+            target = at + step
+            workload.advance(target)
+            if workload.finished_at is not None:  # the bill stops when the last job is done
+                clock.advance(max(0.0, workload.finished_at - clock.now()))
+                break
+            clock.advance(max(0.0, target - clock.now()))
+    finally:
+        runtime.close()
+    with fake.state.lock:
+        fake.state.settle()
+        cost = fake.state.bill().total_usd
+    return Run(
+        cost_usd=cost,
+        waits=workload.wait_times(),
+        jobs_completed=workload.completed,
+        jobs_total=len(jobs),
+        api_calls=sum(fake.requests.values()),
+        actions=actions,
+        peak_gpus=max((sum(s.gpus_by_model.values()) for s in timeline), default=0),
+        cycles=cycles,
+        skipped_cycles=skipped,
+        preempted=workload.preempted,
+        simulated_s=clock.now() - ORIGIN,
+        wall_s=time.perf_counter() - wall,
+        timeline=timeline,
+    )
+
+
+def _sample(fake: FakeTensorDockApp, workload: Workload, t: float) -> Sample:
+    by_model: dict[str, int] = {}
+    rate = 0.0
+    for inst in fake.state.instances():
+        if inst.phase == "stopped":
+            rate += inst.storage_rate_hourly
+            continue
+        rate += inst.rate_hourly
+        if inst.gpu_model:
+            by_model[inst.gpu_model] = by_model.get(inst.gpu_model, 0) + inst.gpu_count
+    running = sum(r.job.gpus for w in workload.workers.values() for r in w.jobs)
+    return Sample(t, len(workload.queue), running, by_model, rate)
+
+
+def _quiet_cycles(
+    engine: Engine, report: CycleReport, fake: FakeTensorDockApp, workload: Workload, options: SimOptions
+) -> int:
+    """How many of the next cycles would do nothing; 0 unless that is certain from here."""
+    snapshot = report.snapshot
+    if report.results or report.safety or report.error or snapshot is None or snapshot.demand is None:
+        return 0
+    if (
+        snapshot.pending_creates
+        or snapshot.backed_off
+        or any(i.phase not in ("running", "stopped") for i in fake.state.instances())
+    ):
+        return 0
+    if any(w.ready_at > workload.now for w in workload.workers.values()):
+        return 0
+    interval = options.interval_s
+    horizon = min(options.max_skip_s, (workload.next_event() or math.inf) - snapshot.now)
+    limit = int(horizon // interval) - (1 if horizon % interval == 0 else 0)  # the event's cycle runs
+    if limit <= 0:
+        return 0
+
+    desired = report.plan.desired_gpus if report.plan is not None else None
+
+    def acts(k: int) -> bool:
+        try:
+            _, guarded = engine.decide(_ahead(snapshot, k * interval, desired))
+        except PlanningError:
+            return True  # let the real cycle report it
+        return bool(guarded.actions)
+
+    quiet, probe = 0, 1  # gallop, then bisect: decisions change at thresholds, once
+    while probe <= limit and not acts(probe):
+        quiet, probe = probe, probe * 2
+    if probe <= limit:
+        low, high = quiet, probe  # quiet at low, acting at high
+        while high - low > 1:
+            middle = (low + high) // 2
+            low, high = (middle, high) if not acts(middle) else (low, middle)
+        return low
+    if quiet < limit and not acts(limit):
+        return limit
+    return quiet
+
+
+def _ahead(snapshot: Snapshot, seconds: float, desired: int | None) -> Snapshot:
+    """The same fleet and demand `seconds` later, with spend run on at the current hourly cost and
+    the history holding what this cycle recorded (`desired`, as the skipped cycles would)."""
+    now = snapshot.now + seconds
+    extra = snapshot.hourly_cost * seconds / 3600.0
+    then, later = (datetime.fromtimestamp(t, UTC) for t in (snapshot.now, now))
+    midnight = later.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+    today = (
+        snapshot.spend.today_usd + extra
+        if then.date() == later.date()
+        else snapshot.hourly_cost * (now - midnight) / 3600
+    )
+    month = snapshot.spend.month_usd + extra if then.month == later.month else today
+    demand = replace(snapshot.demand, observed_at=now) if snapshot.demand is not None else None
+    history = snapshot.desired_history
+    if desired is not None and (not history or history[-1][1] != desired):
+        history = (*history, (snapshot.now, desired))
+    spend = Spend(today, month, snapshot.spend.total_usd + extra)
+    return replace(snapshot, now=now, demand=demand, spend=spend, desired_history=history)

@@ -1,0 +1,219 @@
+"""The simulator's accounting, bounds, determinism, and the safety rules under replay."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from autoscaler.cli import main
+from autoscaler.config import Settings
+from autoscaler.engine import CycleReport
+from autoscaler.policy import PolicySpec
+from autoscaler.sim import SimOptions, TraceError, compare, load_trace, replay
+from autoscaler.sim.results import lower_bound_usd, unit_prices, width_bound_usd
+from autoscaler.sim.runner import SIM_TOKEN
+from autoscaler.sim.strategies import sim_settings, strategy_settings
+from autoscaler.sim.workload import WorkerTimings, Workload
+from autoscaler.tensordock.fake import FakeTensorDockApp, Timings
+
+HERE = Path(__file__).parent
+ONE_HOST = HERE / "one_host_catalog.json"
+TRACES = HERE.parents[2] / "shared" / "traces"
+# one A100 (throughput 1.0) with 8 vCPU, 32 GB RAM, 100 GB disk on the one-host catalog
+RATE = 1.0 + 8 * 0.01 + 32 * 0.001 + 100 * 0.0001
+
+
+def write_trace(path: Path, rows: list[tuple[float, float, int]]) -> Path:
+    path.write_text("submit_time,duration,gpus\n" + "".join(f"{s},{d},{g}\n" for s, d, g in rows))
+    return path
+
+
+def slice_of(trace: str, days: float, path: Path) -> Path:
+    """The first `days` of a shipped trace, durations capped at six hours to keep the test short."""
+    jobs = [j for j in load_trace(TRACES / trace) if j.submit < days * 86400]
+    return write_trace(path, [(j.submit, min(j.duration, 6 * 3600), j.gpus) for j in jobs])
+
+
+def one_gpu_fleet() -> Settings:
+    return Settings(
+        policies=[
+            PolicySpec(name="queue_target", options={"min_gpus": 1, "max_gpus": 1}),
+            PolicySpec(name="cheapest_throughput", options={"gpus_per_instance": [1], "place_widest_job": False}),
+        ]
+    )
+
+
+EXACT = SimOptions(
+    catalog_path=ONE_HOST,
+    timings=Timings(create_s=30.0, start_s=20.0, stop_s=10.0, ip_s=15.0),
+    workers=WorkerTimings(cloud_init_s=(60.0, 60.0), restart_s=15.0),
+)
+
+
+def test_three_jobs_cost_and_waits_as_computed_by_hand(tmp_path: Path) -> None:
+    # One instance, created by the first cycle at t=0: running at 30 s, worker up at 90 s.
+    # Job 0 (600 s) runs 600-1800; job 1 arrives at 900 and waits for it: 900 s, runs 1800-2400;
+    # job 2 arrives at 5000 to an idle worker: runs 5000-5300. The bill runs 0-5300 s at RATE.
+    trace = write_trace(tmp_path / "three.csv", [(600, 1200, 1), (900, 600, 1), (5000, 300, 1)])
+    results, runs = compare(trace, one_gpu_fleet(), ("ours",), EXACT)
+    run, result = runs["ours"], results[0]
+    assert run.waits == [0.0, 900.0, 0.0]
+    assert run.jobs_completed == 3
+    assert run.simulated_s == pytest.approx(5300.0)
+    assert run.cost_usd == pytest.approx(RATE * 5300 / 3600, rel=1e-9)
+    assert result.lower_bound_usd == pytest.approx((1200 + 600 + 300) / 3600 * (1.0 + 0.08 + 0.032 + 0.01 / 2))
+    assert result.cost_ratio == pytest.approx(run.cost_usd / result.lower_bound_usd)
+    assert (result.wait_p50_s, result.wait_p95_s) == (0.0, pytest.approx(810.0))  # inclusive: 0.9 of 0->900
+    assert run.preempted == 0
+
+
+def test_backfill_runs_a_narrow_job_around_a_wide_one_that_must_wait(tmp_path: Path) -> None:
+    # Two GPUs on one instance. Job 0 takes one for 1000 s; job 1 needs both and waits until 1100;
+    # job 2 (one GPU, 200 s) arrives after job 1 and would finish before 1100, so it backfills.
+    trace = write_trace(tmp_path / "wide.csv", [(100, 1000, 1), (150, 500, 2), (160, 200, 1)])
+    settings = Settings(
+        policies=[
+            PolicySpec(name="queue_target", options={"min_gpus": 2, "max_gpus": 2}),
+            PolicySpec(name="cheapest_throughput", options={"gpus_per_instance": [2], "place_widest_job": False}),
+        ]
+    )
+    _, runs = compare(trace, settings, ("ours",), EXACT)
+    assert runs["ours"].waits == [0.0, 950.0, 0.0]
+
+
+def test_lower_bounds_never_exceed_any_strategys_cost(tmp_path: Path) -> None:
+    trace = slice_of("philly-30d-b.csv", 3, tmp_path / "b3.csv")
+    results, _ = compare(trace)
+    assert {r.strategy for r in results} == {"ours", "reactive", "static-peak", "static-mean"}
+    for result in results:
+        assert result.lower_bound_usd <= result.width_bound_usd <= result.cost_usd, result
+        assert result.jobs_completed == result.jobs_total
+
+
+def test_same_trace_and_seed_give_the_same_result(tmp_path: Path) -> None:
+    trace = slice_of("philly-30d-a.csv", 2, tmp_path / "a2.csv")
+    first, _ = compare(trace, strategies=("ours", "reactive"), options=SimOptions(seed=7))
+    second, _ = compare(trace, strategies=("ours", "reactive"), options=SimOptions(seed=7))
+    strip = [{k: v for k, v in r.as_json().items() if k != "replay_s"} for r in first]
+    assert strip == [{k: v for k, v in r.as_json().items() if k != "replay_s"} for r in second]
+
+
+def test_skipping_quiet_cycles_changes_nothing_that_matters(tmp_path: Path) -> None:
+    trace = slice_of("philly-30d-b.csv", 2, tmp_path / "b2.csv")
+    jobs = load_trace(trace)
+    options = SimOptions()
+    base = sim_settings(Settings(), SIM_TOKEN, options.catalog(), bounds_given=False)
+    every = replay(jobs, base, SimOptions(fast_forward=False))
+    skipping = replay(jobs, base, options)
+    assert skipping.skipped_cycles > skipping.cycles  # most cycles of a quiet trace are skipped
+    assert every.skipped_cycles == 0
+    assert skipping.jobs_completed == every.jobs_completed == len(jobs)
+    assert skipping.cost_usd == pytest.approx(every.cost_usd, rel=1e-9)
+    assert skipping.waits == every.waits
+    assert skipping.actions == every.actions
+
+
+MAX_GPUS, MAX_INSTANCES, MAX_SPEND = 12, 6, 6.0
+
+
+def test_policies_keep_the_safety_rules_after_every_simulated_cycle(tmp_path: Path) -> None:
+    trace = slice_of("philly-30d-a.csv", 4, tmp_path / "a4.csv")
+    jobs = load_trace(trace)
+    options = SimOptions()
+    settings = sim_settings(
+        Settings(
+            guards={"max_gpus": MAX_GPUS, "max_instances": MAX_INSTANCES, "max_hourly_spend": MAX_SPEND},
+        ),
+        SIM_TOKEN,
+        options.catalog(),
+        bounds_given=True,
+    )
+    checked = {"cycles": 0, "stops": 0}
+
+    def check(report: CycleReport, fake: FakeTensorDockApp, workload: Workload) -> None:
+        checked["cycles"] += 1
+        up = [i for i in fake.state.instances() if i.phase != "stopped"]
+        assert len(up) <= MAX_INSTANCES
+        assert sum(i.gpu_count for i in up) <= MAX_GPUS
+        assert sum(i.rate_hourly for i in up) <= MAX_SPEND + 1e-9
+        assert workload.preempted == 0, "an instance was stopped or deleted under a running job"
+        busy = report.snapshot.demand.busy if report.snapshot and report.snapshot.demand else {}
+        for result in report.results:
+            if result.action.kind.value in ("stop", "delete") and result.outcome == "ok":
+                checked["stops"] += 1
+                name = next((i.name for i in report.snapshot.instances if i.id == result.instance_id), "")
+                assert not (busy or {}).get(name, False), f"stopped busy {name}"
+
+    run = replay(jobs, strategy_settings("ours", settings, jobs, options.catalog()), options, check=check)
+    assert checked["cycles"] == run.cycles > 100
+    assert checked["stops"] > 0  # the rules were exercised, not vacuous
+    assert run.jobs_completed == len(jobs)
+
+
+def test_unit_prices_and_bounds_on_the_default_catalog() -> None:
+    options = SimOptions()
+    settings = Settings()
+    prices = unit_prices(options.catalog(), settings.fleet.shape, settings.fleet.throughput_table)
+    jobs = load_trace(TRACES / "philly-30d-a.csv")
+    best = min(price for price, _ in prices)
+    best_wide = min(price for price, widest in prices if widest >= 8)
+    assert best_wide > best  # the cheapest hosts cannot hold an eight-GPU job
+    assert lower_bound_usd(jobs, prices) < width_bound_usd(jobs, prices)
+
+
+def test_simulate_cli_prints_the_json_the_issue_names_and_writes_a_plot(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trace = slice_of("philly-30d-b.csv", 1, tmp_path / "b1.csv")
+    plot = tmp_path / "out.png"
+    code = main(["simulate", "--trace", str(trace), "--strategies", "ours,static-mean", "--json", "--plot", str(plot)])
+    assert code == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [row["strategy"] for row in rows] == ["ours", "static-mean"]
+    for key in (
+        "cost_usd",
+        "lower_bound_usd",
+        "cost_ratio",
+        "wait_p50_s",
+        "wait_p95_s",
+        "wait_p99_s",
+        "jobs_completed",
+        "jobs_total",
+        "api_calls",
+        "actions",
+        "peak_gpus",
+    ):
+        assert key in rows[0], key
+    assert rows[0]["api_calls"] > 0 and rows[0]["peak_gpus"] > 0
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("start,duration,gpus\n1,2,1\n", "missing submit_time"),
+        ("submit_time,duration,gpus\n1,abc,1\n", ":2: duration 'abc' is not a number"),
+        ("submit_time,duration,gpus\n1,5,9\n", ":2: gpus must be a whole number from 1 to 8"),
+        ("submit_time,duration,gpus\n1,0,1\n", ":2: duration must be positive"),
+        ("submit_time,duration,gpus\n", "no jobs"),
+    ],
+)
+def test_a_bad_trace_is_refused_naming_the_line_and_field(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text(content)
+    with pytest.raises(TraceError, match=message.replace("(", r"\(")):
+        load_trace(path)
+
+
+def test_simulate_cli_refuses_a_bad_trace_and_an_unknown_strategy(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("submit_time,duration,gpus\n1,-5,1\n")
+    assert main(["simulate", "--trace", str(bad)]) == 2
+    assert "duration must be positive" in capsys.readouterr().err
+    good = write_trace(tmp_path / "good.csv", [(10, 60, 1)])
+    assert main(["simulate", "--trace", str(good), "--strategies", "ours,magic"]) == 2
+    assert "unknown strategy 'magic'" in capsys.readouterr().err
