@@ -7,6 +7,7 @@ its offer off and tries the plan's next offer. Dry run journals nothing and call
 
 from __future__ import annotations
 
+import random
 import threading
 import uuid
 from collections.abc import Callable, Sequence
@@ -72,7 +73,10 @@ def _with_name(value: Any, name: str) -> Any:
     return value
 
 
-def default_names(prefix: str) -> Callable[[], str]:
+def default_names(prefix: str, rng: random.Random | None = None) -> Callable[[], str]:
+    """Random suffixes; a seeded `rng` makes them repeatable (the simulator's replays)."""
+    if rng is not None:
+        return lambda: f"{prefix}-{rng.getrandbits(40):010x}"
     return lambda: f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,7 @@ def build_runtime(
     store: Store | None = None,
     dry_run: bool | None = None,
     metrics: CoreMetrics | None = None,
+    name_factory: Callable[[], str] | None = None,
 ) -> Runtime:
     clock = clock or SystemClock()
     td = settings.tensordock
@@ -109,6 +111,7 @@ def build_runtime(
         name_prefix=fleet.name_prefix,
         dry_run=settings.dry_run if dry_run is None else dry_run,
         stopping=stopping,
+        name_factory=name_factory,
     )
     if signal is None:
         try:

@@ -35,9 +35,11 @@ def verdict(results: list[StrategyResult]) -> str:
     ]
     if reactive is not None:
         cheaper = ours.cost_usd < reactive.cost_usd and ours.wait_p95_s <= reactive.wait_p95_s
+        unfinished = reactive.jobs_total - reactive.jobs_completed
         checks.append(
             f"vs reactive: {ours.cost_usd / reactive.cost_usd:.3f}x the cost at "
-            f"{ours.wait_p95_s:.0f} s vs {reactive.wait_p95_s:.0f} s p95 ({'better' if cheaper else 'not better'})"
+            f"{ours.wait_p95_s:.0f} s vs {reactive.wait_p95_s:.0f} s p95 ({'better' if cheaper else 'not better'}"
+            + (f"; reactive left {unfinished} jobs unfinished)" if unfinished else ")")
         )
     checks.append(f"width bound ratio {ours.cost_usd / ours.width_bound_usd:.3f}")
     return f"{ours.trace}: " + "; ".join(checks)

@@ -78,5 +78,5 @@ class FileSignal(SignalSource):
                 busy=data.get("busy"),
                 source=self.name,
             )
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, OverflowError) as exc:  # Infinity is valid JSON here
             raise SignalError(f"{self.name} {self.path}: {exc}") from exc

@@ -13,12 +13,14 @@ so a skipped cycle, which would have changed nothing, leaves nothing out.
 from __future__ import annotations
 
 import math
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from autoscaler.actuator import default_names
 from autoscaler.clock import ManualClock
 from autoscaler.config import Settings
 from autoscaler.engine import CycleReport, Engine
@@ -122,6 +124,7 @@ def replay(
         signal=workload,
         store=SqliteStore(":memory:"),
         dry_run=False,
+        name_factory=default_names(settings.fleet.name_prefix, random.Random(options.seed)),
     )
     engine = runtime.engine
     deadline = ORIGIN + max(job.submit for job in jobs) + options.drain_limit_s
