@@ -164,8 +164,11 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
     from autoscaler.logging import configure_logging
     from autoscaler.sim import SimOptions, StrategyError, TraceError, compare, markdown_table
+    from autoscaler.tensordock.fake import Faults
 
     configure_logging("WARNING")
     settings = None
@@ -174,8 +177,17 @@ def _simulate(args: argparse.Namespace) -> int:
         if settings is None:
             return 2
     strategies = tuple(name.strip() for name in args.strategies.split(",") if name.strip())
+    try:
+        faults = Faults.model_validate(json.loads(args.faults)) if args.faults else Faults()
+    except (ValidationError, ValueError) as exc:
+        print(f"simulate: bad --faults: {exc}", file=sys.stderr)
+        return 2
     options = SimOptions(
-        interval_s=args.interval_s, seed=args.seed, catalog_path=args.catalog, market_depth=args.market_depth
+        interval_s=args.interval_s,
+        seed=args.seed,
+        catalog_path=args.catalog,
+        market_depth=args.market_depth,
+        faults=faults,
     )
     try:
         results, runs = compare(args.trace, settings, strategies, options)
@@ -261,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sim.add_argument("--interval-s", type=float, default=30.0, help="seconds between cycles (default: %(default)s)")
     sim.add_argument("--seed", type=int, default=0, help="seed for boot times and the fake (default: %(default)s)")
+    sim.add_argument("--faults", help="the fake API's fault injection as JSON, e.g. '{\"lost_reply_rate\": 0.1}'")
     sim.set_defaults(handler=_simulate)
 
     demo = commands.add_parser("demo", help="the daemon against the fake API and a burst-and-lull queue, sped up")

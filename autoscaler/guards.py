@@ -77,8 +77,10 @@ def apply_guards(snapshot: Snapshot, plan: Plan, config: GuardConfig, memory: Gu
     floor = max(config.min_gpus, plan.floor_gpus)
     now = snapshot.now
 
-    window_start = now - config.scale_down_delay_s  # the history is a step function: take the value in
-    in_force = [d for t, d in snapshot.desired_history if t <= window_start][-1:]  # force when the window opened
+    # The history is a step function (changes only): the window holds the value in force when it
+    # opened, every change since, and this cycle's.
+    window_start = now - config.scale_down_delay_s
+    in_force = [d for t, d in snapshot.desired_history if t <= window_start][-1:]
     desired_window = in_force + [d for t, d in snapshot.desired_history if t > window_start]
     if plan.desired_gpus is not None:
         desired_window.append(plan.desired_gpus)

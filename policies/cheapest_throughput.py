@@ -1,11 +1,13 @@
 """Which GPUs fill the need: offers and stopped instances ranked by price per unit of work.
 
-Price per unit of work is `$/h / (throughput(model) * gpus)`. Scale-up restarts an owned
-stopped instance when it is within `restart_margin` of the best offer (it boots faster and
-keeps its disk), else creates on the best offer, with the next best as fallbacks for when the
-listed capacity turns out to be gone. Scale-down stops idle instances first, then the
-dearest per unit of work; a busy instance is never chosen, and one being replaced is left to
-`consolidate`.
+Price per unit of work is `$/h / (throughput(model) * gpus)`. Instances are the smallest
+allowed size that fits the widest waiting job. Scale-up restarts an owned stopped instance when,
+counting only the GPUs the need can use, it is within `restart_margin` of the best offer (it
+boots faster and keeps its disk), else creates on the best offer, with the next best as
+fallbacks for when the listed capacity turns out to be gone. GPUs can add up while no instance
+is wide enough for the widest waiting job; then one that is gets added. Scale-down stops (or
+deletes) idle instances first, then the dearest per unit of work; a busy instance is never
+chosen, nor a wide one a waiting job needs, and one being replaced is left to `consolidate`.
 """
 
 from __future__ import annotations
@@ -103,8 +105,9 @@ class CheapestThroughput(BasePolicy[CheapestThroughputOptions]):
             return False
         if any(p.gpus >= wide for p in snapshot.pending_creates):
             return False
+        touched = plan.touched()
         for instance in snapshot.instances:
-            if instance.gpus < wide or instance.id in plan.touched() or instance.retiring_for:
+            if instance.gpus < wide or instance.id in touched or instance.retiring_for:
                 continue
             if instance.status is InstanceStatus.STARTING or (
                 instance.status is InstanceStatus.RUNNING and instance.busy is not True
@@ -151,18 +154,15 @@ class CheapestThroughput(BasePolicy[CheapestThroughputOptions]):
         size = self._size(snapshot)
         candidates = self._ranked(snapshot, size)
         touched = plan.touched()
-        restartable = sorted(
-            (
-                i
-                for i in snapshot.instances
-                if i.status is InstanceStatus.STOPPED
-                and not i.start_refused
-                and i.id not in touched
-                and i.gpus >= size
-                and (not self.options.allowed_models or i.gpu_model in self.options.allowed_models)
-            ),
-            key=lambda i: self._unit_price(snapshot, i),
-        )
+        restartable = [
+            i
+            for i in snapshot.instances
+            if i.status is InstanceStatus.STOPPED
+            and not i.start_refused
+            and i.id not in touched
+            and i.gpus >= size
+            and (not self.options.allowed_models or i.gpu_model in self.options.allowed_models)
+        ]
         actions: list[Action] = []
         shape = snapshot.shape
         host_left: dict[str, list[float]] = {}  # what this plan leaves free on each host: [vCPUs, RAM]

@@ -31,6 +31,7 @@ from autoscaler.store import SqliteStore
 from autoscaler.tensordock.fake import (
     Catalog,
     FakeTensorDockApp,
+    Faults,
     Timings,
     build_fake,
     in_process_transport,
@@ -49,6 +50,7 @@ class SimOptions:
     interval_s: float = 30.0
     seed: int = 0
     timings: Timings = field(default_factory=Timings)
+    faults: Faults = field(default_factory=Faults)  # what the fake API gets wrong, as in the chaos suite
     workers: WorkerTimings = field(default_factory=WorkerTimings)
     catalog_path: str | Path | None = None
     market_depth: int = 1  # every host of the catalog this many times
@@ -110,6 +112,7 @@ def replay(
         clock=clock,
         catalog=options.catalog(),
         timings=options.timings,
+        faults=options.faults,
         seed=options.seed,
         balance_usd=1e12,
         rate_limit=settings.tensordock.rate_limit,

@@ -94,6 +94,17 @@ def test_backoffs_expire_and_history_is_kept(store: Store) -> None:
     assert store.desired_history(T0 + 60) == [(T0 + 60, 2), (T0 + 90, 3), (T0 + 120, 4)]
 
 
+def test_history_keeps_changes_and_the_value_in_force(store: Store) -> None:
+    for n in range(10):  # ten cycles wanting 3 GPUs are one change
+        store.record_cycle(T0 + 30 * n, 3, 3)
+    store.record_cycle(T0 + 300, 1, 3)
+    # 3 was in force at T0 + 200 although its row is from T0
+    assert store.desired_history(T0 + 200) == [(T0, 3), (T0 + 300, 1)]
+    assert store.oldest_history() == T0
+    store.record_cycle(T0 + 8 * 86400, 2, 2)  # a week on: old rows go, the one in force stays
+    assert store.desired_history(T0) == [(T0 + 300, 1), (T0 + 8 * 86400, 2)]
+
+
 def test_observe_tracks_status_changes_and_idleness(store: Store) -> None:
     store.adopt("i1", "tdas-1", T0, None)
     store.observe("i1", "running", False, T0 + 10)

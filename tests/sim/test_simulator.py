@@ -16,7 +16,7 @@ from autoscaler.sim.results import lower_bound_usd, unit_prices, width_bound_usd
 from autoscaler.sim.runner import SIM_TOKEN
 from autoscaler.sim.strategies import sim_settings, strategy_settings
 from autoscaler.sim.workload import WorkerTimings, Workload
-from autoscaler.tensordock.fake import FakeTensorDockApp, Timings
+from autoscaler.tensordock.fake import FakeTensorDockApp, Faults, Timings
 
 HERE = Path(__file__).parent
 ONE_HOST = HERE / "one_host_catalog.json"
@@ -152,6 +152,26 @@ def test_policies_keep_the_safety_rules_after_every_simulated_cycle(tmp_path: Pa
     assert run.jobs_completed == len(jobs)
 
 
+def test_a_replay_under_api_faults_still_serves_every_job_without_duplicates(tmp_path: Path) -> None:
+    trace = slice_of("philly-30d-b.csv", 2, tmp_path / "b2.csv")
+    jobs = load_trace(trace)
+    faults = Faults(lost_reply_rate=0.2, server_error_rate=0.1, stale_create_rate=0.2)
+    options = SimOptions(faults=faults, seed=3)
+    base = sim_settings(Settings(), SIM_TOKEN, options.catalog(), bounds_given=False)
+
+    seen: list[FakeTensorDockApp] = []
+
+    def no_duplicates(report: CycleReport, fake: FakeTensorDockApp, workload: Workload) -> None:
+        names = [i.name for i in fake.state.instances()]
+        assert len(names) == len(set(names))
+        seen[:] = [fake]
+
+    run = replay(jobs, base, options, check=no_duplicates)
+    assert run.jobs_completed == len(jobs)
+    assert run.preempted == 0
+    assert sum(n for code, n in seen[0].statuses.items() if code >= 500) > 0  # the faults did happen
+
+
 def test_unit_prices_and_bounds_on_the_default_catalog() -> None:
     options = SimOptions()
     settings = Settings()
@@ -217,3 +237,5 @@ def test_simulate_cli_refuses_a_bad_trace_and_an_unknown_strategy(
     good = write_trace(tmp_path / "good.csv", [(10, 60, 1)])
     assert main(["simulate", "--trace", str(good), "--strategies", "ours,magic"]) == 2
     assert "unknown strategy 'magic'" in capsys.readouterr().err
+    assert main(["simulate", "--trace", str(good), "--faults", '{"timeout_rate": 2}']) == 2
+    assert "timeout_rate" in capsys.readouterr().err
