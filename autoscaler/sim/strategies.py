@@ -35,7 +35,6 @@ def sim_settings(settings: Settings, token: str, catalog: Catalog, *, bounds_giv
         "tensordock": settings.tensordock.model_copy(update={"base_url": SIM_BASE_URL, "token": SecretStr(token)}),
         "fleet": settings.fleet.model_copy(update={"ssh_key": settings.fleet.ssh_key or "ssh-ed25519 AAAASIM sim"}),
         "dry_run": False,
-        "offer_refresh_s": settings.offer_refresh_s,
     }
     if not bounds_given:
         total = catalog_gpus(catalog)
@@ -43,17 +42,22 @@ def sim_settings(settings: Settings, token: str, catalog: Catalog, *, bounds_giv
     return settings.model_copy(update=update)
 
 
-def catalog_gpus(catalog: Catalog) -> int:
-    return sum(gpu.count for loc in catalog.locations for host in loc.hostnodes for gpu in host.gpus.values())
-
-
-def reactive_model(catalog: Catalog) -> str:
-    """What a user picks without looking at prices: the model the marketplace has most of."""
+def gpus_by_model(catalog: Catalog) -> dict[str, int]:
     counts: dict[str, int] = {}
     for loc in catalog.locations:
         for host in loc.hostnodes:
             for model, gpu in host.gpus.items():
                 counts[model] = counts.get(model, 0) + gpu.count
+    return counts
+
+
+def catalog_gpus(catalog: Catalog) -> int:
+    return sum(gpus_by_model(catalog).values())
+
+
+def reactive_model(catalog: Catalog) -> str:
+    """What a user picks without looking at prices: the model the marketplace has most of."""
+    counts = gpus_by_model(catalog)
     return max(sorted(counts), key=lambda model: counts[model])
 
 
@@ -80,11 +84,8 @@ def strategy_settings(name: str, base: Settings, jobs: list[Job], catalog: Catal
         need = peak_gpus(jobs) if name == "static-peak" else mean_gpus(jobs)
         gpus = widest * max(1, math.ceil(need / widest))
         policies = [
-            PolicySpec(name="queue_target", options={"min_gpus": gpus, "max_gpus": gpus, "max_step_down": 1}),
-            PolicySpec(
-                name="cheapest_throughput",
-                options={"gpus_per_instance": [widest], "restart_margin": 10.0, "place_widest_job": False},
-            ),
+            PolicySpec(name="queue_target", options={"min_gpus": gpus, "max_gpus": gpus}),
+            PolicySpec(name="cheapest_throughput", options={"gpus_per_instance": [widest], "place_widest_job": False}),
         ]
         return base.model_copy(update={"policies": policies})
     raise StrategyError(f"--strategies: unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
