@@ -49,16 +49,19 @@ def test_twenty_sigkills_lose_no_instance_and_double_none(tmp_path: Path) -> Non
                 "scale_down_delay_s = 3", "scale_down_delay_s = 1"
             )
         )
-        kills = 0
-        while kills < KILLS:
-            queued = rng.choice([0, 1, 3, 6])
+
+        def start_daemon(queued: int) -> subprocess.Popen[bytes]:
             signal_file.write_text(json.dumps({"queued": queued, "running": 0, "observed_at": time.time()}))
-            process = subprocess.Popen(
+            return subprocess.Popen(
                 [sys.executable, "-m", "autoscaler.cli", "run", "--config", str(config)],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
                 env=env,
             )
+
+        kills = 0
+        while kills < KILLS:
+            process = start_daemon(rng.choice([0, 1, 3, 6]))
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline:  # wait until it serves, so the kill lands inside its work
                 try:
@@ -72,13 +75,7 @@ def test_twenty_sigkills_lose_no_instance_and_double_none(tmp_path: Path) -> Non
             kills += 1
         # a last clean run settles whatever the kills left unresolved, and lets the fleet come to rest
         # (all stopped) so that the bill and the ledger can be compared without a cycle's lag
-        signal_file.write_text(json.dumps({"queued": 0, "running": 0, "observed_at": time.time()}))
-        process = subprocess.Popen(
-            [sys.executable, "-m", "autoscaler.cli", "run", "--config", str(config)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env=env,
-        )
+        process = start_daemon(0)
         deadline = time.monotonic() + 40
         while time.monotonic() < deadline:
             with fake.state.lock:
