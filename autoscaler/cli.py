@@ -17,8 +17,6 @@ from autoscaler import __version__
 
 
 def _fake_api(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
-
     from autoscaler.logging import configure_logging, register_secret
     from autoscaler.tensordock.fake import Faults, Timings, build_fake, serve_forever
 
@@ -29,9 +27,9 @@ def _fake_api(args: argparse.Namespace) -> int:
     register_secret(token)
     configure_logging("INFO")
     try:
-        faults = Faults.model_validate(json.loads(args.faults)) if args.faults else Faults()
+        faults = Faults.model_validate_json(args.faults) if args.faults else Faults()
         timings = Timings(create_s=args.create_s, start_s=args.start_s, stop_s=args.stop_s, ip_s=args.ip_s)
-    except (ValidationError, ValueError) as exc:
+    except ValueError as exc:  # pydantic's ValidationError, bad JSON included
         print(f"fake-api: bad --faults or timing: {exc}", file=sys.stderr)
         return 2
     app = build_fake(
@@ -164,8 +162,6 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
-
     from autoscaler.logging import configure_logging
     from autoscaler.sim import SimOptions, StrategyError, TraceError, compare, markdown_table
     from autoscaler.tensordock.fake import Faults
@@ -178,8 +174,8 @@ def _simulate(args: argparse.Namespace) -> int:
             return 2
     strategies = tuple(name.strip() for name in args.strategies.split(",") if name.strip())
     try:
-        faults = Faults.model_validate(json.loads(args.faults)) if args.faults else Faults()
-    except (ValidationError, ValueError) as exc:
+        faults = Faults.model_validate_json(args.faults) if args.faults else Faults()
+    except ValueError as exc:  # pydantic's ValidationError, bad JSON included
         print(f"simulate: bad --faults: {exc}", file=sys.stderr)
         return 2
     options = SimOptions(

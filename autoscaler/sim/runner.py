@@ -189,8 +189,7 @@ def _sample(fake: FakeTensorDockApp, workload: Workload, t: float) -> Sample:
         rate += inst.rate_hourly
         if inst.gpu_model:
             by_model[inst.gpu_model] = by_model.get(inst.gpu_model, 0) + inst.gpu_count
-    running = sum(r.job.gpus for w in workload.workers.values() for r in w.jobs)
-    return Sample(t, len(workload.queue), running, by_model, rate)
+    return Sample(t, len(workload.queue), workload.running_gpus, by_model, rate)
 
 
 def _quiet_cycles(

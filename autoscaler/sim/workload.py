@@ -183,15 +183,18 @@ class Workload:
 
     # -- what the engine reads ---------------------------------------------------------------------
 
+    @property
+    def running_gpus(self) -> int:
+        return sum(r.job.gpus for w in self.workers.values() for r in w.jobs)
+
     def read(self, now: float) -> Demand:
         self.advance(now)
-        running = [r for w in self.workers.values() for r in w.jobs]
         return Demand(
             queued_jobs=len(self.queue),
-            running_jobs=len(running),
+            running_jobs=sum(len(w.jobs) for w in self.workers.values()),
             observed_at=now,
             queued_gpus=sum(job.gpus for job in self.queue),
-            running_gpus=sum(r.job.gpus for r in running),
+            running_gpus=self.running_gpus,
             max_job_gpus=max((job.gpus for job in self.queue), default=1),
             busy={w.name: bool(w.jobs) for w in self.workers.values()},
             source=self.name,
