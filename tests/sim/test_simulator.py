@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from autoscaler.cli import main
-from autoscaler.config import Settings
+from autoscaler.config import DEFAULT_POLICIES, Settings
 from autoscaler.engine import CycleReport
 from autoscaler.policy import PolicySpec
 from autoscaler.sim import SimOptions, TraceError, compare, load_trace, replay
@@ -149,6 +149,34 @@ def test_policies_keep_the_safety_rules_after_every_simulated_cycle(tmp_path: Pa
     run = replay(jobs, strategy_settings("ours", settings, jobs, options.catalog()), options, check=check)
     assert checked["cycles"] == run.cycles > 100
     assert checked["stops"] > 0  # the rules were exercised, not vacuous
+    assert run.jobs_completed == len(jobs)
+
+
+DAILY_BUDGET = 30.0
+
+
+def test_a_daily_budget_that_is_spent_adds_no_capacity_for_the_rest_of_the_day(tmp_path: Path) -> None:
+    # Unbudgeted, this slice spends up to $60 a day. Busy instances are never stopped (rule 5), so
+    # a day's spend can still run past the budget; what the budget guarantees is no new capacity.
+    trace = slice_of("philly-30d-b.csv", 4, tmp_path / "b4.csv")
+    jobs = load_trace(trace)
+    options = SimOptions()
+    chain = [
+        spec if spec.name != "budget" else PolicySpec(name="budget", options={"daily_budget_usd": DAILY_BUDGET})
+        for spec in DEFAULT_POLICIES
+    ]
+    settings = sim_settings(Settings(policies=chain), SIM_TOKEN, options.catalog(), bounds_given=False)
+    budget_cycles = {"spent": 0}
+
+    def check(report: CycleReport, fake: FakeTensorDockApp, workload: Workload) -> None:
+        assert report.snapshot is not None
+        if report.snapshot.spend.today_usd >= DAILY_BUDGET:
+            budget_cycles["spent"] += 1
+            added = [r for r in report.results if r.action.kind.adds_capacity and r.outcome == "ok"]
+            assert not added, f"added capacity with ${report.snapshot.spend.today_usd:.2f} of ${DAILY_BUDGET} spent"
+
+    run = replay(jobs, settings, options, check=check)
+    assert budget_cycles["spent"] > 0  # the budget was reached, so the check was not vacuous
     assert run.jobs_completed == len(jobs)
 
 
