@@ -90,6 +90,26 @@ class SchedulerSettings(_Section):
     interval_s: float = Field(default=30.0, ge=1, description="seconds between cycles")
     jitter_s: float = Field(default=2.0, ge=0, description="random delay added to each cycle, seconds")
     shutdown_timeout_s: float = Field(default=60.0, gt=0, description="SIGTERM waits this long for the cycle")
+    transition_poll_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="while a stop settles, list the fleet this often so the ledger sees it end; 0: off",
+    )
+
+    @model_validator(mode="after")
+    def _poll_between_cycles(self) -> SchedulerSettings:
+        explicit = "transition_poll_s" in self.model_fields_set
+        if explicit and self.transition_poll_s >= self.interval_s:
+            raise ValueError(
+                f"transition_poll_s ({self.transition_poll_s:g}) must be shorter than interval_s"
+                f" ({self.interval_s:g}), or 0 to turn following transitions off"
+            )
+        return self
+
+    @property
+    def follows_transitions(self) -> bool:
+        """The default poll is simply not used when cycles come as often; an explicit one was refused."""
+        return 0 < self.transition_poll_s < self.interval_s
 
 
 class MetricsSettings(_Section):

@@ -2,6 +2,9 @@
 
 - One cycle every `scheduler.interval_s` (plus jitter), never two at once, missed runs coalesced.
   A cycle that fails is logged and counted; the next one runs.
+- Between cycles, while a stop settles, the fleet is listed every
+  `scheduler.transition_poll_s` for the books only (the ledger stops charging the full rate
+  within a poll of the stop, not an interval); never during a cycle, never on a follower.
 - SIGTERM/SIGINT: the call in flight finishes and is journaled, no new call starts, exit 0
   within `scheduler.shutdown_timeout_s`.
 - SIGHUP: reload the configuration file; an invalid one is refused and the running one stays.
@@ -32,6 +35,7 @@ from autoscaler.store.postgres import PostgresStore
 
 _log = structlog.get_logger("autoscaler.daemon")
 _JOB_ID = "cycle"
+_FOLLOW_JOB_ID = "follow-transitions"
 
 
 def summary(report: CycleReport) -> str:
@@ -103,6 +107,21 @@ class Daemon:
             self.notifier.notify(STATUS=summary(report))
         return report
 
+    def follow_transitions(self) -> None:
+        if self._stop.is_set() or (self.elector is not None and not self.elector.is_leader):
+            return
+        if not self.runtime.engine.following or not self._cycle_lock.acquire(blocking=False):
+            return  # nothing settling, or a cycle is running and lists the fleet itself
+        try:
+            if self.elector is not None and not self.elector.ensure():  # deposed since the cycle: hands off
+                self.metrics.leader.set(0)
+                return
+            self.runtime.engine.follow_transitions()
+        except Exception:  # the books are redone by the next cycle; the daemon goes on
+            _log.exception("follow_crashed")
+        finally:
+            self._cycle_lock.release()
+
     # -- reload -------------------------------------------------------------------------------
 
     def reload(self) -> bool:
@@ -134,6 +153,7 @@ class Daemon:
             seconds=new_settings.scheduler.interval_s,
             jitter=new_settings.scheduler.jitter_s,
         )
+        self._schedule_following()
         self.metrics.config_reloads.labels("ok").inc()
         _log.info("reloaded", policies=[p.name for p in new_settings.policies], dry_run=new_settings.dry_run)
         return True
@@ -166,6 +186,7 @@ class Daemon:
             misfire_grace_time=int(s.interval_s),
             next_run_time=None,
         )
+        self._schedule_following()
         self.scheduler.start()
         self.scheduler.modify_job(_JOB_ID, next_run_time=_utcnow())  # first cycle right away
         self.notifier.notify(READY="1", STATUS="started; first cycle running")
@@ -183,6 +204,21 @@ class Daemon:
                 self.reload()
                 self.notifier.notify(READY="1")
         return self.shutdown()
+
+    def _schedule_following(self) -> None:
+        if self.scheduler.get_job(_FOLLOW_JOB_ID) is not None:
+            self.scheduler.remove_job(_FOLLOW_JOB_ID)
+        s = self.settings.scheduler
+        if s.follows_transitions:
+            self.scheduler.add_job(
+                self.follow_transitions,
+                "interval",
+                id=_FOLLOW_JOB_ID,
+                seconds=s.transition_poll_s,
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=max(1, int(s.transition_poll_s)),
+            )
 
     def shutdown(self) -> int:
         self.notifier.notify(STOPPING="1", STATUS="stopping: finishing the call in flight")

@@ -22,6 +22,7 @@ from autoscaler.metrics import CoreMetrics
 from autoscaler.plan import Action, ActionKind, Plan, delete_action
 from autoscaler.planner import PlanningError, run_chain
 from autoscaler.policy import Policy
+from autoscaler.settling import StopDurations
 from autoscaler.signals import Demand, DemandSignal, SignalError
 from autoscaler.snapshot import (
     RUNNING_LIKE,
@@ -101,6 +102,9 @@ class Engine:
         self._offers_at: float | None = None
         self._counter = itertools.count(1)
         self._spend_seen: float | None = None
+        self.following = False  # a stop is settling: follow_transitions lists the fleet to see it end
+        self._watched: dict[str, InstanceStatus] = {}  # what this engine's last listing showed
+        self._stop_durations = StopDurations(store)
 
     # -- the cycle ----------------------------------------------------------------------------
 
@@ -118,7 +122,7 @@ class Engine:
         demand, demand_error = self._read_demand(now)
         if demand is None:
             log.warning("demand_unknown", source=self.signal.name, error=demand_error)
-        snapshot, orphans = self._sync(now, listing, demand, demand_error)
+        snapshot, orphans = self._sync(now, listing, demand, demand_error, self._current_offers(now))
         report.snapshot, report.orphans = snapshot, orphans
         for orphan in orphans:
             log.warning("orphan_instance", instance=orphan.id, name=orphan.name, rate_hourly=orphan.rate_hourly)
@@ -160,7 +164,33 @@ class Engine:
                 error=result.error,
             )
         self._remember(now, report)
+        self.following = any(i.status is InstanceStatus.STOPPING for i in snapshot.instances) or any(
+            r.outcome in ("ok", "unknown") and r.action.kind is ActionKind.STOP for r in report.results
+        )
         return self._finish(report, started)
+
+    def follow_transitions(self) -> bool:
+        """List the fleet between cycles while a stop is settling, and do only the books.
+
+        The ledger charges the rate it last saw, so without this a stop is billed at the full rate
+        until the next cycle sees it stopped: up to a whole interval per stop. (A delete needs no
+        following: it is charged nothing from its call on.) Nothing is decided or acted on here.
+        Returns whether it still follows something.
+        """
+        if not self.following:
+            return False
+        if not self.client.can_spare_a_call():
+            return True  # the cycles need the rate limit more; the next poll tries again
+        now = self.clock.now()
+        try:
+            listing = self.client.list_instances()
+        except TensorDockError as exc:
+            _log.info("follow_skipped", reason=str(exc))
+            return True
+        snapshot, _ = self._sync(now, listing, None, "following transitions", self._offers)
+        self._export_fleet(CycleReport(cycle_id="follow", started_at=now, snapshot=snapshot))
+        self.following = any(i.status is InstanceStatus.STOPPING for i in snapshot.instances)
+        return self.following
 
     def decide(self, snapshot: Snapshot) -> tuple[Plan, GuardedPlan]:
         """The policies' plan and what the guards let through; no I/O beyond reading guard memory.
@@ -230,7 +260,12 @@ class Engine:
         self._offers_at = None
 
     def _sync(
-        self, now: float, listing: list[Instance], demand: Demand | None, demand_error: str | None
+        self,
+        now: float,
+        listing: list[Instance],
+        demand: Demand | None,
+        demand_error: str | None,
+        offers: tuple[Offer, ...],
     ) -> tuple[Snapshot, tuple[Instance, ...]]:
         """Reconcile the store with the listing: adopt creates whose reply was lost, forget what is
         gone, charge the ledger, track idleness; then freeze it all into a Snapshot."""
@@ -239,7 +274,6 @@ class Engine:
         created_names = store.created_names()
         unresolved = store.unresolved_creates()
         by_name = {i.name: i for i in listing if i.name}
-        offers = self._current_offers(now)
         offer_by_key = {o.key: o for o in offers}
         store.close_interrupted_changes(now)
         changed = False
@@ -296,7 +330,12 @@ class Engine:
                 rates[instance.id] = billed_rate(instance.status, instance.rate_hourly or 0.0, storage_rate)
                 observations.append((instance.id, instance.status.value, busy))
                 tracked.append((instance, record, busy, storage_rate))
+                if instance.status.is_stopped:
+                    settled_at = self._stop_settled_at(instance, record, rates[instance.id], now)
+                    if settled_at is not None:
+                        store.accrue(instance.id, rates[instance.id], settled_at)
             store.accrue_many(rates, now)
+            self._watched = {i.id: i.status for i, *_ in tracked}
             since = store.observe_many(observations, now)
         awaited = {e.name for e in unresolved if e.name}
         for instance, record, busy, storage_rate in tracked:
@@ -352,6 +391,31 @@ class Engine:
             desired_history=tuple(store.desired_history(now - 86400)),
         )
         return snapshot, tuple(orphans)
+
+    def _stop_settled_at(self, instance: Instance, record: OwnedRecord, rate: float, now: float) -> float | None:
+        """When a stopped instance the ledger still charges in full most likely stopped costing that.
+
+        A start that failed, or was cut short by a crash, with the instance still stopped, never
+        changed the bill: back to the stopped rate from its call. A stop watched by our listings
+        teaches how long stops take; one seen only after a gap (this process is new, or newly
+        leader) ended by its call plus the longest stop learned. None: charge up to now.
+        """
+        if record.last_rate is None or record.last_rate <= rate:
+            return None
+        change = self.store.latest_change(instance.id)
+        if change is None or change.at > now:
+            return None
+        if change.kind == "start":
+            return change.at if change.outcome != "ok" else None
+        if change.kind != "stop":
+            return None
+        watched = self._watched.get(instance.id)
+        if watched is not None:
+            if not watched.is_stopped:
+                self._stop_durations.learn(now - change.at)
+            return None
+        longest = self._stop_durations.longest()
+        return None if longest is None else min(now, change.at + longest)
 
     def _storage_rate(self, offer: Offer | None, instance: Instance) -> float:
         storage = instance.storage_gb or self.config.shape.storage_gb

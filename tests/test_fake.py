@@ -63,6 +63,24 @@ def test_billing_charges_rate_while_up_and_storage_while_stopped(
     assert bill["balance_usd"] == pytest.approx(10_000 - before)
 
 
+def test_latency_delays_the_reply_not_the_work(
+    make_fake: MakeFake, make_client: MakeClient, clock: ManualClock
+) -> None:
+    app = make_fake("observed", faults=Faults(latency_s=7.0))
+    client = make_client(app)
+    inst = client.create_instance(create_request(location_of(app, "Chicago")))
+    clock.advance(3600)
+    called = clock.now()
+    client.stop_instance(inst.id)
+    assert clock.now() == pytest.approx(called + 7.0), "the reply came late"
+    app.state.settle()
+    # the stop took effect on arrival: 10 s of stopping from the call, not from the reply
+    assert app.state.get(inst.id).phase == "stopping"
+    clock.advance(10.0 - 7.0 + 0.01)
+    app.state.settle()
+    assert app.state.get(inst.id).phase == "stopped"
+
+
 def test_instances_consume_host_capacity_and_free_it_on_delete(make_fake: MakeFake, make_client: MakeClient) -> None:
     app = make_fake("observed")
     client = make_client(app)

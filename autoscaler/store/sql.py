@@ -14,7 +14,7 @@ from autoscaler.snapshot import Spend
 
 from .base import JournalEntry, OwnedRecord
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def schema(float_type: str, serial: str) -> dict[int, list[str]]:
@@ -40,6 +40,7 @@ def schema(float_type: str, serial: str) -> dict[int, list[str]]:
             "CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT)",
             "CREATE TABLE leadership (name TEXT PRIMARY KEY, token BIGINT NOT NULL)",
         ],
+        2: ["CREATE INDEX journal_instance ON journal(instance_id)"],  # an instance's latest action
     }
 
 
@@ -155,7 +156,7 @@ class SqlStore:
         with self._lock:
             rows = self._x(
                 "SELECT id, name, created_at, offer_key, status, status_since, idle_since, retiring_for, storage_rate,"
-                " start_refused_at FROM instances"
+                " start_refused_at, last_rate FROM instances"
             ).fetchall()
         return {row[0]: OwnedRecord(*row) for row in rows}
 
@@ -254,6 +255,16 @@ class SqlStore:
                 (at,),
             )
             return int(cursor.rowcount or 0)
+
+    def latest_change(self, instance_id: str) -> JournalEntry | None:
+        """The last start, stop or delete asked of an instance."""
+        with self._lock:
+            row = self._x(
+                f"SELECT {self._JOURNAL_COLUMNS} FROM journal WHERE instance_id = ? AND kind <> 'create'"  # noqa: S608
+                " ORDER BY id DESC LIMIT 1",
+                (instance_id,),
+            ).fetchone()
+        return JournalEntry(*row) if row else None
 
     def created_names(self) -> set[str]:
         with self._lock:

@@ -162,6 +162,10 @@ class TensorDockClient:
     def __exit__(self, *_: object) -> None:
         self.close()
 
+    def can_spare_a_call(self) -> bool:
+        """For calls that may be skipped (following a stop between cycles): never at a cycle's expense."""
+        return self._bucket.spare()
+
     # -- public operations -------------------------------------------------------------------
 
     def list_instances(self) -> list[Instance]:

@@ -47,6 +47,13 @@ class TokenBucket:
             self._clock.sleep(wait)
         return wait
 
+    def spare(self) -> bool:
+        """At least half the burst is free now: an optional call would not delay a needed one."""
+        with self._lock:
+            now = self._clock.now()
+            tokens = min(float(self.burst), self._tokens + (now - self._updated) * self._rate)
+            return now >= self._paused_until and tokens >= self.burst / 2
+
     def pause(self, seconds: float) -> None:
         """The server said wait (Retry-After): every caller waits, not just the one refused."""
         with self._lock:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from autoscaler.cli import main
-from autoscaler.config import load_settings
+from autoscaler.config import SchedulerSettings, load_settings
 from autoscaler.config_reference import END, START, render_reference
 
 from ..conftest import REPO, TOKEN
@@ -59,6 +59,20 @@ def test_run_refuses_a_bad_config(tmp_path: Path, capsys: pytest.CaptureFixture[
     config.write_text("[scheduler]\ninterval_s = 0\n")
     assert main(["run", "--config", str(config)]) == 2
     assert "scheduler.interval_s" in capsys.readouterr().err
+
+
+def test_transition_polls_must_come_between_cycles(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[tensordock]\ntoken = "t"\n[scheduler]\ninterval_s = 10\ntransition_poll_s = 10\n')
+    assert main(["check-config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "transition_poll_s (10) must be shorter than interval_s (10)" in err and "or 0" in err
+    config.write_text('[tensordock]\ntoken = "t"\n[scheduler]\ninterval_s = 1\n')
+    settings = load_settings(config)  # the 5-s default is not an error with 1-s cycles: it is not used
+    assert not settings.scheduler.follows_transitions
+    config.write_text('[tensordock]\ntoken = "t"\n[scheduler]\ninterval_s = 30\ntransition_poll_s = 0\n')
+    assert not load_settings(config).scheduler.follows_transitions
+    assert SchedulerSettings().follows_transitions
 
 
 def test_the_readme_configuration_example_is_valid(tmp_path: Path) -> None:

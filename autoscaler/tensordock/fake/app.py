@@ -103,8 +103,12 @@ class FakeTensorDockApp:
         if not self._authorised(request):
             return self._json(*self.renderer.error(401, "Invalid or missing API token"))
         faults = self.state.faults
-        if faults.latency_s > 0:
+        response = self._serve(endpoint, request, args, faults)
+        if faults.latency_s > 0:  # the work is done on arrival; the reply is what is slow
             self.state.clock.sleep(faults.latency_s)
+        return response
+
+    def _serve(self, endpoint: str, request: Request, args: Mapping[str, Any], faults: Faults) -> Response:
         with self.state.lock:
             self.requests[endpoint] += 1
             limited = self._rate_limited()
