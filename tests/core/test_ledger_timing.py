@@ -4,6 +4,7 @@ the longest watched stop for one a restart hid, at the call for a start a crash 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -12,6 +13,10 @@ from autoscaler.tensordock.fake import Timings
 from .conftest import MakeWorld, World
 
 STOP_S = 40.0  # long enough that a 30-s cycle misses the end of every stop
+SETTINGS: dict[str, Any] = {
+    "guards": {"scale_down_delay_s": 0},
+    "policies": [{"name": "queue_target"}, {"name": "cheapest_throughput"}],
+}
 
 
 def _ledger_and_bill(world: World) -> tuple[float, float]:
@@ -45,9 +50,7 @@ def _call_stop(world: World) -> None:
 
 def _crash_and_restart(world: World, down_s: float) -> None:
     world.clock.advance(down_s)
-    world.restart(
-        guards={"scale_down_delay_s": 0}, policies=[{"name": "queue_target"}, {"name": "cheapest_throughput"}]
-    )
+    world.restart(**SETTINGS)
 
 
 def _stop(world: World, follow_every_s: float | None) -> None:
@@ -70,11 +73,7 @@ def _stop(world: World, follow_every_s: float | None) -> None:
 
 @pytest.fixture
 def slow_stops(make_world: MakeWorld) -> World:
-    return make_world(
-        fake_options={"timings": Timings(stop_s=STOP_S)},
-        guards={"scale_down_delay_s": 0},
-        policies=[{"name": "queue_target"}, {"name": "cheapest_throughput"}],
-    )
+    return make_world(fake_options={"timings": Timings(stop_s=STOP_S)}, **SETTINGS)
 
 
 def test_following_a_stop_charges_it_within_a_poll_not_a_cycle(slow_stops: World, make_world: MakeWorld) -> None:
@@ -89,11 +88,7 @@ def test_following_a_stop_charges_it_within_a_poll_not_a_cycle(slow_stops: World
     ledger, billed = _ledger_and_bill(world)
     assert billed <= ledger <= billed + rate * 5.0 / 3600, "charged past the poll that saw the stop"
 
-    unfollowed = make_world(
-        fake_options={"timings": Timings(stop_s=STOP_S)},
-        guards={"scale_down_delay_s": 0},
-        policies=[{"name": "queue_target"}, {"name": "cheapest_throughput"}],
-    )
+    unfollowed = make_world(fake_options={"timings": Timings(stop_s=STOP_S)}, **SETTINGS)
     _one_running(unfollowed)
     _stop(unfollowed, follow_every_s=None)
     ledger_c, billed_c = _ledger_and_bill(unfollowed)
