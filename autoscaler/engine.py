@@ -102,7 +102,7 @@ class Engine:
         self._offers_at: float | None = None
         self._counter = itertools.count(1)
         self._spend_seen: float | None = None
-        self.following = False  # a stop is settling: follow_transitions lists the fleet to see it end
+        self._stop_called = False  # by the last cycle: its end is not yet in a listing
         self._watched: dict[str, InstanceStatus] = {}  # what this engine's last listing showed
         self._stop_durations = StopDurations(store)
 
@@ -164,10 +164,15 @@ class Engine:
                 error=result.error,
             )
         self._remember(now, report)
-        self.following = any(i.status is InstanceStatus.STOPPING for i in snapshot.instances) or any(
+        self._stop_called = any(
             r.outcome in ("ok", "unknown") and r.action.kind is ActionKind.STOP for r in report.results
         )
         return self._finish(report, started)
+
+    @property
+    def following(self) -> bool:
+        """A stop is settling (called by the last cycle, or shown stopping): follow_transitions lists the fleet."""
+        return self._stop_called or any(s is InstanceStatus.STOPPING for s in self._watched.values())
 
     def follow_transitions(self) -> bool:
         """List the fleet between cycles while a stop is settling, and do only the books.
@@ -189,7 +194,7 @@ class Engine:
             return True
         snapshot, _ = self._sync(now, listing, None, "following transitions", self._offers)
         self._export_fleet(CycleReport(cycle_id="follow", started_at=now, snapshot=snapshot))
-        self.following = any(i.status is InstanceStatus.STOPPING for i in snapshot.instances)
+        self._stop_called = False  # this listing came after the call: it shows the stop if it began
         return self.following
 
     def decide(self, snapshot: Snapshot) -> tuple[Plan, GuardedPlan]:

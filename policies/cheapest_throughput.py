@@ -243,11 +243,11 @@ class CheapestThroughput(BasePolicy[CheapestThroughputOptions]):
             running = [i for i in running if i.gpus < demand.max_job_gpus]
         running.sort(key=lambda i: (i.busy is not False, -self._unit_price(snapshot, i)))
         actions = []
+        remove = delete_action if self.options.scale_down == "delete" else stop_action
         for instance in running:
             if instance.gpus > surplus:
                 continue
             why = "idle" if instance.busy is False else "dearest per unit"
-            remove = delete_action if self.options.scale_down == "delete" else stop_action
             actions.append(remove(instance, f"surplus: desired {target} GPUs, have {active}; {why}", self.name))
             surplus -= instance.gpus
             if surplus <= 0:

@@ -8,7 +8,7 @@ from autoscaler.config import Settings
 
 from .results import StrategyResult, markdown_table, summarize, unit_prices
 from .runner import SIM_TOKEN, Run, SimOptions, replay
-from .strategies import STRATEGIES, StrategyError, sim_settings, strategy_settings
+from .strategies import STRATEGIES, StrategyError, check_strategy, sim_settings, strategy_settings
 from .trace import Job, TraceError, load_trace
 
 __all__ = [
@@ -34,9 +34,8 @@ def compare(
 ) -> tuple[list[StrategyResult], dict[str, Run]]:
     """Every strategy on one trace, each from a fresh fake and store; `settings=None`: defaults."""
     options = options or SimOptions()
-    for name in strategies:
-        if name not in STRATEGIES:
-            raise StrategyError(f"--strategies: unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
+    for name in strategies:  # all checked before the first replay, which may take minutes
+        check_strategy(name)
     jobs = load_trace(trace_path)
     catalog = options.catalog()
     base = sim_settings(settings or Settings(), SIM_TOKEN, catalog, bounds_given=settings is not None)

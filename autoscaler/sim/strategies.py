@@ -29,6 +29,11 @@ class StrategyError(ValueError):
     """An unknown strategy name or one that cannot be built on this catalog."""
 
 
+def check_strategy(name: str) -> None:
+    if name not in STRATEGIES:
+        raise StrategyError(f"--strategies: unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
+
+
 def sim_settings(settings: Settings, token: str, catalog: Catalog, *, bounds_given: bool) -> Settings:
     """The user's settings pointed at the in-process fake; without a config, bounds fit the catalog."""
     update: dict[str, Any] = {
@@ -88,4 +93,5 @@ def strategy_settings(name: str, base: Settings, jobs: list[Job], catalog: Catal
             PolicySpec(name="cheapest_throughput", options={"gpus_per_instance": [widest], "place_widest_job": False}),
         ]
         return base.model_copy(update={"policies": policies})
-    raise StrategyError(f"--strategies: unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
+    check_strategy(name)
+    raise AssertionError(f"strategy {name!r} is listed but not built")

@@ -38,9 +38,7 @@ class TokenBucket:
     def acquire(self) -> float:
         """Take one slot, sleeping until it is ours; returns the seconds waited."""
         with self._lock:
-            now = self._clock.now()
-            self._tokens = min(float(self.burst), self._tokens + (now - self._updated) * self._rate)
-            self._updated = now
+            now = self._refill()
             self._tokens -= 1.0
             wait = max(-self._tokens / self._rate if self._tokens < 0 else 0.0, self._paused_until - now)
         if wait > 0:
@@ -50,9 +48,15 @@ class TokenBucket:
     def spare(self) -> bool:
         """At least half the burst is free now: an optional call would not delay a needed one."""
         with self._lock:
-            now = self._clock.now()
-            tokens = min(float(self.burst), self._tokens + (now - self._updated) * self._rate)
-            return now >= self._paused_until and tokens >= self.burst / 2
+            now = self._refill()
+            return now >= self._paused_until and self._tokens >= self.burst / 2
+
+    def _refill(self) -> float:
+        """Credit the tokens earned since the last look (the lock is held); returns now."""
+        now = self._clock.now()
+        self._tokens = min(float(self.burst), self._tokens + (now - self._updated) * self._rate)
+        self._updated = now
+        return now
 
     def pause(self, seconds: float) -> None:
         """The server said wait (Retry-After): every caller waits, not just the one refused."""
