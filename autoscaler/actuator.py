@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from autoscaler.clock import Clock
+from autoscaler.ledger import Ledger
 from autoscaler.plan import Action, ActionKind
-from autoscaler.snapshot import InstanceShape, Offer
+from autoscaler.snapshot import InstanceShape, Offer, OwnedShape
 from autoscaler.store import Store
 from autoscaler.store.sql import FencedError
 from autoscaler.tensordock import (
@@ -43,10 +44,17 @@ class InstanceTemplate(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     image: str = "ubuntu2404"
-    ssh_key: str = Field(min_length=1, description="public key put on every instance")
-    ssh_port: int = Field(default=22, ge=1, le=65535)
-    use_dedicated_ip: bool = False
+    ssh_key: str | None = Field(default=None, min_length=1, description="public key put on every instance")
+    ssh_key_id: str | None = Field(default=None, min_length=1, description="or: a key uploaded to TensorDock")
+    ssh_port: int = Field(default=22, ge=1, le=65535, description="external port for 22 where no host lists ports")
+    use_dedicated_ip: bool = Field(default=False, description="ask for a public IP of its own where the offer has one")
     cloud_init: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_key(self) -> InstanceTemplate:
+        if (self.ssh_key is None) == (self.ssh_key_id is None):
+            raise ValueError("give exactly one of ssh_key or ssh_key_id")
+        return self
 
 
 @dataclass(frozen=True)
@@ -97,6 +105,7 @@ class Actuator:
     ) -> None:
         self.client = client
         self.store = store
+        self.ledger = Ledger(store)
         self.clock = clock
         self.template = template
         self.shape = shape
@@ -129,9 +138,30 @@ class Actuator:
                 results.append(ActionResult(action, "fenced", action.instance_id, error=fenced))
         return results
 
-    def _request(self, name: str, offer: Offer, gpus: int) -> CreateInstanceRequest:
+    def _placement(self, offer: Offer, taken: set[int]) -> tuple[bool, tuple[PortForward, ...]] | None:
+        """A dedicated IP where the offer has one and it is allowed; else SSH forwarded from a port the
+        host lists as free and no instance of ours holds there. None: this host has no port left."""
+        if self.template.use_dedicated_ip and offer.dedicated_ip:
+            return True, ()
+        if offer.hostnode_id is None or not offer.available_ports:
+            return False, (PortForward(internal_port=22, external_port=self.template.ssh_port),)
+        free = [p for p in offer.available_ports if p not in taken]
+        if not free:
+            return None
+        return False, (PortForward(internal_port=22, external_port=free[0]),)
+
+    def _ports_held(self, hostnode_id: str | None) -> set[int]:
+        """Ports our instances hold on a host, and those of creates whose outcome is not known yet."""
+        if hostnode_id is None:
+            return set()
+        shapes = [r.shape for r in self.store.owned().values()] + [e.shape for e in self.store.unresolved_creates()]
+        on_host = [shape for shape in shapes if shape is not None and shape.hostnode_id == hostnode_id]
+        return {port for shape in on_host for port in shape.ports}
+
+    def _request(
+        self, name: str, offer: Offer, gpus: int, dedicated_ip: bool, forwards: tuple[PortForward, ...]
+    ) -> CreateInstanceRequest:
         t = self.template
-        forwards = () if t.use_dedicated_ip else (PortForward(internal_port=22, external_port=t.ssh_port),)
         return CreateInstanceRequest(
             name=name,
             image=t.image,
@@ -142,8 +172,9 @@ class Actuator:
             storage_gb=self.shape.storage_gb,
             location_id=None if offer.hostnode_id else offer.location_id,
             hostnode_id=offer.hostnode_id,
-            use_dedicated_ip=t.use_dedicated_ip,
+            use_dedicated_ip=dedicated_ip,
             ssh_key=t.ssh_key,
+            ssh_key_id=t.ssh_key_id,
             port_forwards=forwards,
             cloud_init=_with_name(t.cloud_init, name) if t.cloud_init is not None else None,
         )
@@ -153,7 +184,23 @@ class Actuator:
         last_error = "no offer"
         assert action.offer is not None
         for offer in (action.offer, *action.alternatives):
+            placement = self._placement(offer, self._ports_held(offer.hostnode_id))
+            if placement is None:
+                last_error = "no free external port on the host"
+                continue
+            dedicated_ip, forwards = placement
+            request = self._request(name, offer, action.gpus, dedicated_ip, forwards)
             price = offer.hourly_price(self.shape, action.gpus)
+            shape = OwnedShape(
+                gpu_model=offer.gpu_model,
+                gpus=action.gpus,
+                vcpus=request.vcpu_count,
+                ram_gb=request.ram_gb,
+                storage_gb=request.storage_gb,
+                location_id=offer.location_id,
+                hostnode_id=offer.hostnode_id,
+                ports=tuple(pf.external_port for pf in forwards) if offer.hostnode_id else (),
+            )
             entry = self.store.journal_intent(
                 cycle_id,
                 self.clock.now(),
@@ -164,10 +211,12 @@ class Actuator:
                 hourly_price=price,
                 replaces=action.replaces,
                 reason=action.reason,
+                shape=shape,
             )
             try:
-                created = self.client.create_instance(self._request(name, offer, action.gpus))
-            except CapacityUnavailableError as exc:
+                created = self.client.create_instance(request)
+            except (CapacityUnavailableError, BadRequestError) as exc:
+                # Capacity gone, a port taken, a shape over this host's limits: this offer, not the plan.
                 now = self.clock.now()
                 self.store.journal_outcome(entry, "failed", now, error=exc.message)
                 self.store.back_off(offer.key, now + self.offer_backoff_s, exc.message)
@@ -184,8 +233,8 @@ class Actuator:
             now = self.clock.now()
             self.store.journal_outcome(entry, "ok", now, instance_id=created.id)
             storage_rate = offer.pricing.storage_price(self.shape.storage_gb)
-            self.store.adopt(created.id, name, now, offer.key, storage_rate)
-            self.store.accrue(created.id, price, now)
+            self.store.adopt(created.id, name, now, offer.key, storage_rate, shape=shape, expected_rate=price)
+            self.ledger.opened(created.id, price, now)
             if action.replaces:
                 self.store.mark_retiring(action.replaces, name)
             return ActionResult(action, "ok", created.id, name, offer.key)
@@ -195,7 +244,7 @@ class Actuator:
         instance_id = action.instance_id
         assert instance_id is not None
         if action.rate_after is not None:  # charged from the call on, even if we die during it: over, never under
-            self.store.accrue(instance_id, action.rate_after, self.clock.now())
+            self.ledger.changing(instance_id, action.rate_after, self.clock.now())
         entry = self.store.journal_intent(
             cycle_id,
             self.clock.now(),
@@ -238,5 +287,5 @@ class Actuator:
         return ActionResult(action, "ok", instance_id)
 
     def _gone(self, instance_id: str, now: float) -> None:
-        self.store.accrue(instance_id, 0.0, now)
+        self.ledger.closed(instance_id, now)
         self.store.forget(instance_id)

@@ -141,6 +141,36 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _adopt(args: argparse.Namespace) -> int:
+    from autoscaler.adopt import orphans_to_adopt
+    from autoscaler.config import ConfigError
+    from autoscaler.logging import configure_logging
+    from autoscaler.runtime import build_runtime
+    from autoscaler.tensordock import TensorDockError
+
+    configure_logging("WARNING")
+    settings = _load(args.config, "adopt")
+    if settings is None:
+        return 2
+    try:
+        runtime = build_runtime(settings, dry_run=True)
+    except ConfigError as exc:
+        print(f"adopt: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    try:
+        rows = orphans_to_adopt(runtime, commit=args.yes)
+    except TensorDockError as exc:
+        print(f"adopt: cannot list instances: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        runtime.close()
+    for row in rows:
+        print(json.dumps(row) if args.json else f"{row['name']:<28} {row['id']:<38} {row['gpus']:<34} {row['note']}")
+    verb = "adopted" if args.yes else "would adopt (run again with --yes)"
+    print(f"adopt: {verb} {len(rows)} instance(s)", file=sys.stderr)
+    return 0
+
+
 def _plan(args: argparse.Namespace) -> int:
     from autoscaler.config import ConfigError, load_settings
     from autoscaler.logging import configure_logging
@@ -220,9 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
     fake.add_argument("--token", help="the bearer token to accept (or TDAS_FAKE_TOKEN)")
     fake.add_argument(
         "--dialect",
-        choices=["observed", "spec"],
-        default="observed",
-        help="reply shapes: the field notes' (observed) or the OpenAPI file's (spec)",
+        choices=["documented", "observed", "spec"],
+        default="documented",
+        help="reply shapes: TensorDock's documentation pages (documented: thin listings), the field notes'"
+        " (observed) or the OpenAPI file's (spec)",
     )
     fake.add_argument("--catalog", help="JSON catalog of locations, hosts and prices (default: shipped catalog)")
     fake.add_argument("--seed", type=int, default=0, help="seed for ids and fault draws")
@@ -234,6 +265,14 @@ def build_parser() -> argparse.ArgumentParser:
     fake.add_argument("--ip-s", type=float, default=15.0, help="seconds from create until the IP is listed")
     fake.add_argument("--faults", help="fault injection as JSON, e.g. '{\"timeout_rate\": 0.05}'")
     fake.set_defaults(handler=_fake_api)
+
+    adopt = commands.add_parser(
+        "adopt", help="take over instances named <prefix>-* that the store does not know (after a lost store)"
+    )
+    adopt.add_argument("--config", help="TOML configuration file")
+    adopt.add_argument("--yes", action="store_true", help="adopt them; without it, only show what would be adopted")
+    adopt.add_argument("--json", action="store_true", help="one JSON object per instance")
+    adopt.set_defaults(handler=_adopt)
 
     run = commands.add_parser("run", help="run the autoscaler until SIGTERM (SIGHUP reloads the config)")
     run.add_argument("--config", help="TOML configuration file (TDAS_* environment variables override it)")

@@ -27,13 +27,18 @@ class TensorDockSettings(_Section):
     base_url: str = Field(default="https://dashboard.tensordock.com/api/v2", description="API root")
     token: SecretStr | None = Field(default=None, description="API token; prefer token_file or the environment")
     token_file: Path | None = Field(default=None, description="file holding the token (systemd credential, secret)")
-    wire_format: Literal["observed", "spec"] = Field(
-        default="observed", description="shape of create/modify bodies: observed (GPUs keyed by model) or spec"
+    wire_format: Literal["documented", "observed", "spec"] = Field(
+        default="documented",
+        description="shape of create/modify bodies: documented (as TensorDock's pages show), observed or spec",
     )
     rate_limit: int = Field(default=100, ge=2, description="requests per rate_window_s, shared by every call")
     rate_window_s: float = Field(default=60.0, gt=0, description="rate-limit window, seconds")
     connect_timeout_s: float = Field(default=5.0, gt=0, description="seconds to connect")
     read_timeout_s: float = Field(default=30.0, gt=0, description="seconds to wait for a reply")
+    create_timeout_s: float = Field(
+        default=120.0, gt=0, description="seconds to wait for a create's reply (creates are slow; unknown outcomes"
+        " are looked up by name, never retried blind)"
+    )
     max_attempts: int = Field(default=4, ge=1, description="tries per call, retries only where safe")
     backoff_initial_s: float = Field(default=2.0, ge=0, description="first back-off; doubles, jittered")
 
@@ -60,7 +65,13 @@ class FleetSettings(_Section):
     )
     image: str = Field(default="ubuntu2404", description="OS image of every instance")
     ssh_key: str = Field(default="", description="public key installed on every instance")
-    ssh_port: int = Field(default=22, ge=1, le=65535, description="external port forwarded to 22")
+    ssh_key_id: str = Field(default="", description="or: id of a key uploaded to TensorDock (exactly one of the two)")
+    ssh_port: int = Field(
+        default=22, ge=1, le=65535, description="external port forwarded to 22 where the host lists no free ports"
+    )
+    use_dedicated_ip: bool = Field(
+        default=False, description="ask for a public IP of its own where the offer has one (no port forwards)"
+    )
     cloud_init_file: Path | None = Field(default=None, description="cloud-init YAML/JSON mapping for workers")
     storage_gb: int = Field(default=100, ge=100, description="disk per instance, GB (TensorDock minimum 100)")
     vcpu_per_gpu: int = Field(default=8, ge=1, description="vCPUs per GPU of an instance")
@@ -69,6 +80,12 @@ class FleetSettings(_Section):
     allowed_gpu_models: list[str] = Field(
         default_factory=list, description="GPU models the fleet may ever create; empty: any (no policy can widen it)"
     )
+
+    @model_validator(mode="after")
+    def _one_key(self) -> FleetSettings:
+        if self.ssh_key and self.ssh_key_id:
+            raise ValueError("give fleet.ssh_key or fleet.ssh_key_id, not both")
+        return self
 
     @property
     def shape(self) -> InstanceShape:
@@ -110,6 +127,16 @@ class SchedulerSettings(_Section):
     def follows_transitions(self) -> bool:
         """The default poll is simply not used when cycles come as often; an explicit one was refused."""
         return 0 < self.transition_poll_s < self.interval_s
+
+
+class DetailSettings(_Section):
+    """GETs by id: what the documented listing (id, name, status) does not say."""
+
+    gets_per_cycle: int = Field(default=3, ge=0, description="GETs per cycle for new, started or vanished instances")
+    refresh_s: float = Field(default=3600.0, gt=0, description="a record older than this is refreshed (repricing)")
+    refresh_gap_s: float = Field(
+        default=300.0, ge=0, description="at most one refresh GET this often, so steady cycles cost one call"
+    )
 
 
 class MetricsSettings(_Section):
@@ -159,6 +186,15 @@ class Settings(BaseSettings):
         default=True, description="with a PostgreSQL store: one replica acts, the others stand by"
     )
     reap_orphans: bool = Field(default=False, description="delete prefix-named instances the store never created")
+    unresolved_create_grace_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="a create with no reply that no listing shows by name after this long never happened",
+    )
+    max_rate_multiple: float = Field(
+        default=3.0, gt=1, description="a rateHourly above this multiple of its offer's price is not believed"
+    )
+    detail: DetailSettings = DetailSettings()
 
     @model_validator(mode="after")
     def _signal_options_valid(self) -> Settings:

@@ -42,10 +42,10 @@ def _wait_for(client: TensorDockClient, instance_id: str, wanted: InstanceStatus
 def run_walkthrough(out: TextIO = sys.stdout, speed: float = 1.0) -> float:
     """Returns the fake's bill in USD so a test can check the demo did real work."""
     timings = Timings(create_s=4 / speed, ip_s=2 / speed, start_s=3 / speed, stop_s=2 / speed)
-    app = build_fake(DEMO_TOKEN, "observed", clock=SystemClock(), timings=timings)
+    app = build_fake(DEMO_TOKEN, "documented", clock=SystemClock(), timings=timings)
     say: Callable[[str], None] = lambda line: print(line, file=out, flush=True)  # noqa: E731
     with FakeServer(app) as server, TensorDockClient(server.url, DEMO_TOKEN, rate_limit=100) as client:
-        say(f"fake TensorDock API listening on {server.url} (dialect: observed)")
+        say(f"fake TensorDock API listening on {server.url} (dialect: documented)")
         offers = sorted(
             (offer for location in client.list_locations() for offer in location.gpus if offer.max_count >= 1),
             key=lambda offer: offer.hourly_price(1, 8, 32, 100),
@@ -192,7 +192,7 @@ def run_daemon_demo(
     from autoscaler.testing import free_port
 
     clock = ScaledClock(speed)
-    app = build_fake(DEMO_TOKEN, "observed", clock=clock)
+    app = build_fake(DEMO_TOKEN, "documented", clock=clock)
     workload = DemoWorkload(app.state, clock.now())
     state_dir = tempfile.mkdtemp(prefix="tdas-demo-")
     with FakeServer(app) as server:

@@ -1,4 +1,4 @@
-"""One cycle: sync with what the world did, build the snapshot, decide, guard, act, remember.
+"""One cycle: reconcile with what the world did, build the snapshot, decide, guard, act, remember.
 
 Every failure outside the policies is data in the report (and a log line), never an exception
 through the scheduler: a cycle that cannot read the fleet does nothing; one that cannot read
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import structlog
@@ -17,24 +17,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from autoscaler.actuator import ActionResult, Actuator
 from autoscaler.clock import Clock
-from autoscaler.guards import GuardConfig, GuardedPlan, GuardMemory, apply_guards
+from autoscaler.guards import GuardConfig, GuardedPlan, apply_guards
+from autoscaler.ledger import RateCheck
 from autoscaler.metrics import CoreMetrics
 from autoscaler.plan import Action, ActionKind, Plan, delete_action
 from autoscaler.planner import PlanningError, run_chain
 from autoscaler.policy import Policy
-from autoscaler.settling import StopDurations
+from autoscaler.reconcile import ABSENT, Doubts, ReconcileConfig, Reconciled, Reconciler
 from autoscaler.signals import Demand, DemandSignal, SignalError
-from autoscaler.snapshot import (
-    RUNNING_LIKE,
-    FleetInstance,
-    InstanceShape,
-    Offer,
-    PendingCreate,
-    Snapshot,
-    billed_rate,
-    offers_from,
-)
-from autoscaler.store import OwnedRecord, Store
+from autoscaler.snapshot import GuardMemory, InstanceShape, Offer, Snapshot, offers_from
+from autoscaler.store import Store
 from autoscaler.tensordock import Instance, InstanceStatus, TensorDockClient, TensorDockError
 from autoscaler.throughput import DEFAULT_THROUGHPUT
 
@@ -53,13 +45,19 @@ class EngineConfig(BaseModel):
     offer_refresh_s: float = Field(default=300.0, ge=0, description="how long listed offers are reused")
     provision_timeout_s: float = Field(default=900.0, gt=0, description="not running by then: deleted (rule 10)")
     unresolved_create_grace_s: float = Field(
-        default=600.0,
+        default=60.0,
         gt=0,
-        description="a create with no reply and no instance by that name after this long never happened",
+        description="a create with no reply that no listing shows by name after this long never happened",
     )
     reap_orphans: bool = Field(default=False, description="delete prefix-named instances the store never created")
     allowed_gpu_models: tuple[str, ...] = Field(default=(), description="offers of other models never reach policies")
     stopped_storage_usd_per_gb_hr: float = Field(default=0.0001, ge=0, description="when no offer prices storage")
+    detail_gets_per_cycle: int = Field(default=3, ge=0, description="GETs by id per cycle for new or changed instances")
+    detail_refresh_s: float = Field(default=3600.0, gt=0, description="a record older than this is refreshed by GET")
+    detail_refresh_gap_s: float = Field(default=300.0, ge=0, description="at most one refresh GET per this long")
+    max_rate_multiple: float = Field(
+        default=3.0, gt=1, description="a rateHourly above this multiple of its offer's price is not believed"
+    )
 
 
 @dataclass
@@ -72,6 +70,7 @@ class CycleReport:
     safety: tuple[Action, ...] = ()
     results: list[ActionResult] = field(default_factory=list)
     orphans: tuple[Instance, ...] = ()
+    doubts: Doubts = field(default_factory=Doubts)
     hold: str | None = None  # why nothing (or only safety work) was done
     error: str | None = None  # the cycle failed before deciding
     seconds: float = 0.0
@@ -98,13 +97,28 @@ class Engine:
         self.actuator = actuator
         self.clock = clock
         self.config = config
+        self.ledger = actuator.ledger
+        self.reconciler = Reconciler(
+            client,
+            store,
+            self.ledger,
+            ReconcileConfig(
+                name_prefix=config.name_prefix,
+                shape=config.shape,
+                unresolved_create_grace_s=config.unresolved_create_grace_s,
+                stopped_storage_usd_per_gb_hr=config.stopped_storage_usd_per_gb_hr,
+                detail_gets_per_cycle=config.detail_gets_per_cycle,
+                detail_refresh_s=config.detail_refresh_s,
+                detail_refresh_gap_s=config.detail_refresh_gap_s,
+                rate_check=RateCheck(config.max_rate_multiple),
+            ),
+        )
         self._offers: tuple[Offer, ...] = ()
         self._offers_at: float | None = None
         self._counter = itertools.count(1)
         self._spend_seen: float | None = None
         self._stop_called = False  # by the last cycle: its end is not yet in a listing
         self._watched: dict[str, InstanceStatus] = {}  # what this engine's last listing showed
-        self._stop_durations = StopDurations(store)
 
     # -- the cycle ----------------------------------------------------------------------------
 
@@ -122,17 +136,25 @@ class Engine:
         demand, demand_error = self._read_demand(now)
         if demand is None:
             log.warning("demand_unknown", source=self.signal.name, error=demand_error)
-        snapshot, orphans = self._sync(now, listing, demand, demand_error, self._current_offers(now))
-        report.snapshot, report.orphans = snapshot, orphans
-        for orphan in orphans:
+        offers = self._current_offers(now)
+        fresh_store = self.store.is_new()
+        fleet = self.reconciler.reconcile(now, listing, demand, offers, self._watched)
+        self._watched = fleet.watched
+        snapshot = self._snapshot(now, fleet, demand, demand_error, offers)
+        report.snapshot, report.orphans, report.doubts = snapshot, fleet.orphans, fleet.doubts
+        for orphan in fleet.orphans:
             log.warning("orphan_instance", instance=orphan.id, name=orphan.name, rate_hourly=orphan.rate_hourly)
-        report.safety = self._safety_actions(snapshot, orphans)
-        try:
-            report.plan, report.guarded = self.decide(snapshot)
-        except PlanningError as exc:
-            report.hold = str(exc)
-            self.metrics.policy_errors.labels(exc.policy).inc()
-            log.error("plan_held", policy=exc.policy, problem=exc.problem)
+        report.safety = self._safety_actions(snapshot, fleet.orphans)
+        report.hold = fleet.hold or self._lost_store_hold(fresh_store, fleet)
+        if report.hold is None:
+            try:
+                report.plan, report.guarded = self.decide(snapshot)
+            except PlanningError as exc:
+                report.hold = str(exc)
+                self.metrics.policy_errors.labels(exc.policy).inc()
+                log.error("plan_held", policy=exc.policy, problem=exc.problem)
+        else:
+            log.warning("cycle_held", reason=report.hold)
         if report.guarded is not None:
             for dropped in report.guarded.dropped:
                 log.info(
@@ -169,6 +191,17 @@ class Engine:
         )
         return self._finish(report, started)
 
+    def _lost_store_hold(self, fresh_store: bool, fleet: Reconciled) -> str | None:
+        """Rule 13: an empty store facing our prefix at the provider was lost, not new: no second fleet."""
+        if not fresh_store or not fleet.orphans or self.config.reap_orphans:
+            return None
+        names = ", ".join(sorted(o.name or o.id for o in fleet.orphans)[:5])
+        return (
+            f"the store is empty but TensorDock lists {len(fleet.orphans)} instance(s) named"
+            f" {self.config.name_prefix}-* ({names}): run `tensordock-autoscaler adopt` to take them over,"
+            " or set reap_orphans = true to delete them; nothing is created until then"
+        )
+
     @property
     def following(self) -> bool:
         """A stop is settling (called by the last cycle, or shown stopping): follow_transitions lists the fleet."""
@@ -179,7 +212,8 @@ class Engine:
 
         The ledger charges the rate it last saw, so without this a stop is billed at the full rate
         until the next cycle sees it stopped: up to a whole interval per stop. (A delete needs no
-        following: it is charged nothing from its call on.) Nothing is decided or acted on here.
+        following: it is charged nothing from its call on.) Nothing is decided or acted on here,
+        and no GET by id is spent.
         Returns whether it still follows something.
         """
         if not self.following:
@@ -192,19 +226,21 @@ class Engine:
         except TensorDockError as exc:
             _log.info("follow_skipped", reason=str(exc))
             return True
-        snapshot, _ = self._sync(now, listing, None, "following transitions", self._offers)
+        fleet = self.reconciler.reconcile(now, listing, None, self._offers, self._watched, may_call=False)
+        self._watched = fleet.watched
+        snapshot = self._snapshot(now, fleet, None, "following transitions", self._offers)
         self._export_fleet(CycleReport(cycle_id="follow", started_at=now, snapshot=snapshot))
         self._stop_called = False  # this listing came after the call: it shows the stop if it began
         return self.following
 
     def decide(self, snapshot: Snapshot) -> tuple[Plan, GuardedPlan]:
-        """The policies' plan and what the guards let through; no I/O beyond reading guard memory.
+        """The policies' plan and what the guards let through: pure, on the snapshot alone.
 
         Raises PlanningError. The simulator calls it on a snapshot moved forward in time to learn
         whether a quiet stretch may be skipped: the same decision code, not a model of it.
         """
         plan = run_chain(snapshot, self.chain)
-        return plan, apply_guards(snapshot, plan, self.config.guards, self._memory(snapshot.now))
+        return plan, apply_guards(snapshot, plan, self.config.guards, snapshot.memory)
 
     def _finish(self, report: CycleReport, started: float) -> CycleReport:
         report.seconds = time.perf_counter() - started
@@ -223,6 +259,16 @@ class Engine:
         if report.snapshot is not None:
             m.signal_up.labels(self.signal.name).set(0.0 if report.snapshot.demand is None else 1.0)
         m.orphans.set(len(report.orphans))
+        if report.snapshot is not None:
+            doubts = report.doubts
+            for reason, count in (
+                ("unknown_status", doubts.unknown_status),
+                ("unknown_shape", doubts.unknown_shape),
+                ("absent_from_listing", doubts.absent),
+            ):
+                m.in_doubt.labels(reason).set(count)
+            m.rates_rejected.inc(doubts.implausible_rates)
+            m.listing_contradictions.inc(doubts.contradicted)
         if report.snapshot is not None:
             self._export_fleet(report)
         if report.error is None:
@@ -264,114 +310,11 @@ class Engine:
         """Forget cached offers (after a capacity failure the listing is known to be stale)."""
         self._offers_at = None
 
-    def _sync(
-        self,
-        now: float,
-        listing: list[Instance],
-        demand: Demand | None,
-        demand_error: str | None,
-        offers: tuple[Offer, ...],
-    ) -> tuple[Snapshot, tuple[Instance, ...]]:
-        """Reconcile the store with the listing: adopt creates whose reply was lost, forget what is
-        gone, charge the ledger, track idleness; then freeze it all into a Snapshot."""
+    def _snapshot(
+        self, now: float, fleet: Reconciled, demand: Demand | None, demand_error: str | None, offers: tuple[Offer, ...]
+    ) -> Snapshot:
+        """Freeze the reconciled fleet with everything else a decision reads: the last I/O of a cycle."""
         store = self.store
-        owned = store.owned()
-        created_names = store.created_names()
-        unresolved = store.unresolved_creates()
-        by_name = {i.name: i for i in listing if i.name}
-        offer_by_key = {o.key: o for o in offers}
-        store.close_interrupted_changes(now)
-        changed = False
-        for entry in unresolved:
-            found = by_name.get(entry.name or "")
-            if found is not None and found.id not in owned:
-                store.adopt(
-                    found.id,
-                    found.name or found.id,
-                    entry.at,
-                    entry.offer_key,
-                    self._storage_rate(offer_by_key.get(entry.offer_key or ""), found),
-                )
-                store.accrue(found.id, entry.hourly_price, entry.at)
-                changed = True
-                if entry.replaces:
-                    store.mark_retiring(entry.replaces, entry.name)
-            if found is not None:
-                store.journal_outcome(entry.id, "ok", now, instance_id=found.id)
-            elif now - entry.at > self.config.unresolved_create_grace_s:
-                store.journal_outcome(entry.id, "lost", now, error="never appeared in the listing")
-        if changed:
-            owned = store.owned()
-        listed_ids = {i.id for i in listing}
-        gone = set(owned) - listed_ids
-        for instance_id in gone:
-            store.accrue(instance_id, 0.0, now)
-            store.forget(instance_id)
-        if gone:
-            owned = store.owned()
-        prefix = f"{self.config.name_prefix}-"
-        fleet: list[FleetInstance] = []
-        unowned: list[Instance] = []
-        orphans: list[Instance] = []
-        busy_map: Mapping[str, bool] = demand.busy if demand and demand.busy is not None else {}
-        rates: dict[str, float] = {}
-        observations: list[tuple[str, str, bool | None]] = []
-        tracked: list[tuple[Instance, OwnedRecord, bool | None, float]] = []
-        busy_known = demand is not None and demand.busy is not None
-        with store.transaction():  # one commit for the whole fleet's bookkeeping
-            for instance in listing:
-                name = instance.name or ""
-                if instance.id not in owned and name in created_names and name.startswith(prefix):
-                    store.adopt(instance.id, name, now, None, self._storage_rate(None, instance))
-                    owned = store.owned()
-                record = owned.get(instance.id)
-                if record is None:
-                    (orphans if name.startswith(prefix) else unowned).append(instance)
-                    continue
-                busy = busy_map.get(name) if busy_known else None
-                storage_rate = record.storage_rate or self._storage_rate(
-                    offer_by_key.get(record.offer_key or ""), instance
-                )
-                rates[instance.id] = billed_rate(instance.status, instance.rate_hourly or 0.0, storage_rate)
-                observations.append((instance.id, instance.status.value, busy))
-                tracked.append((instance, record, busy, storage_rate))
-                if instance.status.is_stopped:
-                    settled_at = self._stop_settled_at(instance, record, rates[instance.id], now)
-                    if settled_at is not None:
-                        store.accrue(instance.id, rates[instance.id], settled_at)
-            store.accrue_many(rates, now)
-            self._watched = {i.id: i.status for i, *_ in tracked}
-            since = store.observe_many(observations, now)
-        awaited = {e.name for e in unresolved if e.name}
-        for instance, record, busy, storage_rate in tracked:
-            idle_since, status_since = since.get(instance.id, (record.idle_since, record.status_since))
-            retiring_for = record.retiring_for
-            successor = by_name.get(retiring_for or "")
-            if (
-                retiring_for
-                and retiring_for not in awaited
-                and (successor is None or successor.status not in RUNNING_LIKE)
-            ):
-                store.mark_retiring(instance.id, None)  # its replacement is gone or stopped: it stays
-                retiring_for = None
-            fleet.append(
-                FleetInstance(
-                    instance=instance,
-                    created_at=record.created_at,
-                    offer_key=record.offer_key,
-                    busy=busy,
-                    idle_since=idle_since,
-                    status_since=status_since,
-                    storage_rate_hourly=storage_rate,
-                    retiring_for=retiring_for,
-                    start_refused=record.start_refused_at is not None and instance.status is InstanceStatus.STOPPED,
-                )
-            )
-        pending = tuple(
-            PendingCreate(e.name or "?", e.gpus, e.hourly_price, e.at)
-            for e in store.unresolved_creates()
-            if e.name not in by_name
-        )
         if demand is not None:
             idle_key = "fleet_idle_since"
             if demand.queued_jobs + demand.running_jobs == 0:
@@ -380,53 +323,23 @@ class Engine:
             else:
                 store.set_value(idle_key, None)
         fleet_idle = store.get_value("fleet_idle_since")
-        snapshot = Snapshot(
+        return Snapshot(
             now=now,
             demand=demand,
-            instances=tuple(fleet),
-            unowned=tuple(unowned) + tuple(orphans),
+            instances=fleet.fleet,
+            unowned=fleet.unowned,
             offers=offers,
             spend=store.spend(now),
             shape=self.config.shape,
             throughput=self.config.throughput,
             backed_off=store.backed_off(now),
-            pending_creates=pending,
+            pending_creates=fleet.pending,
             demand_error=demand_error,
             fleet_idle_since=float(fleet_idle) if fleet_idle else None,
             desired_history=tuple(store.desired_history(now - 86400)),
+            orphans=fleet.orphan_load,
+            memory=self._memory(),
         )
-        return snapshot, tuple(orphans)
-
-    def _stop_settled_at(self, instance: Instance, record: OwnedRecord, rate: float, now: float) -> float | None:
-        """When a stopped instance the ledger still charges in full most likely stopped costing that.
-
-        A start that failed, or was cut short by a crash, with the instance still stopped, never
-        changed the bill: back to the stopped rate from its call. A stop watched by our listings
-        teaches how long stops take; one seen only after a gap (this process is new, or newly
-        leader) ended by its call plus the longest stop learned. None: charge up to now.
-        """
-        if record.last_rate is None or record.last_rate <= rate:
-            return None
-        change = self.store.latest_change(instance.id)
-        if change is None or change.at > now:
-            return None
-        if change.kind == "start":
-            return change.at if change.outcome != "ok" else None
-        if change.kind != "stop":
-            return None
-        watched = self._watched.get(instance.id)
-        if watched is not None:
-            if not watched.is_stopped:
-                self._stop_durations.learn(now - change.at)
-            return None
-        longest = self._stop_durations.longest()
-        return None if longest is None else min(now, change.at + longest)
-
-    def _storage_rate(self, offer: Offer | None, instance: Instance) -> float:
-        storage = instance.storage_gb or self.config.shape.storage_gb
-        if offer is not None:
-            return offer.pricing.storage_price(storage)
-        return storage * self.config.stopped_storage_usd_per_gb_hr
 
     def _safety_actions(self, snapshot: Snapshot, orphans: tuple[Instance, ...]) -> tuple[Action, ...]:
         """Rule 10: nothing left running unaccounted. These bypass the policies, not the journal."""
@@ -434,7 +347,8 @@ class Engine:
         timeout = self.config.provision_timeout_s
         for instance in snapshot.instances:
             started = instance.status_since if instance.status_since is not None else instance.created_at
-            if instance.status is InstanceStatus.STARTING and snapshot.now - started > timeout:
+            doubtful = instance.status is InstanceStatus.UNKNOWN and instance.instance.status_raw != ABSENT
+            if (instance.status is InstanceStatus.STARTING or doubtful) and snapshot.now - started > timeout:
                 if instance.offer_key:
                     self.store.back_off(instance.offer_key, snapshot.now + timeout, "provisioning timed out")
                 actions.append(
@@ -500,7 +414,7 @@ class Engine:
 
     # -- after acting -------------------------------------------------------------------------
 
-    def _memory(self, now: float) -> GuardMemory:
+    def _memory(self) -> GuardMemory:
         def as_float(key: str) -> float | None:
             value = self.store.get_value(key)
             return float(value) if value else None
@@ -523,6 +437,9 @@ class Engine:
             self.store.set_value("last_scale_down_at", repr(now))
         if any(r.outcome == "failed" and r.action.kind is ActionKind.CREATE for r in report.results):
             self.refresh_offers()
+        for result in ok:
+            if result.action.kind is ActionKind.START and result.instance_id:
+                self.reconciler.detail_due(result.instance_id)
         if report.snapshot is not None:
             desired = report.plan.desired_gpus if report.plan is not None else None
             self.store.record_cycle(now, desired, report.snapshot.active_gpus)

@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel, ConfigDict, Field
 
 from autoscaler.plan import Action, ActionKind, Plan
-from autoscaler.snapshot import Snapshot
+from autoscaler.snapshot import GuardMemory, Snapshot
+
+__all__ = ["Dropped", "GuardConfig", "GuardMemory", "GuardedPlan", "apply_guards"]
 from autoscaler.tensordock import InstanceStatus
 
 
@@ -28,15 +30,6 @@ class GuardConfig(BaseModel):
         default=600.0, ge=0, description="demand must stay low this long before capacity is stopped"
     )
     max_actions_per_cycle: int = Field(default=10, ge=0, description="mutating calls per cycle, at most")
-
-
-@dataclass(frozen=True)
-class GuardMemory:
-    """What guards need from earlier cycles (kept in the store)."""
-
-    last_scale_up_at: float | None = None
-    last_scale_down_at: float | None = None
-    history_since: float | None = None  # the oldest desired-GPU sample we hold
 
 
 @dataclass(frozen=True)
@@ -101,6 +94,11 @@ def apply_guards(snapshot: Snapshot, plan: Plan, config: GuardConfig, memory: Gu
         # Rule 1: only what this fleet owns.
         if action.kind is not ActionKind.CREATE and instance is None:
             drop(action, "ownership", f"{action.instance_id} is not owned by this fleet")
+            continue
+        # Rule 11: an instance whose status or shape the daemon cannot know is never acted on by a guess.
+        if instance is not None and (instance.doubt or instance.status is InstanceStatus.UNKNOWN):
+            why = instance.doubt or "its status is unknown"
+            drop(action, "doubt", f"{instance.name}: {why}; left alone until it resolves")
             continue
         # Wait out transitional states instead of acting twice.
         if instance is not None and instance.status.is_transitional:

@@ -94,6 +94,30 @@ class CoreMetrics:
             registry=r,
         )
         self.leader = Gauge(f"{PREFIX}_leader", "1 when this replica acts, 0 when it stands by", registry=r)
+        self.in_doubt = Gauge(
+            f"{PREFIX}_instances_in_doubt",
+            "Owned instances counted in full because the daemon cannot know them (rule 11), by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.rates_rejected = Counter(
+            f"{PREFIX}_rates_rejected", "rateHourly values not believed (non-finite, negative, absurd)", registry=r
+        )
+        self.listing_contradictions = Counter(
+            f"{PREFIX}_listing_contradictions",
+            "Times a listing or GET said an owned instance has other GPUs than its record",
+            registry=r,
+        )
+        self.discovery_skipped = Counter(
+            f"{PREFIX}_discovery_entries_skipped",
+            "Unreadable location, host or GPU entries dropped from discovery replies",
+            ["endpoint"],
+            registry=r,
+        )
+        for endpoint in ("list_locations", "list_hostnodes"):
+            self.discovery_skipped.labels(endpoint)
+        for reason in ("unknown_status", "unknown_shape", "absent_from_listing"):
+            self.in_doubt.labels(reason)
         self.config_reloads = Counter(f"{PREFIX}_config_reloads", "SIGHUP reloads by result", ["result"], registry=r)
 
     # ApiObserver: the client reports each call here
@@ -103,3 +127,6 @@ class CoreMetrics:
 
     def rate_limit_waited(self, seconds: float) -> None:
         self.rate_limit_waits.inc(seconds)
+
+    def discovery_entry_skipped(self, endpoint: str) -> None:
+        self.discovery_skipped.labels(endpoint).inc()

@@ -73,8 +73,10 @@ def build_runtime(
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     register_secret(token.get_secret_value())
-    if not settings.fleet.ssh_key:
-        raise ConfigError("fleet.ssh_key: required; TensorDock refuses instances without an SSH public key")
+    if not settings.fleet.ssh_key and not settings.fleet.ssh_key_id:
+        raise ConfigError(
+            "fleet.ssh_key: required (or fleet.ssh_key_id); TensorDock refuses instances without an SSH key"
+        )
     try:
         chain = build_chain(settings.policies)
     except PolicyConfigError as exc:
@@ -89,6 +91,7 @@ def build_runtime(
         rate_window_s=td.rate_window_s,
         connect_timeout_s=td.connect_timeout_s,
         read_timeout_s=td.read_timeout_s,
+        create_timeout_s=td.create_timeout_s,
         transport=transport,
         max_attempts=td.max_attempts,
         backoff_initial_s=td.backoff_initial_s,
@@ -103,8 +106,10 @@ def build_runtime(
         clock,
         template=InstanceTemplate(
             image=fleet.image,
-            ssh_key=fleet.ssh_key,
+            ssh_key=fleet.ssh_key or None,
+            ssh_key_id=fleet.ssh_key_id or None,
             ssh_port=fleet.ssh_port,
+            use_dedicated_ip=fleet.use_dedicated_ip,
             cloud_init=_cloud_init(fleet.cloud_init_file),
         ),
         shape=fleet.shape,
@@ -136,6 +141,11 @@ def build_runtime(
             provision_timeout_s=settings.provision_timeout_s,
             reap_orphans=settings.reap_orphans,
             allowed_gpu_models=tuple(fleet.allowed_gpu_models),
+            unresolved_create_grace_s=settings.unresolved_create_grace_s,
+            max_rate_multiple=settings.max_rate_multiple,
+            detail_gets_per_cycle=settings.detail.gets_per_cycle,
+            detail_refresh_s=settings.detail.refresh_s,
+            detail_refresh_gap_s=settings.detail.refresh_gap_s,
         ),
     )
     return Runtime(engine, client, state, stopping, metrics)

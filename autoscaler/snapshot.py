@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import cached_property
 
 from autoscaler.signals import Demand
@@ -28,6 +29,35 @@ class InstanceShape:
 
 
 @dataclass(frozen=True)
+class OwnedShape:
+    """What an owned instance is, as the daemon asked for it (rule 12): written with the create's
+    intent, before the call, so that no thin listing can make it forget."""
+
+    gpu_model: str | None
+    gpus: int
+    vcpus: int
+    ram_gb: float
+    storage_gb: float
+    location_id: str | None = None
+    hostnode_id: str | None = None
+    ports: tuple[int, ...] = ()  # external ports it holds on its host
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "ports": list(self.ports)}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | None) -> OwnedShape | None:
+        """None for no record or a damaged one: the shape is then unknown, and counted as such."""
+        if not text:
+            return None
+        try:
+            raw = json.loads(text)
+            return cls(**{**raw, "ports": tuple(raw.get("ports") or ())})
+        except (ValueError, TypeError):
+            return None
+
+
+@dataclass(frozen=True)
 class Offer:
     """A place a GPU model can be had now, and at what price; `key` names it for back-offs."""
 
@@ -42,6 +72,11 @@ class Offer:
     max_ram_per_gpu: float | None = None
     host_vcpus_free: int | None = None  # shared by every GPU model on the host
     host_ram_gb_free: float | None = None
+    max_vcpus: int | None = None  # a location offer's limits for one instance
+    max_ram_gb: float | None = None
+    max_storage_gb: float | None = None
+    available_ports: tuple[int, ...] = ()  # a host's external ports free for port forwards
+    dedicated_ip: bool = False  # a public IP of its own can be had here
 
     @property
     def key(self) -> str:
@@ -56,6 +91,12 @@ class Offer:
 
     def fits(self, shape: InstanceShape, gpus: int) -> bool:
         if self.available_gpus < gpus:
+            return False
+        if self.max_vcpus is not None and shape.vcpu_per_gpu * gpus > self.max_vcpus:
+            return False
+        if self.max_ram_gb is not None and shape.ram_gb_per_gpu * gpus > self.max_ram_gb:
+            return False
+        if self.max_storage_gb is not None and shape.storage_gb > self.max_storage_gb:
             return False
         if self.max_vcpus_per_gpu is not None and shape.vcpu_per_gpu > self.max_vcpus_per_gpu:
             return False
@@ -89,6 +130,8 @@ def offers_from(locations: Iterable[Location], hostnodes: Iterable[Hostnode]) ->
                     max_ram_per_gpu=host.max_ram_per_gpu,
                     host_vcpus_free=host.vcpu_count,
                     host_ram_gb_free=host.ram_gb,
+                    available_ports=host.available_ports,
+                    dedicated_ip=host.has_public_ip_available,
                 )
             )
     for loc in locations:
@@ -103,14 +146,29 @@ def offers_from(locations: Iterable[Location], hostnodes: Iterable[Hostnode]) ->
                     gpu_price_per_hr=listed.price_per_hr,
                     pricing=listed.pricing,
                     tier=loc.tier,
+                    max_vcpus=listed.max_vcpus,
+                    max_ram_gb=listed.max_ram_gb,
+                    max_storage_gb=listed.max_storage_gb,
+                    dedicated_ip=listed.dedicated_ip_available,
                 )
             )
     return tuple(offers)
 
 
+# Rule 11: a status the daemon cannot read (or an error) may be billing: it costs the full rate.
+BILLED_IN_FULL = (
+    InstanceStatus.STARTING,
+    InstanceStatus.RUNNING,
+    InstanceStatus.STOPPING,
+    InstanceStatus.UNKNOWN,
+    InstanceStatus.ERROR,
+)
+COUNTED_AS_ACTIVE = (*RUNNING_LIKE, InstanceStatus.UNKNOWN, InstanceStatus.ERROR)  # against every bound
+
+
 def billed_rate(status: InstanceStatus, rate_hourly: float, storage_rate_hourly: float) -> float:
-    """What an instance costs right now: the full rate while up, its storage while stopped."""
-    if status in (InstanceStatus.STARTING, InstanceStatus.RUNNING, InstanceStatus.STOPPING):
+    """What an instance costs right now: the full rate while up (or in doubt), its storage while stopped."""
+    if status in BILLED_IN_FULL:
         return rate_hourly
     if status.is_stopped:
         return storage_rate_hourly
@@ -130,6 +188,7 @@ class FleetInstance:
     storage_rate_hourly: float = 0.0
     retiring_for: str | None = None  # consolidation: the name of the instance taking over
     start_refused: bool = False  # a start failed for capacity: as good as StoppedDisassociated
+    doubt: str | None = None  # why the daemon cannot know it (status or shape): counted in full, never touched
 
     @property
     def id(self) -> str:
@@ -170,8 +229,18 @@ class Spend:
 
 
 @dataclass(frozen=True)
+class GuardMemory:
+    """What guards need from earlier cycles, read from the store before the snapshot is frozen."""
+
+    last_scale_up_at: float | None = None
+    last_scale_down_at: float | None = None
+    history_since: float | None = None  # the oldest desired-GPU sample we hold
+
+
+@dataclass(frozen=True)
 class PendingCreate:
-    """A create journaled but not yet seen in the listing: counts against bounds (rule 2, 3)."""
+    """Capacity the listing cannot show as ours yet counts against bounds (rules 2, 3, 11): a create
+    journaled but not listed, or an orphan (then `name` is the instance's)."""
 
     name: str
     gpus: int
@@ -196,6 +265,8 @@ class Snapshot:
     demand_error: str | None = None
     fleet_idle_since: float | None = None  # when queued + running last became zero
     desired_history: tuple[tuple[float, int], ...] = ()  # (since, desired GPUs): each in force until the next
+    orphans: tuple[PendingCreate, ...] = ()  # prefix-named, unknown to the store: counted, never touched
+    memory: GuardMemory = field(default_factory=GuardMemory)
 
     def instance(self, instance_id: str) -> FleetInstance | None:
         return self._by_id.get(instance_id)
@@ -212,16 +283,26 @@ class Snapshot:
 
     @cached_property
     def active_gpus(self) -> int:
-        """GPUs running or on their way, including creates not yet listed."""
-        return sum(i.gpus for i in self.instances if i.status in RUNNING_LIKE) + sum(
-            p.gpus for p in self.pending_creates
+        """GPUs running or on their way, in doubt, or on orphans, including creates not yet listed."""
+        return (
+            sum(i.gpus for i in self.instances if i.status in COUNTED_AS_ACTIVE)
+            + sum(p.gpus for p in self.pending_creates)
+            + sum(o.gpus for o in self.orphans)
         )
 
     @cached_property
     def active_instances(self) -> int:
-        return sum(1 for i in self.instances if i.status in RUNNING_LIKE) + len(self.pending_creates)
+        return (
+            sum(1 for i in self.instances if i.status in COUNTED_AS_ACTIVE)
+            + len(self.pending_creates)
+            + len(self.orphans)
+        )
 
     @cached_property
     def hourly_cost(self) -> float:
-        """Managed fleet $/h now, pending creates included."""
-        return sum(i.current_rate_hourly for i in self.instances) + sum(p.hourly_price for p in self.pending_creates)
+        """Managed fleet $/h now, pending creates and orphans included (rule 11: doubt counts)."""
+        return (
+            sum(i.current_rate_hourly for i in self.instances)
+            + sum(p.hourly_price for p in self.pending_creates)
+            + sum(o.hourly_price for o in self.orphans)
+        )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from autoscaler.runtime import Runtime
+from autoscaler.snapshot import billed_rate
 
 
 def _duration(seconds: float | None) -> str:
@@ -25,14 +26,18 @@ def fleet_status(runtime: Runtime) -> dict[str, Any]:
     for instance in runtime.client.list_instances():
         record = owned.get(instance.id)
         managed = record is not None
-        stopped = instance.status.is_stopped
-        rate = (record.storage_rate if record else 0.0) if stopped else (instance.rate_hourly or 0.0)
+        # An owned instance is what our record says (the documented listing says no more than its status).
+        shape = record.shape if record is not None else None
+        full_rate = instance.rate_hourly
+        if record is not None:
+            full_rate = record.seen_rate or record.expected_rate or full_rate
+        rate = billed_rate(instance.status, full_rate or 0.0, record.storage_rate if record else 0.0)
         rows.append(
             {
                 "name": instance.name,
                 "id": instance.id,
-                "gpu_model": instance.gpu_model,
-                "gpus": instance.gpu_count,
+                "gpu_model": shape.gpu_model if shape else instance.gpu_model,
+                "gpus": shape.gpus if shape else instance.gpu_count,
                 "status": instance.status.value,
                 "usd_per_hour": round(rate, 4),
                 "age_s": round(now - record.created_at) if record else None,

@@ -22,11 +22,13 @@ from autoscaler.config import Settings
 from autoscaler.logging import configure_logging
 from autoscaler.runtime import build_runtime
 from autoscaler.signals import StaticSignal
+from autoscaler.snapshot import OwnedShape
 from autoscaler.store import SqliteStore
 from autoscaler.tensordock import CreateInstanceRequest, PortForward
 from autoscaler.testing import start_fake_api
 
 TOKEN = "bench-footprint-token"
+PRICE = 0.4 + 8 * 0.005 + 32 * 0.002 + 100 * 0.0001  # one RTX 4090 with 8 vCPUs, 32 GB, 100 GB on big_catalog
 
 
 def big_catalog(path: Path, hosts: int) -> None:
@@ -100,7 +102,11 @@ def measure(size: int, cycles: int, workdir: Path) -> dict[str, float]:
                     port_forwards=(PortForward(internal_port=22, external_port=20000 + n % 40000),),
                 )
             )
-            store.adopt(created.id, f"fp-{n:06d}", time.time(), None)
+            # As the actuator records its creates (rule 12), and as a daemon that has run a while has
+            # already asked TensorDock about each one: the steady state this measures.
+            shape = OwnedShape("geforcertx4090-pcie-24gb", 1, 8, 32, 100, location_id=location)
+            store.adopt(created.id, f"fp-{n:06d}", time.time(), None, shape=shape, expected_rate=PRICE)
+            store.refine(created.id, time.time(), seen_rate=PRICE)
         runtime.engine.run_cycle()  # warm-up: offers fetched, store synced
         requests_before = httpx.get(requests_url).json()["operations"]
         cpu0 = time.process_time()

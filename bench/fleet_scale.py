@@ -2,9 +2,10 @@
 
     .venv/bin/python bench/fleet_scale.py [--sizes 10,100,1000,5000] [--cycles 20]
 
-Same method as bench/daemon_footprint.py (steady state against a fake in its own process, next to
-the bare listing every cycle must make). Targets: at most 3 API calls per steady cycle; under
-50 ms of CPU per cycle at 1,000 instances.
+Same method as bench/daemon_footprint.py (steady state against a fake in its own process, which
+speaks the documented dialect: listings of id, name and status only), next to the bare listing
+every cycle must make. Targets: at most 1.1 API calls per steady cycle; under 50 ms of CPU per
+cycle at 1,000 instances.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ def main() -> None:
         __doc__.splitlines()[0] if __doc__ else "fleet scale",
         "10,100,1000,5000",
         20,
-        "targets: at most 3 API calls per steady cycle; < 50 ms CPU per cycle at 1,000 instances",
+        "targets: at most 1.1 API calls per steady cycle; < 50 ms CPU per cycle at 1,000 instances",
     )
 
 

@@ -27,7 +27,7 @@ def clock() -> ManualClock:
     return ManualClock()
 
 
-@pytest.fixture(params=["spec", "observed"])
+@pytest.fixture(params=["documented", "spec", "observed"])
 def dialect(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
@@ -38,7 +38,7 @@ MakeClient = Callable[..., TensorDockClient]
 
 @pytest.fixture
 def make_fake(clock: ManualClock) -> MakeFake:
-    def make(dialect: str = "observed", **kwargs: Any) -> FakeTensorDockApp:
+    def make(dialect: str = "documented", **kwargs: Any) -> FakeTensorDockApp:
         kwargs.setdefault("clock", clock)
         return build_fake(TOKEN, dialect, **kwargs)  # type: ignore[arg-type]
 

@@ -137,7 +137,7 @@ def test_success_bodies_are_not_errors(body: object) -> None:
         {"data": {"instances": [{"id": ""}]}},
         {"data": {"instances": [{"id": "x", "rateHourly": "expensive"}]}},
         {"data": {"instances": [{"id": "x", "resources": {"gpus": "many"}}]}},
-        {"data": {"instances": [{"id": "x", "rateHourly": -1}]}},
+        {"data": {"instances": [{"id": "x", "name": {"not": "a name"}}]}},
         {"nothing": True},
     ],
 )

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
-from autoscaler.snapshot import Spend
+from autoscaler.snapshot import OwnedShape, Spend
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,11 @@ class OwnedRecord:
     storage_rate: float
     start_refused_at: float | None = None  # a start failed for capacity: its GPUs are gone
     last_rate: float | None = None  # $/h the ledger charges it now
+    shape: OwnedShape | None = None  # what we asked for (rule 12); None: not known
+    expected_rate: float | None = None  # $/h of the offer it was created from
+    seen_rate: float | None = None  # the last plausible rateHourly a GET by id gave
+    detail_at: float | None = None  # when a GET by id last answered for it
+    absent_since: float | None = None  # missing from listings since (rule 11: not yet forgotten)
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,8 @@ class JournalEntry:
     reason: str
     outcome: str | None  # None: intent written, call not finished (crash); "unknown": no reply
     error: str | None
+    shape: OwnedShape | None = None  # a create's: what was asked for
+    outcome_at: float | None = None  # when the call's reply (or failure) came
 
 
 class Store(Protocol):
@@ -47,8 +55,21 @@ class Store(Protocol):
     # ownership
     def owned(self) -> dict[str, OwnedRecord]: ...
     def adopt(
-        self, instance_id: str, name: str, created_at: float, offer_key: str | None, storage_rate: float = 0.0
+        self,
+        instance_id: str,
+        name: str,
+        created_at: float,
+        offer_key: str | None,
+        storage_rate: float = 0.0,
+        *,
+        shape: OwnedShape | None = None,
+        expected_rate: float | None = None,
     ) -> None: ...
+    def refine(
+        self, instance_id: str, at: float, *, seen_rate: float | None, shape: OwnedShape | None = None
+    ) -> None: ...
+    def mark_absent(self, instance_ids: Sequence[str], since: float | None) -> None: ...
+    def is_new(self) -> bool: ...
     def forget(self, instance_id: str) -> None: ...
     def observe(self, instance_id: str, status: str, busy: bool | None, now: float) -> None: ...
     def observe_many(
@@ -71,6 +92,7 @@ class Store(Protocol):
         hourly_price: float = 0.0,
         replaces: str | None = None,
         reason: str = "",
+        shape: OwnedShape | None = None,
     ) -> int: ...
     def journal_outcome(
         self, entry_id: int, outcome: str, at: float, *, instance_id: str | None = None, error: str | None = None

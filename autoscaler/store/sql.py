@@ -4,17 +4,18 @@ connect, their column types, placeholders, and a few spellings (see the subclass
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import threading
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from autoscaler.snapshot import Spend
+from autoscaler.snapshot import OwnedShape, Spend
 
 from .base import JournalEntry, OwnedRecord
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def schema(float_type: str, serial: str) -> dict[int, list[str]]:
@@ -41,7 +42,19 @@ def schema(float_type: str, serial: str) -> dict[int, list[str]]:
             "CREATE TABLE leadership (name TEXT PRIMARY KEY, token BIGINT NOT NULL)",
         ],
         2: ["CREATE INDEX journal_instance ON journal(instance_id)"],  # an instance's latest action
+        3: [  # rule 12: what an instance is comes from our own record; rule 11: absence is not deletion
+            "ALTER TABLE instances ADD COLUMN shape TEXT",
+            f"ALTER TABLE instances ADD COLUMN expected_rate {f}",
+            f"ALTER TABLE instances ADD COLUMN seen_rate {f}",
+            f"ALTER TABLE instances ADD COLUMN detail_at {f}",
+            f"ALTER TABLE instances ADD COLUMN absent_since {f}",
+            "ALTER TABLE journal ADD COLUMN shape TEXT",
+        ],
     }
+
+
+def _entry(row: Sequence[Any]) -> JournalEntry:
+    return dataclasses.replace(JournalEntry(*row[:13]), shape=OwnedShape.from_json(row[13]), outcome_at=row[14])
 
 
 @functools.lru_cache(maxsize=64)
@@ -156,19 +169,80 @@ class SqlStore:
         with self._lock:
             rows = self._x(
                 "SELECT id, name, created_at, offer_key, status, status_since, idle_since, retiring_for, storage_rate,"
-                " start_refused_at, last_rate FROM instances"
+                " start_refused_at, last_rate, shape, expected_rate, seen_rate, detail_at, absent_since FROM instances"
             ).fetchall()
-        return {row[0]: OwnedRecord(*row) for row in rows}
+        return {
+            row[0]: dataclasses.replace(
+                OwnedRecord(*row[:11]),
+                shape=OwnedShape.from_json(row[11]),
+                expected_rate=row[12],
+                seen_rate=row[13],
+                detail_at=row[14],
+                absent_since=row[15],
+            )
+            for row in rows
+        }
 
     def adopt(
-        self, instance_id: str, name: str, created_at: float, offer_key: str | None, storage_rate: float = 0.0
+        self,
+        instance_id: str,
+        name: str,
+        created_at: float,
+        offer_key: str | None,
+        storage_rate: float = 0.0,
+        *,
+        shape: OwnedShape | None = None,
+        expected_rate: float | None = None,
     ) -> None:
         with self._lock:
             self._x(
-                "INSERT INTO instances (id, name, created_at, offer_key, storage_rate, last_accrued_at)"
-                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET name = excluded.name",
-                (instance_id, name, created_at, offer_key, storage_rate, created_at),
+                "INSERT INTO instances (id, name, created_at, offer_key, storage_rate, last_accrued_at, shape,"
+                " expected_rate) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET name = excluded.name,"
+                " shape = COALESCE(excluded.shape, instances.shape),"
+                " expected_rate = COALESCE(excluded.expected_rate, instances.expected_rate)",
+                (
+                    instance_id,
+                    name,
+                    created_at,
+                    offer_key,
+                    storage_rate,
+                    created_at,
+                    shape.to_json() if shape is not None else None,
+                    expected_rate,
+                ),
             )
+
+    def refine(self, instance_id: str, at: float, *, seen_rate: float | None, shape: OwnedShape | None = None) -> None:
+        """What a GET by id said: the rate TensorDock bills (when it said one), and when we asked."""
+        with self._lock:
+            self._x(
+                "UPDATE instances SET detail_at = ?, seen_rate = COALESCE(?, seen_rate),"
+                " shape = COALESCE(shape, ?) WHERE id = ?",
+                (at, seen_rate, shape.to_json() if shape is not None else None, instance_id),
+            )
+
+    def mark_absent(self, instance_ids: Sequence[str], since: float | None) -> None:
+        """Missing from a listing since `since` (None: listed again); forgetting needs a GET's 404."""
+        if not instance_ids:
+            return
+        with self._lock:
+            if since is None:
+                self._x(
+                    f"UPDATE instances SET absent_since = NULL WHERE id IN {self.ids_sql}",  # noqa: S608
+                    (self._ids(list(instance_ids)),),
+                )
+            else:
+                self._x(
+                    f"UPDATE instances SET absent_since = COALESCE(absent_since, ?) WHERE id IN {self.ids_sql}",  # noqa: S608
+                    (since, self._ids(list(instance_ids))),
+                )
+
+    def is_new(self) -> bool:
+        """Nothing was ever journaled or owned here: a fresh (or lost and recreated) store."""
+        with self._lock:
+            journaled = self._x("SELECT 1 FROM journal LIMIT 1").fetchone()
+            owned = self._x("SELECT 1 FROM instances LIMIT 1").fetchone()
+        return journaled is None and owned is None
 
     def forget(self, instance_id: str) -> None:
         with self._lock:
@@ -201,19 +275,21 @@ class SqlStore:
         hourly_price: float = 0.0,
         replaces: str | None = None,
         reason: str = "",
+        shape: OwnedShape | None = None,
     ) -> int:
-        values = (cycle_id, at, kind, name, instance_id, offer_key, gpus, hourly_price, replaces, reason)
-        columns = "cycle_id, at, kind, name, instance_id, offer_key, gpus, hourly_price, replaces, reason"
+        shape_json = shape.to_json() if shape is not None else None
+        values = (cycle_id, at, kind, name, instance_id, offer_key, gpus, hourly_price, replaces, reason, shape_json)
+        columns = "cycle_id, at, kind, name, instance_id, offer_key, gpus, hourly_price, replaces, reason, shape"
         with self._lock:
             if self.fencing is None:
                 row = self._x(
-                    f"INSERT INTO journal ({columns}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",  # noqa: S608
+                    f"INSERT INTO journal ({columns}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",  # noqa: S608
                     values,
                 ).fetchone()
             else:  # only while our token is still the current one: a deposed leader writes nothing
                 election, token = self.fencing
                 row = self._x(
-                    f"INSERT INTO journal ({columns}, fencing_token) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?"  # noqa: S608
+                    f"INSERT INTO journal ({columns}, fencing_token) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?"  # noqa: S608
                     " WHERE (SELECT token FROM leadership WHERE name = ?) = ? RETURNING id",
                     (*values, token, election, token),
                 ).fetchone()
@@ -232,7 +308,8 @@ class SqlStore:
             )
 
     _JOURNAL_COLUMNS = (
-        "id, cycle_id, at, kind, name, instance_id, offer_key, gpus, hourly_price, replaces, reason, outcome, error"
+        "id, cycle_id, at, kind, name, instance_id, offer_key, gpus, hourly_price, replaces, reason, outcome, error,"
+        " shape, outcome_at"
     )
 
     def unresolved_creates(self) -> list[JournalEntry]:
@@ -242,7 +319,7 @@ class SqlStore:
                 f"SELECT {self._JOURNAL_COLUMNS} FROM journal WHERE kind = 'create'"  # noqa: S608
                 " AND (outcome IS NULL OR outcome = 'unknown') ORDER BY id"
             ).fetchall()
-        return [JournalEntry(*row) for row in rows]
+        return [_entry(row) for row in rows]
 
     def close_interrupted_changes(self, at: float) -> int:
         """Start/stop/delete intents a killed process never finished: the listing now tells their
@@ -264,7 +341,7 @@ class SqlStore:
                 " ORDER BY id DESC LIMIT 1",
                 (instance_id,),
             ).fetchone()
-        return JournalEntry(*row) if row else None
+        return _entry(row) if row else None
 
     def created_names(self) -> set[str]:
         with self._lock:
@@ -277,7 +354,7 @@ class SqlStore:
                 f"SELECT {self._JOURNAL_COLUMNS} FROM journal ORDER BY id DESC LIMIT ?",  # noqa: S608
                 (limit,),
             ).fetchall()
-        return [JournalEntry(*row) for row in reversed(rows)]
+        return [_entry(row) for row in reversed(rows)]
 
     # -- money --------------------------------------------------------------------------------
 

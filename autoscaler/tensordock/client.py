@@ -56,12 +56,17 @@ class ApiObserver(Protocol):
 
     def rate_limit_waited(self, seconds: float) -> None: ...
 
+    def discovery_entry_skipped(self, endpoint: str) -> None: ...
+
 
 class _NullObserver:
     def request_finished(self, operation: str, outcome: str, seconds: float) -> None:
         pass
 
     def rate_limit_waited(self, seconds: float) -> None:
+        pass
+
+    def discovery_entry_skipped(self, endpoint: str) -> None:
         pass
 
 
@@ -118,14 +123,15 @@ class TensorDockClient:
         bucket: TokenBucket | None = None,
         connect_timeout_s: float = 5.0,
         read_timeout_s: float = 30.0,
+        create_timeout_s: float = 120.0,
         max_attempts: int = 4,
         backoff_initial_s: float = 2.0,
         backoff_max_s: float = 30.0,
         transport: httpx.BaseTransport | None = None,
         observer: ApiObserver | None = None,
     ) -> None:
-        if wire_format not in ("observed", "spec"):
-            raise ValueError(f"wire_format must be 'observed' or 'spec', not {wire_format!r}")
+        if wire_format not in ("observed", "spec", "documented"):
+            raise ValueError(f"wire_format must be 'documented', 'observed' or 'spec', not {wire_format!r}")
         self._token = token if isinstance(token, SecretStr) else SecretStr(token)
         if not self._token.get_secret_value():
             raise ValueError("a TensorDock API token is required (tensordock.token or tensordock.token_file)")
@@ -147,6 +153,7 @@ class TensorDockClient:
         self._backoff = wait_exponential_jitter(
             multiplier=backoff_initial_s, max=backoff_max_s, jitter=backoff_initial_s
         )
+        self._create_timeout = httpx.Timeout(create_timeout_s, connect=connect_timeout_s)
         self._max_attempts = max_attempts
         self._retrying = self._build_retrying()
 
@@ -182,7 +189,12 @@ class TensorDockClient:
     def create_instance(self, request: CreateInstanceRequest) -> Instance:
         """Create; never repeated after an unknown outcome, see `find_instances_by_name`."""
         body = self._call(
-            "create_instance", "POST", "/instances", json=wire.create_body(request, self.wire_format), idempotent=False
+            "create_instance",
+            "POST",
+            "/instances",
+            json=wire.create_body(request, self.wire_format),
+            idempotent=False,
+            timeout=self._create_timeout,  # creates are slow at TensorDock; a 30 s read would orphan many
         )
         return wire.parse_instance_reply(body, "create_instance")
 
@@ -204,10 +216,17 @@ class TensorDockClient:
         self._call("delete_instance", "DELETE", f"/instances/{instance_id}", idempotent=True, gone_ok_on_retry=True)
 
     def list_locations(self) -> list[Location]:
-        return wire.parse_locations(self._call("list_locations", "GET", "/locations", idempotent=True))
+        body = self._call("list_locations", "GET", "/locations", idempotent=True)
+        return wire.parse_locations(body, on_skip=self._skipped)
 
     def list_hostnodes(self) -> list[Hostnode]:
-        return wire.parse_hostnodes(self._call("list_hostnodes", "GET", "/hostnodes", idempotent=True))
+        body = self._call("list_hostnodes", "GET", "/hostnodes", idempotent=True)
+        return wire.parse_hostnodes(body, on_skip=self._skipped)
+
+    def _skipped(self, endpoint: str, why: str) -> None:
+        """One odd discovery entry must not spoil the list: it is dropped, logged and counted."""
+        _log.info("discovery_entry_skipped", endpoint=endpoint, why=why)
+        self._observer.discovery_entry_skipped(endpoint)
 
     def get_hostnode(self, hostnode_id: str) -> Hostnode:
         body = self._call("get_hostnode", "GET", f"/hostnodes/{hostnode_id}", idempotent=True)
@@ -235,6 +254,7 @@ class TensorDockClient:
         idempotent: bool,
         json: dict[str, Any] | None = None,
         gone_ok_on_retry: bool = False,
+        timeout: httpx.Timeout | None = None,
     ) -> object:
         attempts = 0
 
@@ -242,7 +262,7 @@ class TensorDockClient:
             nonlocal attempts
             attempts += 1
             try:
-                return self._send_once(operation, method, path, json)
+                return self._send_once(operation, method, path, json, timeout)
             except NotFoundError:
                 if gone_ok_on_retry and attempts > 1:
                     return None
@@ -258,8 +278,10 @@ class TensorDockClient:
 
         def wait(state: RetryCallState) -> float:
             outcome = state.outcome
-            if outcome is not None and isinstance(outcome.exception(), RateLimitedError):
+            limited = outcome.exception() if outcome is not None else None
+            if isinstance(limited, RateLimitedError) and limited.retry_after is not None:
                 return 0.0  # the shared bucket is paused for Retry-After; acquire() waits
+            # a 429 without Retry-After backs off by the client's own schedule
             return float(self._backoff(state))
 
         def log_retry(state: RetryCallState) -> None:
@@ -282,14 +304,16 @@ class TensorDockClient:
             reraise=True,
         )
 
-    def _send_once(self, operation: str, method: str, path: str, json: dict[str, Any] | None) -> object:
+    def _send_once(
+        self, operation: str, method: str, path: str, json: dict[str, Any] | None, timeout: httpx.Timeout | None
+    ) -> object:
         waited = self._bucket.acquire()
         if waited > 0:
             self._observer.rate_limit_waited(waited)
         started = time.perf_counter()
         outcome = "error"
         try:
-            response = self._exchange(operation, method, path, json)
+            response = self._exchange(operation, method, path, json, timeout)
             outcome = str(response.status_code)
             body = self._decode(operation, response)
             self._raise_for_error(operation, response, body)
@@ -309,9 +333,13 @@ class TensorDockClient:
                 ms=round(elapsed * 1000, 1),
             )
 
-    def _exchange(self, operation: str, method: str, path: str, json: dict[str, Any] | None) -> httpx.Response:
+    def _exchange(
+        self, operation: str, method: str, path: str, json: dict[str, Any] | None, timeout: httpx.Timeout | None
+    ) -> httpx.Response:
         try:
-            return self._http.request(method, path, json=json)
+            if timeout is None:
+                return self._http.request(method, path, json=json)
+            return self._http.request(method, path, json=json, timeout=timeout)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             raise ConnectionFailedError(
                 operation, f"could not connect to {self.base_url}: {type(exc).__name__}"

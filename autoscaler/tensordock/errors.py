@@ -9,7 +9,8 @@ import re
 
 _CAPACITY_PATTERN = re.compile(
     r"no available nodes|hostnode unavailable|no longer available|not enough (gpus?|capacity)"
-    r"|insufficient (gpus?|capacity)|disassociated|out of stock",
+    r"|insufficient (gpus?|capacity)|disassociated|out of stock"
+    r"|no available public ip|nodes? unavailable|gpus? not available|sold out",
     re.IGNORECASE,
 )
 

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import AliasChoices, AliasPath, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-WireFormat = Literal["observed", "spec"]
+WireFormat = Literal["observed", "spec", "documented"]  # documented writes as observed does
 
 
 class InstanceStatus(StrEnum):
@@ -52,6 +52,9 @@ def _parse_status(raw: str) -> InstanceStatus:
 _STATUS_NOISE = re.compile(r"[\s_\-]")
 
 
+MAX_PLAUSIBLE_PRICE = 1000.0  # USD per GPU-hour (or per vCPU/GB-hour): a discovery entry above it is noise
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -86,7 +89,9 @@ class Instance(_Frozen):
     status: InstanceStatus = InstanceStatus.UNKNOWN
     status_raw: str | None = Field(default=None, validation_alias=_also("status_raw", "status"))
     gpus: tuple[GpuAllocation, ...] = Field(default=(), validation_alias=_also("gpus", AliasPath("resources", "gpus")))
-    rate_hourly: float | None = Field(default=None, ge=0, validation_alias=_also("rate_hourly", "rateHourly"))
+    # Not range-checked here: an absurd price is the engine's to disbelieve (rule 11), not a reason
+    # to throw away the whole listing.
+    rate_hourly: float | None = Field(default=None, validation_alias=_also("rate_hourly", "rateHourly"))
     ip_address: str | None = Field(default=None, validation_alias=_also("ip_address", "ipAddress", "ip"))
     port_forwards: tuple[PortForward, ...] = Field(default=(), validation_alias=_also("port_forwards", "portForwards"))
     vcpu_count: int | None = Field(
@@ -111,9 +116,13 @@ class Instance(_Frozen):
         """Spec: `[{gpuV0Name, count}]`; observed: `{model: {count}}`."""
         if value is None:
             return ()
-        if isinstance(value, dict):
+        if isinstance(value, dict):  # keyed by v0Name, or by display name with v0Name inside
+            inner = ("v0Name", "gpuV0Name")
             return [
-                {"model": model, "count": spec.get("count", 1) if isinstance(spec, dict) else spec}
+                {
+                    "model": next((spec[k] for k in inner if spec.get(k)), model) if isinstance(spec, dict) else model,
+                    "count": spec.get("count", 1) if isinstance(spec, dict) else spec,
+                }
                 for model, spec in value.items()
             ]
         if isinstance(value, list):
@@ -151,9 +160,9 @@ class Instance(_Frozen):
 class Pricing(_Frozen):
     """Per-resource hourly prices of a host; GPU prices are per GPU and quoted separately."""
 
-    per_vcpu_hr: float = Field(default=0.0, ge=0)
-    per_gb_ram_hr: float = Field(default=0.0, ge=0)
-    per_gb_storage_hr: float = Field(default=0.0, ge=0)
+    per_vcpu_hr: float = Field(default=0.0, ge=0, le=MAX_PLAUSIBLE_PRICE, allow_inf_nan=False)
+    per_gb_ram_hr: float = Field(default=0.0, ge=0, le=MAX_PLAUSIBLE_PRICE, allow_inf_nan=False)
+    per_gb_storage_hr: float = Field(default=0.0, ge=0, le=MAX_PLAUSIBLE_PRICE, allow_inf_nan=False)
 
     def hourly_price(self, gpu_price_per_hr: float, gpus: int, vcpus: int, ram_gb: float, storage_gb: float) -> float:
         """The hourly price of an offer, as TensorDock computes `rateHourly`."""
@@ -176,7 +185,7 @@ class LocationGpuOffer(_Frozen):
     gpu_model: str
     display_name: str | None = None
     max_count: int = Field(ge=0)
-    price_per_hr: float = Field(ge=0)
+    price_per_hr: float = Field(ge=0, le=MAX_PLAUSIBLE_PRICE, allow_inf_nan=False)
     max_vcpus: int | None = Field(default=None, ge=0)
     max_ram_gb: float | None = Field(default=None, ge=0)
     max_storage_gb: float | None = Field(default=None, ge=0)
@@ -201,7 +210,7 @@ class Location(_Frozen):
 class HostnodeGpu(_Frozen):
     gpu_model: str
     available_count: int = Field(ge=0)
-    price_per_hr: float = Field(ge=0)
+    price_per_hr: float = Field(ge=0, le=MAX_PLAUSIBLE_PRICE, allow_inf_nan=False)
 
 
 class Hostnode(_Frozen):
@@ -246,7 +255,8 @@ class CreateInstanceRequest(_Frozen):
     location_id: str | None = None
     hostnode_id: str | None = None
     use_dedicated_ip: bool = False
-    ssh_key: str = Field(min_length=1)
+    ssh_key: str | None = Field(default=None, min_length=1, description="the public key itself")
+    ssh_key_id: str | None = Field(default=None, min_length=1, description="a key uploaded to TensorDock before")
     port_forwards: tuple[PortForward, ...] = ()
     cloud_init: dict[str, Any] | None = None
 
@@ -256,6 +266,8 @@ class CreateInstanceRequest(_Frozen):
             raise ValueError("give exactly one of location_id or hostnode_id")
         if self.location_id is not None and (self.gpu_model is None or self.gpu_count < 1):
             raise ValueError("a location-based create needs gpu_model and gpu_count >= 1")
+        if (self.ssh_key is None) == (self.ssh_key_id is None):
+            raise ValueError("give exactly one of ssh_key or ssh_key_id")
         return self
 
 

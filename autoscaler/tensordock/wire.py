@@ -7,7 +7,7 @@ wire format. Anything that cannot be read raises MalformedResponseError naming w
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
@@ -64,6 +64,9 @@ def find_error(body: object) -> tuple[int | None, str] | None:
         return _as_status(body.get("status")), message
     if body.get("success") is False:
         return _as_status(body.get("status")), str(body.get("message") or "request failed")
+    status = _as_status(body.get("status"))
+    if status is not None and status >= 400 and "data" not in body:  # `{"status": 400, "message": ...}`
+        return status, str(_first(body, "message", "detail", "title") or f"status {status}")
     return None
 
 
@@ -135,41 +138,64 @@ def parse_instance_reply(body: object, operation: str) -> Instance:
 
 
 def _pricing(raw: object) -> Pricing:
-    return Pricing.model_validate(raw) if isinstance(raw, dict) else Pricing()
+    """Missing or null per-resource prices count as 0: they are a small share of an offer's price."""
+    if not isinstance(raw, dict):
+        return Pricing()
+    return Pricing.model_validate({k: v for k, v in raw.items() if k in Pricing.model_fields and v is not None})
 
 
-def parse_locations(body: object, operation: str = "list_locations") -> list[Location]:
+SkipEntry = Callable[[str, str], None]  # (endpoint, why): one discovery entry was unreadable
+
+
+def _skip_nothing(endpoint: str, why: str) -> None:
+    pass
+
+
+def _entries(body: object, key: str, operation: str) -> list[object]:
     data = body.get("data") if isinstance(body, dict) else None
-    items = data.get("locations") if isinstance(data, dict) else data
+    items = data.get(key) if isinstance(data, dict) else data
     if not isinstance(items, list):
-        raise _malformed(operation, "no location list found", body)
-    try:
-        return [_parse_location(item) for item in items]
-    except (ValidationError, ValueError, TypeError, AttributeError, KeyError) as exc:
-        raise _malformed(operation, f"location fields are invalid ({_summarise(exc)})", body) from exc
+        raise _malformed(operation, f"no {key[:-1]} list found", body)
+    return items
 
 
-def _parse_location(item: JsonObject) -> Location:
+def parse_locations(
+    body: object, operation: str = "list_locations", on_skip: SkipEntry = _skip_nothing
+) -> list[Location]:
+    """Every readable location; an unreadable location or GPU entry is skipped, not fatal."""
+    locations = []
+    for item in _entries(body, "locations", operation):
+        try:
+            locations.append(_parse_location(item, operation, on_skip))
+        except (ValidationError, ValueError, TypeError, AttributeError, KeyError) as exc:
+            on_skip(operation, f"location: {_summarise(exc)}")
+    return locations
+
+
+def _parse_location(item: Any, operation: str, on_skip: SkipEntry) -> Location:
     offers = []
     for gpu in item.get("gpus") or []:
-        resources = gpu.get("resources") or {}
-        network = gpu.get("network_features") or {}
-        offers.append(
-            LocationGpuOffer(
-                location_id=item["id"],
-                gpu_model=gpu["v0Name"],
-                display_name=gpu.get("displayName"),
-                max_count=gpu.get("max_count", 0),
-                price_per_hr=gpu["price_per_hr"],
-                max_vcpus=resources.get("max_vcpus"),
-                max_ram_gb=resources.get("max_ram_gb"),
-                max_storage_gb=resources.get("max_storage_gb"),
-                pricing=_pricing(gpu.get("pricing")),
-                dedicated_ip_available=bool(network.get("dedicated_ip_available", False)),
-                port_forwarding_available=bool(network.get("port_forwarding_available", True)),
-                network_storage_available=bool(network.get("network_storage_available", False)),
+        try:
+            resources = gpu.get("resources") or {}
+            network = gpu.get("network_features") or {}
+            offers.append(
+                LocationGpuOffer(
+                    location_id=item["id"],
+                    gpu_model=gpu.get("v0Name") or gpu["gpuV0Name"],
+                    display_name=gpu.get("displayName"),
+                    max_count=gpu.get("max_count") or 0,
+                    price_per_hr=gpu["price_per_hr"],
+                    max_vcpus=resources.get("max_vcpus"),
+                    max_ram_gb=resources.get("max_ram_gb"),
+                    max_storage_gb=resources.get("max_storage_gb"),
+                    pricing=_pricing(gpu.get("pricing")),
+                    dedicated_ip_available=bool(network.get("dedicated_ip_available", False)),
+                    port_forwarding_available=bool(network.get("port_forwarding_available", True)),
+                    network_storage_available=bool(network.get("network_storage_available", False)),
+                )
             )
-        )
+        except (ValidationError, ValueError, TypeError, AttributeError, KeyError) as exc:
+            on_skip(operation, f"location GPU: {_summarise(exc)}")
     return Location(
         id=item["id"],
         city=item.get("city"),
@@ -180,12 +206,17 @@ def _parse_location(item: JsonObject) -> Location:
     )
 
 
-def parse_hostnodes(body: object, operation: str = "list_hostnodes") -> list[Hostnode]:
-    data = body.get("data") if isinstance(body, dict) else None
-    items = data.get("hostnodes") if isinstance(data, dict) else data
-    if not isinstance(items, list):
-        raise _malformed(operation, "no hostnode list found", body)
-    return [parse_hostnode(item, operation) for item in items]
+def parse_hostnodes(
+    body: object, operation: str = "list_hostnodes", on_skip: SkipEntry = _skip_nothing
+) -> list[Hostnode]:
+    """Every readable host; an unreadable host or GPU entry is skipped, not fatal."""
+    hosts = []
+    for item in _entries(body, "hostnodes", operation):
+        try:
+            hosts.append(parse_hostnode(item, operation, on_skip))
+        except MalformedResponseError as exc:
+            on_skip(operation, f"hostnode: {exc.message[:160]}")
+    return hosts
 
 
 def parse_hostnode_reply(body: object, operation: str = "get_hostnode") -> Hostnode:
@@ -193,7 +224,23 @@ def parse_hostnode_reply(body: object, operation: str = "get_hostnode") -> Hostn
     return parse_hostnode(data, operation)
 
 
-def parse_hostnode(item: object, operation: str) -> Hostnode:
+def _host_gpus(raw: object, operation: str, on_skip: SkipEntry) -> tuple[HostnodeGpu, ...]:
+    gpus = []
+    for gpu in raw if isinstance(raw, list) else []:
+        try:
+            gpus.append(
+                HostnodeGpu(
+                    gpu_model=gpu.get("v0Name") or gpu["gpuV0Name"],
+                    available_count=gpu.get("availableCount") or 0,
+                    price_per_hr=gpu["price_per_hr"],
+                )
+            )
+        except (ValidationError, ValueError, TypeError, AttributeError, KeyError) as exc:
+            on_skip(operation, f"hostnode GPU: {_summarise(exc)}")
+    return tuple(gpus)
+
+
+def parse_hostnode(item: object, operation: str, on_skip: SkipEntry = _skip_nothing) -> Hostnode:
     if not isinstance(item, dict):
         raise _malformed(operation, "hostnode is not an object", item)
     try:
@@ -204,14 +251,7 @@ def parse_hostnode(item: object, operation: str) -> Hostnode:
             location_id=item.get("location_id") or location.get("uuid"),
             engine=item.get("engine"),
             uptime_percentage=item.get("uptime_percentage"),
-            gpus=tuple(
-                HostnodeGpu(
-                    gpu_model=gpu["v0Name"],
-                    available_count=gpu.get("availableCount", 0),
-                    price_per_hr=gpu["price_per_hr"],
-                )
-                for gpu in available.get("gpus") or []
-            ),
+            gpus=_host_gpus(available.get("gpus"), operation, on_skip),
             vcpu_count=available.get("vcpu_count"),
             ram_gb=available.get("ram_gb"),
             storage_gb=available.get("storage_gb"),
@@ -254,8 +294,11 @@ def create_body(request: CreateInstanceRequest, wire_format: WireFormat) -> Json
         "image": request.image,
         "resources": resources,
         "useDedicatedIp": request.use_dedicated_ip,
-        "ssh_key": request.ssh_key,
     }
+    if request.ssh_key is not None:
+        attributes["ssh_key"] = request.ssh_key
+    else:
+        attributes["ssh_key_id"] = request.ssh_key_id
     if request.location_id is not None:
         attributes["location_id"] = request.location_id
     if request.hostnode_id is not None:
@@ -278,9 +321,9 @@ def modify_body(request: ModifyInstanceRequest, wire_format: WireFormat) -> Json
     if request.storage_gb is not None:
         body["diskGb"] = request.storage_gb
     if request.gpu_model is not None and request.gpu_count is not None:
-        body["gpus"] = (
-            {"gpuV0Name": request.gpu_model, "count": request.gpu_count}
-            if wire_format == "spec"
-            else {request.gpu_model: {"count": request.gpu_count}}
+        body["gpus"] = (  # the documented modify body, which the Go clients send too
+            {request.gpu_model: {"count": request.gpu_count}}
+            if wire_format == "observed"
+            else {"gpuV0Name": request.gpu_model, "count": request.gpu_count}
         )
     return body

@@ -74,7 +74,7 @@ def make_world(tmp_path: Path) -> Iterator[MakeWorld]:
     worlds: list[World] = []
 
     def make(
-        dialect: str = "observed",
+        dialect: str = "documented",
         fake_options: dict[str, Any] | None = None,
         store_url: str | None = None,
         **settings: Any,

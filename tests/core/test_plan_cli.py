@@ -41,7 +41,7 @@ url = "sqlite:///{tmp_path}/state.db"
 def test_plan_prints_the_snapshot_and_each_action_with_its_reason_and_cost(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    app = build_fake(TOKEN, "observed", clock=SystemClock())
+    app = build_fake(TOKEN, "documented", clock=SystemClock())
     with FakeServer(app) as server:
         config = write_config(tmp_path, server.url)
         assert main(["plan", "--config", str(config), "--json"]) == 0

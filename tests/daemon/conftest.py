@@ -123,7 +123,7 @@ def daemon(tmp_path: Path) -> Iterator[Callable[..., RunningDaemon]]:
     def start(fake_faults: Any = None, max_gpus: int = 8, env_extra: dict[str, str] | None = None) -> RunningDaemon:
         fake = build_fake(
             TOKEN,
-            "observed",
+            "documented",
             clock=SystemClock(),
             timings=Timings(create_s=1, ip_s=0.5, start_s=1, stop_s=0.5),
             faults=fake_faults,

@@ -37,7 +37,7 @@ def test_twenty_sigkills_lose_no_instance_and_double_none(tmp_path: Path) -> Non
     rng = random.Random(int(os.environ.get("TDAS_CRASH_SEED", "20261126")))  # other seeds: measure the spread
     fake = build_fake(
         TOKEN,
-        "observed",
+        "documented",
         clock=SystemClock(),
         faults=Faults(latency_s=0.05),
         timings=Timings(create_s=0.5, ip_s=0.2, start_s=0.5, stop_s=0.3),

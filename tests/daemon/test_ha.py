@@ -57,7 +57,7 @@ def test_a_deposed_leaders_intent_is_refused_by_the_store(pg_store_url: str) -> 
 @pytest.fixture
 def replicas(tmp_path: Path, pg_store_url: str) -> Iterator[Callable[[int], list[subprocess.Popen[str]]]]:  # noqa: F811
     fake = build_fake(
-        TOKEN, "observed", clock=SystemClock(), timings=Timings(create_s=1, ip_s=0.5, start_s=1, stop_s=0.5)
+        TOKEN, "documented", clock=SystemClock(), timings=Timings(create_s=1, ip_s=0.5, start_s=1, stop_s=0.5)
     )
     server = FakeServer(fake).start()
     signal_file = tmp_path / "queue.json"

@@ -17,7 +17,7 @@ from ..conftest import TOKEN, create_request
 
 
 def test_status_shows_managed_and_unmanaged_instances(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    fake = build_fake(TOKEN, "observed", clock=SystemClock(), timings=Timings(create_s=0, ip_s=0))
+    fake = build_fake(TOKEN, "documented", clock=SystemClock(), timings=Timings(create_s=0, ip_s=0))
     with FakeServer(fake) as server:
         config = tmp_path / "c.toml"
         config.write_text(

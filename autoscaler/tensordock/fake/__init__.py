@@ -2,11 +2,12 @@
 
 from .app import DroppedReplyError, FakeTensorDockApp
 from .catalog import Catalog, load_catalog
-from .dialects import Dialect
+from .dialects import DIALECTS, Dialect
 from .server import FakeServer, build_fake, in_process_transport, serve_forever
-from .state import Bill, FakeApiError, FakeInstance, FakeTensorDock, Faults, Timings
+from .state import Bill, FakeApiError, FakeInstance, FakeTensorDock, Faults, Rules, Timings
 
 __all__ = [
+    "DIALECTS",
     "Bill",
     "Catalog",
     "Dialect",
@@ -17,6 +18,7 @@ __all__ = [
     "FakeTensorDock",
     "FakeTensorDockApp",
     "Faults",
+    "Rules",
     "Timings",
     "build_fake",
     "in_process_transport",

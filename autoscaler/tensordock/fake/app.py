@@ -18,7 +18,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
-from .dialects import Dialect, Renderer
+from .dialects import Dialect, Renderer, with_junk
 from .state import FakeApiError, FakeTensorDock, Faults
 
 API = "/api/v2"
@@ -40,14 +40,15 @@ class FakeTensorDockApp:
         self,
         state: FakeTensorDock,
         token: str,
-        dialect: Dialect = "observed",
+        dialect: Dialect = "documented",
         *,
         rate_limit: int = 100,
         rate_window_s: float = 60.0,
+        rate_in_get: bool = True,
     ) -> None:
         self.state = state
         self._token = token
-        self.renderer = Renderer(dialect, state.catalog, state.timings.ip_s)
+        self.renderer = Renderer(dialect, state.catalog, state.timings.ip_s, rate_in_get=rate_in_get)
         self.rate_limit = rate_limit
         self.rate_window_s = rate_window_s
         self._recent: collections.deque[float] = collections.deque()
@@ -101,7 +102,8 @@ class FakeTensorDockApp:
             with self.state.lock:
                 return self._admin(endpoint, request, args)
         if not self._authorised(request):
-            return self._json(*self.renderer.error(401, "Invalid or missing API token"))
+            status = 403 if self.renderer.dialect == "documented" else 401
+            return self._json(*self.renderer.error(status, "Invalid or missing API token"))
         faults = self.state.faults
         response = self._serve(endpoint, request, args, faults)
         if faults.latency_s > 0:  # the work is done on arrival; the reply is what is slow
@@ -158,9 +160,12 @@ class FakeTensorDockApp:
             else:
                 self._recent.append(now)
                 return None
-        status, body = self.renderer.error(429, "Rate limit exceeded: 100 requests per minute")
-        response = self._json(status, body)
-        response.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+        if faults.html_errors:
+            response = Response("<html><body><h1>429 Too Many Requests</h1></body></html>", 429, mimetype="text/html")
+        else:
+            response = self._json(*self.renderer.error(429, "Rate limit exceeded: 100 requests per minute"))
+        if faults.retry_after_header:
+            response.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
         response.headers["X-RateLimit-Limit"] = str(self.rate_limit)
         response.headers["X-RateLimit-Remaining"] = "0"
         return response
@@ -185,20 +190,29 @@ class FakeTensorDockApp:
             if endpoint == "delete_instance":
                 self.state.delete(args["instance_id"])
                 return self._json(200, render.success("Instance deleted"))
+            junk = self.state.faults.discovery_junk
             if endpoint == "list_locations":
                 rows = [
                     (loc, [(host, self.state.free(host)) for host in loc.hostnodes]) for loc in self.state.locations()
                 ]
-                return self._json(200, render.locations(rows))
+                body = render.locations([] if self.state.faults.locations_empty else rows)
+                return self._json(200, with_junk(body, "locations") if junk else body)
             if endpoint == "list_hostnodes":
-                nodes = [render.hostnode(loc, host, self.state.free(host)) for loc, host in self.state.hosts()]
-                return self._json(200, {"data": {"hostnodes": nodes}})
+                nodes = [
+                    render.hostnode(loc, host, self.state.free(host), self._ports(host))
+                    for loc, host in self.state.hosts()
+                ]
+                body = {"data": {"hostnodes": nodes}}
+                return self._json(200, with_junk(body, "hostnodes") if junk else body)
             if endpoint == "get_hostnode":
                 loc, host = self.state.host(args["hostnode_id"])
-                return self._json(200, {"data": render.hostnode(loc, host, self.state.free(host))})
+                return self._json(200, {"data": render.hostnode(loc, host, self.state.free(host), self._ports(host))})
         except FakeApiError as error:
             return self._json(*render.api_error(error))
         raise AssertionError(f"unrouted endpoint {endpoint}")
+
+    def _ports(self, host: Any) -> list[int]:
+        return self.state.free_ports(host) if self.state.rules.host_ports else []
 
     @staticmethod
     def _json_object(request: Request) -> dict[str, Any]:

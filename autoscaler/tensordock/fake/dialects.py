@@ -1,6 +1,7 @@
-"""How the fake words its replies: exactly the OpenAPI shapes (`spec`), or what real traffic
-shows (`observed`, per the field notes), rotating through every observed variant so that any
-test against the fake meets all of them."""
+"""How the fake words its replies: exactly the OpenAPI shapes (`spec`), what real traffic shows
+(`observed`, per the field notes), or the thinnest shapes TensorDock's own documentation pages
+show (`documented`: listings carry id, name and status only). Observed and documented rotate
+through their variants so that any test against the fake meets all of them."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ from typing import Any, Literal
 from .catalog import Catalog, CatalogHostnode, CatalogLocation
 from .state import FakeApiError, FakeInstance, HostFree
 
-Dialect = Literal["spec", "observed"]
+Dialect = Literal["spec", "observed", "documented"]
+DIALECTS: tuple[Dialect, ...] = ("documented", "observed", "spec")
 Json = Any
 _TITLES = {
     400: "Bad Request",
     401: "Unauthorized",
+    403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
     429: "Too Many Requests",
@@ -25,14 +28,17 @@ _TITLES = {
 class Renderer:
     """Turns the fake's state into JSON bodies and chooses the HTTP status, per dialect."""
 
-    def __init__(self, dialect: Dialect, catalog: Catalog, ip_delay_s: float) -> None:
-        if dialect not in ("spec", "observed"):
-            raise ValueError(f"dialect must be 'spec' or 'observed', not {dialect!r}")
+    def __init__(self, dialect: Dialect, catalog: Catalog, ip_delay_s: float, *, rate_in_get: bool = True) -> None:
+        if dialect not in DIALECTS:
+            raise ValueError(f"dialect must be one of {', '.join(DIALECTS)}, not {dialect!r}")
         self.dialect: Dialect = dialect
+        self.rate_in_get = rate_in_get  # documented: does GET /instances/{id} carry rateHourly?
         self.catalog = catalog
         self.ip_delay_s = ip_delay_s
         self._list_variant: Iterator[int] = itertools.cycle(range(4))
         self._get_variant: Iterator[int] = itertools.cycle(range(3))
+        self._thin_variant: Iterator[int] = itertools.cycle(range(2))
+        self._detail_variant: Iterator[int] = itertools.cycle(range(2))
         self._disassociated_variant: Iterator[str] = itertools.cycle(["StoppedDisassociated", "stopped_disassociated"])
 
     # -- instances ------------------------------------------------------------------------------
@@ -84,7 +90,31 @@ class Renderer:
     def _flat(self, inst: FakeInstance, now: float) -> Json:
         return {"type": "virtualmachine", "id": inst.id, **self._attributes(inst, now)}
 
+    def _thin(self, inst: FakeInstance) -> Json:
+        attributes = {"name": inst.name, "status": self._status(inst)}
+        return {"type": "virtualmachine", "id": inst.id, "attributes": attributes}
+
+    def _documented_detail(self, inst: FakeInstance, now: float, with_gpus: bool) -> Json:
+        """Flat, as the documentation shows it; a GPU map, where one appears, keyed by display name."""
+        detail: dict[str, Json] = {
+            "type": "virtualmachine",
+            "id": inst.id,
+            "name": inst.name,
+            "status": self._status(inst),
+            "ipAddress": inst.ip_address(now, self.ip_delay_s),
+            "portForwards": [{"internal_port": i, "external_port": e} for i, e in inst.port_forwards],
+        }
+        if self.rate_in_get:
+            detail["rateHourly"] = round(inst.rate_hourly, 6)
+        if with_gpus and inst.gpu_model is not None:
+            display = self.catalog.gpu_display_names.get(inst.gpu_model, inst.gpu_model)
+            detail["gpus"] = {display: {"count": inst.gpu_count, "v0Name": inst.gpu_model}}
+        return detail
+
     def instance_list(self, instances: list[FakeInstance], now: float) -> Json:
+        if self.dialect == "documented":
+            items = [self._thin(i) for i in instances]
+            return {"data": {"instances": items}} if next(self._thin_variant) == 0 else {"data": items}
         if self.dialect == "spec":
             return {"data": {"instances": [self._envelope(i, now) for i in instances]}}
         variant = next(self._list_variant)
@@ -99,6 +129,8 @@ class Renderer:
         return {"data": items}
 
     def instance(self, inst: FakeInstance, now: float) -> Json:
+        if self.dialect == "documented":
+            return self._documented_detail(inst, now, with_gpus=next(self._detail_variant) == 1)
         if self.dialect == "spec":
             return {"data": self._envelope(inst, now)}
         variant = next(self._get_variant)
@@ -111,13 +143,18 @@ class Renderer:
     def created(self, inst: FakeInstance, now: float) -> tuple[int, Json]:
         if self.dialect == "spec":
             return 201, {"data": self._envelope(inst, now)}
-        return 200, {"data": {"type": "virtualmachine", "id": inst.id, "name": inst.name, "status": self._status(inst)}}
+        # documented: the example says running, with no IP, while the instance still boots
+        status = "running" if self.dialect == "documented" else self._status(inst)
+        return 200, {"data": {"type": "virtualmachine", "id": inst.id, "name": inst.name, "status": status}}
 
     def transition(self, inst: FakeInstance) -> Json:
-        return {"data": {"type": "virtualmachine", "id": inst.id, "attributes": {"status": self._status(inst)}}}
+        kind = "instance" if self.dialect == "documented" else "virtualmachine"
+        status = inst.phase if self.dialect == "documented" else self._status(inst)
+        return {"data": {"type": kind, "id": inst.id, "attributes": {"status": status}}}
 
-    @staticmethod
-    def success(message: str) -> Json:
+    def success(self, message: str) -> Json:
+        if self.dialect == "documented":
+            return {"data": {"type": "success", "attributes": {"message": message}}}
         return {"data": {"type": "success", "message": message}}
 
     # -- offers -----------------------------------------------------------------------------------
@@ -165,7 +202,7 @@ class Renderer:
             )
         return {"data": {"locations": out}}
 
-    def hostnode(self, loc: CatalogLocation, host: CatalogHostnode, free: HostFree) -> Json:
+    def hostnode(self, loc: CatalogLocation, host: CatalogHostnode, free: HostFree, ports: list[int]) -> Json:
         return {
             "id": host.id,
             "location_id": loc.id,
@@ -184,7 +221,7 @@ class Renderer:
                 "max_vcpus": host.vcpu_count,
                 "max_ram_gb": host.ram_gb,
                 "max_storage_gb": host.storage_gb,
-                "available_ports": [],
+                "available_ports": ports,
                 "has_public_ip_available": host.dedicated_ips > 0,
             },
             "pricing": host.pricing.model_dump(),
@@ -213,6 +250,32 @@ class Renderer:
         status = 404 if error.kind == "not_found" else 400
         if self.dialect == "spec" or error.kind == "not_found":
             return self.error(status, error.message)
+        if self.dialect == "documented":  # refusals of a valid request come in a 200
+            return 400 if error.kind == "validation" else 200, {"status": 400, "message": error.message}
         if error.kind == "validation":
             return 400, [{"code": "invalid", "message": error.message, "path": list(error.path)}]
         return 200, {"status": 400, "error": error.message}
+
+
+def with_junk(body: Json, key: str) -> Json:
+    """Discovery noise: an unknown field on every entry, plus entries with null prices and wrong types."""
+    items = body["data"][key]
+    for item in items:
+        item["x_unannounced_field"] = {"since": "2026-07"}
+        for gpu in item.get("gpus") or item.get("available_resources", {}).get("gpus") or []:
+            gpu["x_promo"] = None
+    if key == "locations":
+        items += [
+            {"id": "junk-null-price", "city": "Nowhere", "gpus": [{"v0Name": "l4-pcie-24gb", "price_per_hr": None}]},
+            {"id": "junk-wrong-type", "city": 7, "tier": "top", "gpus": "none"},
+            {"id": None, "gpus": []},
+        ]
+        if items[0].get("gpus"):
+            items[0]["gpus"].append({"v0Name": "a40-pcie-48gb", "max_count": "many", "price_per_hr": "cheap"})
+    else:
+        items += [
+            {"id": "junk-host", "available_resources": {"gpus": [{"v0Name": "l4-pcie-24gb", "price_per_hr": None}]}},
+            {"id": "junk-host-2", "available_resources": "none", "pricing": [1, 2]},
+            ["not", "an", "object"],
+        ]
+    return body

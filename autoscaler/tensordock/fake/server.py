@@ -16,12 +16,12 @@ from autoscaler.wsgi import BackgroundServer
 from .app import DroppedReplyError, FakeTensorDockApp
 from .catalog import Catalog, load_catalog
 from .dialects import Dialect
-from .state import FakeTensorDock, Faults, Timings
+from .state import FakeTensorDock, Faults, Rules, Timings
 
 
 def build_fake(
     token: str,
-    dialect: Dialect = "observed",
+    dialect: Dialect = "documented",
     *,
     clock: Clock | None = None,
     catalog_path: str | Path | None = None,
@@ -32,7 +32,10 @@ def build_fake(
     rate_limit: int = 100,
     rate_window_s: float = 60.0,
     balance_usd: float = 10_000.0,
+    rules: Rules | None = None,
+    rate_in_get: bool = True,
 ) -> FakeTensorDockApp:
+    """A fake on `dialect`; `rules` default to what the dialect implies (all on for `documented`)."""
     state = FakeTensorDock(
         catalog if catalog is not None else load_catalog(catalog_path),
         clock or SystemClock(),
@@ -40,8 +43,11 @@ def build_fake(
         faults=faults,
         seed=seed,
         balance_usd=balance_usd,
+        rules=rules if rules is not None else Rules.documented() if dialect == "documented" else Rules(),
     )
-    return FakeTensorDockApp(state, token, dialect, rate_limit=rate_limit, rate_window_s=rate_window_s)
+    return FakeTensorDockApp(
+        state, token, dialect, rate_limit=rate_limit, rate_window_s=rate_window_s, rate_in_get=rate_in_get
+    )
 
 
 class _InProcessTransport(httpx.WSGITransport):

@@ -63,6 +63,45 @@ class Faults(BaseModel):
     reclaim_per_hour: float = Field(default=0.0, ge=0, description="chance per hour a stopped tier-0 VM loses its GPUs")
     reclaim_other_tiers_factor: float = Field(default=0.1, ge=0, le=1)
     hold_dropped_s: float = Field(default=0.0, ge=0, description="socket server waits this long before dropping")
+    locations_empty: bool = Field(default=False, description="/locations lists nothing while /hostnodes has stock")
+    discovery_junk: bool = Field(
+        default=False, description="discovery lists gain entries with unknown fields, null prices and wrong types"
+    )
+    retry_after_header: bool = Field(default=True, description="False: 429s come without Retry-After")
+    html_errors: bool = Field(default=False, description="429s come with an HTML body, as 5xx always do")
+    drop_port_forwards_at: list[str] = Field(
+        default_factory=list, description="location ids where port_forwards are silently ignored"
+    )
+    varied_capacity_wording: bool = Field(
+        default=False, description="capacity refusals worded in every way the field notes list"
+    )
+
+
+CAPACITY_WORDINGS = (
+    "No available nodes found",
+    "Hostnode unavailable",
+    "No available public IP on this hostnode",
+    "Nodes unavailable for this configuration",
+    "GPU not available",
+    "This GPU is sold out",
+)
+PORT_POOL = tuple(range(20000, 20048))  # external ports a host lends out, as `available_ports` lists them
+
+
+class Rules(BaseModel):
+    """What TensorDock's documentation implies beyond the OpenAPI file; all on in `documented`."""
+
+    model_config = ConfigDict(extra="forbid")
+    host_ports: bool = Field(default=False, description="hostnode creates take external ports from available_ports")
+    modify_steps: bool = Field(
+        default=False, description="modify: vCPUs by 2, RAM by 8 GB, storage by 50 GB from 100; also when disassociated"
+    )
+    modify_gpus_v0name: bool = Field(default=False, description="modify takes GPUs only as {gpuV0Name, count}")
+    refuse_write_files_encoding: bool = Field(default=False, description="cloud-init write_files with encoding: 400")
+
+    @classmethod
+    def documented(cls) -> Rules:
+        return cls(host_ports=True, modify_steps=True, modify_gpus_v0name=True, refuse_write_files_encoding=True)
 
 
 @dataclass
@@ -131,8 +170,10 @@ class FakeTensorDock:
         balance_usd: float = 10_000.0,
         bill_stopped_storage: bool = True,
         foreign_rental_s: float = 6 * 3600.0,
+        rules: Rules | None = None,
     ) -> None:
         self.catalog = catalog
+        self.rules = rules or Rules()
         self.clock = clock
         self.timings = timings or Timings()
         self.faults = faults or Faults()
@@ -185,6 +226,16 @@ class FakeTensorDock:
             if rental.host_id == host.id:
                 gpus[rental.gpu_model] -= rental.count
         return HostFree({m: max(0, c) for m, c in gpus.items()}, vcpu, ram, storage)
+
+    def free_ports(self, host: CatalogHostnode) -> list[int]:
+        """External ports of the host's pool that no instance on it holds."""
+        held = {e for i in self._by_host[host.id] for _, e in self._instances[i].port_forwards}
+        return [p for p in PORT_POOL if p not in held]
+
+    def capacity_message(self, default: str) -> str:
+        if self.faults.varied_capacity_wording:
+            return self.rng.choice(CAPACITY_WORDINGS)
+        return default
 
     # -- time ---------------------------------------------------------------------------------
 
@@ -260,7 +311,7 @@ class FakeTensorDock:
 
     def create(self, attributes: dict[str, Any]) -> FakeInstance:
         now = self.clock.now()
-        spec = _CreateSpec.parse(attributes, self.catalog)
+        spec = _CreateSpec.parse(attributes, self.catalog, self.rules)
         if self.balance_usd < 1.0:
             raise FakeApiError("domain", "Insufficient balance: at least $1 is required to deploy")
         if spec.location_id is not None:
@@ -269,12 +320,21 @@ class FakeTensorDock:
                 raise FakeApiError("validation", f"Location {spec.location_id} not found", ("location_id",))
             host = None if self._stale(location) else self._place(location.hostnodes, spec)
             if host is None:
-                raise FakeApiError("capacity", "No available nodes found")
+                raise FakeApiError("capacity", self.capacity_message("No available nodes found"))
         else:
             location, host = self.host(spec.hostnode_id or "")
             if self._stale(location) or not self._fits(host, spec):
-                raise FakeApiError("capacity", "Hostnode unavailable")
+                raise FakeApiError("capacity", self.capacity_message("Hostnode unavailable"))
+            if self.rules.host_ports:
+                free_ports = set(self.free_ports(host))
+                for _, external in spec.port_forwards:
+                    if external not in free_ports:
+                        raise FakeApiError(
+                            "domain", f"External port {external} is not available on this hostnode", ("port_forwards",)
+                        )
         self._check_per_gpu_limits(host, spec.gpu_count, spec.vcpu_count, spec.ram_gb)
+        if location.id in self.faults.drop_port_forwards_at:
+            spec.port_forwards = []  # what one client's bug log reports: accepted, silently ignored
         gpu_price = host.gpus[spec.gpu_model].price_per_hr if spec.gpu_model else 0.0
         inst = FakeInstance(
             id=str(uuid.UUID(int=self.rng.getrandbits(128), version=4)),
@@ -364,7 +424,7 @@ class FakeTensorDock:
         inst = self.get(instance_id)
         if inst.phase != "stopped":
             raise FakeApiError("domain", "Instance must be stopped before it can be modified")
-        if inst.disassociated:
+        if inst.disassociated and (not self.rules.modify_steps or "gpus" in body):
             raise FakeApiError("capacity", "The GPUs on this hostnode are no longer available")
         known = {"cpuCores", "ramGb", "diskGb", "gpus"}
         unknown = sorted(set(body) - known)
@@ -374,13 +434,20 @@ class FakeTensorDock:
         if vcpu % 2:
             raise FakeApiError("validation", "cpuCores must be a multiple of 2", ("cpuCores",))
         ram = _int_field(body, "ramGb", inst.ram_gb, minimum=1)
-        if ram not in RAM_SIZES_GB:
-            raise FakeApiError("validation", f"ramGb must be one of {list(RAM_SIZES_GB)}", ("ramGb",))
         storage = _int_field(body, "diskGb", inst.storage_gb, minimum=100)
+        if self.rules.modify_steps:
+            if "ramGb" in body and ram % 8:
+                raise FakeApiError("validation", "ramGb must be a multiple of 8", ("ramGb",))
+            if "diskGb" in body and (storage - 100) % 50:
+                raise FakeApiError("validation", "diskGb must be 100 plus a multiple of 50", ("diskGb",))
+        elif ram not in RAM_SIZES_GB:
+            raise FakeApiError("validation", f"ramGb must be one of {list(RAM_SIZES_GB)}", ("ramGb",))
         if storage < inst.storage_gb:
             raise FakeApiError("validation", "diskGb cannot shrink", ("diskGb",))
         model, count = inst.gpu_model, inst.gpu_count
         if "gpus" in body:
+            if self.rules.modify_gpus_v0name and not (isinstance(body["gpus"], dict) and "gpuV0Name" in body["gpus"]):
+                raise FakeApiError("validation", "gpus must be {gpuV0Name, count}", ("gpus",))
             model, count = _parse_modify_gpus(body["gpus"], self.catalog)
             if count < inst.gpu_count:
                 raise FakeApiError("validation", "GPUs cannot be removed in place", ("gpus",))
@@ -447,7 +514,7 @@ class _CreateSpec:
     port_forwards: list[tuple[int, int]]
 
     @classmethod
-    def parse(cls, attributes: dict[str, Any], catalog: Catalog) -> _CreateSpec:
+    def parse(cls, attributes: dict[str, Any], catalog: Catalog, rules: Rules) -> _CreateSpec:
         """Validate a create body as TensorDock does, naming the field that is wrong."""
         name = attributes.get("name")
         if not isinstance(name, str) or not name.strip():
@@ -475,9 +542,19 @@ class _CreateSpec:
             raise FakeApiError(
                 "validation", "At least one GPU is required for location-based deployment", ("resources", "gpus")
             )
-        ssh_key = attributes.get("ssh_key")
-        if not isinstance(ssh_key, str) or not ssh_key.strip():
-            raise FakeApiError("validation", "ssh_key is required", ("ssh_key",))
+        ssh_key, ssh_key_id = attributes.get("ssh_key"), attributes.get("ssh_key_id")
+        if ssh_key is not None and ssh_key_id is not None:
+            raise FakeApiError("validation", "Give ssh_key or ssh_key_id, not both", ("ssh_key",))
+        key_given = ssh_key if ssh_key is not None else ssh_key_id
+        if not isinstance(key_given, str) or not key_given.strip():
+            raise FakeApiError("validation", "ssh_key is required (or ssh_key_id)", ("ssh_key",))
+        cloud_init = attributes.get("cloud_init")
+        if rules.refuse_write_files_encoding and isinstance(cloud_init, dict):
+            for entry in cloud_init.get("write_files") or []:
+                if isinstance(entry, dict) and "encoding" in entry:
+                    raise FakeApiError(
+                        "validation", "cloud_init.write_files: encoding is not supported", ("cloud_init", "write_files")
+                    )
         dedicated = bool(attributes.get("useDedicatedIp", False))
         forwards = cls._port_forwards(attributes.get("port_forwards"))
         if str(image).startswith("ubuntu") and not dedicated and 22 not in {i for i, _ in forwards}:

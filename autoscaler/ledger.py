@@ -1,0 +1,107 @@
+"""The only writer of spend: what each owned instance is charged, from when, and at what rate.
+
+The store integrates rates over time (left-point: a rate is in force until the next one). This
+module decides the rates: the billed-rate rule of the snapshot, creates charged from their call,
+starts charged from their call (over, never under, if the process dies during it), a start that
+never happened or a stop nobody watched dated back to when it most likely took effect, and a
+rate that cannot be true replaced by the last one that could (rule 11).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import structlog
+
+from autoscaler.settling import StopDurations
+from autoscaler.store import OwnedRecord, Store
+from autoscaler.tensordock import InstanceStatus
+
+_log = structlog.get_logger("autoscaler.ledger")
+
+
+@dataclass(frozen=True)
+class RateCheck:
+    """How far a reported rateHourly may stray from what we expect before it is disbelieved."""
+
+    max_multiple: float = 3.0  # of the instance's offer price, or of the dearest offer when that is unknown
+
+
+def plausible_rate(rate: float | None, expected: float | None, dearest_offer: float | None, check: RateCheck) -> bool:
+    """A reported rate is believed only when finite, not negative, and not absurd for its offer."""
+    if rate is None or not math.isfinite(rate) or rate < 0:
+        return False
+    ceiling = expected if expected else dearest_offer
+    return ceiling is None or rate <= check.max_multiple * ceiling
+
+
+class Ledger:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.stop_durations = StopDurations(store)
+
+    # -- from the actuator: charged from the call on ---------------------------------------------
+
+    def opened(self, instance_id: str, rate_hourly: float, at: float) -> None:
+        """A create that happened (its reply came, or its name was listed): billed from its call."""
+        self.store.accrue(instance_id, rate_hourly, at)
+
+    def changing(self, instance_id: str, rate_after: float, at: float) -> None:
+        """A start: charged its full rate from the call, even if the process dies during it."""
+        self.store.accrue(instance_id, rate_after, at)
+
+    def closed(self, instance_id: str, at: float) -> None:
+        """Deleted (or confirmed gone): nothing more from now."""
+        self.store.accrue(instance_id, 0.0, at)
+
+    # -- from reconciliation: what the listing shows ----------------------------------------------
+
+    def charge(self, rates: Mapping[str, float], now: float) -> None:
+        """The whole fleet's rates from now on, in one write."""
+        self.store.accrue_many(dict(rates), now)
+
+    def settle_stopped(
+        self,
+        record: OwnedRecord,
+        rate_now: float,
+        now: float,
+        watched: InstanceStatus | None,
+    ) -> None:
+        """A stopped instance the ledger still charges in full: date the drop to when it happened.
+
+        A start that failed, or was cut short by a crash, with the instance still stopped, never
+        changed the bill: back to the stopped rate from its call. A stop watched by our listings
+        teaches how long stops take, measured from the call's reply (API latency is not the stop's);
+        one seen only after a gap (this process is new, or newly leader) ended by its call plus the
+        longest stop learned.
+        """
+        if record.last_rate is None or record.last_rate <= rate_now:
+            return
+        change = self.store.latest_change(record.id)
+        if change is None or change.at > now:
+            return
+        settled_at: float | None = None
+        if change.kind == "start":
+            settled_at = change.at if change.outcome != "ok" else None
+        elif change.kind == "stop":
+            if watched is not None:
+                if not watched.is_stopped:
+                    began = change.outcome_at if change.outcome_at is not None else change.at
+                    self.stop_durations.learn(max(0.0, now - began))
+            else:
+                longest = self.stop_durations.longest()
+                began = change.outcome_at if change.outcome_at is not None else change.at
+                settled_at = None if longest is None else min(now, began + longest)
+        if settled_at is not None:
+            self.store.accrue(record.id, rate_now, settled_at)
+
+    def rejected_rate(self, instance_id: str, name: str, rate: float | None, believed: float) -> None:
+        _log.warning(
+            "implausible_rate",
+            instance=instance_id,
+            name=name,
+            reported=repr(rate),
+            charged=round(believed, 6),
+        )

@@ -1,0 +1,547 @@
+"""What the fleet is: the listing and the store made to agree, before anything is decided.
+
+TensorDock's documented listing carries id, name and status only, so an owned instance's shape
+and price come from the daemon's own record (rule 12); a GET by id refines the record when
+something changed (first seen, after a start or modify) and at a slow refresh, within a per-cycle
+budget, so that the steady state costs one call per cycle. Doubt counts against the limits (rule
+11): an owned instance missing from a listing is kept until a GET says 404, a listing that drops
+every owned instance at once holds the cycle, an unknown status counts in full, and a price that
+cannot be true is not believed.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import structlog
+
+from autoscaler.ledger import Ledger, RateCheck, plausible_rate
+from autoscaler.signals import Demand
+from autoscaler.snapshot import (
+    RUNNING_LIKE,
+    FleetInstance,
+    InstanceShape,
+    Offer,
+    OwnedShape,
+    PendingCreate,
+    billed_rate,
+)
+from autoscaler.store import JournalEntry, OwnedRecord, Store
+from autoscaler.tensordock import (
+    GpuAllocation,
+    Instance,
+    InstanceStatus,
+    NotFoundError,
+    TensorDockClient,
+    TensorDockError,
+)
+
+_log = structlog.get_logger("autoscaler.reconcile")
+MAX_GPUS_PER_INSTANCE = 8  # TensorDock's limit: an instance of unknown shape may hold this many
+ABSENT = "absent from the listing"  # the status_raw of an owned instance a listing left out
+
+
+@dataclass(frozen=True)
+class ReconcileConfig:
+    name_prefix: str
+    shape: InstanceShape
+    unresolved_create_grace_s: float
+    stopped_storage_usd_per_gb_hr: float
+    detail_gets_per_cycle: int = 3
+    detail_refresh_s: float = 3600.0
+    detail_refresh_gap_s: float = 300.0
+    rate_check: RateCheck = field(default_factory=RateCheck)
+
+
+@dataclass(frozen=True)
+class Doubts:
+    """What this cycle did not believe or could not know; counted in metrics, named in logs."""
+
+    implausible_rates: int = 0
+    unknown_status: int = 0
+    unknown_shape: int = 0
+    contradicted: int = 0
+    absent: int = 0
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    """The fleet as the daemon believes it this cycle; the snapshot is built from it."""
+
+    fleet: tuple[FleetInstance, ...]
+    unowned: tuple[Instance, ...]  # foreign and orphans, with what a GET told of them
+    orphans: tuple[Instance, ...]
+    orphan_load: tuple[PendingCreate, ...]  # what the orphans count against the bounds
+    pending: tuple[PendingCreate, ...]
+    watched: dict[str, InstanceStatus]
+    doubts: Doubts = field(default_factory=Doubts)
+    hold: str | None = None  # the fleet cannot be trusted enough to act on this cycle
+
+
+class Reconciler:
+    def __init__(self, client: TensorDockClient, store: Store, ledger: Ledger, config: ReconcileConfig) -> None:
+        self.client = client
+        self.store = store
+        self.ledger = ledger
+        self.config = config
+        self._foreign: dict[str, tuple[Instance, float]] = {}  # GET cache for instances we do not own
+        self._detail_due: set[str] = set()  # started or modified: a GET tells the new rate
+        self._last_refresh_at: float | None = None
+
+    def detail_due(self, instance_id: str) -> None:
+        """A start or modify went through: its rate may have changed."""
+        self._detail_due.add(instance_id)
+
+    # -- the step -----------------------------------------------------------------------------
+
+    def reconcile(
+        self,
+        now: float,
+        listing: list[Instance],
+        demand: Demand | None,
+        offers: tuple[Offer, ...],
+        watched_before: Mapping[str, InstanceStatus],
+        *,
+        may_call: bool = True,
+    ) -> Reconciled:
+        store = self.store
+        store.close_interrupted_changes(now)
+        owned = store.owned()
+        listed = {i.id for i in listing}
+        suspect = bool(owned) and not (listed & owned.keys())
+        unresolved = store.unresolved_creates()
+        by_name = {i.name: i for i in listing if i.name}
+        offer_by_key = {o.key: o for o in offers}
+        changed = self._resolve_creates(now, unresolved, by_name, owned, offer_by_key, trust_absence=not suspect)
+        changed |= self._adopt_created_names(now, listing, owned)
+        budget = self.config.detail_gets_per_cycle if may_call else 0
+        absent = [i for i in owned if i not in listed]
+        budget, forgotten = self._confirm_absent(now, absent, owned, budget)
+        if changed or forgotten:
+            owned = store.owned()
+        returned = [i for i, r in owned.items() if i in listed and r.absent_since is not None]
+        store.mark_absent(returned, None)
+        store.mark_absent([i for i in owned if i not in listed], now)
+        details = self._fetch_details(now, listing, owned, budget, may_call)
+        hold = None
+        if suspect and any(i in owned for i in absent):
+            hold = f"the listing left out all {len(owned)} owned instances at once; not trusted this cycle"
+            _log.warning("listing_suspect", owned=len(owned), listed=len(listing))
+        return self._believe(
+            now,
+            listing=listing,
+            owned=owned,
+            details=details,
+            demand=demand,
+            offers=offers,
+            unresolved=unresolved,
+            by_name=by_name,
+            watched_before=watched_before,
+            hold=hold,
+        )
+
+    # -- creates whose reply was lost ----------------------------------------------------------
+
+    def _resolve_creates(
+        self,
+        now: float,
+        unresolved: list[JournalEntry],
+        by_name: Mapping[str, Instance],
+        owned: Mapping[str, OwnedRecord],
+        offer_by_key: Mapping[str, Offer],
+        *,
+        trust_absence: bool,
+    ) -> bool:
+        """Adopt what the listing shows by name; a create no trusted listing shows after the grace never happened."""
+        adopted = False
+        for entry in unresolved:
+            found = by_name.get(entry.name or "")
+            if found is not None and found.id not in owned:
+                offer = offer_by_key.get(entry.offer_key or "")
+                self.store.adopt(
+                    found.id,
+                    found.name or found.id,
+                    entry.at,
+                    entry.offer_key,
+                    self.storage_rate(offer, entry.shape),
+                    shape=entry.shape,
+                    expected_rate=entry.hourly_price or None,
+                )
+                self.ledger.opened(found.id, entry.hourly_price, entry.at)
+                adopted = True
+                if entry.replaces:
+                    self.store.mark_retiring(entry.replaces, entry.name)
+            if found is not None:
+                self.store.journal_outcome(entry.id, "ok", now, instance_id=found.id)
+            elif trust_absence and now - (entry.outcome_at or entry.at) > self.config.unresolved_create_grace_s:
+                self.store.journal_outcome(entry.id, "lost", now, error="never appeared in the listing")
+        return adopted
+
+    def _adopt_created_names(self, now: float, listing: list[Instance], owned: Mapping[str, OwnedRecord]) -> bool:
+        """A prefix-named instance whose create we journaled (say, marked lost too early) is ours."""
+        prefix = f"{self.config.name_prefix}-"
+        candidates = [i for i in listing if i.id not in owned and (i.name or "").startswith(prefix)]
+        if not candidates:
+            return False
+        names = self.store.created_names()
+        adopted = False
+        for instance in candidates:
+            if instance.name in names:
+                self.store.adopt(instance.id, instance.name or instance.id, now, None, self.storage_rate(None, None))
+                adopted = True
+        return adopted
+
+    # -- absence: forgotten only on a 404 -------------------------------------------------------
+
+    def _confirm_absent(
+        self, now: float, absent: list[str], owned: Mapping[str, OwnedRecord], budget: int
+    ) -> tuple[int, bool]:
+        forgotten = False
+        for instance_id in sorted(absent, key=lambda i: owned[i].absent_since or now):
+            if budget <= 0:
+                break
+            budget -= 1
+            try:
+                found = self.client.get_instance(instance_id)
+            except NotFoundError:
+                self.ledger.closed(instance_id, now)
+                self.store.forget(instance_id)
+                forgotten = True
+                _log.info("instance_gone", instance=instance_id, name=owned[instance_id].name, confirmed_by="GET 404")
+                continue
+            except TensorDockError as exc:
+                _log.info("absent_unconfirmed", instance=instance_id, name=owned[instance_id].name, error=str(exc))
+                continue
+            if found.status in (InstanceStatus.DELETED,):
+                self.ledger.closed(instance_id, now)
+                self.store.forget(instance_id)
+                forgotten = True
+            else:
+                _log.warning("listing_omitted_instance", instance=instance_id, name=owned[instance_id].name)
+        return budget, forgotten
+
+    # -- GET by id, only when something changed -------------------------------------------------
+
+    def _fetch_details(
+        self,
+        now: float,
+        listing: list[Instance],
+        owned: Mapping[str, OwnedRecord],
+        budget: int,
+        may_call: bool,
+    ) -> dict[str, Instance]:
+        """First seen, started or modified first; then one stale record (owned or not) per refresh gap."""
+        details: dict[str, Instance] = {}
+        if not may_call:
+            return details
+        prefix = f"{self.config.name_prefix}-"
+        gap = self.config.detail_refresh_gap_s
+
+        def due(record: OwnedRecord) -> bool:  # first seen, changed, or still of unknown shape
+            if record.detail_at is None or record.id in self._detail_due:
+                return True
+            return record.shape is None and now - record.detail_at >= gap
+
+        urgent = [
+            i.id
+            for i in listing
+            if (i.id in owned and due(owned[i.id]))
+            or (i.id not in owned and (i.name or "").startswith(prefix) and i.id not in self._foreign and not _rich(i))
+        ]
+        for instance_id in urgent[:budget]:
+            self._get(now, instance_id, owned, details)
+        listed = {i.id for i in listing}
+        self._foreign = {k: v for k, v in self._foreign.items() if k in listed}
+        refresh_due = self._last_refresh_at is None or now - self._last_refresh_at >= self.config.detail_refresh_gap_s
+        if refresh_due and self.client.can_spare_a_call():
+            stale = self._stalest(now, listing, owned, details)
+            if stale is not None:
+                self._last_refresh_at = now
+                self._get(now, stale, owned, details)
+        return details
+
+    def _stalest(
+        self, now: float, listing: list[Instance], owned: Mapping[str, OwnedRecord], done: Mapping[str, Instance]
+    ) -> str | None:
+        oldest: tuple[float, str] | None = None
+        for instance in listing:
+            if instance.id in done:
+                continue
+            if instance.id in owned:
+                at = owned[instance.id].detail_at
+            elif _rich(instance):
+                continue
+            else:
+                cached = self._foreign.get(instance.id)
+                at = cached[1] if cached else None
+            age_from = at if at is not None else -1.0
+            if now - age_from >= self.config.detail_refresh_s and (oldest is None or age_from < oldest[0]):
+                oldest = (age_from, instance.id)
+        return oldest[1] if oldest else None
+
+    def _get(self, now: float, instance_id: str, owned: Mapping[str, OwnedRecord], out: dict[str, Instance]) -> None:
+        try:
+            detail = self.client.get_instance(instance_id)
+        except TensorDockError as exc:
+            _log.info("detail_unavailable", instance=instance_id, error=str(exc))
+            return
+        self._detail_due.discard(instance_id)
+        out[instance_id] = detail
+        record = owned.get(instance_id)
+        if record is None:
+            self._foreign[instance_id] = (detail, now)
+            return
+        seen = detail.rate_hourly if self._rate_believable(detail.rate_hourly, record) else None
+        learned_shape = None if record.shape is not None else shape_from(detail)
+        self.store.refine(instance_id, now, seen_rate=seen, shape=learned_shape)
+
+    # -- belief -----------------------------------------------------------------------------
+
+    def _rate_believable(self, rate: float | None, record: OwnedRecord | None, dearest: float | None = None) -> bool:
+        expected = record.expected_rate if record is not None else None
+        return plausible_rate(rate, expected, dearest, self.config.rate_check)
+
+    def _believe(
+        self,
+        now: float,
+        *,
+        listing: list[Instance],
+        owned: Mapping[str, OwnedRecord],
+        details: Mapping[str, Instance],
+        demand: Demand | None,
+        offers: tuple[Offer, ...],
+        unresolved: list[JournalEntry],
+        by_name: Mapping[str, Instance],
+        watched_before: Mapping[str, InstanceStatus],
+        hold: str | None,
+    ) -> Reconciled:
+        store = self.store
+        prefix = f"{self.config.name_prefix}-"
+        dearest = _dearest(offers, self.config.shape)
+        busy_known = demand is not None and demand.busy is not None
+        busy_map: Mapping[str, bool] = demand.busy if demand is not None and demand.busy is not None else {}
+        unowned: list[Instance] = []
+        orphans: list[Instance] = []
+        orphan_load: list[PendingCreate] = []
+        rates: dict[str, float] = {}
+        observations: list[tuple[str, str, bool | None]] = []
+        believed: list[tuple[Instance, OwnedRecord, bool | None, str | None]] = []
+        doubts = {"implausible_rates": 0, "unknown_status": 0, "unknown_shape": 0, "contradicted": 0, "absent": 0}
+        listed_ids = set()
+        with store.transaction():  # one commit for the whole fleet's bookkeeping
+            for instance in listing:
+                listed_ids.add(instance.id)
+                record = owned.get(instance.id)
+                if record is None:
+                    seen = self._foreign_view(instance, details)
+                    if (instance.name or "").startswith(prefix):
+                        orphans.append(seen)
+                        orphan_load.append(self._load_of(seen, dearest))
+                    unowned.append(seen)
+                    continue
+                view, counts = self._owned_view(instance, record, details.get(instance.id), dearest)
+                for key, n in counts.items():
+                    doubts[key] += n
+                busy = busy_map.get(view.name or "") if busy_known else None
+                storage_rate = record.storage_rate or self.storage_rate(None, record.shape)
+                rates[instance.id] = billed_rate(view.status, view.rate_hourly or 0.0, storage_rate)
+                observations.append((instance.id, view.status.value, busy))
+                believed.append((view, record, busy, _doubt(counts)))
+                if view.status.is_stopped:
+                    self.ledger.settle_stopped(record, rates[instance.id], now, watched_before.get(instance.id))
+            for instance_id, record in owned.items():  # missing from this listing: kept, in doubt, in full
+                if instance_id in listed_ids:
+                    continue
+                doubts["absent"] += 1
+                view = self._absent_view(record, dearest)
+                believed.append((view, record, None, "absent from the last listing; a GET must confirm it is gone"))
+                if record.last_rate is not None:
+                    rates[instance_id] = record.last_rate
+            self.ledger.charge(rates, now)
+            since = store.observe_many(observations, now)
+        fleet = self._fleet(believed, since, unresolved, by_name)
+        watched = {v.id: v.status for v, *_ in believed if v.id in listed_ids}
+        pending = tuple(
+            PendingCreate(e.name or "?", e.gpus, e.hourly_price, e.at)
+            for e in store.unresolved_creates()
+            if e.name not in by_name
+        )
+        return Reconciled(
+            fleet=fleet,
+            unowned=tuple(unowned),
+            orphans=tuple(orphans),
+            orphan_load=tuple(orphan_load),
+            pending=pending,
+            watched=watched,
+            doubts=Doubts(**doubts),
+            hold=hold,
+        )
+
+    def _owned_view(
+        self, listed: Instance, record: OwnedRecord, detail: Instance | None, dearest: Mapping[int, float]
+    ) -> tuple[Instance, dict[str, int]]:
+        """The instance as decisions see it: listed status; shape from our record; a believable rate."""
+        counts: dict[str, int] = {}
+        shape = record.shape or shape_from(detail) or shape_from(listed)
+        for source in (listed, detail):
+            if source is not None and shape is not None and source.gpus and _contradicts(source, shape):
+                counts["contradicted"] = counts.get("contradicted", 0) + 1
+                _log.warning(
+                    "listing_contradicts_record",
+                    instance=record.id,
+                    name=record.name,
+                    listed=f"{source.gpu_count}x {source.gpu_model}",
+                    recorded=f"{shape.gpus}x {shape.gpu_model}",
+                )
+        status = listed.status
+        if detail is not None and detail.status is not InstanceStatus.UNKNOWN:
+            status = detail.status  # the later, and fuller, word
+        if status is InstanceStatus.UNKNOWN:
+            counts["unknown_status"] = 1
+            _log.warning("status_unknown", instance=record.id, name=record.name, raw=listed.status_raw)
+        gpus = shape.gpus if shape is not None else MAX_GPUS_PER_INSTANCE
+        if shape is None:
+            counts["unknown_shape"] = 1
+        fallback = record.seen_rate or record.expected_rate or dearest.get(gpus, 0.0)
+        rate = fallback
+        for reported in (detail.rate_hourly if detail else None, listed.rate_hourly):
+            if reported is None:
+                continue
+            if self._rate_believable(reported, record, dearest.get(gpus)):
+                rate = reported
+                break
+            counts["implausible_rates"] = counts.get("implausible_rates", 0) + 1
+            self.ledger.rejected_rate(record.id, record.name, reported, fallback)
+        update: dict[str, object] = {"status": status, "rate_hourly": rate, "name": listed.name or record.name}
+        if shape is not None:
+            update.update(
+                gpus=(GpuAllocation(model=shape.gpu_model, count=shape.gpus),) if shape.gpu_model else (),
+                vcpu_count=shape.vcpus,
+                ram_gb=shape.ram_gb,
+                storage_gb=shape.storage_gb,
+                location_id=shape.location_id or listed.location_id,
+                hostnode_id=shape.hostnode_id or listed.hostnode_id,
+            )
+        else:
+            update["gpus"] = (GpuAllocation(model="unknown", count=MAX_GPUS_PER_INSTANCE),)
+        if detail is not None and detail.ip_address:
+            update["ip_address"] = detail.ip_address
+        return listed.model_copy(update=update), counts
+
+    def _absent_view(self, record: OwnedRecord, dearest: Mapping[int, float]) -> Instance:
+        shape = record.shape
+        gpus = shape.gpus if shape is not None else MAX_GPUS_PER_INSTANCE
+        return Instance(
+            id=record.id,
+            name=record.name,
+            status=InstanceStatus.UNKNOWN,
+            status_raw=ABSENT,
+            gpus=(GpuAllocation(model=(shape.gpu_model if shape else None) or "unknown", count=gpus),),
+            rate_hourly=record.seen_rate or record.expected_rate or dearest.get(gpus, 0.0),
+        )
+
+    def _foreign_view(self, listed: Instance, details: Mapping[str, Instance]) -> Instance:
+        detail = details.get(listed.id) or (self._foreign.get(listed.id) or (None, 0.0))[0]
+        if detail is None or _rich(listed):
+            return listed
+        return listed.model_copy(
+            update={"rate_hourly": detail.rate_hourly, "gpus": detail.gpus, "ip_address": detail.ip_address}
+        )
+
+    def _load_of(self, orphan: Instance, dearest: Mapping[int, float]) -> PendingCreate:
+        """An orphan counts in full: what it is, if known; else the widest and dearest it could be."""
+        gpus = orphan.gpu_count or MAX_GPUS_PER_INSTANCE
+        rate = orphan.rate_hourly
+        if not plausible_rate(rate, None, dearest.get(gpus), self.config.rate_check):
+            rate = dearest.get(gpus, 0.0)
+        billing = orphan.status not in (InstanceStatus.STOPPED, InstanceStatus.STOPPED_DISASSOCIATED)
+        return PendingCreate(orphan.name or orphan.id, gpus if billing else 0, (rate or 0.0) if billing else 0.0, 0.0)
+
+    def _fleet(
+        self,
+        believed: list[tuple[Instance, OwnedRecord, bool | None, str | None]],
+        since: Mapping[str, tuple[float | None, float | None]],
+        unresolved: list[JournalEntry],
+        by_name: Mapping[str, Instance],
+    ) -> tuple[FleetInstance, ...]:
+        awaited = {e.name for e in unresolved if e.name}
+        fleet = []
+        for view, record, busy, doubt in believed:
+            idle_since, status_since = since.get(view.id, (record.idle_since, record.status_since))
+            retiring_for = record.retiring_for
+            successor = by_name.get(retiring_for or "")
+            if (
+                retiring_for
+                and retiring_for not in awaited
+                and (successor is None or successor.status not in RUNNING_LIKE)
+            ):
+                self.store.mark_retiring(view.id, None)  # its replacement is gone or stopped: it stays
+                retiring_for = None
+            fleet.append(
+                FleetInstance(
+                    instance=view,
+                    created_at=record.created_at,
+                    offer_key=record.offer_key,
+                    busy=busy,
+                    idle_since=idle_since,
+                    status_since=status_since,
+                    storage_rate_hourly=record.storage_rate or self.storage_rate(None, record.shape),
+                    retiring_for=retiring_for,
+                    start_refused=record.start_refused_at is not None and view.status is InstanceStatus.STOPPED,
+                    doubt=doubt,
+                )
+            )
+        return tuple(fleet)
+
+    def storage_rate(self, offer: Offer | None, shape: OwnedShape | None) -> float:
+        storage = shape.storage_gb if shape is not None else self.config.shape.storage_gb
+        if offer is not None:
+            return offer.pricing.storage_price(storage)
+        return storage * self.config.stopped_storage_usd_per_gb_hr
+
+
+def _doubt(counts: Mapping[str, int]) -> str | None:
+    if counts.get("unknown_status"):
+        return "its status is unknown"
+    if counts.get("unknown_shape"):
+        return f"TensorDock has not said its GPUs; counted as {MAX_GPUS_PER_INSTANCE}"
+    return None
+
+
+def _rich(instance: Instance) -> bool:
+    """A listing item that already says what the instance is and costs (the spec's, observed shapes)."""
+    return bool(instance.gpus) and instance.rate_hourly is not None
+
+
+def shape_from(instance: Instance | None) -> OwnedShape | None:
+    if instance is None or not instance.gpus:
+        return None
+    return OwnedShape(
+        gpu_model=instance.gpu_model,
+        gpus=instance.gpu_count,
+        vcpus=instance.vcpu_count or 0,
+        ram_gb=instance.ram_gb or 0.0,
+        storage_gb=instance.storage_gb or 0.0,
+        location_id=instance.location_id,
+        hostnode_id=instance.hostnode_id,
+    )
+
+
+def _contradicts(instance: Instance, shape: OwnedShape) -> bool:
+    return instance.gpu_count != shape.gpus or (
+        instance.gpu_model is not None and shape.gpu_model is not None and instance.gpu_model != shape.gpu_model
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def _dearest(offers: tuple[Offer, ...], shape: InstanceShape) -> dict[int, float]:
+    """The dearest listed price per GPU count: the ceiling for what we cannot know (cached: offers
+    change every few minutes, cycles run every few seconds)."""
+    out: dict[int, float] = {}
+    for gpus in range(1, MAX_GPUS_PER_INSTANCE + 1):
+        prices = [o.hourly_price(shape, gpus) for o in offers]
+        if prices:
+            out[gpus] = max(prices)
+    return out

@@ -1,0 +1,308 @@
+"""The daemon against TensorDock as its own documentation describes it, and against plausible lies.
+
+Listings carry id, name and status only; every decision must come from the daemon's own record.
+A proxy transport between the real client and the fake rewrites chosen replies, the way a
+misbehaving service would.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from autoscaler.clock import ManualClock
+from autoscaler.config import Settings
+from autoscaler.runtime import Runtime, build_runtime
+from autoscaler.signals.static import StaticSignal
+from autoscaler.store import SqliteStore
+from autoscaler.tensordock.fake import FakeTensorDockApp, build_fake, in_process_transport
+
+from ..conftest import TOKEN
+
+Rewrite = Callable[[httpx.Request, Any], Any]
+
+
+class LyingTransport(httpx.BaseTransport):
+    """Passes every call to the fake; `lie` may rewrite the JSON reply of any of them."""
+
+    def __init__(self, fake: FakeTensorDockApp) -> None:
+        self.inner = in_process_transport(fake)
+        self.lie: Rewrite | None = None
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = self.inner.handle_request(request)
+        if self.lie is None:
+            return response
+        response.read()
+        try:
+            body = json.loads(response.content or b"null")
+        except ValueError:
+            return response
+        told = self.lie(request, body)
+        content = json.dumps(told).encode()  # Infinity included, as a careless server would send it
+        return httpx.Response(response.status_code, content=content, headers={"content-type": "application/json"})
+
+
+class Rig:
+    def __init__(self, tmp_path: Path, dialect: str = "documented", **settings: Any) -> None:
+        self.clock = ManualClock()
+        self.fake = build_fake(TOKEN, dialect, clock=self.clock)  # type: ignore[arg-type]
+        self.transport = LyingTransport(self.fake)
+        self.signal = StaticSignal()
+        self.tmp_path = tmp_path
+        self.settings = settings
+        self.runtime = self._runtime(tmp_path / "state.db")
+
+    def _runtime(self, store_path: Path) -> Runtime:
+        base: dict[str, Any] = {
+            "tensordock": {"base_url": "http://fake/api/v2", "token": TOKEN},
+            "fleet": {"name_prefix": "tdas", "ssh_key": "ssh-ed25519 AAAATEST test"},
+            "guards": {"max_gpus": 16, "max_instances": 16, "scale_down_delay_s": 300, "scale_down_cooldown_s": 0},
+            "offer_refresh_s": 0,
+        }
+        for key, value in self.settings.items():
+            base[key] = {**base[key], **value} if isinstance(base.get(key), dict) else value
+        return build_runtime(
+            Settings(**base),
+            clock=self.clock,
+            transport=self.transport,
+            signal=self.signal,
+            store=SqliteStore(store_path),
+        )
+
+    def cycle(self, advance: float = 30.0) -> Any:
+        report = self.runtime.engine.run_cycle()
+        self.clock.advance(advance)
+        return report
+
+    def provider_gpus(self) -> int:
+        self.fake.state.settle()
+        return sum(i.gpu_count for i in self.fake.state.instances() if i.phase != "stopped")
+
+    def provider_instances(self) -> list[Any]:
+        self.fake.state.settle()
+        return self.fake.state.instances()
+
+    def restart_with_store(self, path: Path) -> None:
+        self.runtime.close()
+        self.runtime = self._runtime(path)
+
+    def close(self) -> None:
+        self.runtime.close()
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Any:
+    rigs: list[Rig] = []
+
+    def make(**kwargs: Any) -> Rig:
+        made = Rig(tmp_path, **kwargs)
+        rigs.append(made)
+        return made
+
+    yield make
+    for made in rigs:
+        made.close()
+
+
+def test_the_documented_listing_really_is_thin(rig: Callable[..., Rig]) -> None:
+    r = rig()
+    r.signal.set(queued_jobs=1)
+    r.cycle()
+    listed = r.runtime.client.list_instances()
+    assert listed and all(i.gpus == () and i.rate_hourly is None for i in listed)
+
+
+def test_three_gpus_of_demand_held_for_fifty_cycles_create_exactly_three_gpus(rig: Callable[..., Rig]) -> None:
+    """Before: every instance read as 0 GPUs at $0/h, and creates went on up to max_instances."""
+    r = rig()
+    r.signal.set(queued_jobs=3)
+    peak = 0
+    for _ in range(50):
+        r.cycle()
+        peak = max(peak, r.provider_gpus())
+    assert peak == 3
+    assert r.provider_gpus() == 3
+    r.cycle(advance=0)  # the ledger is charged up to its last cycle: compare at that instant
+    spend = r.runtime.store.spend(r.clock.now())
+    assert spend.total_usd > 0  # the ledger charges the offer's price from the record, never $0
+    bill = r.fake.state.bill().total_usd
+    assert abs(spend.total_usd - bill) <= 0.01 * bill
+
+
+def test_max_hourly_spend_refuses_the_creates_that_would_pass_it(rig: Callable[..., Rig]) -> None:
+    r = rig(guards={"max_hourly_spend": 0.5})
+    r.signal.set(queued_jobs=3)
+    refused = 0
+    for _ in range(20):
+        report = r.cycle()
+        refused += sum(1 for d in (report.guarded.dropped if report.guarded else ()) if d.rule == "max_hourly_spend")
+        rate = sum(i.rate_hourly for i in r.provider_instances())
+        assert rate <= 0.5
+    assert refused > 0
+    assert r.provider_instances()  # something within the limit was bought
+
+
+def test_one_empty_listing_creates_nothing_more(rig: Callable[..., Rig]) -> None:
+    """Before: an owned instance missing from one listing was forgotten, and the fleet doubled."""
+    r = rig(guards={"max_gpus": 4})
+    r.signal.set(queued_jobs=3)
+    for _ in range(5):
+        r.cycle()
+    assert r.provider_gpus() == 3
+    r.transport.lie = lambda req, body: {"data": {"instances": []}} if req.url.path.endswith("/instances") else body
+    report = r.cycle()
+    assert report.hold is not None and "listing" in report.hold
+    assert report.results == []
+    r.transport.lie = None
+    for _ in range(5):
+        r.cycle()
+    assert r.provider_gpus() == 3
+    assert len(r.runtime.store.owned()) == len(r.provider_instances())
+
+
+def test_an_instance_deleted_behind_our_back_is_forgotten_after_a_404(rig: Callable[..., Rig]) -> None:
+    r = rig()
+    r.signal.set(queued_jobs=2)
+    for _ in range(4):
+        r.cycle()
+    victim = r.provider_instances()[0]
+    r.fake.state.delete(victim.id)
+    r.cycle()
+    assert victim.id not in r.runtime.store.owned()
+
+
+@pytest.mark.parametrize("lie", [1e300, math.inf, -5.0])
+def test_an_absurd_price_is_not_believed(rig: Callable[..., Rig], lie: float) -> None:
+    """Before: three seconds of rateHourly 1e300 made a ledger of $2.8e296 and stopped the fleet."""
+    r = rig()
+    r.signal.set(queued_jobs=1)
+    r.cycle()
+
+    def absurd(request: httpx.Request, body: Any) -> Any:
+        if request.method == "GET" and "/instances/" in request.url.path and isinstance(body, dict):
+            return {**body, "rateHourly": lie}
+        return body
+
+    r.transport.lie = absurd
+    rejected_before = r.runtime.metrics.rates_rejected._value.get()
+    r.runtime.engine.reconciler._last_refresh_at = None
+    for _ in range(10):
+        r.runtime.engine.reconciler.detail_due(r.provider_instances()[0].id)
+        r.cycle()
+    r.cycle(advance=0)
+    spend = r.runtime.store.spend(r.clock.now())
+    assert math.isfinite(spend.total_usd) and spend.total_usd < 1.0
+    assert r.runtime.metrics.rates_rejected._value.get() > rejected_before
+    bill = r.fake.state.bill().total_usd
+    assert abs(spend.total_usd - bill) <= 0.01 * bill
+
+
+def test_a_listing_that_lies_about_gpus_stops_nothing(rig: Callable[..., Rig]) -> None:
+    """Before: one instance listed with 64 GPUs made the daemon stop real capacity."""
+    r = rig(dialect="observed")
+    r.signal.set(queued_jobs=4, running_jobs=0)
+    for _ in range(4):
+        r.cycle()
+    assert r.provider_gpus() == 4
+    target = r.provider_instances()[0]
+
+    def sixty_four(request: httpx.Request, body: Any) -> Any:
+        text = json.dumps(body)
+        model = target.gpu_model
+        return json.loads(text.replace(f'"{model}": {{"count": {target.gpu_count}}}', f'"{model}": {{"count": 64}}'))
+
+    r.transport.lie = sixty_four
+    for _ in range(30):
+        report = r.cycle()
+        assert all(res.action.kind.value not in ("stop", "delete") for res in report.results)
+    assert r.provider_gpus() == 4
+
+
+def test_an_unknown_status_counts_in_full_and_is_left_alone(rig: Callable[..., Rig]) -> None:
+    r = rig()
+    r.signal.set(queued_jobs=2)
+    for _ in range(4):
+        r.cycle()
+    assert r.provider_gpus() == 2
+    weird = r.provider_instances()[0].id
+
+    def unknown(request: httpx.Request, body: Any) -> Any:
+        if request.url.path.endswith("/instances"):
+            data = body["data"]
+            items = data["instances"] if isinstance(data, dict) else data
+            for item in items:
+                if item["id"] == weird:
+                    item["attributes"]["status"] = "Frobnicating"
+        return body
+
+    r.transport.lie = unknown
+    r.signal.set(queued_jobs=0)
+    for _ in range(20):
+        report = r.cycle()
+        assert all(res.action.instance_id != weird for res in report.results)
+    r.signal.set(queued_jobs=2)
+    for _ in range(5):
+        r.cycle()
+    assert r.provider_gpus() <= 2  # the doubtful one still counts: nothing created in its place
+
+
+def test_a_lost_store_holds_instead_of_building_a_second_fleet(rig: Callable[..., Rig], tmp_path: Path) -> None:
+    r = rig(guards={"max_gpus": 3})
+    r.signal.set(queued_jobs=3)
+    for _ in range(4):
+        r.cycle()
+    assert r.provider_gpus() == 3
+    r.restart_with_store(tmp_path / "empty.db")
+    for _ in range(5):
+        report = r.cycle()
+        assert report.hold is not None and "adopt" in report.hold
+        assert report.results == []
+    assert r.provider_gpus() == 3
+
+
+def test_after_adopt_the_fleet_is_managed_again_without_a_duplicate(rig: Callable[..., Rig], tmp_path: Path) -> None:
+    from autoscaler.adopt import orphans_to_adopt
+
+    r = rig(guards={"max_gpus": 3})
+    r.signal.set(queued_jobs=3)
+    for _ in range(4):
+        r.cycle()
+    r.restart_with_store(tmp_path / "lost.db")
+    assert r.cycle().hold is not None
+    shown = orphans_to_adopt(r.runtime, commit=False)
+    assert len(shown) == len(r.provider_instances()) and not r.runtime.store.owned()
+    orphans_to_adopt(r.runtime, commit=True)
+    assert set(r.runtime.store.owned()) == {i.id for i in r.provider_instances()}
+    for _ in range(30):  # unknown shapes are asked again every detail.refresh_gap_s (300 s)
+        report = r.cycle()
+        assert report.hold is None
+        assert all(res.action.kind.value != "create" for res in report.results)
+    assert r.provider_gpus() == 3
+    snapshot = r.cycle().snapshot
+    assert snapshot is not None and all(i.doubt is None for i in snapshot.instances)  # GETs resolved the shapes
+
+
+def test_orphans_count_against_the_bounds(rig: Callable[..., Rig]) -> None:
+    """A prefix-named instance the store never made (an older store copy, say) is counted in full."""
+    r = rig(guards={"max_gpus": 3})
+    r.signal.set(queued_jobs=1)
+    r.cycle()
+    chicago = next(loc.id for loc in r.fake.state.catalog.locations if loc.city == "Chicago")
+    from autoscaler.tensordock.wire import create_body
+
+    from ..conftest import create_request
+
+    body = create_body(create_request(chicago, name="tdas-from-an-older-store", gpu_count=2), "documented")
+    r.fake.state.create(body["data"]["attributes"])
+    r.signal.set(queued_jobs=5)
+    for _ in range(10):
+        report = r.cycle()
+        assert report.snapshot is not None and report.snapshot.active_gpus <= 3
+    assert r.provider_gpus() == 3  # ours (1) + the orphan (2): nothing more bought
