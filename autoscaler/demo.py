@@ -71,18 +71,17 @@ def run_walkthrough(out: TextIO = sys.stdout, speed: float = 1.0) -> float:
         created = client.create_instance(request)
         say(f"create  -> {created.name} id={created.id[:8]} status={created.status.value}")
         running = _wait_for(client, created.id, InstanceStatus.RUNNING)
-        say(f"running -> ip={running.ip_address} rateHourly=${running.rate_hourly:.3f}/h gpus={running.gpu_count}")
+        say(f"running -> ip={running.ip_address} rateHourly=${running.rate_hourly or 0:.3f}/h")
         say(f"stop    -> {client.stop_instance(created.id).value}")
         stopped = _wait_for(client, created.id, InstanceStatus.STOPPED)
-        storage_rate = offer.pricing.storage_price(stopped.storage_gb or 0)
-        say(f"stopped -> only storage bills now: ${storage_rate:.4f}/h instead of ${stopped.rate_hourly:.3f}/h")
-        client.modify_instance(
-            created.id, ModifyInstanceRequest(vcpu_count=16, ram_gb=64, gpu_model=offer.gpu_model, gpu_count=2)
-        )
-        modified = client.get_instance(created.id)
+        storage_rate = offer.pricing.storage_price(request.storage_gb)
+        say(f"stopped -> only storage bills now: ${storage_rate:.4f}/h instead of ${stopped.rate_hourly or 0:.3f}/h")
+        bigger = ModifyInstanceRequest(vcpu_count=16, ram_gb=64, gpu_model=offer.gpu_model, gpu_count=2)
+        client.modify_instance(created.id, bigger)
+        modified = client.get_instance(created.id)  # the documented GET lists no resources: the request says them
         say(
-            f"modify  -> gpus={modified.gpu_count} vcpu={modified.vcpu_count} ram={modified.ram_gb:g} GB "
-            f"rateHourly=${modified.rate_hourly:.3f}/h"
+            f"modify  -> gpus={bigger.gpu_count} vcpu={bigger.vcpu_count} ram={bigger.ram_gb} GB "
+            f"rateHourly=${modified.rate_hourly or 0:.3f}/h"
         )
         say(f"start   -> {client.start_instance(created.id).value}")
         _wait_for(client, created.id, InstanceStatus.RUNNING)

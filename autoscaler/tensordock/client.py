@@ -114,7 +114,7 @@ class TensorDockClient:
         self,
         base_url: str = DEFAULT_BASE_URL,
         token: str | SecretStr = "",
-        wire_format: WireFormat = "observed",
+        wire_format: WireFormat = "documented",
         *,
         clock: Clock | None = None,
         rate_limit: int = 100,

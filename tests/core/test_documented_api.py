@@ -15,6 +15,8 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from autoscaler.clock import ManualClock
 from autoscaler.config import Settings
@@ -34,8 +36,11 @@ class LyingTransport(httpx.BaseTransport):
     def __init__(self, fake: FakeTensorDockApp) -> None:
         self.inner = in_process_transport(fake)
         self.lie: Rewrite | None = None
+        self.fail: Callable[[httpx.Request], bool] | None = None  # answer 502 without passing it on
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if self.fail is not None and self.fail(request):
+            return httpx.Response(502, content=b"<html>502 Bad Gateway</html>", headers={"content-type": "text/html"})
         response = self.inner.handle_request(request)
         if self.lie is None:
             return response
@@ -306,3 +311,114 @@ def test_orphans_count_against_the_bounds(rig: Callable[..., Rig]) -> None:
         report = r.cycle()
         assert report.snapshot is not None and report.snapshot.active_gpus <= 3
     assert r.provider_gpus() == 3  # ours (1) + the orphan (2): nothing more bought
+
+
+VARIANT = st.fixed_dictionaries(
+    {
+        "list": st.sampled_from(["thin", "rich"]),
+        "get_rate": st.booleans(),
+        "gpu_key": st.sampled_from(["none", "v0name", "display"]),
+        "extra": st.booleans(),
+    }
+)
+
+
+def _reshape(fake: FakeTensorDockApp, variant: dict[str, Any]) -> Rewrite:
+    """Rewrite the fake's documented replies into one of the shapes TensorDock may send."""
+
+    def gpu_map(inst: Any) -> dict[str, Any]:
+        if variant["gpu_key"] == "display":
+            display = fake.state.catalog.gpu_display_names.get(inst.gpu_model, inst.gpu_model)
+            return {display: {"count": inst.gpu_count, "v0Name": inst.gpu_model}}
+        return {inst.gpu_model: {"count": inst.gpu_count}}
+
+    def enrich(item: dict[str, Any], inst: Any, *, rate: bool) -> None:
+        if variant["gpu_key"] != "none":
+            item["gpus"] = gpu_map(inst)
+        if rate:
+            item["rateHourly"] = round(inst.rate_hourly, 6)
+        else:
+            item.pop("rateHourly", None)
+        if variant["extra"]:
+            item["x_new_field"] = {"nested": [1, None]}
+
+    def lie(request: httpx.Request, body: Any) -> Any:
+        path = request.url.path
+        if request.method != "GET" or not isinstance(body, dict):
+            return body
+        if path.endswith("/instances"):
+            data = body.get("data")
+            items = data.get("instances") if isinstance(data, dict) else data
+            for item in items or []:
+                inst = fake.state._instances.get(item["id"])
+                if inst is not None and variant["list"] == "rich":
+                    enrich(item["attributes"], inst, rate=True)
+            return body
+        if "/instances/" in path and "id" in body:
+            inst = fake.state._instances.get(body["id"])
+            if inst is not None:
+                enrich(body, inst, rate=variant["get_rate"])
+        return body
+
+    return lie
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(variants=st.lists(VARIANT, min_size=6, max_size=6), demand=st.integers(min_value=1, max_value=5))
+def test_every_reply_shape_gives_the_same_fleet_and_an_honest_ledger(
+    tmp_path_factory: pytest.TempPathFactory, variants: list[dict[str, Any]], demand: int
+) -> None:
+    """Thin or rich listings, GETs with or without a rate, GPU maps keyed either way, extra fields:
+    never an extra create, never $0 charged for a billing instance, the same fleet in the end."""
+    fleets = []
+    for shapes in (variants, [{"list": "rich", "get_rate": True, "gpu_key": "v0name", "extra": False}] * 6):
+        r = Rig(tmp_path_factory.mktemp("shapes"))
+        try:
+            r.signal.set(queued_jobs=demand)
+            for n in range(24):
+                r.transport.lie = _reshape(r.fake, shapes[n % len(shapes)])
+                report = r.cycle()
+                assert r.provider_gpus() <= demand
+                snapshot = report.snapshot
+                assert snapshot is not None
+                for instance in snapshot.instances:
+                    if instance.status.value in ("starting", "running"):
+                        assert instance.current_rate_hourly > 0
+            r.cycle(advance=0)
+            bill = r.fake.state.bill().total_usd
+            spend = r.runtime.store.spend(r.clock.now()).total_usd
+            assert abs(spend - bill) <= 0.01 * bill
+            fleets.append(sorted((i.gpu_model, i.gpu_count) for i in r.provider_instances()))
+        finally:
+            r.close()
+    assert fleets[0] == fleets[1]
+
+
+@pytest.mark.parametrize("dialect", ["documented", "observed", "spec"])
+def test_every_dialect_buys_exactly_the_demand(rig: Callable[..., Rig], dialect: str) -> None:
+    r = rig(dialect=dialect, tensordock={"wire_format": dialect})
+    r.signal.set(queued_jobs=3)
+    for _ in range(20):
+        r.cycle()
+        assert r.provider_gpus() <= 3
+    assert r.provider_gpus() == 3
+
+
+def test_a_create_answered_with_a_5xx_blocks_capacity_only_for_the_grace(rig: Callable[..., Rig]) -> None:
+    """Before: nothing was created, yet the unknown create held the capacity for 600 s."""
+    r = rig()
+    r.signal.set(queued_jobs=1)
+    r.transport.fail = lambda req: req.method == "POST" and req.url.path.endswith("/instances")
+    report = r.cycle()
+    assert [res.outcome for res in report.results] == ["unknown"]
+    r.transport.fail = None
+    served_after = None
+    for n in range(1, 10):
+        r.cycle()
+        if r.provider_gpus() == 1:
+            served_after = n * 30
+            break
+    assert served_after is not None and served_after <= 120  # grace 60 s, then the next cycle creates
+    for _ in range(5):
+        r.cycle()
+    assert r.provider_gpus() == 1
