@@ -28,13 +28,14 @@ def fleet_status(runtime: Runtime) -> dict[str, Any]:
     owned = runtime.store.owned()
     rows: list[dict[str, Any]] = []
     details_left = UNOWNED_DETAILS
-    for instance in runtime.client.list_instances():
+    for listed in runtime.client.list_instances():
+        instance = listed
         record = owned.get(instance.id)
         if record is None and instance.rate_hourly is None and details_left > 0:
             details_left -= 1  # the documented listing says nothing of price: ask, a bounded number of times
             with contextlib.suppress(TensorDockError):
                 detail = runtime.client.get_instance(instance.id)
-                instance = instance.model_copy(update={"rate_hourly": detail.rate_hourly, "gpus": detail.gpus})
+                instance = listed.model_copy(update={"rate_hourly": detail.rate_hourly, "gpus": detail.gpus})
         managed = record is not None
         # An owned instance is what our record says (the documented listing says no more than its status).
         shape = record.shape if record is not None else None
