@@ -422,3 +422,27 @@ def test_a_create_answered_with_a_5xx_blocks_capacity_only_for_the_grace(rig: Ca
     for _ in range(5):
         r.cycle()
     assert r.provider_gpus() == 1
+
+
+def test_a_port_taken_since_the_offers_were_listed_backs_that_offer_off(rig: Callable[..., Rig]) -> None:
+    """Hostnode creates forward SSH from a port the host lists; one taken meanwhile is a 400 for
+    that offer only: it is backed off and the fleet still gets its capacity."""
+    from autoscaler.tensordock.wire import create_body
+
+    from ..conftest import create_request
+
+    r = rig(offer_refresh_s=3600)
+    r.cycle()  # offers listed: every host lists 20000 as free
+    for _, host in r.fake.state.hosts():
+        request = create_request(hostnode_id=host.id, gpu_model=None, gpu_count=0, name=f"other-{host.id[:6]}")
+        attributes = create_body(request, "documented")["data"]["attributes"]
+        attributes["port_forwards"] = [{"internal_port": 22, "external_port": 20000}]
+        r.fake.state.create(attributes)
+    r.signal.set(queued_jobs=1)
+    for _ in range(4):
+        r.cycle()
+    ours = [i for i in r.provider_instances() if i.name.startswith("tdas-")]
+    assert len(ours) == 1 and all(external != 20000 for _, external in ours[0].port_forwards)
+    refused = [e for e in r.runtime.store.journal(50) if e.kind == "create" and e.outcome == "failed"]
+    assert refused and all("port" in (e.error or "") for e in refused)
+    assert r.runtime.store.backed_off(r.clock.now())
