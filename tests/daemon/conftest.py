@@ -23,6 +23,27 @@ from autoscaler.testing import free_port
 
 from ..conftest import TOKEN
 
+_PR_SET_PDEATHSIG = 1
+
+
+def dies_with_the_test() -> None:
+    """preexec_fn: the kernel kills a daemon whose test process dies (a timeout, a crash, a kill),
+    so that no daemon outlives its test, whatever happens to it."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def start_daemon_process(config: Path, env: dict[str, str], **popen: Any) -> subprocess.Popen[Any]:
+    """`tensordock-autoscaler run` as a child that cannot outlive the test."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "autoscaler.cli", "run", "--config", str(config)],
+        env=env,
+        preexec_fn=dies_with_the_test,  # noqa: PLW1509 - only prctl runs between fork and exec
+        **popen,
+    )
+
+
 CONFIG = """
 dry_run = false
 max_signal_age_s = 3600
@@ -147,13 +168,7 @@ def daemon(tmp_path: Path) -> Iterator[Callable[..., RunningDaemon]]:
         write_config()
         signal_file.write_text(json.dumps({"queued": 0, "running": 0, "observed_at": time.time()}))
         env = {k: v for k, v in os.environ.items() if not k.startswith("TDAS_")} | (env_extra or {})
-        process = subprocess.Popen(
-            [sys.executable, "-m", "autoscaler.cli", "run", "--config", str(config)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
+        process = start_daemon_process(config, env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         running = RunningDaemon(
             process, fake, server, config, signal_file, store, f"http://127.0.0.1:{port}", write_config
         )

@@ -16,11 +16,11 @@ import random
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from autoscaler.clock import SystemClock
 from autoscaler.tensordock.fake import FakeServer, Faults, Timings, build_fake
@@ -28,11 +28,12 @@ from autoscaler.tensordock.wire import create_body
 from autoscaler.testing import free_port
 
 from ..conftest import TOKEN, create_request
-from .conftest import CONFIG
+from .conftest import CONFIG, start_daemon_process
 
 KILLS = 20
 
 
+@pytest.mark.timeout(900)  # a loaded 2-core machine: waits below are generous, none is a margin
 def test_twenty_sigkills_lose_no_instance_and_double_none(tmp_path: Path) -> None:
     rng = random.Random(int(os.environ.get("TDAS_CRASH_SEED", "20261126")))  # other seeds: measure the spread
     fake = build_fake(
@@ -63,14 +64,13 @@ def test_twenty_sigkills_lose_no_instance_and_double_none(tmp_path: Path) -> Non
         def queue(queued: int) -> None:
             signal_file.write_text(json.dumps({"queued": queued, "running": 0, "observed_at": time.time()}))
 
+        started: list[subprocess.Popen[bytes]] = []
+
         def start_daemon(queued: int) -> subprocess.Popen[bytes]:
             queue(queued)
-            return subprocess.Popen(
-                [sys.executable, "-m", "autoscaler.cli", "run", "--config", str(config)],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                env=env,
-            )
+            process = start_daemon_process(config, env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            started.append(process)
+            return process
 
         def fleet_is(phase: str, count: int, within_s: float) -> None:
             deadline = time.monotonic() + within_s
@@ -83,36 +83,42 @@ def test_twenty_sigkills_lose_no_instance_and_double_none(tmp_path: Path) -> Non
                 time.sleep(0.1)
             raise AssertionError(f"the fleet did not come to {count} {phase} within {within_s}s")
 
-        # In production a daemon runs for a while before it crashes: it has watched stops end, and
-        # so knows how long they take when it must date one it did not see (after a restart).
-        process = start_daemon(6)
-        fleet_is("running", 6, 20)
-        queue(0)
-        fleet_is("stopped", 6, 20)
-        time.sleep(0.5)
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
-        kills = 0
-        while kills < KILLS:
-            process = start_daemon(rng.choice([0, 1, 3, 6]))
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:  # wait until it serves, so the kill lands inside its work
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=0.5).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.05)
-            time.sleep(rng.uniform(0.0, 2.5))
-            process.send_signal(signal.SIGKILL)
-            process.wait(timeout=10)
-            kills += 1
-        # a last clean run settles whatever the kills left unresolved, and lets the fleet come to rest
-        # (all stopped) so that the bill and the ledger can be compared without a cycle's lag
-        process = start_daemon(0)
-        fleet_is("stopped", 1, 40)
-        time.sleep(3)
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
+        try:
+            # In production a daemon runs for a while before it crashes: it has watched stops end, and
+            # so knows how long they take when it must date one it did not see (after a restart).
+            process = start_daemon(6)
+            fleet_is("running", 6, 60)
+            queue(0)
+            fleet_is("stopped", 6, 60)
+            time.sleep(0.5)
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=30) == 0
+            kills = 0
+            while kills < KILLS:
+                process = start_daemon(rng.choice([0, 1, 3, 6]))
+                deadline = time.monotonic() + 20
+                while time.monotonic() < deadline:  # wait until it serves, so the kill lands inside its work
+                    try:
+                        if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=0.5).status_code == 200:
+                            break
+                    except httpx.HTTPError:
+                        time.sleep(0.05)
+                time.sleep(rng.uniform(0.0, 2.5))
+                process.send_signal(signal.SIGKILL)
+                process.wait(timeout=10)
+                kills += 1
+            # a last clean run settles whatever the kills left unresolved, and lets the fleet come to rest
+            # (all stopped) so that the bill and the ledger can be compared without a cycle's lag
+            process = start_daemon(0)
+            fleet_is("stopped", 1, 120)
+            time.sleep(3)
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=30) == 0
+        finally:  # whatever failed above, no daemon outlives the test
+            for leftover in started:
+                if leftover.poll() is None:
+                    leftover.kill()
+                    leftover.wait(timeout=10)
     with fake.state.lock:
         fake.state.settle()
         instances = fake.state.instances()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import RunningDaemon
+from .conftest import RunningDaemon, start_daemon_process
 
 
 def _gpus(running: RunningDaemon) -> int:
@@ -32,12 +31,8 @@ def restarted() -> Iterator[Callable[[RunningDaemon], subprocess.Popen[str]]]:
 
     def restart(running: RunningDaemon) -> subprocess.Popen[str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TDAS_")}
-        process = subprocess.Popen(
-            [sys.executable, "-m", "autoscaler.cli", "run", "--config", str(running.config)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
+        process = start_daemon_process(
+            running.config, env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True
         )
         processes.append(process)
         running.process = process
