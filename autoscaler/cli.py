@@ -282,6 +282,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Every byte a command prints passes through one masking stream: no secret reaches a terminal or log."""
+    from autoscaler.secrets import masked
+
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = masked(sys.stdout), masked(sys.stderr)
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        sys.stdout, sys.stderr = saved
+
+
+def _main(argv: Sequence[str] | None) -> int:
     from autoscaler.tensordock import TensorDockError
 
     args = build_parser().parse_args(argv)

@@ -6,6 +6,7 @@ the token as `TDAS_TENSORDOCK__TOKEN` (or a `token_file` for systemd credentials
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -203,4 +204,16 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
         raise ConfigError("; ".join(lines)) from None
     except ValueError as exc:  # TOML syntax
         raise ConfigError(f"{path}: {exc}") from None
+    register_config_secrets(loaded)
     return loaded
+
+
+def register_config_secrets(settings: Settings) -> None:
+    """Every credential of the configuration is masked from here on: token, store password, sources'."""
+    from autoscaler.secrets import register_secret, register_settings_secrets
+    from autoscaler.signals.registry import validate_signal_settings
+
+    with contextlib.suppress(ValueError):  # no token yet: check-config and run report that themselves
+        register_secret(settings.tensordock.resolved_token().get_secret_value())
+    options = [checked for _, checked, _ in validate_signal_settings(settings.signal)]
+    register_settings_secrets(settings, options)

@@ -8,11 +8,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Protocol
-from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from autoscaler.logging import register_secret
+from autoscaler.secrets import register_secret
 
 
 class SignalError(Exception):
@@ -69,12 +68,33 @@ class SourceOptions(BaseModel):
 
 
 class Secret(BaseModel):
-    """A credential given inline, by environment variable, or by file; never printed."""
+    """A credential given inline, by environment variable, or by file; never printed.
+
+    A plain string is the inline value (`url = "redis://..."`), one rule for every source.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     value: SecretStr | None = None
     env: str | None = None
     file: Path | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plain_string_is_the_value(cls, data: object) -> object:
+        return {"value": data} if isinstance(data, str) else data
+
+    def peek(self) -> list[str]:
+        """What the credential is now, if it can be had without failing: for masking, never for use."""
+        if self.value is not None:
+            return [self.value.get_secret_value()]
+        if self.env and os.environ.get(self.env):
+            return [os.environ[self.env]]
+        if self.file is not None:
+            try:
+                return [self.file.read_text().strip()]
+            except (OSError, UnicodeDecodeError):
+                return []
+        return []
 
     def resolve(self, what: str) -> str | None:
         text: str | None = None
@@ -89,11 +109,7 @@ class Secret(BaseModel):
                 text = self.file.read_text().strip()
             except OSError as exc:
                 raise SignalError(f"{what}: cannot read {self.file}: {exc.strerror}") from None
-        if text:
-            register_secret(text)
-            password = urlsplit(text).password if "://" in text else None
-            if password:
-                register_secret(password)
+        register_secret(text)
         return text
 
 

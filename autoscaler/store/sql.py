@@ -10,6 +10,7 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from autoscaler.secrets import mask_secrets
 from autoscaler.snapshot import Spend
 
 from .base import JournalEntry, OwnedRecord
@@ -202,7 +203,7 @@ class SqlStore:
         replaces: str | None = None,
         reason: str = "",
     ) -> int:
-        values = (cycle_id, at, kind, name, instance_id, offer_key, gpus, hourly_price, replaces, reason)
+        values = (cycle_id, at, kind, name, instance_id, offer_key, gpus, hourly_price, replaces, mask_secrets(reason))
         columns = "cycle_id, at, kind, name, instance_id, offer_key, gpus, hourly_price, replaces, reason"
         with self._lock:
             if self.fencing is None:
@@ -228,7 +229,7 @@ class SqlStore:
             self._x(
                 "UPDATE journal SET outcome = ?, outcome_at = ?, instance_id = COALESCE(?, instance_id), error = ?"
                 " WHERE id = ?",
-                (outcome, at, instance_id, error, entry_id),
+                (outcome, at, instance_id, None if error is None else mask_secrets(error), entry_id),
             )
 
     _JOURNAL_COLUMNS = (
