@@ -91,6 +91,11 @@ class SchedulerSettings(_Section):
     interval_s: float = Field(default=30.0, ge=1, description="seconds between cycles")
     jitter_s: float = Field(default=2.0, ge=0, description="random delay added to each cycle, seconds")
     shutdown_timeout_s: float = Field(default=60.0, gt=0, description="SIGTERM waits this long for the cycle")
+    cycle_stall_s: float = Field(
+        default=900.0,
+        gt=0,
+        description="a cycle running longer than this is wedged: the systemd watchdog is no longer pinged",
+    )
     transition_poll_s: float = Field(
         default=5.0,
         ge=0,

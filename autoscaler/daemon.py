@@ -8,8 +8,10 @@
 - SIGTERM/SIGINT: the call in flight finishes and is journaled, no new call starts, exit 0
   within `scheduler.shutdown_timeout_s`.
 - SIGHUP: reload the configuration file; an invalid one is refused and the running one stays.
-- systemd Type=notify: READY once serving, STATUS with a one-line fleet summary, WATCHDOG only
-  after healthy cycles (a wedged daemon gets restarted), STOPPING on the way out.
+- systemd Type=notify: READY once serving, STATUS with a one-line fleet summary, STOPPING on the way
+  out. WATCHDOG pings come from a scheduler job every third of systemd's WATCHDOG_USEC while the
+  scheduler is alive: cycles keep coming (whatever TensorDock answers) and none has run longer than
+  `scheduler.cycle_stall_s`. A wedged scheduler or cycle stops the pings and systemd restarts it.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ from autoscaler.store.postgres import PostgresStore
 _log = structlog.get_logger("autoscaler.daemon")
 _JOB_ID = "cycle"
 _FOLLOW_JOB_ID = "follow-transitions"
+_WATCHDOG_JOB_ID = "watchdog"
+_LIVENESS_SLACK_S = 10.0  # the scheduler's own lateness on a loaded machine
+_MIN_WATCHDOG_S = 3.0  # a third of it between pings: shorter cannot be pinged reliably
 
 
 def summary(report: CycleReport) -> str:
@@ -67,6 +72,15 @@ class Daemon:
         self._reload = threading.Event()
         self._last_success: float | None = None
         self._started = time.time()
+        self._cycle_started: float | None = None  # monotonic; None while no cycle runs
+        self._cycle_ended = time.monotonic()  # start-up counts as the end of a cycle
+        self._watchdog_withheld = False
+        self.watchdog_s = self.notifier.watchdog_interval_s
+        if self.watchdog_s is not None and self.watchdog_s < _MIN_WATCHDOG_S:
+            raise ConfigError(
+                f"WatchdogSec: {self.watchdog_s:g}s is too short to be pinged reliably;"
+                f" give the unit WatchdogSec={_MIN_WATCHDOG_S:g}s or more"
+            )
         self.scheduler = BackgroundScheduler(timezone="UTC")
         self.endpoints = Endpoints(self.metrics.registry, self.readiness, settings.metrics.host, settings.metrics.port)
 
@@ -81,17 +95,51 @@ class Daemon:
             return False, f"last successful cycle {age:.0f}s ago (more than 3 intervals)"
         return True, f"last successful cycle {age:.0f}s ago"
 
+    def scheduler_alive(self) -> tuple[bool, str]:
+        """Cycles keep coming and none is stuck: what the systemd watchdog is pinged on, not their success."""
+        now = time.monotonic()
+        s = self.settings.scheduler
+        started = self._cycle_started
+        if started is not None:
+            running = now - started
+            if running > s.cycle_stall_s:
+                return False, f"a cycle has run {running:.0f}s, more than scheduler.cycle_stall_s"
+            return True, f"a cycle is running ({running:.0f}s)"
+        since = now - self._cycle_ended
+        if since > s.interval_s + s.jitter_s + _LIVENESS_SLACK_S:
+            return False, f"no cycle for {since:.0f}s (interval {s.interval_s:g}s)"
+        return True, f"last cycle ended {since:.0f}s ago"
+
+    def watchdog_tick(self) -> bool:
+        """Ping systemd's watchdog when the scheduler is alive; returns whether it pinged."""
+        alive, why = self.scheduler_alive()
+        if alive:
+            self._watchdog_withheld = False
+            return self.notifier.notify(WATCHDOG="1")
+        if not self._watchdog_withheld:
+            _log.error("watchdog_withheld", reason=why, restart_after_s=self.watchdog_s)
+            self._watchdog_withheld = True
+        return False
+
     # -- the job ------------------------------------------------------------------------------
 
     def run_one_cycle(self) -> CycleReport | None:
         if self._stop.is_set():
             return None
+        self._cycle_started = time.monotonic()
+        try:
+            return self._cycle()
+        finally:
+            self._cycle_ended = time.monotonic()
+            self._cycle_started = None
+
+    def _cycle(self) -> CycleReport | None:
         if self.elector is not None:
             leading = self.elector.ensure()
             self.metrics.leader.set(1 if leading else 0)
             if not leading:  # a follower: ready to take over, acting on nothing
                 self._last_success = time.time()
-                self.notifier.notify(WATCHDOG="1", STATUS="standby: another replica leads")
+                self.notifier.notify(STATUS="standby: another replica leads")
                 return None
         with self._cycle_lock:
             try:
@@ -102,9 +150,7 @@ class Daemon:
                 return None
         if report.error is None:
             self._last_success = time.time()
-            self.notifier.notify(WATCHDOG="1", STATUS=summary(report))
-        else:
-            self.notifier.notify(STATUS=summary(report))
+        self.notifier.notify(STATUS=summary(report))
         return report
 
     def follow_transitions(self) -> None:
@@ -187,9 +233,21 @@ class Daemon:
             next_run_time=None,
         )
         self._schedule_following()
+        if self.watchdog_s is not None:
+            self.scheduler.add_job(
+                self.watchdog_tick,
+                "interval",
+                id=_WATCHDOG_JOB_ID,
+                seconds=self.watchdog_s / 3,
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=max(1, int(self.watchdog_s / 3)),
+            )
         self.scheduler.start()
         self.scheduler.modify_job(_JOB_ID, next_run_time=_utcnow())  # first cycle right away
         self.notifier.notify(READY="1", STATUS="started; first cycle running")
+        if self.watchdog_s is not None:
+            self.watchdog_tick()
         _log.info(
             "started",
             interval_s=s.interval_s,
