@@ -69,7 +69,7 @@ def _load(path: str | None, command: str) -> Any:
         return load_settings(path)
     except ConfigError as exc:
         print(f"{command}: invalid configuration:", file=sys.stderr)
-        for problem in str(exc).split("; "):
+        for problem in str(exc).splitlines():
             print(f"  - {problem}", file=sys.stderr)
         return None
 
@@ -92,29 +92,22 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    from autoscaler.config import ConfigError
-    from autoscaler.policy import PolicyConfigError, build_chain
+    from autoscaler import preflight
 
     settings = _load(args.file, "check-config")
     if settings is None:
         return 2
-    problems = []
-    try:
-        settings.tensordock.resolved_token()
-    except ValueError as exc:
-        problems.append(str(exc))
-    if not settings.fleet.ssh_key:
-        problems.append("fleet.ssh_key: required; TensorDock refuses instances without an SSH public key")
-    try:
-        build_chain(settings.policies)
-    except (PolicyConfigError, ConfigError) as exc:
-        problems.extend(str(exc).split("; "))
-    if problems:
+    found = preflight.check(settings, offline=args.offline)
+    if args.connect:
+        preflight.connect(settings, found)
+    for warning in found.warnings:
+        print(f"check-config: warning: {warning}", file=sys.stderr)
+    if found.problems:
         print("check-config: invalid configuration:", file=sys.stderr)
-        for problem in problems:
+        for problem in found.problems:
             print(f"  - {problem}", file=sys.stderr)
         return 2
-    print(json.dumps(settings.model_dump(mode="json"), indent=2))  # SecretStr prints as '**********'
+    print(json.dumps(settings.model_dump(mode="json"), indent=2))  # every output is masked (autoscaler.secrets)
     return 0
 
 
@@ -142,14 +135,17 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from autoscaler.config import ConfigError, load_settings
+    from autoscaler.config import ConfigError
     from autoscaler.logging import configure_logging
     from autoscaler.report import cycle_as_dict, cycle_as_text
     from autoscaler.runtime import build_runtime
 
     configure_logging("WARNING")
+    settings = _load(args.config, "plan")
+    if settings is None:
+        return 2
     try:
-        runtime = build_runtime(load_settings(args.config), dry_run=True)
+        runtime = build_runtime(settings, dry_run=True)
     except ConfigError as exc:
         print(f"plan: invalid configuration: {exc}", file=sys.stderr)
         return 2
@@ -158,7 +154,11 @@ def _plan(args: argparse.Namespace) -> int:
     finally:
         runtime.close()
     print(json.dumps(cycle_as_dict(report), indent=2) if args.json else cycle_as_text(report))
-    return 1 if report.error else 0
+    snap = report.snapshot
+    demand_unknown = snap is not None and snap.demand is None
+    if snap is not None and demand_unknown:
+        print(f"plan: could not plan: demand unknown: {snap.demand_error}", file=sys.stderr)
+    return 1 if report.error or demand_unknown else 0
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -241,6 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check-config", help="validate a config and print it, secrets masked")
     check.add_argument("file", help="TOML configuration file")
+    check.add_argument(
+        "--offline",
+        action="store_true",
+        help="do not read credentials (e.g. a token file that exists only inside the systemd unit)",
+    )
+    check.add_argument("--connect", action="store_true", help="also try the store, the API and every demand source")
     check.set_defaults(handler=_check_config)
 
     status = commands.add_parser("status", help="the fleet as a table: $/h, age, idle time, managed or not")

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -82,6 +83,7 @@ class Daemon:
                 f" give the unit WatchdogSec={_MIN_WATCHDOG_S:g}s or more"
             )
         self.scheduler = BackgroundScheduler(timezone="UTC")
+        _port_free(settings.metrics.host, settings.metrics.port)
         self.endpoints = Endpoints(self.metrics.registry, self.readiness, settings.metrics.host, settings.metrics.port)
 
     # -- health -------------------------------------------------------------------------------
@@ -292,6 +294,25 @@ class Daemon:
         self.runtime.close()
         _log.info("stopped", clean=clean)
         return 0
+
+
+def _port_free(host: str, port: int) -> None:
+    """Refuse a metrics port another process holds, by name, before anything starts (werkzeug would exit 1)."""
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise ConfigError(f"metrics.host: cannot resolve {host!r}: {exc.strerror}") from None
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise ConfigError(
+                f"metrics.port: cannot listen on {host}:{port}: {exc.strerror} (another daemon? pick a free port)"
+            ) from None
 
 
 def _utcnow() -> Any:

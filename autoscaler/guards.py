@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from autoscaler.plan import Action, ActionKind, Plan
 from autoscaler.snapshot import Snapshot
@@ -17,7 +17,7 @@ from autoscaler.tensordock import InstanceStatus
 class GuardConfig(BaseModel):
     """Hard limits and pacing; units are in the names."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     min_gpus: int = Field(default=0, ge=0, description="capacity kept even when demand is unknown")
     max_gpus: int = Field(default=16, ge=0, description="GPUs running or on their way, never more")
     max_instances: int = Field(default=16, ge=0, description="instances running or on their way, never more")
@@ -28,6 +28,12 @@ class GuardConfig(BaseModel):
         default=600.0, ge=0, description="demand must stay low this long before capacity is stopped"
     )
     max_actions_per_cycle: int = Field(default=10, ge=0, description="mutating calls per cycle, at most")
+
+    @model_validator(mode="after")
+    def _min_within_max(self) -> GuardConfig:
+        if self.min_gpus > self.max_gpus:
+            raise ValueError(f"min_gpus ({self.min_gpus}) is more than max_gpus ({self.max_gpus})")
+        return self
 
 
 @dataclass(frozen=True)

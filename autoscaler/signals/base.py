@@ -6,6 +6,7 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import ClassVar, Protocol
 
@@ -52,6 +53,26 @@ class Demand:
         return self.queued_gpus + self.running_gpus
 
 
+def whole_count(value: object, what: str) -> int:
+    """A job count as the source gave it: a whole number, never a string, a boolean or a fraction.
+
+    `"3"`, `true` and `3.9` are refused rather than coerced: each is a bug in what feeds the source,
+    and guessing would scale a real fleet on it.
+    """
+    if isinstance(value, bool) or value is None:
+        raise ValueError(f"{what} is {value!r}, not a whole number")
+    if isinstance(value, int):
+        count = value
+    elif isinstance(value, float | Decimal) and math.isfinite(value) and value == int(value):
+        count = int(value)
+    else:
+        kind = "a string" if isinstance(value, str) else "not a whole number"
+        raise ValueError(f"{what} is {value!r} ({kind}); give a whole number")
+    if count < 0:
+        raise ValueError(f"{what} is {count}, a negative count")
+    return count
+
+
 class DemandSignal(Protocol):
     """Reads the queue. Raises SignalError on failure; never returns made-up numbers."""
 
@@ -63,7 +84,7 @@ class DemandSignal(Protocol):
 class SourceOptions(BaseModel):
     """Base of every source's options: unknown keys are errors; every read has a timeout."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     timeout_s: float = Field(default=5.0, gt=0, le=60, description="seconds one read may take")
 
 
