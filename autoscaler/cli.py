@@ -161,6 +161,21 @@ def _plan(args: argparse.Namespace) -> int:
     return 1 if report.error or demand_unknown else 0
 
 
+def _plot_target_problem(target: str) -> str | None:
+    """Why a plot could not be written there, checked before a run that may take minutes."""
+    import importlib.util
+    from pathlib import Path
+
+    folder = Path(target).resolve().parent
+    if not folder.is_dir():
+        return f"folder {folder} does not exist"
+    if not os.access(folder, os.W_OK):
+        return f"folder {folder} is not writable"
+    if importlib.util.find_spec("matplotlib") is None:
+        return "needs matplotlib: pip install 'tensordock-autoscaler[plot]'"
+    return None
+
+
 def _simulate(args: argparse.Namespace) -> int:
     from autoscaler.logging import configure_logging
     from autoscaler.sim import SimOptions, StrategyError, TraceError, compare, markdown_table
@@ -172,6 +187,9 @@ def _simulate(args: argparse.Namespace) -> int:
         settings = _load(args.config, "simulate")
         if settings is None:
             return 2
+    if args.plot and (problem := _plot_target_problem(args.plot)):
+        print(f"simulate: --plot {args.plot}: {problem}", file=sys.stderr)  # before the run, not after it
+        return 2
     strategies = tuple(name.strip() for name in args.strategies.split(",") if name.strip())
     try:
         faults = Faults.model_validate_json(args.faults) if args.faults else Faults()

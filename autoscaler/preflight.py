@@ -10,7 +10,6 @@ from __future__ import annotations
 import stat
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from autoscaler.config import ConfigError, Settings
 
@@ -29,6 +28,9 @@ def _token(settings: Settings, offline: bool, found: Findings) -> None:
     if td.token is not None and td.token.get_secret_value():
         return
     path = td.token_file
+    if path is None and offline:
+        found.warnings.append("tensordock.token: not set here; not checked (--offline): the unit must provide it")
+        return
     if path is None:
         found.problems.append(
             "tensordock.token: no API token; set TDAS_TENSORDOCK__TOKEN, tensordock.token or tensordock.token_file"
@@ -124,7 +126,3 @@ def connect(settings: Settings, found: Findings) -> None:
                 source.close()
         except Exception as exc:  # a source's failure, whatever it is, is reported, not raised
             found.problems.append(f"{label}: {str(exc).strip() or type(exc).__name__}")
-
-
-def token_file_in(path: Path | None) -> bool:
-    return path is not None and str(path).startswith(_CREDENTIALS_DIR)

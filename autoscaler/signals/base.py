@@ -60,14 +60,14 @@ def whole_count(value: object, what: str) -> int:
     and guessing would scale a real fleet on it.
     """
     if isinstance(value, bool) or value is None:
-        raise ValueError(f"{what} is {value!r}, not a whole number")
+        raise ValueError(f"{what} is {value!r}, not a count (a whole number)")
     if isinstance(value, int):
         count = value
     elif isinstance(value, float | Decimal) and math.isfinite(value) and value == int(value):
         count = int(value)
     else:
-        kind = "a string" if isinstance(value, str) else "not a whole number"
-        raise ValueError(f"{what} is {value!r} ({kind}); give a whole number")
+        kind = "a string, " if isinstance(value, str) else ""
+        raise ValueError(f"{what} is {value!r}, {kind}not a count (a whole number)")
     if count < 0:
         raise ValueError(f"{what} is {count}, a negative count")
     return count

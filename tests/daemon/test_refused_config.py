@@ -227,3 +227,15 @@ def test_plan_exits_non_zero_when_demand_is_unknown(run: Run, tmp_path: Path) ->
         server.stop()
     assert code == 1, out + err
     assert "could not plan: demand unknown" in err
+
+
+def test_simulate_refuses_a_plot_into_a_missing_folder_before_running(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trace = tmp_path / "trace.csv"
+    trace.write_text("submit_time,duration,gpus\n0,3600,1\n")
+    started = time.monotonic()
+    code = main(["simulate", "--trace", str(trace), "--plot", str(tmp_path / "missing" / "plot.png")])
+    err = capsys.readouterr().err
+    assert code == 2 and time.monotonic() - started < 10  # refused up front, not after a run
+    assert "missing does not exist" in err and "Traceback" not in err
