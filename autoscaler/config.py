@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
+from autoscaler.durations import Seconds
 from autoscaler.guards import GuardConfig
 from autoscaler.policy import PolicySpec
 from autoscaler.signals.registry import SignalSettings
@@ -36,11 +37,11 @@ class TensorDockSettings(_Section):
         default="observed", description="shape of create/modify bodies: observed (GPUs keyed by model) or spec"
     )
     rate_limit: int = Field(default=100, ge=2, description="requests per rate_window_s, shared by every call")
-    rate_window_s: float = Field(default=60.0, gt=0, description="rate-limit window, seconds")
-    connect_timeout_s: float = Field(default=5.0, gt=0, description="seconds to connect")
-    read_timeout_s: float = Field(default=30.0, gt=0, description="seconds to wait for a reply")
+    rate_window_s: Seconds = Field(default=60.0, gt=0, description="rate-limit window, seconds")
+    connect_timeout_s: Seconds = Field(default=5.0, gt=0, description="seconds to connect")
+    read_timeout_s: Seconds = Field(default=30.0, gt=0, description="seconds to wait for a reply")
     max_attempts: int = Field(default=4, ge=1, description="tries per call, retries only where safe")
-    backoff_initial_s: float = Field(default=2.0, ge=0, description="first back-off; doubles, jittered")
+    backoff_initial_s: Seconds = Field(default=2.0, ge=0, description="first back-off; doubles, jittered")
 
     @field_validator("base_url")
     @classmethod
@@ -123,15 +124,15 @@ class StoreSettings(_Section):
 
 
 class SchedulerSettings(_Section):
-    interval_s: float = Field(default=30.0, ge=1, description="seconds between cycles")
-    jitter_s: float = Field(default=2.0, ge=0, description="random delay added to each cycle, seconds")
-    shutdown_timeout_s: float = Field(default=60.0, gt=0, description="SIGTERM waits this long for the cycle")
-    cycle_stall_s: float = Field(
+    interval_s: Seconds = Field(default=30.0, ge=1, description="seconds between cycles")
+    jitter_s: Seconds = Field(default=2.0, ge=0, description="random delay added to each cycle, seconds")
+    shutdown_timeout_s: Seconds = Field(default=60.0, gt=0, description="SIGTERM waits this long for the cycle")
+    cycle_stall_s: Seconds = Field(
         default=900.0,
         gt=0,
         description="a cycle running longer than this is wedged: the systemd watchdog is no longer pinged",
     )
-    transition_poll_s: float = Field(
+    transition_poll_s: Seconds = Field(
         default=5.0,
         ge=0,
         description="while a stop settles, list the fleet this often so the ledger sees it end; 0: off",
@@ -193,11 +194,11 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = MetricsSettings()
     log: LogSettings = LogSettings()
     dry_run: bool = Field(default=False, description="plan, log and export metrics; never mutate")
-    provision_timeout_s: float = Field(
+    provision_timeout_s: Seconds = Field(
         default=900.0, gt=0, description="seconds an instance may take to run before it is deleted"
     )
-    max_signal_age_s: float = Field(default=120.0, gt=0, description="older demand counts as unknown, seconds")
-    offer_refresh_s: float = Field(default=300.0, ge=0, description="seconds listed offers are reused")
+    max_signal_age_s: Seconds = Field(default=120.0, gt=0, description="older demand counts as unknown, seconds")
+    offer_refresh_s: Seconds = Field(default=300.0, ge=0, description="seconds listed offers are reused")
     leader_election: bool = Field(
         default=True, description="with a PostgreSQL store: one replica acts, the others stand by"
     )

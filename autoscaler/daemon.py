@@ -31,6 +31,7 @@ from autoscaler.config import ConfigError, Settings, load_settings
 from autoscaler.endpoints import Endpoints
 from autoscaler.engine import CycleReport
 from autoscaler.leader import LeaderElector
+from autoscaler.logging import configure_logging
 from autoscaler.metrics import CoreMetrics
 from autoscaler.runtime import Runtime, build_runtime
 from autoscaler.sdnotify import SystemdNotifier
@@ -54,6 +55,26 @@ def summary(report: CycleReport) -> str:
         f"{len(snap.instances)} instances, {snap.active_gpus} GPUs, ${snap.hourly_cost:.2f}/h, "
         f"today ${snap.spend.today_usd:.2f}, demand {demand}" + (f", HOLD: {report.hold[:60]}" if report.hold else "")
     )
+
+
+_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+RESTART_ONLY = ("store.url", "metrics.host", "metrics.port", "leader_election", "fleet.name_prefix")
+"""Settings a running daemon cannot take on: a reload that changes one is refused, naming it."""
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out |= _flatten(item, f"{prefix}.{key}" if prefix else str(key))
+        return out
+    return {prefix: value}
+
+
+def changed_settings(old: Settings, new: Settings) -> list[str]:
+    """The dotted keys whose values differ (a list, e.g. policies, counts as one key); never the values."""
+    before, after = _flatten(old.model_dump()), _flatten(new.model_dump())
+    return sorted(key for key in before.keys() | after.keys() if before.get(key) != after.get(key))
 
 
 class Daemon:
@@ -173,14 +194,20 @@ class Daemon:
     # -- reload -------------------------------------------------------------------------------
 
     def reload(self) -> bool:
-        """Swap in a new configuration between cycles; keep the old one if the new one is invalid."""
+        """Swap in a new configuration between cycles; keep the old one if the new one is invalid.
+
+        Everything that can change live does (log level, policies, bounds, signal, scheduler); a
+        change to a setting that cannot (RESTART_ONLY) refuses the whole reload, by name.
+        """
         if self.config_path is None:
             _log.warning("reload_ignored", reason="started without --config")
             return False
         try:
             new_settings = load_settings(self.config_path)
-            if new_settings.store.url != self.settings.store.url:
-                raise ConfigError("store.url: changing the store needs a restart")
+            changed = changed_settings(self.settings, new_settings)
+            frozen = [key for key in changed if key.startswith(RESTART_ONLY)]
+            if frozen:
+                raise ConfigError(f"{', '.join(frozen)}: cannot change while running; restart to apply")
             new_runtime = build_runtime(
                 new_settings, metrics=self.metrics, store=self.runtime.store, **self._runtime_options
             )
@@ -188,6 +215,7 @@ class Daemon:
             self.metrics.config_reloads.labels("refused").inc()
             _log.error("reload_refused", reason=str(exc), keeping="the running configuration")
             return False
+        old_level = self.settings.log.level
         with self._cycle_lock:
             old = self.runtime
             self.runtime, self.settings = new_runtime, new_settings
@@ -203,7 +231,15 @@ class Daemon:
         )
         self._schedule_following()
         self.metrics.config_reloads.labels("ok").inc()
-        _log.info("reloaded", policies=[p.name for p in new_settings.policies], dry_run=new_settings.dry_run)
+        if any(key.startswith("log.") for key in changed):  # the line goes out at the more verbose level
+            quieter = _LEVELS.index(new_settings.log.level) > _LEVELS.index(old_level)
+            if quieter:
+                _log.info("reloaded", changed=changed)
+            configure_logging(new_settings.log.level, new_settings.log.json_lines)
+            if not quieter:
+                _log.info("reloaded", changed=changed)
+        else:
+            _log.info("reloaded", changed=changed or "nothing")
         return True
 
     # -- lifecycle ----------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from typing import ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+from autoscaler.durations import Seconds
 from autoscaler.secrets import register_secret
 
 
@@ -85,7 +86,7 @@ class SourceOptions(BaseModel):
     """Base of every source's options: unknown keys are errors; every read has a timeout."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-    timeout_s: float = Field(default=5.0, gt=0, le=60, description="seconds one read may take")
+    timeout_s: Seconds = Field(default=5.0, gt=0, le=60, description="seconds one read may take")
 
 
 class Secret(BaseModel):
