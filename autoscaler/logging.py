@@ -13,6 +13,8 @@ from autoscaler.secrets import mask_secrets, masked, register_secret
 
 __all__ = ["configure_logging", "mask_secrets", "register_secret"]
 
+_PER_CALL_LOGGERS = ("apscheduler", "httpx", "httpcore", "pika", "nats")
+
 
 def _redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for key, value in event_dict.items():
@@ -69,3 +71,5 @@ def configure_logging(level: str = "INFO", json_lines: bool | None = None, strea
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(numeric)
+    for chatty in _PER_CALL_LOGGERS:  # a line per request or job run: DEBUG only, their warnings stay
+        logging.getLogger(chatty).setLevel(numeric if numeric <= logging.DEBUG else max(numeric, logging.WARNING))
