@@ -134,6 +134,37 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _spend(args: argparse.Namespace) -> int:
+    import time
+
+    from autoscaler.config import ConfigError
+    from autoscaler.logging import configure_logging
+    from autoscaler.runtime import open_configured_store
+    from autoscaler.spend import render_spend, spend_report
+
+    configure_logging("WARNING")
+    if args.days < 1:
+        print("spend: --days must be at least 1", file=sys.stderr)
+        return 2
+    settings = _load(args.config, "spend")
+    if settings is None:
+        return 2
+    budget: dict[str, Any] = next((p.options for p in settings.policies if p.name == "budget"), {})
+    try:
+        store = open_configured_store(settings.store.url)
+    except ConfigError as exc:
+        print(f"spend: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    try:
+        report = spend_report(
+            store, time.time(), args.days, budget.get("daily_budget_usd"), budget.get("monthly_budget_usd")
+        )
+    finally:
+        store.close()
+    print(json.dumps(report, indent=2) if args.json else render_spend(report, bars=sys.stdout.isatty()))
+    return 0
+
+
 def _plan(args: argparse.Namespace) -> int:
     from autoscaler.config import ConfigError
     from autoscaler.logging import configure_logging
@@ -276,6 +307,12 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--config", required=True, help="TOML configuration file")
     plan.add_argument("--json", action="store_true", help="machine-readable output")
     plan.set_defaults(handler=_plan)
+
+    spend = commands.add_parser("spend", help="what the fleet cost per UTC day, from the ledger: $, GPU-hours by model")
+    spend.add_argument("--config", required=True, help="TOML configuration file (its store is read)")
+    spend.add_argument("--days", type=int, default=7, help="days back from today, UTC (default: %(default)s)")
+    spend.add_argument("--json", action="store_true", help="machine-readable output")
+    spend.set_defaults(handler=_spend)
 
     sim = commands.add_parser("simulate", help="replay a job trace in virtual time: cost and waits per strategy")
     sim.add_argument("--trace", required=True, help="CSV of submit_time,duration,gpus")

@@ -280,7 +280,23 @@ class SqlStore:
             ).fetchall()
         return [JournalEntry(*row) for row in reversed(rows)]
 
+    def creates(self) -> dict[str, JournalEntry]:
+        """The successful create of each instance id: what it was bought as (offer, GPUs, rate)."""
+        with self._lock:
+            rows = self._x(
+                f"SELECT {self._JOURNAL_COLUMNS} FROM journal"  # noqa: S608
+                " WHERE kind = 'create' AND outcome = 'ok' AND instance_id IS NOT NULL ORDER BY id"
+            ).fetchall()
+        entries = [JournalEntry(*row) for row in rows]
+        return {entry.instance_id: entry for entry in entries if entry.instance_id}
+
     # -- money --------------------------------------------------------------------------------
+
+    def ledger_since(self, day: str) -> list[tuple[str, str, float]]:
+        """(UTC day, instance id, USD) for every day from `day` (YYYY-MM-DD) on."""
+        with self._lock:
+            rows = self._x("SELECT day, instance_id, usd FROM ledger WHERE day >= ? ORDER BY day", (day,)).fetchall()
+        return [(str(d), str(i), float(u)) for d, i, u in rows]
 
     def accrue(self, instance_id: str, rate_hourly: float, now: float) -> None:
         """Charge the rate in force since the last accrual, split at UTC midnights; `rate_hourly`
