@@ -37,6 +37,21 @@ class GuardConfig(BaseModel):
         return self
 
 
+GUARD_RULES = (
+    "ownership",
+    "transitional",
+    "busy",
+    "hold",
+    "cooldown",
+    "max_gpus",
+    "max_instances",
+    "max_hourly_spend",
+    "stabilization",
+    "max_actions_per_cycle",
+)
+"""Every rule name a refusal can carry: exported at 0 from start-up, so a panel never says "No data"."""
+
+
 @dataclass(frozen=True)
 class GuardMemory:
     """What guards need from earlier cycles (kept in the store)."""

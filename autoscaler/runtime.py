@@ -90,6 +90,7 @@ def build_runtime(
     except PolicyConfigError as exc:
         raise ConfigError(str(exc)) from None
     metrics = metrics or CoreMetrics()
+    metrics.prime(spec.name for spec in settings.policies)
     client = TensorDockClient(
         td.base_url,
         token,
