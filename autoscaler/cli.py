@@ -207,9 +207,49 @@ def _plot_target_problem(target: str) -> str | None:
     return None
 
 
+def unfinished_warnings(results: Sequence[Any]) -> list[str]:
+    """A strategy that left jobs unfinished is not comparable: its cost covers less work."""
+    return [
+        f"{r.strategy} left {r.jobs_total - r.jobs_completed} of {r.jobs_total} jobs unfinished;"
+        " its cost and waits cover only the jobs it finished, so they do not compare"
+        for r in results
+        if r.jobs_completed < r.jobs_total
+    ]
+
+
+def _compare_with_progress(trace: str, settings: Any, strategies: tuple[str, ...], options: Any) -> tuple[Any, Any]:
+    """`compare`, one strategy at a time so a terminal sees each finish (simulated days, jobs done).
+
+    Each strategy replays from a fresh fake and store, so the results are those of one `compare`.
+    """
+    from autoscaler.sim import compare
+    from autoscaler.sim.strategies import check_strategy
+
+    for name in strategies:  # every name checked before the first replay, which may take minutes
+        check_strategy(name)
+    if not sys.stderr.isatty() or len(strategies) < 2:
+        return compare(trace, settings, strategies, options)
+    results: list[Any] = []
+    runs: dict[str, Any] = {}
+    width = 24
+    for index, name in enumerate(strategies):
+        print(f"\r[{'#' * (width * index // len(strategies)):<{width}}] {name}: replaying…", end="", file=sys.stderr)
+        sys.stderr.flush()
+        done, run = compare(trace, settings, (name,), options)
+        results += done
+        runs |= run
+        r = done[0]
+        print(
+            f"\r[{'#' * (width * (index + 1) // len(strategies)):<{width}}] {name}: {r.simulated_s / 86400:.1f}"
+            f" simulated days, {r.jobs_completed} of {r.jobs_total} jobs done in {r.replay_s:.0f}s",
+            file=sys.stderr,
+        )
+    return results, runs
+
+
 def _simulate(args: argparse.Namespace) -> int:
     from autoscaler.logging import configure_logging
-    from autoscaler.sim import SimOptions, StrategyError, TraceError, compare, markdown_table
+    from autoscaler.sim import SimOptions, StrategyError, TraceError, markdown_table
     from autoscaler.tensordock.fake import Faults
 
     configure_logging("WARNING")
@@ -235,10 +275,12 @@ def _simulate(args: argparse.Namespace) -> int:
         faults=faults,
     )
     try:
-        results, runs = compare(args.trace, settings, strategies, options)
+        results, runs = _compare_with_progress(args.trace, settings, strategies, options)
     except (TraceError, StrategyError) as exc:
         print(f"simulate: {exc}", file=sys.stderr)
         return 2
+    for warning in unfinished_warnings(results):
+        print(f"simulate: warning: {warning}", file=sys.stderr)
     if args.json:
         print(json.dumps([r.as_json() for r in results], indent=2))
     else:
