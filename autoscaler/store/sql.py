@@ -399,7 +399,7 @@ class SqlStore:
             self._x(
                 "INSERT INTO backoffs VALUES (?, ?, ?) ON CONFLICT(offer_key) DO UPDATE"  # noqa: S608
                 f" SET until = {self.greatest}(backoffs.until, excluded.until), reason = excluded.reason",
-                (offer_key, until, reason),
+                (offer_key, until, mask_secrets(reason)),
             )
 
     def backed_off(self, now: float) -> frozenset[str]:
