@@ -83,6 +83,10 @@ def _run(args: argparse.Namespace) -> int:
     if settings is None:
         return 2
     configure_logging(settings.log.level, settings.log.json_lines)
+    from autoscaler import preflight
+
+    for warning in preflight.check(settings).warnings:  # e.g. a token file every local user can read
+        print(f"run: warning: {warning}", file=sys.stderr)
     try:
         daemon = Daemon(settings, args.config)
     except ConfigError as exc:

@@ -170,6 +170,14 @@ def test_a_world_readable_token_file_is_warned_about(run: Run, tmp_path: Path) -
     code, _, err = run("check-config", token_line=f'token_file = "{token}"')
     assert code == 0
     assert "warning: tensordock.token_file:" in err and "chmod 600" in err
+    holder = socket.socket()  # `run` warns too; the busy port then stops it before it serves
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    try:
+        code, _, err = run("run", token_line=f'token_file = "{token}"', port=holder.getsockname()[1])
+    finally:
+        holder.close()
+    assert code == 2 and "run: warning: tensordock.token_file:" in err
 
 
 def test_a_metrics_port_in_use_is_refused_by_name(run: Run) -> None:
