@@ -1,4 +1,5 @@
-# Two commands do all the set-up: `make demo` and `make test`. Each creates .venv when missing.
+# Two commands do all the set-up: `make demo` and `make test`. Each creates .venv when missing;
+# `make demo` installs only what the demo needs, `make test` the development tools too.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -12,7 +13,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+# The demo needs only the package itself: no test, lint or plot tools. A venv made for `make test`
+# already has it.
+DEMO_STAMP := $(VENV)/.demo-installed
+$(DEMO_STAMP): pyproject.toml
+	@if [ -f $(STAMP) ] && [ $(STAMP) -nt pyproject.toml ]; then touch $(DEMO_STAMP); else \
+	  $(PYTHON) -m venv $(VENV) && $(BIN)/pip install --quiet -e . && touch $(DEMO_STAMP); fi
+
+demo: $(DEMO_STAMP)
 	$(BIN)/tensordock-autoscaler demo
 
 lint: $(STAMP)

@@ -69,7 +69,7 @@ def _load(path: str | None, command: str) -> Any:
         return load_settings(path)
     except ConfigError as exc:
         print(f"{command}: invalid configuration:", file=sys.stderr)
-        for problem in str(exc).split("; "):
+        for problem in str(exc).splitlines():
             print(f"  - {problem}", file=sys.stderr)
         return None
 
@@ -83,6 +83,10 @@ def _run(args: argparse.Namespace) -> int:
     if settings is None:
         return 2
     configure_logging(settings.log.level, settings.log.json_lines)
+    from autoscaler import preflight
+
+    for warning in preflight.check(settings).warnings:  # e.g. a token file every local user can read
+        print(f"run: warning: {warning}", file=sys.stderr)
     try:
         daemon = Daemon(settings, args.config)
     except ConfigError as exc:
@@ -92,29 +96,22 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    from autoscaler.config import ConfigError
-    from autoscaler.policy import PolicyConfigError, build_chain
+    from autoscaler import preflight
 
     settings = _load(args.file, "check-config")
     if settings is None:
         return 2
-    problems = []
-    try:
-        settings.tensordock.resolved_token()
-    except ValueError as exc:
-        problems.append(str(exc))
-    if not settings.fleet.ssh_key:
-        problems.append("fleet.ssh_key: required; TensorDock refuses instances without an SSH public key")
-    try:
-        build_chain(settings.policies)
-    except (PolicyConfigError, ConfigError) as exc:
-        problems.extend(str(exc).split("; "))
-    if problems:
+    found = preflight.check(settings, offline=args.offline)
+    if args.connect:
+        preflight.connect(settings, found)
+    for warning in found.warnings:
+        print(f"check-config: warning: {warning}", file=sys.stderr)
+    if found.problems:
         print("check-config: invalid configuration:", file=sys.stderr)
-        for problem in problems:
+        for problem in found.problems:
             print(f"  - {problem}", file=sys.stderr)
         return 2
-    print(json.dumps(settings.model_dump(mode="json"), indent=2))  # SecretStr prints as '**********'
+    print(json.dumps(settings.model_dump(mode="json"), indent=2))  # every output is masked (autoscaler.secrets)
     return 0
 
 
@@ -171,15 +168,49 @@ def _adopt(args: argparse.Namespace) -> int:
     return 0
 
 
+def _spend(args: argparse.Namespace) -> int:
+    import time
+
+    from autoscaler.config import ConfigError
+    from autoscaler.logging import configure_logging
+    from autoscaler.runtime import open_configured_store
+    from autoscaler.spend import render_spend, spend_report
+
+    configure_logging("WARNING")
+    if args.days < 1:
+        print("spend: --days must be at least 1", file=sys.stderr)
+        return 2
+    settings = _load(args.config, "spend")
+    if settings is None:
+        return 2
+    budget: dict[str, Any] = next((p.options for p in settings.policies if p.name == "budget"), {})
+    try:
+        store = open_configured_store(settings.store.url)
+    except ConfigError as exc:
+        print(f"spend: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    try:
+        report = spend_report(
+            store, time.time(), args.days, budget.get("daily_budget_usd"), budget.get("monthly_budget_usd")
+        )
+    finally:
+        store.close()
+    print(json.dumps(report, indent=2) if args.json else render_spend(report, bars=sys.stdout.isatty()))
+    return 0
+
+
 def _plan(args: argparse.Namespace) -> int:
-    from autoscaler.config import ConfigError, load_settings
+    from autoscaler.config import ConfigError
     from autoscaler.logging import configure_logging
     from autoscaler.report import cycle_as_dict, cycle_as_text
     from autoscaler.runtime import build_runtime
 
     configure_logging("WARNING")
+    settings = _load(args.config, "plan")
+    if settings is None:
+        return 2
     try:
-        runtime = build_runtime(load_settings(args.config), dry_run=True)
+        runtime = build_runtime(settings, dry_run=True)
     except ConfigError as exc:
         print(f"plan: invalid configuration: {exc}", file=sys.stderr)
         return 2
@@ -188,12 +219,71 @@ def _plan(args: argparse.Namespace) -> int:
     finally:
         runtime.close()
     print(json.dumps(cycle_as_dict(report), indent=2) if args.json else cycle_as_text(report))
-    return 1 if report.error else 0
+    snap = report.snapshot
+    demand_unknown = snap is not None and snap.demand is None
+    if snap is not None and demand_unknown:
+        print(f"plan: could not plan: demand unknown: {snap.demand_error}", file=sys.stderr)
+    return 1 if report.error or demand_unknown else 0
+
+
+def _plot_target_problem(target: str) -> str | None:
+    """Why a plot could not be written there, checked before a run that may take minutes."""
+    import importlib.util
+    from pathlib import Path
+
+    folder = Path(target).resolve().parent
+    if not folder.is_dir():
+        return f"folder {folder} does not exist"
+    if not os.access(folder, os.W_OK):
+        return f"folder {folder} is not writable"
+    if importlib.util.find_spec("matplotlib") is None:
+        return "needs matplotlib: pip install 'tensordock-autoscaler[plot]'"
+    return None
+
+
+def unfinished_warnings(results: Sequence[Any]) -> list[str]:
+    """A strategy that left jobs unfinished is not comparable: its cost covers less work."""
+    return [
+        f"{r.strategy} left {r.jobs_total - r.jobs_completed} of {r.jobs_total} jobs unfinished;"
+        " its cost and waits cover only the jobs it finished, so they do not compare"
+        for r in results
+        if r.jobs_completed < r.jobs_total
+    ]
+
+
+def _compare_with_progress(trace: str, settings: Any, strategies: tuple[str, ...], options: Any) -> tuple[Any, Any]:
+    """`compare`, one strategy at a time so a terminal sees each finish (simulated days, jobs done).
+
+    Each strategy replays from a fresh fake and store, so the results are those of one `compare`.
+    """
+    from autoscaler.sim import compare
+    from autoscaler.sim.strategies import check_strategy
+
+    for name in strategies:  # every name checked before the first replay, which may take minutes
+        check_strategy(name)
+    if not sys.stderr.isatty() or len(strategies) < 2:
+        return compare(trace, settings, strategies, options)
+    results: list[Any] = []
+    runs: dict[str, Any] = {}
+    width = 24
+    for index, name in enumerate(strategies):
+        print(f"\r[{'#' * (width * index // len(strategies)):<{width}}] {name}: replaying…", end="", file=sys.stderr)
+        sys.stderr.flush()
+        done, run = compare(trace, settings, (name,), options)
+        results += done
+        runs |= run
+        r = done[0]
+        print(
+            f"\r[{'#' * (width * (index + 1) // len(strategies)):<{width}}] {name}: {r.simulated_s / 86400:.1f}"
+            f" simulated days, {r.jobs_completed} of {r.jobs_total} jobs done in {r.replay_s:.0f}s",
+            file=sys.stderr,
+        )
+    return results, runs
 
 
 def _simulate(args: argparse.Namespace) -> int:
     from autoscaler.logging import configure_logging
-    from autoscaler.sim import SimOptions, StrategyError, TraceError, compare, markdown_table
+    from autoscaler.sim import SimOptions, StrategyError, TraceError, markdown_table
     from autoscaler.tensordock.fake import Faults
 
     configure_logging("WARNING")
@@ -202,6 +292,9 @@ def _simulate(args: argparse.Namespace) -> int:
         settings = _load(args.config, "simulate")
         if settings is None:
             return 2
+    if args.plot and (problem := _plot_target_problem(args.plot)):
+        print(f"simulate: --plot {args.plot}: {problem}", file=sys.stderr)  # before the run, not after it
+        return 2
     strategies = tuple(name.strip() for name in args.strategies.split(",") if name.strip())
     try:
         faults = Faults.model_validate_json(args.faults) if args.faults else Faults()
@@ -216,10 +309,12 @@ def _simulate(args: argparse.Namespace) -> int:
         faults=faults,
     )
     try:
-        results, runs = compare(args.trace, settings, strategies, options)
+        results, runs = _compare_with_progress(args.trace, settings, strategies, options)
     except (TraceError, StrategyError) as exc:
         print(f"simulate: {exc}", file=sys.stderr)
         return 2
+    for warning in unfinished_warnings(results):
+        print(f"simulate: warning: {warning}", file=sys.stderr)
     if args.json:
         print(json.dumps([r.as_json() for r in results], indent=2))
     else:
@@ -280,6 +375,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check-config", help="validate a config and print it, secrets masked")
     check.add_argument("file", help="TOML configuration file")
+    check.add_argument(
+        "--offline",
+        action="store_true",
+        help="do not read credentials (e.g. a token file that exists only inside the systemd unit)",
+    )
+    check.add_argument("--connect", action="store_true", help="also try the store, the API and every demand source")
     check.set_defaults(handler=_check_config)
 
     status = commands.add_parser("status", help="the fleet as a table: $/h, age, idle time, managed or not")
@@ -291,6 +392,12 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--config", required=True, help="TOML configuration file")
     plan.add_argument("--json", action="store_true", help="machine-readable output")
     plan.set_defaults(handler=_plan)
+
+    spend = commands.add_parser("spend", help="what the fleet cost per UTC day, from the ledger: $, GPU-hours by model")
+    spend.add_argument("--config", required=True, help="TOML configuration file (its store is read)")
+    spend.add_argument("--days", type=int, default=7, help="days back from today, UTC (default: %(default)s)")
+    spend.add_argument("--json", action="store_true", help="machine-readable output")
+    spend.set_defaults(handler=_spend)
 
     sim = commands.add_parser("simulate", help="replay a job trace in virtual time: cost and waits per strategy")
     sim.add_argument("--trace", required=True, help="CSV of submit_time,duration,gpus")
@@ -321,6 +428,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Every byte a command prints passes through one masking stream: no secret reaches a terminal or log."""
+    from autoscaler.secrets import masked
+
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = masked(sys.stdout), masked(sys.stderr)
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        sys.stdout, sys.stderr = saved
+
+
+def _main(argv: Sequence[str] | None) -> int:
     from autoscaler.tensordock import TensorDockError
 
     args = build_parser().parse_args(argv)

@@ -6,12 +6,16 @@ the token as `TDAS_TENSORDOCK__TOKEN` (or a `token_file` for systemd credentials
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 from typing import Any, ClassVar, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
+from autoscaler.durations import Seconds
 from autoscaler.guards import GuardConfig
 from autoscaler.policy import PolicySpec
 from autoscaler.signals.registry import SignalSettings
@@ -20,7 +24,9 @@ from autoscaler.throughput import DEFAULT_THROUGHPUT
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Unknown keys are errors; `inf` and `nan` are never a valid number of seconds, dollars or GPUs."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class TensorDockSettings(_Section):
@@ -32,15 +38,25 @@ class TensorDockSettings(_Section):
         description="shape of create/modify bodies: documented (as TensorDock's pages show), observed or spec",
     )
     rate_limit: int = Field(default=100, ge=2, description="requests per rate_window_s, shared by every call")
-    rate_window_s: float = Field(default=60.0, gt=0, description="rate-limit window, seconds")
-    connect_timeout_s: float = Field(default=5.0, gt=0, description="seconds to connect")
-    read_timeout_s: float = Field(default=30.0, gt=0, description="seconds to wait for a reply")
-    create_timeout_s: float = Field(
-        default=120.0, gt=0, description="seconds to wait for a create's reply (creates are slow; unknown outcomes"
-        " are looked up by name, never retried blind)"
+    rate_window_s: Seconds = Field(default=60.0, gt=0, description="rate-limit window, seconds")
+    connect_timeout_s: Seconds = Field(default=5.0, gt=0, description="seconds to connect")
+    read_timeout_s: Seconds = Field(default=30.0, gt=0, description="seconds to wait for a reply")
+    create_timeout_s: Seconds = Field(
+        default=120.0,
+        gt=0,
+        description="seconds to wait for a create's reply (creates are slow; an unknown outcome is looked up by"
+        " name, never retried blind)",
     )
     max_attempts: int = Field(default=4, ge=1, description="tries per call, retries only where safe")
-    backoff_initial_s: float = Field(default=2.0, ge=0, description="first back-off; doubles, jittered")
+    backoff_initial_s: Seconds = Field(default=2.0, ge=0, description="first back-off; doubles, jittered")
+
+    @field_validator("base_url")
+    @classmethod
+    def _an_http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{value!r} is not an http(s) URL, e.g. https://dashboard.tensordock.com/api/v2")
+        return value
 
     def resolved_token(self) -> SecretStr:
         if self.token is not None and self.token.get_secret_value():
@@ -98,16 +114,44 @@ class FleetSettings(_Section):
 
 class StoreSettings(_Section):
     url: str = Field(
-        default="sqlite:///var/lib/tensordock-autoscaler/state.db",
-        description="sqlite:///PATH, or postgresql://user:pw@host/db?schema=NAME to share state between replicas",
+        default="sqlite:////var/lib/tensordock-autoscaler/state.db",
+        description="sqlite:////ABSOLUTE/PATH, or postgresql://user:pw@host/db?schema=NAME (state shared by replicas)",
     )
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme_absolute_path(cls, value: str) -> str:
+        if value.startswith(("postgresql://", "postgres://")):
+            return value
+        if not value.startswith("sqlite:///"):
+            scheme = value.partition("://")[0] if "://" in value else "a bare path"
+            raise ValueError(f"unsupported store ({scheme}); use sqlite:////ABSOLUTE/PATH or postgresql://...")
+        path = Path(value.removeprefix("sqlite:///"))
+        if not path.is_absolute():
+            raise ValueError(
+                f"the SQLite path {str(path)!r} is relative (it would depend on the working directory);"
+                f" give an absolute one: sqlite:////{path}"
+            )
+        for parent in path.parents:
+            if parent.exists():
+                if not parent.is_dir():
+                    raise ValueError(f"{path} cannot be created: {parent} is a file, not a directory")
+                break
+        if path.is_dir():
+            raise ValueError(f"{path} is a directory; name the database file inside it")
+        return value
 
 
 class SchedulerSettings(_Section):
-    interval_s: float = Field(default=30.0, ge=1, description="seconds between cycles")
-    jitter_s: float = Field(default=2.0, ge=0, description="random delay added to each cycle, seconds")
-    shutdown_timeout_s: float = Field(default=60.0, gt=0, description="SIGTERM waits this long for the cycle")
-    transition_poll_s: float = Field(
+    interval_s: Seconds = Field(default=30.0, ge=1, description="seconds between cycles")
+    jitter_s: Seconds = Field(default=2.0, ge=0, description="random delay added to each cycle, seconds")
+    shutdown_timeout_s: Seconds = Field(default=60.0, gt=0, description="SIGTERM waits this long for the cycle")
+    cycle_stall_s: Seconds = Field(
+        default=900.0,
+        gt=0,
+        description="a cycle running longer than this is wedged: the systemd watchdog is no longer pinged",
+    )
+    transition_poll_s: Seconds = Field(
         default=5.0,
         ge=0,
         description="while a stop settles, list the fleet this often so the ledger sees it end; 0: off",
@@ -162,7 +206,9 @@ DEFAULT_POLICIES = [
 class Settings(BaseSettings):
     """The whole configuration. Build with `load_settings(path)`."""
 
-    model_config = SettingsConfigDict(env_prefix="TDAS_", env_nested_delimiter="__", extra="forbid")
+    model_config = SettingsConfigDict(
+        env_prefix="TDAS_", env_nested_delimiter="__", extra="forbid", allow_inf_nan=False
+    )
     _toml_path: ClassVar[Path | None] = None
 
     tensordock: TensorDockSettings = TensorDockSettings()
@@ -177,11 +223,11 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = MetricsSettings()
     log: LogSettings = LogSettings()
     dry_run: bool = Field(default=False, description="plan, log and export metrics; never mutate")
-    provision_timeout_s: float = Field(
+    provision_timeout_s: Seconds = Field(
         default=900.0, gt=0, description="seconds an instance may take to run before it is deleted"
     )
-    max_signal_age_s: float = Field(default=120.0, gt=0, description="older demand counts as unknown, seconds")
-    offer_refresh_s: float = Field(default=300.0, ge=0, description="seconds listed offers are reused")
+    max_signal_age_s: Seconds = Field(default=120.0, gt=0, description="older demand counts as unknown, seconds")
+    offer_refresh_s: Seconds = Field(default=300.0, ge=0, description="seconds listed offers are reused")
     leader_election: bool = Field(
         default=True, description="with a PostgreSQL store: one replica acts, the others stand by"
     )
@@ -196,12 +242,22 @@ class Settings(BaseSettings):
     )
     detail: DetailSettings = DetailSettings()
 
-    @model_validator(mode="after")
-    def _signal_options_valid(self) -> Settings:
+    @field_validator("signal")
+    @classmethod
+    def _signal_options_valid(cls, value: SignalSettings) -> SignalSettings:
+        """A field validator, so its errors come in the same pass as every other field's."""
         from autoscaler.signals.registry import validate_signal_settings
 
-        validate_signal_settings(self.signal)  # raises ValueError naming signal.sources[i].options.field
-        return self
+        validate_signal_settings(value)  # raises ValueError naming signal.sources[i].options.field
+        return value
+
+    @field_validator("policies")
+    @classmethod
+    def _policy_options_valid(cls, value: list[PolicySpec]) -> list[PolicySpec]:
+        from autoscaler.policy import build_chain
+
+        build_chain(value)  # raises ValueError naming policies[i].options.field
+        return value
 
     @classmethod
     def settings_customise_sources(
@@ -223,8 +279,19 @@ class ConfigError(ValueError):
 
 
 def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
-    if path is not None and not Path(path).is_file():
-        raise ConfigError(f"config file {path} does not exist")
+    if path is not None:
+        try:
+            with open(path, "rb"):
+                pass
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except IsADirectoryError:
+            raise ConfigError(f"config file {path} is a directory") from None
+        except OSError as exc:  # a directory on the way this user may not enter, or the file itself
+            raise ConfigError(
+                f"config file {path}: cannot read it as uid {os.getuid()}: {exc.strerror}"
+                " (the unit's DynamicUser needs the directory and file readable; see README)"
+            ) from None
 
     class _FromFile(Settings):
         _toml_path: ClassVar[Path | None] = Path(path) if path is not None else None
@@ -232,11 +299,42 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
     try:
         loaded = _FromFile(**overrides)
     except ValidationError as exc:
-        lines = []
-        for error in exc.errors():
-            where = ".".join(str(part) for part in error["loc"])
-            lines.append(f"{where}: {error['msg']}")
-        raise ConfigError("; ".join(lines)) from None
+        raise ConfigError("\n".join(readable_errors(exc))) from None
     except ValueError as exc:  # TOML syntax
         raise ConfigError(f"{path}: {exc}") from None
+    register_config_secrets(loaded)
     return loaded
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    """('signal', 'sources', 0, 'kind') -> 'signal.sources[0].kind'."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def readable_errors(exc: ValidationError) -> list[str]:
+    """One line per problem, each starting with the field it is about (never a bare ': Value error')."""
+    lines: list[str] = []
+    for error in exc.errors():
+        where = _path(tuple(error["loc"]))
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if error["type"] == "finite_number":
+            message = "must be a finite number (inf and nan are not allowed)"
+        for part in message.split("\n"):
+            # nested validators (signal sources, policies) already name their field
+            named = part.startswith((f"{where}.", f"{where}[", f"{where}:", f"{where} ")) if where else True
+            lines.append(part if named or not where else f"{where}: {part}")
+    return lines
+
+
+def register_config_secrets(settings: Settings) -> None:
+    """Every credential of the configuration is masked from here on: token, store password, sources'."""
+    from autoscaler.secrets import register_secret, register_settings_secrets
+    from autoscaler.signals.registry import validate_signal_settings
+
+    with contextlib.suppress(ValueError):  # no token yet: check-config and run report that themselves
+        register_secret(settings.tensordock.resolved_token().get_secret_value())
+    options = [checked for _, checked, _ in validate_signal_settings(settings.signal)]
+    register_settings_secrets(settings, options)

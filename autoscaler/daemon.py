@@ -8,13 +8,16 @@
 - SIGTERM/SIGINT: the call in flight finishes and is journaled, no new call starts, exit 0
   within `scheduler.shutdown_timeout_s`.
 - SIGHUP: reload the configuration file; an invalid one is refused and the running one stays.
-- systemd Type=notify: READY once serving, STATUS with a one-line fleet summary, WATCHDOG only
-  after healthy cycles (a wedged daemon gets restarted), STOPPING on the way out.
+- systemd Type=notify: READY once serving, STATUS with a one-line fleet summary, STOPPING on the way
+  out. WATCHDOG pings come from a scheduler job every third of systemd's WATCHDOG_USEC while the
+  scheduler is alive: cycles keep coming (whatever TensorDock answers) and none has run longer than
+  `scheduler.cycle_stall_s`. A wedged scheduler or cycle stops the pings and systemd restarts it.
 """
 
 from __future__ import annotations
 
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -28,6 +31,7 @@ from autoscaler.config import ConfigError, Settings, load_settings
 from autoscaler.endpoints import Endpoints
 from autoscaler.engine import CycleReport
 from autoscaler.leader import LeaderElector
+from autoscaler.logging import configure_logging
 from autoscaler.metrics import CoreMetrics
 from autoscaler.runtime import Runtime, build_runtime
 from autoscaler.sdnotify import SystemdNotifier
@@ -36,6 +40,9 @@ from autoscaler.store.postgres import PostgresStore
 _log = structlog.get_logger("autoscaler.daemon")
 _JOB_ID = "cycle"
 _FOLLOW_JOB_ID = "follow-transitions"
+_WATCHDOG_JOB_ID = "watchdog"
+_LIVENESS_SLACK_S = 10.0  # the scheduler's own lateness on a loaded machine
+_MIN_WATCHDOG_S = 3.0  # a third of it between pings: shorter cannot be pinged reliably
 
 
 def summary(report: CycleReport) -> str:
@@ -48,6 +55,26 @@ def summary(report: CycleReport) -> str:
         f"{len(snap.instances)} instances, {snap.active_gpus} GPUs, ${snap.hourly_cost:.2f}/h, "
         f"today ${snap.spend.today_usd:.2f}, demand {demand}" + (f", HOLD: {report.hold[:60]}" if report.hold else "")
     )
+
+
+_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+RESTART_ONLY = ("store.url", "metrics.host", "metrics.port", "leader_election", "fleet.name_prefix")
+"""Settings a running daemon cannot take on: a reload that changes one is refused, naming it."""
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out |= _flatten(item, f"{prefix}.{key}" if prefix else str(key))
+        return out
+    return {prefix: value}
+
+
+def changed_settings(old: Settings, new: Settings) -> list[str]:
+    """The dotted keys whose values differ (a list, e.g. policies, counts as one key); never the values."""
+    before, after = _flatten(old.model_dump()), _flatten(new.model_dump())
+    return sorted(key for key in before.keys() | after.keys() if before.get(key) != after.get(key))
 
 
 class Daemon:
@@ -67,7 +94,17 @@ class Daemon:
         self._reload = threading.Event()
         self._last_success: float | None = None
         self._started = time.time()
+        self._cycle_started: float | None = None  # monotonic; None while no cycle runs
+        self._cycle_ended = time.monotonic()  # start-up counts as the end of a cycle
+        self._watchdog_withheld = False
+        self.watchdog_s = self.notifier.watchdog_interval_s
+        if self.watchdog_s is not None and self.watchdog_s < _MIN_WATCHDOG_S:
+            raise ConfigError(
+                f"WatchdogSec: {self.watchdog_s:g}s is too short to be pinged reliably;"
+                f" give the unit WatchdogSec={_MIN_WATCHDOG_S:g}s or more"
+            )
         self.scheduler = BackgroundScheduler(timezone="UTC")
+        _port_free(settings.metrics.host, settings.metrics.port)
         self.endpoints = Endpoints(self.metrics.registry, self.readiness, settings.metrics.host, settings.metrics.port)
 
     # -- health -------------------------------------------------------------------------------
@@ -81,17 +118,51 @@ class Daemon:
             return False, f"last successful cycle {age:.0f}s ago (more than 3 intervals)"
         return True, f"last successful cycle {age:.0f}s ago"
 
+    def scheduler_alive(self) -> tuple[bool, str]:
+        """Cycles keep coming and none is stuck: what the systemd watchdog is pinged on, not their success."""
+        now = time.monotonic()
+        s = self.settings.scheduler
+        started = self._cycle_started
+        if started is not None:
+            running = now - started
+            if running > s.cycle_stall_s:
+                return False, f"a cycle has run {running:.0f}s, more than scheduler.cycle_stall_s"
+            return True, f"a cycle is running ({running:.0f}s)"
+        since = now - self._cycle_ended
+        if since > s.interval_s + s.jitter_s + _LIVENESS_SLACK_S:
+            return False, f"no cycle for {since:.0f}s (interval {s.interval_s:g}s)"
+        return True, f"last cycle ended {since:.0f}s ago"
+
+    def watchdog_tick(self) -> bool:
+        """Ping systemd's watchdog when the scheduler is alive; returns whether it pinged."""
+        alive, why = self.scheduler_alive()
+        if alive:
+            self._watchdog_withheld = False
+            return self.notifier.notify(WATCHDOG="1")
+        if not self._watchdog_withheld:
+            _log.error("watchdog_withheld", reason=why, restart_after_s=self.watchdog_s)
+            self._watchdog_withheld = True
+        return False
+
     # -- the job ------------------------------------------------------------------------------
 
     def run_one_cycle(self) -> CycleReport | None:
         if self._stop.is_set():
             return None
+        self._cycle_started = time.monotonic()
+        try:
+            return self._cycle()
+        finally:
+            self._cycle_ended = time.monotonic()
+            self._cycle_started = None
+
+    def _cycle(self) -> CycleReport | None:
         if self.elector is not None:
             leading = self.elector.ensure()
             self.metrics.leader.set(1 if leading else 0)
             if not leading:  # a follower: ready to take over, acting on nothing
                 self._last_success = time.time()
-                self.notifier.notify(WATCHDOG="1", STATUS="standby: another replica leads")
+                self.notifier.notify(STATUS="standby: another replica leads")
                 return None
         with self._cycle_lock:
             try:
@@ -102,9 +173,7 @@ class Daemon:
                 return None
         if report.error is None:
             self._last_success = time.time()
-            self.notifier.notify(WATCHDOG="1", STATUS=summary(report))
-        else:
-            self.notifier.notify(STATUS=summary(report))
+        self.notifier.notify(STATUS=summary(report))
         return report
 
     def follow_transitions(self) -> None:
@@ -125,14 +194,20 @@ class Daemon:
     # -- reload -------------------------------------------------------------------------------
 
     def reload(self) -> bool:
-        """Swap in a new configuration between cycles; keep the old one if the new one is invalid."""
+        """Swap in a new configuration between cycles; keep the old one if the new one is invalid.
+
+        Everything that can change live does (log level, policies, bounds, signal, scheduler); a
+        change to a setting that cannot (RESTART_ONLY) refuses the whole reload, by name.
+        """
         if self.config_path is None:
             _log.warning("reload_ignored", reason="started without --config")
             return False
         try:
             new_settings = load_settings(self.config_path)
-            if new_settings.store.url != self.settings.store.url:
-                raise ConfigError("store.url: changing the store needs a restart")
+            changed = changed_settings(self.settings, new_settings)
+            frozen = [key for key in changed if key.startswith(RESTART_ONLY)]
+            if frozen:
+                raise ConfigError(f"{', '.join(frozen)}: cannot change while running; restart to apply")
             new_runtime = build_runtime(
                 new_settings, metrics=self.metrics, store=self.runtime.store, **self._runtime_options
             )
@@ -140,6 +215,7 @@ class Daemon:
             self.metrics.config_reloads.labels("refused").inc()
             _log.error("reload_refused", reason=str(exc), keeping="the running configuration")
             return False
+        old_level = self.settings.log.level
         with self._cycle_lock:
             old = self.runtime
             self.runtime, self.settings = new_runtime, new_settings
@@ -155,7 +231,15 @@ class Daemon:
         )
         self._schedule_following()
         self.metrics.config_reloads.labels("ok").inc()
-        _log.info("reloaded", policies=[p.name for p in new_settings.policies], dry_run=new_settings.dry_run)
+        if any(key.startswith("log.") for key in changed):  # the line goes out at the more verbose level
+            quieter = _LEVELS.index(new_settings.log.level) > _LEVELS.index(old_level)
+            if quieter:
+                _log.info("reloaded", changed=changed)
+            configure_logging(new_settings.log.level, new_settings.log.json_lines)
+            if not quieter:
+                _log.info("reloaded", changed=changed)
+        else:
+            _log.info("reloaded", changed=changed or "nothing")
         return True
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -187,9 +271,21 @@ class Daemon:
             next_run_time=None,
         )
         self._schedule_following()
+        if self.watchdog_s is not None:
+            self.scheduler.add_job(
+                self.watchdog_tick,
+                "interval",
+                id=_WATCHDOG_JOB_ID,
+                seconds=self.watchdog_s / 3,
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=max(1, int(self.watchdog_s / 3)),
+            )
         self.scheduler.start()
         self.scheduler.modify_job(_JOB_ID, next_run_time=_utcnow())  # first cycle right away
         self.notifier.notify(READY="1", STATUS="started; first cycle running")
+        if self.watchdog_s is not None:
+            self.watchdog_tick()
         _log.info(
             "started",
             interval_s=s.interval_s,
@@ -234,6 +330,25 @@ class Daemon:
         self.runtime.close()
         _log.info("stopped", clean=clean)
         return 0
+
+
+def _port_free(host: str, port: int) -> None:
+    """Refuse a metrics port another process holds, by name, before anything starts (werkzeug would exit 1)."""
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise ConfigError(f"metrics.host: cannot resolve {host!r}: {exc.strerror}") from None
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise ConfigError(
+                f"metrics.port: cannot listen on {host}:{port}: {exc.strerror} (another daemon? pick a free port)"
+            ) from None
 
 
 def _utcnow() -> Any:

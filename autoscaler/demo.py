@@ -6,6 +6,7 @@ with the client, printing each step and the bill. Both use real sockets and the 
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -150,32 +151,132 @@ class DemoWorkload:
         pass
 
 
-def _view(workload: DemoWorkload, app: Any, clock: Any, runtime_store: Any) -> str:
+def _fit(line: str, width: int) -> str:
+    return line if len(line) <= width else line[: max(1, width - 1)] + "…"
+
+
+def _gpus(n: int) -> str:
+    return f"{n} GPU" if n == 1 else f"{n} GPUs"
+
+
+def _fleet(app: Any) -> tuple[list[Any], float, float]:
     with app.state.lock:
         app.state.settle()
         instances = app.state.instances()
         bill = app.state.bill().total_usd
-        rate = sum(i.rate_hourly if i.phase != "stopped" else i.storage_rate_hourly for i in instances)
+    rate = sum(i.rate_hourly if i.phase != "stopped" else i.storage_rate_hourly for i in instances)
+    return instances, rate, bill
+
+
+def _names(instances: list[Any], runtime_store: Any) -> dict[str, str]:
+    """Instance id -> name, for the listed ones and for those already deleted (the journal's creates)."""
+    names = {entry_id: entry.name for entry_id, entry in runtime_store.creates().items() if entry.name}
+    return names | {i.id: i.name for i in instances}
+
+
+def _action_line(entry: Any, names: dict[str, str]) -> str:
+    """One action as the operator reads it: kind, outcome, the instance's name (never a cut-off UUID), why."""
+    name = entry.name or names.get(entry.instance_id or "", "") or entry.instance_id or "-"
+    return f"  > {entry.kind:<6} {entry.outcome or '…':<7} {name:<16} {entry.reason}"
+
+
+def _view(workload: DemoWorkload, app: Any, clock: Any, runtime_store: Any, width: int = 100) -> str:
+    """The live view: every number labelled, every line fitted to the terminal's width."""
+    instances, rate, bill = _fleet(app)
     by_model: dict[str, dict[str, int]] = {}
     for inst in instances:
         by_model.setdefault(inst.gpu_model or "cpu", {}).setdefault(inst.phase, 0)
         by_model[inst.gpu_model or "cpu"][inst.phase] += inst.gpu_count
+    totals: dict[str, int] = {}
+    for phases in by_model.values():
+        for phase, n in phases.items():
+            totals[phase] = totals.get(phase, 0) + n
     minutes = (clock.now() - workload.start) / 60
+    running_jobs = sum(len(e) for e in workload.slots.values())
+    fleet = ", ".join(f"{_gpus(n)} {phase}" for phase, n in sorted(totals.items())) or "no instances"
     lines = [
-        f"tensordock-autoscaler demo  |  virtual time {int(minutes) // 60:d}h{int(minutes) % 60:02d}m"
-        f"  |  queue {len(workload.queue)} waiting, {sum(len(e) for e in workload.slots.values())} running,"
-        f" {workload.completed} done",
-        f"fleet ${rate:.3f}/h  |  spent ${bill:.3f}",
+        f"tensordock-autoscaler demo  |  virtual time {int(minutes) // 60:d}h{int(minutes) % 60:02d}m",
+        f"queue: {len(workload.queue)} jobs waiting, {running_jobs} running, {workload.completed} done",
+        f"fleet: {fleet}  |  ${rate:.3f}/h now, ${bill:.3f} spent",
     ]
     for model, phases in sorted(by_model.items()):
-        lines.append(f"  {model:<28} " + "  ".join(f"{phase} {n}" for phase, n in sorted(phases.items())))
+        lines.append(f"  {model}: " + ", ".join(f"{_gpus(n)} {phase}" for phase, n in sorted(phases.items())))
+    names = _names(instances, runtime_store)
     recent = [e for e in runtime_store.journal(6) if e.outcome]
-    for entry in recent[-4:]:
-        lines.append(
-            f"  > {entry.kind:<6} {entry.outcome:<7} {(entry.name or entry.instance_id or '')[:22]:<22}"
-            f" {entry.reason[:70]}"
+    lines += [_action_line(entry, names) for entry in recent[-4:]]
+    return "\n".join(_fit(line, width) for line in lines)
+
+
+class _PlainLines:
+    """Off a terminal: each action once as it happens, and a status line now and then; no redraws."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.seen: set[int] = set()
+
+    def actions(self, app: Any, runtime_store: Any) -> None:
+        instances, _, _ = _fleet(app)
+        names = _names(instances, runtime_store)
+        for entry in runtime_store.journal(50):
+            if entry.outcome and entry.id not in self.seen:
+                self.seen.add(entry.id)
+                print(_action_line(entry, names).strip(), file=self.out, flush=True)
+
+    def status(self, workload: DemoWorkload, app: Any, clock: Any) -> None:
+        instances, rate, bill = _fleet(app)
+        active = sum(i.gpu_count for i in instances if i.phase != "stopped")
+        minutes = (clock.now() - workload.start) / 60
+        print(
+            f"[{int(minutes) // 60:d}h{int(minutes) % 60:02d}m] {len(workload.queue)} jobs waiting,"
+            f" {sum(len(e) for e in workload.slots.values())} running, {workload.completed} done;"
+            f" {_gpus(active)} up; ${rate:.3f}/h; ${bill:.3f} spent",
+            file=self.out,
+            flush=True,
         )
-    return "\n".join(lines)
+
+
+def arrived_jobs(elapsed_s: float) -> int:
+    """Jobs of the demo's schedule that have arrived after `elapsed_s` virtual seconds."""
+    return sum(count for minute, count in ARRIVALS_MIN if minute * 60 <= elapsed_s)
+
+
+def fixed_fleet(app: Any, gpus: int) -> tuple[float, list[tuple[str, int, float]]]:
+    """The cheapest fleet of `gpus` 1-GPU instances the catalog can actually supply: ($/h, [(model, n, $/h each)])."""
+    offers = sorted(
+        (host.pricing.hourly_price(gpu.price_per_hr, 1, 8, 32, 100), model, gpu.count)
+        for _, host in app.state.hosts()
+        for model, gpu in host.gpus.items()
+    )
+    picked: dict[tuple[str, float], int] = {}
+    left = gpus
+    for price, model, count in offers:
+        if left <= 0:
+            break
+        take = min(count, left)
+        picked[(model, price)] = picked.get((model, price), 0) + take
+        left -= take
+    if left > 0:
+        raise ValueError(f"the catalog cannot supply {gpus} GPUs")
+    rows = [(model, n, price) for (model, price), n in sorted(picked.items(), key=lambda kv: kv[0][1])]
+    return sum(n * price for _, n, price in rows), rows
+
+
+def fixed_fleet_waits(slots: int, until_s: float) -> list[float]:
+    """Waits of the arrived jobs on `slots` always-ready GPUs (FIFO, JOB_MINUTES each)."""
+    free = [0.0] * max(1, slots)
+    waits = []
+    for minute, count in ARRIVALS_MIN:
+        arrival = minute * 60.0
+        if arrival > until_s:
+            break
+        for _ in range(count):
+            free.sort()
+            start = max(arrival, free[0])
+            if start > until_s:
+                continue  # would not have started within the demo either
+            waits.append(start - arrival)
+            free[0] = start + JOB_MINUTES * 60
+    return waits
 
 
 def run_daemon_demo(
@@ -217,15 +318,24 @@ def run_daemon_demo(
         daemon = Daemon(settings, clock=clock, signal=workload)
         tty = out.isatty()
         peak = [0]
+        plain = _PlainLines(out)
 
         def watch() -> None:
             deadline = time.monotonic() + wall_seconds
+            next_status = 0.0
             while time.monotonic() < deadline and not daemon._stop.is_set():
                 with app.state.lock:
                     peak[0] = max(peak[0], sum(i.gpu_count for i in app.state.instances() if i.phase != "stopped"))
-                frame = _view(workload, app, clock, daemon.runtime.store)
-                print(("\033[H\033[J" + frame) if tty else frame + "\n", file=out, flush=True)
-                time.sleep(1.0 if tty else 10.0)
+                if tty:
+                    width = shutil.get_terminal_size((100, 24)).columns
+                    frame = _view(workload, app, clock, daemon.runtime.store, width)
+                    print("\033[H\033[J" + frame, file=out, flush=True)
+                else:
+                    plain.actions(app, daemon.runtime.store)
+                    if time.monotonic() >= next_status:
+                        plain.status(workload, app, clock)
+                        next_status = time.monotonic() + 10.0
+                time.sleep(1.0)
             daemon.request_stop()
 
         print(
@@ -242,24 +352,28 @@ def run_daemon_demo(
         with app.state.lock:
             app.state.settle()
             spent = app.state.bill().total_usd
-        cheapest = min(
-            host.pricing.hourly_price(gpu.price_per_hr, 1, 8, 32, 100)
-            for _, host in app.state.hosts()
-            for gpu in host.gpus.values()
-        )
-        fixed = peak[0] * cheapest * hours
+        elapsed = clock.now() - workload.start
+        arrived = arrived_jobs(elapsed)
+        fixed_rate, fixed_rows = fixed_fleet(app, max(1, peak[0]))
+        fixed = fixed_rate * hours
+        fixed_waits = fixed_fleet_waits(max(1, peak[0]), elapsed)
         summary = {
             "jobs_served": float(workload.completed),
-            "jobs_total": float(sum(n for _, n in ARRIVALS_MIN)),
+            "jobs_arrived": float(arrived),
+            "jobs_total": float(arrived),
             "spend_usd": spent,
             "fixed_fleet_usd": fixed,
             "virtual_hours": hours,
             "mean_wait_min": (sum(workload.waits) / len(workload.waits) / 60) if workload.waits else 0.0,
+            "fixed_mean_wait_min": (sum(fixed_waits) / len(fixed_waits) / 60) if fixed_waits else 0.0,
         }
+        offers = ", ".join(f"{n}x {model} at ${price:.3f}/h" for model, n, price in fixed_rows)
         print(
-            f"\nsummary after {hours:.1f} virtual hours: {workload.completed} of {int(summary['jobs_total'])} jobs"
-            f" served (mean wait {summary['mean_wait_min']:.0f} min); the autoscaled fleet cost ${spent:.2f};"
-            f" a fixed fleet of the peak {peak[0]} GPUs at the cheapest price would have cost ${fixed:.2f}.",
+            f"\nsummary after {hours:.1f} virtual hours, {arrived} jobs arrived:\n"
+            f"  autoscaled: {workload.completed} jobs done, mean wait {summary['mean_wait_min']:.1f} min,"
+            f" cost ${spent:.2f}\n"
+            f"  fixed fleet of the autoscaler's peak, {_gpus(max(1, peak[0]))} always on ({offers}):"
+            f" mean wait {summary['fixed_mean_wait_min']:.1f} min, cost ${fixed:.2f}",
             file=out,
             flush=True,
         )

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from autoscaler.actuator import ActionResult, Actuator
 from autoscaler.clock import Clock
+from autoscaler.cycle_log import log_cycle
 from autoscaler.guards import GuardConfig, GuardedPlan, apply_guards
 from autoscaler.ledger import RateCheck
 from autoscaler.metrics import CoreMetrics
@@ -155,16 +156,6 @@ class Engine:
                 log.error("plan_held", policy=exc.policy, problem=exc.problem)
         else:
             log.warning("cycle_held", reason=report.hold)
-        if report.guarded is not None:
-            for dropped in report.guarded.dropped:
-                log.info(
-                    "action_refused",
-                    action=dropped.action.kind.value,
-                    instance=dropped.action.target,
-                    rule=dropped.rule,
-                    why=dropped.why,
-                    policy=dropped.action.policy,
-                )
         if demand is None:  # the guards allow nothing beyond the minimum; say so
             report.hold = report.hold or f"demand unknown: {demand_error}"
         budget = self.config.guards.max_actions_per_cycle
@@ -172,19 +163,6 @@ class Engine:
         if report.guarded is not None:
             actions += list(report.guarded.actions[: max(0, budget - len(actions))])
         report.results = self.actuator.execute(report.cycle_id, actions)
-        for result in report.results:
-            log.info(
-                "decision",
-                action=result.action.kind.value,
-                instance=result.instance_id or result.name,
-                gpu_model=result.action.gpu_model,
-                gpus=result.action.gpus,
-                reason=result.action.reason,
-                policy=result.action.policy,
-                usd_per_hour=round(result.action.hourly_delta, 4),
-                outcome=result.outcome,
-                error=result.error,
-            )
         self._remember(now, report)
         self._stop_called = any(
             r.outcome in ("ok", "unknown") and r.action.kind is ActionKind.STOP for r in report.results
@@ -278,6 +256,7 @@ class Engine:
         if report.guarded is not None:
             for dropped in report.guarded.dropped:
                 m.refused.labels(dropped.rule).inc()
+        log_cycle(report)  # the summary line, one per action, one per refusal rule (autoscaler.cycle_log)
         return report
 
     # -- before deciding ------------------------------------------------------------------------

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from autoscaler.durations import Seconds
 from autoscaler.plan import Action, ActionKind, Plan
 from autoscaler.snapshot import GuardMemory, Snapshot
 
@@ -19,17 +20,39 @@ from autoscaler.tensordock import InstanceStatus
 class GuardConfig(BaseModel):
     """Hard limits and pacing; units are in the names."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     min_gpus: int = Field(default=0, ge=0, description="capacity kept even when demand is unknown")
     max_gpus: int = Field(default=16, ge=0, description="GPUs running or on their way, never more")
     max_instances: int = Field(default=16, ge=0, description="instances running or on their way, never more")
     max_hourly_spend: float | None = Field(default=None, ge=0, description="USD/h of the managed fleet, never more")
-    scale_up_cooldown_s: float = Field(default=0.0, ge=0, description="after a scale-up, wait before the next")
-    scale_down_cooldown_s: float = Field(default=300.0, ge=0, description="after a scale-down, wait before the next")
-    scale_down_delay_s: float = Field(
+    scale_up_cooldown_s: Seconds = Field(default=0.0, ge=0, description="after a scale-up, wait before the next")
+    scale_down_cooldown_s: Seconds = Field(default=300.0, ge=0, description="after a scale-down, wait before the next")
+    scale_down_delay_s: Seconds = Field(
         default=600.0, ge=0, description="demand must stay low this long before capacity is stopped"
     )
     max_actions_per_cycle: int = Field(default=10, ge=0, description="mutating calls per cycle, at most")
+
+    @model_validator(mode="after")
+    def _min_within_max(self) -> GuardConfig:
+        if self.min_gpus > self.max_gpus:
+            raise ValueError(f"min_gpus ({self.min_gpus}) is more than max_gpus ({self.max_gpus})")
+        return self
+
+
+GUARD_RULES = (
+    "ownership",
+    "doubt",
+    "transitional",
+    "busy",
+    "hold",
+    "cooldown",
+    "max_gpus",
+    "max_instances",
+    "max_hourly_spend",
+    "stabilization",
+    "max_actions_per_cycle",
+)
+"""Every rule name a refusal can carry: exported at 0 from start-up, so a panel never says "No data"."""
 
 
 @dataclass(frozen=True)

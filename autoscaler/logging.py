@@ -9,34 +9,22 @@ from typing import Any, TextIO
 
 import structlog
 
-_SECRETS: set[str] = set()
-_MASK = "***"
+from autoscaler.secrets import mask_secrets, masked, register_secret
 
+__all__ = ["configure_logging", "mask_secrets", "register_secret"]
 
-def register_secret(value: str) -> None:
-    """Mask this value in every log line from now on, wherever it would appear."""
-    if len(value) >= 4:
-        _SECRETS.add(value)
-
-
-def mask_secrets(text: str) -> str:
-    for secret in _SECRETS:
-        if secret in text:
-            text = text.replace(secret, _MASK)
-    return text
+_PER_CALL_LOGGERS = ("apscheduler", "httpx", "httpcore", "pika", "nats")
 
 
 def _redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    if not _SECRETS:
-        return event_dict
     for key, value in event_dict.items():
         if isinstance(value, str):
             event_dict[key] = mask_secrets(value)
         elif not isinstance(value, int | float | bool | type(None)):
             text = str(value)
-            masked = mask_secrets(text)
-            if masked != text:
-                event_dict[key] = masked
+            hidden = mask_secrets(text)
+            if hidden != text:
+                event_dict[key] = hidden
     return event_dict
 
 
@@ -55,7 +43,7 @@ class _CurrentStderr:
 
 def configure_logging(level: str = "INFO", json_lines: bool | None = None, stream: TextIO | None = None) -> None:
     """Route structlog and the standard library (httpx, APScheduler) through one masked pipeline."""
-    out: Any = stream if stream is not None else _CurrentStderr()
+    out: Any = masked(stream if stream is not None else _CurrentStderr())  # type: ignore[arg-type]
     as_json = json_lines if json_lines is not None else not out.isatty()
     numeric = logging.getLevelNamesMapping().get(level.upper())
     if numeric is None:
@@ -83,3 +71,5 @@ def configure_logging(level: str = "INFO", json_lines: bool | None = None, strea
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(numeric)
+    for chatty in _PER_CALL_LOGGERS:  # a line per request or job run: DEBUG only, their warnings stay
+        logging.getLogger(chatty).setLevel(numeric if numeric <= logging.DEBUG else max(numeric, logging.WARNING))

@@ -6,6 +6,8 @@ the simulator's strategies side by side) never mix their numbers.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 PREFIX = "tensordock_autoscaler"
@@ -119,6 +121,27 @@ class CoreMetrics:
         for reason in ("unknown_status", "unknown_shape", "absent_from_listing"):
             self.in_doubt.labels(reason)
         self.config_reloads = Counter(f"{PREFIX}_config_reloads", "SIGHUP reloads by result", ["result"], registry=r)
+
+    def prime(self, policies: Iterable[str]) -> None:
+        """Export every labelled counter the dashboard and alerts use at 0 for its known labels.
+
+        A counter child exists only once touched; before the first refusal or policy error a
+        panel shows "No data" and `increase()` misses the first event. Called at start-up.
+        """
+        from autoscaler.guards import GUARD_RULES
+        from autoscaler.plan import ActionKind
+
+        for rule in GUARD_RULES:
+            self.refused.labels(rule)
+        for policy in policies:
+            self.policy_errors.labels(policy)
+        for result in ("ok", "hold", "error", "crash"):
+            self.cycles.labels(result)
+        for kind in ActionKind:
+            for outcome in ("ok", "failed", "unknown", "dry_run", "skipped"):
+                self.actions.labels(kind.value, outcome)
+        for result in ("ok", "refused"):
+            self.config_reloads.labels(result)
 
     # ApiObserver: the client reports each call here
     def request_finished(self, operation: str, outcome: str, seconds: float) -> None:

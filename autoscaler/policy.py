@@ -85,5 +85,5 @@ def build_chain(specs: list[PolicySpec], registry: dict[str, type[BasePolicy[Any
             continue
         chain.append(cls(options))
     if problems:
-        raise PolicyConfigError("; ".join(problems))
+        raise PolicyConfigError("\n".join(problems))
     return chain

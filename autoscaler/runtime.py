@@ -18,6 +18,7 @@ from autoscaler.engine import Engine, EngineConfig
 from autoscaler.logging import register_secret
 from autoscaler.metrics import CoreMetrics
 from autoscaler.policy import PolicyConfigError, build_chain
+from autoscaler.secrets import mask_url
 from autoscaler.signals import DemandSignal, SignalError
 from autoscaler.signals.registry import SignalConfigError, build_signal
 from autoscaler.store import Store, open_store
@@ -55,6 +56,15 @@ def _cloud_init(path: Path | None) -> dict[str, Any] | None:
     return data
 
 
+def open_configured_store(url: str) -> Store:
+    """The store, or one line naming store.url and why not (unwritable path, refused login, no server)."""
+    try:
+        return open_store(url)
+    except Exception as exc:  # sqlite3, psycopg and OS errors alike: the operator fixes the URL or the path
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"store.url: cannot open {mask_url(url)}: {reason}") from None
+
+
 def build_runtime(
     settings: Settings,
     *,
@@ -82,6 +92,7 @@ def build_runtime(
     except PolicyConfigError as exc:
         raise ConfigError(str(exc)) from None
     metrics = metrics or CoreMetrics()
+    metrics.prime(spec.name for spec in settings.policies)
     client = TensorDockClient(
         td.base_url,
         token,
@@ -97,7 +108,7 @@ def build_runtime(
         backoff_initial_s=td.backoff_initial_s,
         observer=metrics,
     )
-    state = store if store is not None else open_store(settings.store.url)
+    state = store if store is not None else open_configured_store(settings.store.url)
     stopping = threading.Event()
     fleet = settings.fleet
     actuator = Actuator(

@@ -33,5 +33,11 @@ class SystemdNotifier:
 
     @property
     def watchdog_interval_s(self) -> float | None:
+        """systemd's WatchdogSec= as it handed it over (WATCHDOG_USEC), when it is meant for this process."""
         usec = os.environ.get("WATCHDOG_USEC")
-        return int(usec) / 1e6 if usec and usec.isdigit() else None
+        pid = os.environ.get("WATCHDOG_PID")
+        if not self.address or not usec or not usec.isdigit() or int(usec) == 0:
+            return None
+        if pid and pid.isdigit() and int(pid) != os.getpid():
+            return None
+        return int(usec) / 1e6

@@ -66,12 +66,12 @@ def fleet_status(runtime: Runtime) -> dict[str, Any]:
 
 
 def render_status(status: dict[str, Any]) -> str:
-    header = f"{'NAME':<26} {'GPU':<30} {'STATUS':<22} {'$/H':>8} {'AGE':>6} {'IDLE':>6}  MANAGED"
+    header = f"{'NAME':<26} {'ID':<36} {'GPU':<30} {'STATUS':<22} {'$/H':>8} {'AGE':>6} {'IDLE':>6}  MANAGED"
     lines = [header]
     for r in status["instances"]:
         gpu = f"{r['gpus']}x {r['gpu_model']}" if r["gpu_model"] else "-"
         lines.append(
-            f"{(r['name'] or r['id'])[:26]:<26} {gpu[:30]:<30} {r['status']:<22} {r['usd_per_hour']:>8.3f} "
+            f"{(r['name'] or '-')[:26]:<26} {r['id']:<36} {gpu[:30]:<30} {r['status']:<22} {r['usd_per_hour']:>8.3f} "
             f"{_duration(r['age_s']):>6} {_duration(r['idle_s']):>6}  {'yes' if r['managed'] else 'no'}"
         )
     lines.append(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from autoscaler.durations import Seconds
 from autoscaler.plan import Action, ActionKind, Plan, stop_action
 from autoscaler.policy import BasePolicy, PolicyOptions
 from autoscaler.snapshot import FleetInstance, Snapshot
@@ -16,7 +17,7 @@ from autoscaler.tensordock import InstanceStatus
 
 
 class ConsolidateOptions(PolicyOptions):
-    steady_window_s: float = Field(default=1800.0, gt=0, description="desired GPUs unchanged this long")
+    steady_window_s: Seconds = Field(default=1800.0, gt=0, description="desired GPUs unchanged this long")
     min_saving_fraction: float = Field(default=0.2, gt=0, lt=1)
     min_saving_usd_hr: float = Field(default=0.05, ge=0)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from autoscaler.durations import Seconds
 from autoscaler.plan import Action, ActionKind, Plan, delete_action, stop_action
 from autoscaler.policy import BasePolicy, PolicyOptions
 from autoscaler.snapshot import FleetInstance, Snapshot
@@ -17,11 +18,11 @@ from autoscaler.tensordock import InstanceStatus
 
 
 class IdleOptions(PolicyOptions):
-    idle_timeout_s: float = Field(default=900.0, gt=0, description="seconds a running instance may sit idle")
-    stopped_retention_s: float = Field(
+    idle_timeout_s: Seconds = Field(default=900.0, gt=0, description="seconds a running instance may sit idle")
+    stopped_retention_s: Seconds = Field(
         default=24 * 3600.0, gt=0, description="seconds a stopped instance is kept, at most"
     )
-    restart_saving_s: float = Field(
+    restart_saving_s: Seconds = Field(
         default=70.0,
         ge=0,
         description="boot seconds a restart saves over a create; a stopped instance is kept only while its "

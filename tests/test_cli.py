@@ -72,4 +72,8 @@ def test_the_daemon_demo_serves_the_burst_and_prints_a_summary() -> None:
     summary = run_daemon_demo(out, wall_seconds=20, speed=420, metrics_port=0)
     text = out.getvalue()
     assert summary["jobs_served"] > 0 and summary["spend_usd"] > 0 and summary["virtual_hours"] > 2
-    assert "summary after" in text and "fixed fleet" in text and "fleet $" in text
+    assert "summary after" in text and "fixed fleet" in text and "jobs arrived" in text
+    assert "\033[" not in text  # not a terminal: plain lines, no redraws
+    assert summary["jobs_total"] == summary["jobs_arrived"] and "mean wait" in text.split("fixed fleet")[1]
+    actions = [line for line in text.splitlines() if line.startswith("> ")]
+    assert actions and all(" demo-" in line for line in actions)  # names, never a cut-off UUID

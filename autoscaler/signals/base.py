@@ -6,13 +6,14 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import ClassVar, Protocol
-from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from autoscaler.logging import register_secret
+from autoscaler.durations import Seconds
+from autoscaler.secrets import register_secret
 
 
 class SignalError(Exception):
@@ -53,6 +54,26 @@ class Demand:
         return self.queued_gpus + self.running_gpus
 
 
+def whole_count(value: object, what: str) -> int:
+    """A job count as the source gave it: a whole number, never a string, a boolean or a fraction.
+
+    `"3"`, `true` and `3.9` are refused rather than coerced: each is a bug in what feeds the source,
+    and guessing would scale a real fleet on it.
+    """
+    if isinstance(value, bool) or value is None:
+        raise ValueError(f"{what} is {value!r}, not a count (a whole number)")
+    if isinstance(value, int):
+        count = value
+    elif isinstance(value, float | Decimal) and math.isfinite(value) and value == int(value):
+        count = int(value)
+    else:
+        kind = "a string, " if isinstance(value, str) else ""
+        raise ValueError(f"{what} is {value!r}, {kind}not a count (a whole number)")
+    if count < 0:
+        raise ValueError(f"{what} is {count}, a negative count")
+    return count
+
+
 class DemandSignal(Protocol):
     """Reads the queue. Raises SignalError on failure; never returns made-up numbers."""
 
@@ -64,17 +85,38 @@ class DemandSignal(Protocol):
 class SourceOptions(BaseModel):
     """Base of every source's options: unknown keys are errors; every read has a timeout."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    timeout_s: float = Field(default=5.0, gt=0, le=60, description="seconds one read may take")
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    timeout_s: Seconds = Field(default=5.0, gt=0, le=60, description="seconds one read may take")
 
 
 class Secret(BaseModel):
-    """A credential given inline, by environment variable, or by file; never printed."""
+    """A credential given inline, by environment variable, or by file; never printed.
+
+    A plain string is the inline value (`url = "redis://..."`), one rule for every source.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     value: SecretStr | None = None
     env: str | None = None
     file: Path | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plain_string_is_the_value(cls, data: object) -> object:
+        return {"value": data} if isinstance(data, str) else data
+
+    def peek(self) -> list[str]:
+        """What the credential is now, if it can be had without failing: for masking, never for use."""
+        if self.value is not None:
+            return [self.value.get_secret_value()]
+        if self.env and os.environ.get(self.env):
+            return [os.environ[self.env]]
+        if self.file is not None:
+            try:
+                return [self.file.read_text().strip()]
+            except (OSError, UnicodeDecodeError):
+                return []
+        return []
 
     def resolve(self, what: str) -> str | None:
         text: str | None = None
@@ -89,11 +131,7 @@ class Secret(BaseModel):
                 text = self.file.read_text().strip()
             except OSError as exc:
                 raise SignalError(f"{what}: cannot read {self.file}: {exc.strerror}") from None
-        if text:
-            register_secret(text)
-            password = urlsplit(text).password if "://" in text else None
-            if password:
-                register_secret(password)
+        register_secret(text)
         return text
 
 

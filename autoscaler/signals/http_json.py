@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 from pydantic import Field
 
-from .base import Demand, Secret, SignalError, SignalSource, SourceOptions
+from .base import Demand, Secret, SignalError, SignalSource, SourceOptions, whole_count
 
 
 class HttpJsonOptions(SourceOptions):
@@ -46,9 +46,10 @@ class HttpJsonSignal(SignalSource):
             value = _pick(document, path)
         except KeyError:
             raise SignalError(f"{self.name}: {path!r} not found in the reply of {self.options.url}") from None
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            raise SignalError(f"{self.name}: {path!r} is {value!r}, not a count")
-        return round(value)
+        try:
+            return whole_count(value, repr(path))
+        except ValueError as exc:
+            raise SignalError(f"{self.name}: {exc}") from None
 
     def read(self, now: float) -> Demand:
         o = self.options

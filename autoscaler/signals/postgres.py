@@ -8,7 +8,7 @@ from __future__ import annotations
 import psycopg
 from pydantic import Field
 
-from .base import Demand, Secret, SignalError, SignalSource, SourceOptions
+from .base import Demand, Secret, SignalError, SignalSource, SourceOptions, whole_count
 
 
 class PostgresOptions(SourceOptions):
@@ -62,9 +62,9 @@ class PostgresSignal(SignalSource):
         if row is None or len(row) < 2:
             raise SignalError(f"{self.name}: the query must return one row with queued and running")
         try:
-            queued, running = int(row[0]), int(row[1])
-            queued_gpus = int(row[2]) if len(row) > 2 and row[2] is not None else None
-            running_gpus = int(row[3]) if len(row) > 3 and row[3] is not None else None
+            queued, running = whole_count(row[0], "queued"), whole_count(row[1], "running")
+            queued_gpus = whole_count(row[2], "queued_gpus") if len(row) > 2 and row[2] is not None else None
+            running_gpus = whole_count(row[3], "running_gpus") if len(row) > 3 and row[3] is not None else None
             return Demand(
                 queued_jobs=queued,
                 running_jobs=running,

@@ -11,6 +11,8 @@ from typing import Any, Literal
 import redis
 from pydantic import Field, model_validator
 
+from autoscaler.durations import Seconds
+
 from .base import Demand, Secret, SignalError, SignalSource, SourceOptions
 
 
@@ -20,7 +22,7 @@ class RedisOptions(SourceOptions):
     key: str = Field(description="list, sorted set or stream key; for rq and celery the queue name")
     group: str | None = Field(default=None, description="stream: the consumer group")
     heartbeat_key: str | None = Field(default=None, description="hash of instance name -> 'busy:<ts>'|'idle:<ts>'")
-    heartbeat_ttl_s: float = Field(default=120.0, gt=0)
+    heartbeat_ttl_s: Seconds = Field(default=120.0, gt=0)
 
     @model_validator(mode="after")
     def _group_for_streams(self) -> RedisOptions:

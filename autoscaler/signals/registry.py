@@ -55,7 +55,7 @@ def validate_signal_settings(settings: SignalSettings) -> list[tuple[type[Signal
                 where = ".".join(str(p) for p in error["loc"])
                 problems.append(f"signal.sources[{index}] ({spec.kind}).options.{where}: {error['msg']}")
     if problems:
-        raise SignalConfigError("; ".join(problems))
+        raise SignalConfigError("\n".join(problems))
     return checked
 
 

@@ -6,15 +6,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, StrictInt
 
-from .base import Demand, SignalError, SignalSource, SourceOptions
+from .base import Demand, SignalError, SignalSource, SourceOptions, whole_count
 
 
 class StaticOptions(SourceOptions):
-    queued: int = Field(default=0, ge=0)
-    running: int = Field(default=0, ge=0)
-    max_job_gpus: int = Field(default=1, ge=1)
+    queued: StrictInt = Field(default=0, ge=0)
+    running: StrictInt = Field(default=0, ge=0)
+    max_job_gpus: StrictInt = Field(default=1, ge=1)
 
 
 class StaticSignal(SignalSource):
@@ -72,8 +72,8 @@ class FileSignal(SignalSource):
         try:
             data: Any = json.loads(self.path.read_text())
             return Demand(
-                queued_jobs=int(data["queued"]),
-                running_jobs=int(data.get("running", 0)),
+                queued_jobs=whole_count(data["queued"], "queued"),
+                running_jobs=whole_count(data.get("running", 0), "running"),
                 observed_at=float(data.get("observed_at", self.path.stat().st_mtime)),
                 busy=data.get("busy"),
                 source=self.name,

@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from autoscaler.secrets import mask_secrets
 from autoscaler.snapshot import OwnedShape, Spend
 
 from .base import JournalEntry, OwnedRecord
@@ -296,6 +297,7 @@ class SqlStore:
         shape: OwnedShape | None = None,
     ) -> int:
         shape_json = shape.to_json() if shape is not None else None
+        reason = mask_secrets(reason)
         values = (cycle_id, at, kind, name, instance_id, offer_key, gpus, hourly_price, replaces, reason, shape_json)
         columns = "cycle_id, at, kind, name, instance_id, offer_key, gpus, hourly_price, replaces, reason, shape"
         with self._lock:
@@ -322,7 +324,7 @@ class SqlStore:
             self._x(
                 "UPDATE journal SET outcome = ?, outcome_at = ?, instance_id = COALESCE(?, instance_id), error = ?"
                 " WHERE id = ?",
-                (outcome, at, instance_id, error, entry_id),
+                (outcome, at, instance_id, None if error is None else mask_secrets(error), entry_id),
             )
 
     _JOURNAL_COLUMNS = (
@@ -374,7 +376,23 @@ class SqlStore:
             ).fetchall()
         return [_entry(row) for row in reversed(rows)]
 
+    def creates(self) -> dict[str, JournalEntry]:
+        """The successful create of each instance id: what it was bought as (offer, GPUs, rate)."""
+        with self._lock:
+            rows = self._x(
+                f"SELECT {self._JOURNAL_COLUMNS} FROM journal"  # noqa: S608
+                " WHERE kind = 'create' AND outcome = 'ok' AND instance_id IS NOT NULL ORDER BY id"
+            ).fetchall()
+        entries = [JournalEntry(*row) for row in rows]
+        return {entry.instance_id: entry for entry in entries if entry.instance_id}
+
     # -- money --------------------------------------------------------------------------------
+
+    def ledger_since(self, day: str) -> list[tuple[str, str, float]]:
+        """(UTC day, instance id, USD) for every day from `day` (YYYY-MM-DD) on."""
+        with self._lock:
+            rows = self._x("SELECT day, instance_id, usd FROM ledger WHERE day >= ? ORDER BY day", (day,)).fetchall()
+        return [(str(d), str(i), float(u)) for d, i, u in rows]
 
     def accrue(self, instance_id: str, rate_hourly: float, now: float) -> None:
         """Charge the rate in force since the last accrual, split at UTC midnights; `rate_hourly`
@@ -477,7 +495,7 @@ class SqlStore:
             self._x(
                 "INSERT INTO backoffs VALUES (?, ?, ?) ON CONFLICT(offer_key) DO UPDATE"  # noqa: S608
                 f" SET until = {self.greatest}(backoffs.until, excluded.until), reason = excluded.reason",
-                (offer_key, until, reason),
+                (offer_key, until, mask_secrets(reason)),
             )
 
     def backed_off(self, now: float) -> frozenset[str]:

@@ -82,3 +82,50 @@ def test_the_readme_metrics_reference_lists_exactly_what_is_exported() -> None:
     documented = {re.sub(r"_total$", "", m) for m in re.findall(r"`(tensordock_autoscaler_[a-z0-9_]+)`", section)}
     exported = {re.sub(r"_total$", "", m) for m in exported_families()}
     assert documented == exported, f"undocumented: {exported - documented}; stale: {documented - exported}"
+
+
+def test_a_dead_daemon_is_alerted_on() -> None:
+    """The daemon's own metrics vanish with it, so the alert asks Prometheus's scrape (`up`, `absent`)."""
+    rules = (REPO / "deploy/prometheus/alerts.yml").read_text()
+    assert 'up{job="tensordock-autoscaler"} == 0' in rules and 'absent(up{job="tensordock-autoscaler"})' in rules
+    tests = (REPO / "deploy/prometheus/alerts_test.yml").read_text()
+    assert "TensorDockAutoscalerDown" in tests and "TensorDockAutoscalerAbsent" in tests  # promtool runs them
+
+
+def test_every_dashboard_query_follows_the_job_and_instance_variables() -> None:
+    dashboard = json.loads((REPO / "deploy/grafana/tensordock-autoscaler.json").read_text())
+    variables = {v["name"] for v in dashboard["templating"]["list"]}
+    assert {"job", "instance"} <= variables
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            for selector in re.finditer(r"\btensordock_autoscaler_[a-z0-9_]+(\{[^}]*\})?", target["expr"]):
+                assert selector.group(1) and 'job=~"$job"' in selector.group(1), target["expr"]
+                assert 'instance=~"$instance"' in selector.group(1), target["expr"]
+
+
+def test_labelled_counters_are_exported_at_zero_from_start_up() -> None:
+    from autoscaler.config import Settings
+    from autoscaler.guards import GUARD_RULES
+    from autoscaler.runtime import build_runtime
+
+    settings = Settings(tensordock={"token": "t" * 12}, fleet={"ssh_key": "k"}, store={"url": "sqlite:////tmp/x.db"})
+    from autoscaler.store import SqliteStore
+
+    runtime = build_runtime(settings, store=SqliteStore(":memory:"))
+    try:
+        text = generate_latest(runtime.metrics.registry).decode()
+    finally:
+        runtime.close()
+    for rule in GUARD_RULES:
+        assert f'tensordock_autoscaler_actions_refused_total{{rule="{rule}"}} 0.0' in text
+    for spec in settings.policies:
+        assert f'tensordock_autoscaler_policy_errors_total{{policy="{spec.name}"}} 0.0' in text
+    assert 'tensordock_autoscaler_cycles_total{result="hold"} 0.0' in text
+
+
+def test_the_guard_rule_list_names_every_rule_a_refusal_can_carry() -> None:
+    from autoscaler.guards import GUARD_RULES
+
+    source = (REPO / "autoscaler/guards.py").read_text()
+    used = set(re.findall(r'drop\(\s*action,\s*"([a-z_]+)"', source))
+    assert used and used == set(GUARD_RULES)

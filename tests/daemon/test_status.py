@@ -38,3 +38,7 @@ def test_status_shows_managed_and_unmanaged_instances(tmp_path: Path, capsys: py
     assert sorted(managed.values()) == [False, True] and managed["someone-elses"] is False
     assert data["managed_usd_per_hour"] > 0 and data["unmanaged_usd_per_hour"] > 0
     assert "MANAGED" in table and "someone-elses" in table and "spent today" in table
+    assert "ID" in table.splitlines()[0]
+    for row in data["instances"]:  # every line about an instance gives its name and its id
+        line = next(line for line in table.splitlines() if row["name"] in line)
+        assert row["id"] in line

@@ -1,0 +1,128 @@
+"""What `check-config` checks beyond the settings' own types: files, credentials and, with --connect, the world.
+
+Each problem is one line naming its field, so the operator fixes them all in one pass. Warnings
+do not fail the check: a token file that only exists inside the systemd unit, or one every local
+user can read.
+"""
+
+from __future__ import annotations
+
+import stat
+import time
+from dataclasses import dataclass, field
+
+from autoscaler.config import ConfigError, Settings
+
+# systemd hands LoadCredential= files over under this directory, inside the unit only
+_CREDENTIALS_DIR = "/run/credentials/"
+
+
+@dataclass
+class Findings:
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _token(settings: Settings, offline: bool, found: Findings) -> None:
+    td = settings.tensordock
+    if td.token is not None and td.token.get_secret_value():
+        return
+    path = td.token_file
+    if path is None and offline:
+        found.warnings.append("tensordock.token: not set here; not checked (--offline): the unit must provide it")
+        return
+    if path is None:
+        found.problems.append(
+            "tensordock.token: no API token; set TDAS_TENSORDOCK__TOKEN, tensordock.token or tensordock.token_file"
+        )
+        return
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        inside_unit = str(path).startswith(_CREDENTIALS_DIR) or "%d" in str(path)
+        if offline or inside_unit:
+            found.warnings.append(
+                f"tensordock.token_file: {path} does not exist here; fine if it only exists inside the unit"
+                " (systemd credential), checked when the daemon starts"
+            )
+        else:
+            found.problems.append(f"tensordock.token_file: {path} does not exist")
+        return
+    except OSError as exc:
+        if offline:
+            found.warnings.append(f"tensordock.token_file: {path} not readable here ({exc.strerror}); not checked")
+        else:
+            found.problems.append(f"tensordock.token_file: cannot read {path}: {exc.strerror}")
+        return
+    if mode & stat.S_IROTH:
+        found.warnings.append(
+            f"tensordock.token_file: {path} is readable by every local user (mode {stat.S_IMODE(mode):04o});"
+            f" chmod 600 {path}"
+        )
+    if offline:
+        return
+    try:
+        td.resolved_token()
+    except ValueError as exc:
+        found.problems.append(str(exc))
+
+
+def _cloud_init(settings: Settings, found: Findings) -> None:
+    from autoscaler.runtime import _cloud_init
+
+    try:
+        _cloud_init(settings.fleet.cloud_init_file)
+    except ConfigError as exc:
+        found.problems.append(str(exc))
+    except ValueError as exc:  # YAML or JSON syntax
+        found.problems.append(f"fleet.cloud_init_file: {settings.fleet.cloud_init_file}: not YAML/JSON: {exc}")
+
+
+def check(settings: Settings, *, offline: bool = False) -> Findings:
+    """Everything that can be known without a network call."""
+    found = Findings()
+    _token(settings, offline, found)
+    if not settings.fleet.ssh_key:
+        found.problems.append("fleet.ssh_key: required; TensorDock refuses instances without an SSH public key")
+    _cloud_init(settings, found)
+    return found
+
+
+def connect(settings: Settings, found: Findings) -> None:
+    """Try the store, the API and every demand source once; each failure is one line naming its field."""
+    from autoscaler.runtime import open_configured_store
+    from autoscaler.signals.registry import SignalSettings, build_signal
+    from autoscaler.tensordock import TensorDockClient, TensorDockError
+
+    try:
+        open_configured_store(settings.store.url).close()
+    except ConfigError as exc:
+        found.problems.append(str(exc))
+    td = settings.tensordock
+    try:
+        token = td.resolved_token()
+    except ValueError:
+        token = None  # already reported
+    if token is not None:
+        try:
+            with TensorDockClient(
+                td.base_url,
+                token,
+                td.wire_format,
+                connect_timeout_s=td.connect_timeout_s,
+                read_timeout_s=td.read_timeout_s,
+                max_attempts=1,
+            ) as client:
+                client.list_instances()
+        except TensorDockError as exc:
+            found.problems.append(f"tensordock.base_url: {td.base_url}: {exc}")
+    for index, spec in enumerate(settings.signal.sources):
+        label = f"signal.sources[{index}] ({spec.name or spec.kind})"
+        try:
+            source = build_signal(SignalSettings(sources=[spec]))
+            try:
+                source.read(time.time())
+            finally:
+                source.close()
+        except Exception as exc:  # a source's failure, whatever it is, is reported, not raised
+            found.problems.append(f"{label}: {str(exc).strip() or type(exc).__name__}")

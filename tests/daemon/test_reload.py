@@ -1,0 +1,40 @@
+"""SIGHUP applies what can change live, refuses by name what cannot, and says what changed."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Callable
+
+from .conftest import RunningDaemon
+
+
+def _events(d: RunningDaemon) -> list[dict[str, object]]:
+    assert d.process.stderr is not None
+    return [json.loads(line) for line in d.process.stderr.read().splitlines() if line.startswith("{")]
+
+
+def test_sighup_applies_live_settings_and_refuses_restart_only_ones(daemon: Callable[..., RunningDaemon]) -> None:
+    d = daemon(max_gpus=8)
+    text = d.config.read_text()
+    d.config.write_text(text.replace("max_gpus = 8", "max_gpus = 2").replace('level = "INFO"', 'level = "WARNING"'))
+    d.process.send_signal(signal.SIGHUP)
+    d.wait_until(lambda: d.metric("tensordock_autoscaler_config_reloads_total", result="ok") == 1, "the reload")
+    time.sleep(2.5)  # two more cycles at the new level
+
+    port_line = next(line for line in d.config.read_text().splitlines() if line.startswith("port = "))
+    d.config.write_text(d.config.read_text().replace(port_line, "port = 1"))
+    d.process.send_signal(signal.SIGHUP)
+    d.wait_until(
+        lambda: d.metric("tensordock_autoscaler_config_reloads_total", result="refused") == 1, "the refused reload"
+    )
+    assert d.get("/readyz").status_code == 200  # the old port still serves
+    assert d.stop() == 0
+    events = _events(d)
+    reloaded = next(e for e in events if e["event"] == "reloaded")
+    assert reloaded["changed"] == ["guards.max_gpus", "log.level"]
+    after = events[events.index(reloaded) + 1 :]
+    assert not [e for e in after if e["level"] == "info"], after[:5]  # WARNING applied live
+    refused = next(e for e in events if e["event"] == "reload_refused")
+    assert str(refused["reason"]).startswith("metrics.port: cannot change while running")
