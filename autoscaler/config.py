@@ -36,6 +36,19 @@ class TensorDockSettings(_Section):
     read_timeout_s: float = Field(default=30.0, gt=0, description="seconds to wait for a reply")
     max_attempts: int = Field(default=4, ge=1, description="tries per call, retries only where safe")
     backoff_initial_s: float = Field(default=2.0, ge=0, description="first back-off; doubles, jittered")
+    # Every wait is bounded (DESIGN rule 14).
+    call_deadline_s: float = Field(
+        default=60.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="seconds one call may take in all, retries and waits included",
+    )
+    retry_after_max_s: float = Field(
+        default=300.0, gt=0, allow_inf_nan=False, description="a 429's Retry-After is waited at most this long, seconds"
+    )
+    max_reply_bytes: int = Field(
+        default=8 * 1024 * 1024, ge=1024, description="a longer reply is a failed call (read streamed), bytes"
+    )
 
     def resolved_token(self) -> SecretStr:
         if self.token is not None and self.token.get_secret_value():

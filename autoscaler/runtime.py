@@ -80,6 +80,7 @@ def build_runtime(
     except PolicyConfigError as exc:
         raise ConfigError(str(exc)) from None
     metrics = metrics or CoreMetrics()
+    stopping = threading.Event()  # SIGTERM: cuts the client's waits, the actuator starts no new call
     client = TensorDockClient(
         td.base_url,
         token,
@@ -89,13 +90,16 @@ def build_runtime(
         rate_window_s=td.rate_window_s,
         connect_timeout_s=td.connect_timeout_s,
         read_timeout_s=td.read_timeout_s,
+        call_deadline_s=td.call_deadline_s,
+        retry_after_max_s=td.retry_after_max_s,
+        max_reply_bytes=td.max_reply_bytes,
+        cancel=stopping,
         transport=transport,
         max_attempts=td.max_attempts,
         backoff_initial_s=td.backoff_initial_s,
         observer=metrics,
     )
     state = store if store is not None else open_store(settings.store.url)
-    stopping = threading.Event()
     fleet = settings.fleet
     actuator = Actuator(
         client,
