@@ -167,6 +167,9 @@ class Actuator:
             )
             try:
                 created = self.client.create_instance(self._request(name, offer, action.gpus))
+            except FencedError as exc:  # the leader's check before the attempt refused it: nothing was sent
+                self.store.journal_outcome(entry, "failed", self.clock.now(), error=str(exc))
+                raise
             except CapacityUnavailableError as exc:
                 now = self.clock.now()
                 self.store.journal_outcome(entry, "failed", now, error=exc.message)
@@ -211,6 +214,9 @@ class Actuator:
                 self.client.stop_instance(instance_id)
             else:
                 self.client.delete_instance(instance_id)
+        except FencedError as exc:  # the leader's check before the attempt refused it: nothing was sent
+            self.store.journal_outcome(entry, "failed", self.clock.now(), error=str(exc))
+            raise
         except NotFoundError as exc:
             now = self.clock.now()
             if action.kind is ActionKind.DELETE:  # already gone: what we wanted

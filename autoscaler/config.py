@@ -171,7 +171,32 @@ class Settings(BaseSettings):
     leader_election: bool = Field(
         default=True, description="with a PostgreSQL store: one replica acts, the others stand by"
     )
+    leader_lease_s: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="seconds a leader's lease lasts unrenewed; a frozen leader is replaced after it lapses."
+        " Default: 3 x (scheduler.interval_s + jitter_s), at least 10",
+    )
     reap_orphans: bool = Field(default=False, description="delete prefix-named instances the store never created")
+
+    @property
+    def lease_s(self) -> float:
+        """The leader's lease: long enough that a cycle or two late does not lose it."""
+        if self.leader_lease_s is not None:
+            return self.leader_lease_s
+        s = self.scheduler
+        return max(10.0, 3 * (s.interval_s + s.jitter_s))
+
+    @model_validator(mode="after")
+    def _lease_outlasts_a_cycle(self) -> Settings:
+        s = self.scheduler
+        if self.leader_lease_s is not None and self.leader_lease_s <= s.interval_s + s.jitter_s:
+            raise ValueError(
+                f"leader_lease_s ({self.leader_lease_s:g}) must be longer than scheduler.interval_s + jitter_s"
+                f" ({s.interval_s + s.jitter_s:g}): the leader renews it once a cycle"
+            )
+        return self
 
     @model_validator(mode="after")
     def _signal_options_valid(self) -> Settings:

@@ -14,7 +14,7 @@ from autoscaler.snapshot import Spend
 
 from .base import JournalEntry, OwnedRecord
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def schema(float_type: str, serial: str) -> dict[int, list[str]]:
@@ -41,6 +41,10 @@ def schema(float_type: str, serial: str) -> dict[int, list[str]]:
             "CREATE TABLE leadership (name TEXT PRIMARY KEY, token BIGINT NOT NULL)",
         ],
         2: ["CREATE INDEX journal_instance ON journal(instance_id)"],  # an instance's latest action
+        3: [  # leadership is a lease (DESIGN rule 15): renewed by the leader, lapsed when it freezes
+            f"ALTER TABLE leadership ADD COLUMN expires_at {f}",
+            "ALTER TABLE leadership ADD COLUMN holder TEXT",
+        ],
     }
 
 

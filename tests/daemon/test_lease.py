@@ -1,0 +1,169 @@
+"""Leadership is a lease (DESIGN rule 15): a frozen leader is replaced once its lease lapses, and
+when it wakes it makes no call; the check runs right before every attempt that goes on the wire."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from autoscaler.clock import SystemClock
+from autoscaler.leader import LeaderElector
+from autoscaler.store import open_store
+from autoscaler.store.postgres import PostgresStore, split_schema
+from autoscaler.store.sql import FencedError
+from autoscaler.tensordock.fake import FakeServer, Timings, build_fake
+from autoscaler.testing import free_port
+
+from ..conftest import TOKEN
+from ..core.conftest import pg_store_url  # noqa: F401 - the fixture
+from .conftest import CONFIG
+from .pgtools import CountingProxy
+from .test_ha import leader_flags, wait_for
+
+
+def pg_store(url: str) -> PostgresStore:
+    store = open_store(url)
+    assert isinstance(store, PostgresStore)
+    return store
+
+
+def test_a_follower_takes_over_once_the_lease_lapses_and_the_frozen_leader_makes_no_call(
+    pg_store_url: str,  # noqa: F811
+) -> None:
+    store = pg_store(pg_store_url)
+    first = LeaderElector(pg_store_url, "fleet", store, lease_s=1.0)
+    second = LeaderElector(pg_store_url, "fleet", store, lease_s=1.0)
+    try:
+        assert first.ensure() and not second.ensure()
+        first.check_before_call("list_instances")  # leads: the check passes (and renews)
+        time.sleep(0.6)
+        assert first.ensure() and not second.ensure()  # renewed: still not lapsed
+        time.sleep(1.3)  # `first` froze: no cycle, no call renewed its lease; its lock session still lives
+        assert second.ensure() and second.token == 2  # took over: ended the holder's session, took the lock
+        with pytest.raises(FencedError, match="lapsed"):
+            first.check_before_call("start_instance")  # woke up: makes no call
+        assert not first.is_leader and not first.ensure()  # and does not lead again while `second` renews
+        second.check_before_call("start_instance")
+    finally:
+        first.step_down()
+        second.step_down()
+        store.close()
+
+
+def test_the_check_before_a_call_refuses_when_the_lock_session_is_gone(pg_store_url: str) -> None:  # noqa: F811
+    store = pg_store(pg_store_url)
+    leader = LeaderElector(pg_store_url, "fleet", store, lease_s=30.0)
+    try:
+        assert leader.ensure()
+        assert leader._conn is not None
+        dsn, _ = split_schema(pg_store_url)
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (leader._conn.info.backend_pid,))
+        time.sleep(0.2)
+        with pytest.raises(FencedError, match="session"):
+            leader.check_before_call("create_instance")  # the lease is young, but the lock is gone
+        assert not leader.is_leader
+    finally:
+        leader.step_down()
+        store.close()
+
+
+@dataclass
+class Cluster:
+    fake_server: FakeServer
+    signal_file: Path
+    proxies: list[CountingProxy] = field(default_factory=list)
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    ports: list[int] = field(default_factory=list)
+
+    def demand(self, queued: int) -> None:
+        self.signal_file.write_text(json.dumps({"queued": queued, "running": 0, "observed_at": time.time()}))
+
+    def instances(self) -> int:
+        return len(self.fake_server.app.state.instances())
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, pg_store_url: str) -> Iterator[Cluster]:  # noqa: F811
+    fake = build_fake(
+        TOKEN, "observed", clock=SystemClock(), timings=Timings(create_s=1, ip_s=0.5, start_s=1, stop_s=0.5)
+    )
+    server = FakeServer(fake).start()
+    running = Cluster(server, tmp_path / "queue.json")
+    running.demand(0)
+    try:
+        for n in range(2):
+            proxy = CountingProxy(server.root_url).start()
+            port = free_port()
+            text = CONFIG.format(
+                url=proxy.url, token=TOKEN, signal=running.signal_file, store="unused", port=port, max_gpus=8
+            )
+            text = "leader_lease_s = 3\n" + text.replace('url = "sqlite:///unused"', f'url = "{pg_store_url}"')
+            config = tmp_path / f"replica-{n}.toml"
+            config.write_text(text)
+            env = {k: v for k, v in os.environ.items() if not k.startswith("TDAS_")}
+            with (tmp_path / f"replica-{n}.log").open("wb") as log:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "autoscaler.cli", "run", "--config", str(config)],
+                    stdout=subprocess.DEVNULL,
+                    stderr=log,
+                    env=env,
+                )
+            running.proxies.append(proxy)
+            running.processes.append(process)
+            running.ports.append(port)
+        yield running
+    finally:
+        for process in running.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGCONT)
+                process.kill()
+                process.wait(timeout=10)
+        for proxy in running.proxies:
+            proxy.stop()
+        server.stop()
+
+
+def test_sigstop_the_leader_past_its_lease_a_follower_leads_and_the_woken_leader_calls_nothing(
+    cluster: Cluster,
+    pg_store_url: str,  # noqa: F811
+) -> None:
+    ports = cluster.ports
+    wait_for(lambda: sorted(f or 0 for f in leader_flags(ports)) == [0, 1], "one leader of two", timeout=60)
+    cluster.demand(1)
+    wait_for(lambda: cluster.instances() == 1, "the leader's scale-up", timeout=60)
+    old = leader_flags(ports).index(1.0)
+    new = 1 - old
+    cluster.processes[old].send_signal(signal.SIGSTOP)  # frozen: its sessions and its lock stay
+    stopped_at = time.monotonic()
+    wait_for(lambda: leader_flags([ports[new]]) == [1.0], "the follower to take over", timeout=60)
+    took_over_s = time.monotonic() - stopped_at
+    print(f"takeover after SIGSTOP: {took_over_s:.1f}s (lease 3 s, interval 1 s)")
+    assert took_over_s >= 1.0  # not before the lease could lapse: the lock was still held
+    cluster.demand(2)
+    wait_for(lambda: cluster.instances() == 2, "the new leader's scale-up", timeout=60)
+    time.sleep(2)  # the frozen one stays frozen well past its lease
+    woke_at = time.monotonic()
+    cluster.processes[old].send_signal(signal.SIGCONT)
+    wait_for(lambda: leader_flags([ports[old]]) == [0.0], "the woken leader to stand down", timeout=60)
+    time.sleep(3)  # several of its intervals
+    assert cluster.proxies[old].since(woke_at) == []  # not one request went out after it woke
+    assert leader_flags(ports)[new] == 1.0 and cluster.instances() == 2
+    assert cluster.proxies[new].since(woke_at)  # the leader goes on calling
+    dsn, schema = split_schema(pg_store_url)
+    with psycopg.connect(dsn) as conn:
+        conn.execute(f"SET search_path TO {schema}")
+        names = [row[0] for row in conn.execute("SELECT name FROM journal WHERE kind = 'create' AND outcome = 'ok'")]
+        tokens = [row[0] for row in conn.execute("SELECT fencing_token FROM journal ORDER BY id")]
+    assert len(names) == len(set(names)) == 2
+    assert tokens == sorted(tokens) and len(set(tokens)) == 2  # the old token never wrote after the new one
