@@ -167,3 +167,58 @@ def test_sigstop_the_leader_past_its_lease_a_follower_leads_and_the_woken_leader
         tokens = [row[0] for row in conn.execute("SELECT fencing_token FROM journal ORDER BY id")]
     assert len(names) == len(set(names)) == 2
     assert tokens == sorted(tokens) and len(set(tokens)) == 2  # the old token never wrote after the new one
+
+
+def test_a_start_whose_leader_lost_its_lock_during_a_retry_after_wait_is_not_sent(
+    pg_store_url: str,  # noqa: F811
+) -> None:
+    """Before: fencing was checked when the intent was written, and the 429 wait came after it."""
+    import httpx
+
+    from autoscaler.actuator import Actuator, InstanceTemplate
+    from autoscaler.clock import ManualClock
+    from autoscaler.plan import Action, ActionKind
+    from autoscaler.snapshot import InstanceShape
+    from autoscaler.tensordock import TensorDockClient
+
+    store = pg_store(pg_store_url)
+    leader = LeaderElector(pg_store_url, "fleet", store, lease_s=60.0)
+    clock = ManualClock()
+    sent: list[str] = []
+    dsn, _ = split_schema(pg_store_url)
+
+    def throttled(request: httpx.Request) -> httpx.Response:
+        sent.append(f"{request.method} {request.url.path}")
+        assert leader._conn is not None
+        with psycopg.connect(dsn, autocommit=True) as admin:  # the lock's session dies during the wait
+            admin.execute("SELECT pg_terminate_backend(%s)", (leader._conn.info.backend_pid,))
+        return httpx.Response(429, headers={"Retry-After": "6"}, json={"error": "slow down"})
+
+    client = TensorDockClient(
+        "http://td.invalid",
+        TOKEN,
+        clock=clock,
+        transport=httpx.MockTransport(throttled),
+        before_attempt=leader.check_before_call,
+    )
+    actuator = Actuator(
+        client,
+        store,
+        clock,
+        template=InstanceTemplate(ssh_key="ssh-ed25519 AAAATEST"),
+        shape=InstanceShape(),
+        name_prefix="tdas",
+    )
+    try:
+        assert leader.ensure()
+        started = clock.now()
+        [result] = actuator.execute("c1", [Action(ActionKind.START, "demand", "test", instance_id="i-1", gpus=1)])
+        assert clock.now() - started == pytest.approx(6.0)  # it did wait out the Retry-After
+        assert len(sent) == 1  # and then the retry was not sent: the lock was gone
+        assert result.outcome == "fenced"
+        [entry] = store.journal(10)
+        assert entry.outcome == "failed" and entry.error is not None and "not sent" in entry.error
+    finally:
+        leader.step_down()
+        client.close()
+        store.close()
