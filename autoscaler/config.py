@@ -9,7 +9,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from autoscaler.guards import GuardConfig
@@ -188,15 +197,16 @@ class Settings(BaseSettings):
         s = self.scheduler
         return max(10.0, 3 * (s.interval_s + s.jitter_s))
 
-    @model_validator(mode="after")
-    def _lease_outlasts_a_cycle(self) -> Settings:
-        s = self.scheduler
-        if self.leader_lease_s is not None and self.leader_lease_s <= s.interval_s + s.jitter_s:
+    @field_validator("leader_lease_s")
+    @classmethod
+    def _lease_outlasts_a_cycle(cls, value: float | None, info: ValidationInfo) -> float | None:
+        s = info.data.get("scheduler")
+        if value is not None and isinstance(s, SchedulerSettings) and value <= s.interval_s + s.jitter_s:
             raise ValueError(
-                f"leader_lease_s ({self.leader_lease_s:g}) must be longer than scheduler.interval_s + jitter_s"
-                f" ({s.interval_s + s.jitter_s:g}): the leader renews it once a cycle"
+                f"{value:g} is not longer than scheduler.interval_s + jitter_s ({s.interval_s + s.jitter_s:g});"
+                " the leader renews its lease once a cycle"
             )
-        return self
+        return value
 
     @model_validator(mode="after")
     def _signal_options_valid(self) -> Settings:

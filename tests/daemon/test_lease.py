@@ -222,3 +222,13 @@ def test_a_start_whose_leader_lost_its_lock_during_a_retry_after_wait_is_not_sen
         leader.step_down()
         client.close()
         store.close()
+
+
+def test_the_lease_defaults_from_the_interval_and_must_outlast_a_cycle() -> None:
+    from autoscaler.config import ConfigError, load_settings
+
+    assert load_settings(None).lease_s == 96.0  # 3 x (30 s + 2 s jitter)
+    assert load_settings(None, scheduler={"interval_s": 1, "jitter_s": 0}).lease_s == 10.0  # at least 10 s
+    assert load_settings(None, leader_lease_s=45).lease_s == 45.0
+    with pytest.raises(ConfigError, match=r"^leader_lease_s: .*not longer than scheduler.interval_s"):
+        load_settings(None, leader_lease_s=20)
