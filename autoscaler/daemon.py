@@ -34,6 +34,7 @@ from autoscaler.metrics import CoreMetrics
 from autoscaler.runtime import Runtime, build_runtime
 from autoscaler.sdnotify import SystemdNotifier
 from autoscaler.store.postgres import PostgresStore
+from autoscaler.store.sql import FencedError
 
 _log = structlog.get_logger("autoscaler.daemon")
 _JOB_ID = "cycle"
@@ -119,6 +120,10 @@ class Daemon:
         with self._cycle_lock:
             try:
                 report = self.runtime.engine.run_cycle()
+            except FencedError as exc:  # deposed during the cycle (lease lapsed, lock gone): nothing was sent
+                _log.warning("cycle_fenced", reason=str(exc))
+                self.metrics.leader.set(0)
+                return None
             except Exception:  # a bug in a cycle must not end the daemon; the next one runs
                 _log.exception("cycle_crashed")
                 self.metrics.cycles.labels("crash").inc()
@@ -140,6 +145,9 @@ class Daemon:
                 self.metrics.leader.set(0)
                 return
             self.runtime.engine.follow_transitions()
+        except FencedError as exc:  # deposed since the check above: the listing was not sent
+            _log.warning("follow_fenced", reason=str(exc))
+            self.metrics.leader.set(0)
         except Exception:  # the books are redone by the next cycle; the daemon goes on
             _log.exception("follow_crashed")
         finally:

@@ -182,8 +182,17 @@ class LeaderElector:
             lapsed_s=round(db_now - expires_at, 1),
             ending_sessions=pids,
         )
-        for pid in pids:
-            conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        try:
+            for pid in pids:
+                conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        except psycopg.errors.InsufficientPrivilege:
+            _log.error(
+                "cannot_take_over",
+                election=self.election,
+                reason="not allowed to end the frozen leader's session: run every replica as the same"
+                " database role, or grant it pg_signal_backend",
+            )
+            return False
         deadline = time.monotonic() + _TAKEOVER_WAIT_S
         while time.monotonic() < deadline:
             if self._try_lock(conn):
