@@ -234,3 +234,32 @@ def test_a_rate_limited_call_still_ends_by_its_deadline_on_the_real_clock() -> N
         client.list_instances()
     assert time.monotonic() - started < 0.5
     assert not isinstance(CallNotSentError("x", "y"), RateLimitedError)
+
+
+def test_the_hook_runs_before_a_retry_after_back_off_too() -> None:
+    clock = ManualClock()
+    sent: list[str] = []
+    checked: list[float] = []
+
+    def failing(request: httpx.Request) -> httpx.Response:
+        sent.append(request.method)
+        return httpx.Response(503, json={"error": "maintenance"})
+
+    def check(operation: str) -> None:
+        checked.append(clock.now())
+        if len(checked) == 3:
+            raise Deposed("fenced before the third attempt")
+
+    client = TensorDockClient(
+        "http://td.invalid",
+        TOKEN,
+        clock=clock,
+        max_attempts=5,
+        backoff_initial_s=2.0,
+        transport=httpx.MockTransport(failing),
+        before_attempt=check,
+    )
+    with pytest.raises(Deposed):
+        client.delete_instance("i-1")  # idempotent: retried after a back-off sleep
+    assert sent == ["DELETE", "DELETE"]
+    assert checked[1] > checked[0] and checked[2] > checked[1]  # each check came after its back-off
