@@ -4,6 +4,7 @@ proxy that notes when each API request arrives (which replica called, and when).
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 import time
 import uuid
@@ -108,3 +109,18 @@ class CountingProxy:
     def stop(self) -> None:
         self._server.stop()
         self._http.close()
+
+
+_LAUNCH = (
+    "import ctypes, runpy, signal, sys; "
+    "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL); "  # PR_SET_PDEATHSIG
+    "sys.argv[0] = 'tensordock-autoscaler'; "
+    "runpy.run_module('autoscaler.cli', run_name='__main__')"
+)
+
+
+def daemon_command(*args: str) -> list[str]:
+    """`python -m autoscaler.cli ARGS`, except that the kernel SIGKILLs the daemon if the test
+    process dies first (a runner's timeout, a SIGKILL), so none outlives its test even when
+    `finally` never runs. Set in the child itself: preexec_fn is unsafe in a threaded test."""
+    return [sys.executable, "-c", _LAUNCH, *args]

@@ -8,7 +8,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +19,7 @@ from autoscaler.testing import free_port
 from ..conftest import TOKEN
 from ..rawhttp import raw_server, read_request, reply
 from .conftest import CONFIG, RunningDaemon
+from .pgtools import daemon_command
 
 
 def answering(status: str, headers: dict[str, str]) -> Callable[[socket.socket], None]:
@@ -58,7 +58,7 @@ def test_sigterm_during_an_api_outage_exits_at_once_and_starts_no_new_attempt(
         env = {k: v for k, v in os.environ.items() if not k.startswith("TDAS_")}
         with (tmp_path / "daemon.log").open("wb") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "autoscaler.cli", "run", "--config", str(config)],
+                daemon_command("run", "--config", str(config)),
                 stdout=subprocess.DEVNULL,
                 stderr=log,
                 env=env,

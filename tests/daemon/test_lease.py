@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from autoscaler.testing import free_port
 from ..conftest import TOKEN
 from ..core.conftest import pg_store_url  # noqa: F401 - the fixture
 from .conftest import CONFIG
-from .pgtools import CountingProxy
+from .pgtools import CountingProxy, daemon_command
 from .test_ha import leader_flags, wait_for
 
 
@@ -114,7 +113,7 @@ def cluster(tmp_path: Path, pg_store_url: str) -> Iterator[Cluster]:  # noqa: F8
             env = {k: v for k, v in os.environ.items() if not k.startswith("TDAS_")}
             with (tmp_path / f"replica-{n}.log").open("wb") as log:
                 process = subprocess.Popen(
-                    [sys.executable, "-m", "autoscaler.cli", "run", "--config", str(config)],
+                    daemon_command("run", "--config", str(config)),
                     stdout=subprocess.DEVNULL,
                     stderr=log,
                     env=env,

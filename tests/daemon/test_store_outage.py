@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +26,7 @@ from autoscaler.testing import free_port
 from ..conftest import TOKEN
 from ..signals.conftest import require_server
 from .conftest import CONFIG
-from .pgtools import PgRole
+from .pgtools import PgRole, daemon_command
 from .test_ha import leader_flags, wait_for
 
 
@@ -124,7 +123,7 @@ def test_the_daemon_says_not_ready_while_its_store_is_gone_and_acts_again_when_i
     env = {k: v for k, v in os.environ.items() if not k.startswith("TDAS_")}
     log = (tmp_path / "daemon.log").open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "autoscaler.cli", "run", "--config", str(config)],
+        daemon_command("run", "--config", str(config)),
         stdout=subprocess.DEVNULL,
         stderr=log,
         env=env,
