@@ -55,7 +55,7 @@ def session_options(role: str, connect_timeout_s: float) -> dict[str, Any]:
     return {
         "autocommit": True,
         "connect_timeout": max(1, round(connect_timeout_s)),
-        "application_name": f"tdas-{role}:{socket.gethostname()}:{os.getpid()}"[:63],
+        "application_name": f"tdas-{role}:{os.getpid()}:{socket.gethostname()}"[:63],
         "keepalives": 1,
         "keepalives_idle": 5,
         "keepalives_interval": 2,

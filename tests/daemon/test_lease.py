@@ -8,7 +8,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +27,7 @@ from ..conftest import TOKEN
 from ..core.conftest import pg_store_url  # noqa: F401 - the fixture
 from .conftest import CONFIG
 from .pgtools import CountingProxy, daemon_command
-from .test_ha import leader_flags, wait_for
+from .test_ha import leader_flags
 
 
 def pg_store(url: str) -> PostgresStore:
@@ -84,6 +84,19 @@ class Cluster:
     proxies: list[CountingProxy] = field(default_factory=list)
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     ports: list[int] = field(default_factory=list)
+    logs: list[Path] = field(default_factory=list)
+
+    def wait(self, predicate: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+        """`wait_for`, failing with the end of each replica's log, so a failure on a loaded CI says why."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            time.sleep(0.2)
+        tails = [
+            f"--- replica {n}:\n" + "\n".join(log.read_text().splitlines()[-15:]) for n, log in enumerate(self.logs)
+        ]
+        pytest.fail(f"timed out waiting for {what}\n" + "\n".join(tails))
 
     def demand(self, queued: int) -> None:
         self.signal_file.write_text(json.dumps({"queued": queued, "running": 0, "observed_at": time.time()}))
@@ -111,7 +124,8 @@ def cluster(tmp_path: Path, pg_store_url: str) -> Iterator[Cluster]:  # noqa: F8
             config = tmp_path / f"replica-{n}.toml"
             config.write_text(text)
             env = {k: v for k, v in os.environ.items() if not k.startswith("TDAS_")}
-            with (tmp_path / f"replica-{n}.log").open("wb") as log:
+            running.logs.append(tmp_path / f"replica-{n}.log")
+            with running.logs[-1].open("wb") as log:
                 process = subprocess.Popen(
                     daemon_command("run", "--config", str(config)),
                     stdout=subprocess.DEVNULL,
@@ -138,23 +152,23 @@ def test_sigstop_the_leader_past_its_lease_a_follower_leads_and_the_woken_leader
     pg_store_url: str,  # noqa: F811
 ) -> None:
     ports = cluster.ports
-    wait_for(lambda: sorted(f or 0 for f in leader_flags(ports)) == [0, 1], "one leader of two", timeout=60)
+    cluster.wait(lambda: sorted(f or 0 for f in leader_flags(ports)) == [0, 1], "one leader of two")
     cluster.demand(1)
-    wait_for(lambda: cluster.instances() == 1, "the leader's scale-up", timeout=60)
+    cluster.wait(lambda: cluster.instances() == 1, "the leader's scale-up")
     old = leader_flags(ports).index(1.0)
     new = 1 - old
     cluster.processes[old].send_signal(signal.SIGSTOP)  # frozen: its sessions and its lock stay
     stopped_at = time.monotonic()
-    wait_for(lambda: leader_flags([ports[new]]) == [1.0], "the follower to take over", timeout=60)
+    cluster.wait(lambda: leader_flags([ports[new]]) == [1.0], "the follower to take over")
     took_over_s = time.monotonic() - stopped_at
     print(f"takeover after SIGSTOP: {took_over_s:.1f}s (lease 3 s, interval 1 s)")
     assert took_over_s >= 1.0  # not before the lease could lapse: the lock was still held
     cluster.demand(2)
-    wait_for(lambda: cluster.instances() == 2, "the new leader's scale-up", timeout=60)
+    cluster.wait(lambda: cluster.instances() == 2, "the new leader's scale-up")
     time.sleep(2)  # the frozen one stays frozen well past its lease
     woke_at = time.monotonic()
     cluster.processes[old].send_signal(signal.SIGCONT)
-    wait_for(lambda: leader_flags([ports[old]]) == [0.0], "the woken leader to stand down", timeout=60)
+    cluster.wait(lambda: leader_flags([ports[old]]) == [0.0], "the woken leader to stand down")
     time.sleep(3)  # several of its intervals
     assert cluster.proxies[old].since(woke_at) == []  # not one request went out after it woke
     assert leader_flags(ports)[new] == 1.0 and cluster.instances() == 2
@@ -231,3 +245,53 @@ def test_the_lease_defaults_from_the_interval_and_must_outlast_a_cycle() -> None
     assert load_settings(None, leader_lease_s=45).lease_s == 45.0
     with pytest.raises(ConfigError, match=r"^leader_lease_s: .*not longer than scheduler.interval_s"):
         load_settings(None, leader_lease_s=20)
+
+
+def test_a_leader_cut_off_from_its_store_stands_down_before_the_follower_calls(
+    cluster: Cluster,
+    pg_store_url: str,  # noqa: F811
+) -> None:
+    """Every session of the leader's process is ended as soon as it opens (its store and its lock):
+    the follower takes over, and the cut-off leader's last call precedes the new leader's first."""
+    import threading
+
+    ports = cluster.ports
+    cluster.wait(lambda: sorted(f or 0 for f in leader_flags(ports)) == [0, 1], "one leader of two")
+    cluster.demand(1)
+    cluster.wait(lambda: cluster.instances() == 1, "the leader's scale-up")
+    old = leader_flags(ports).index(1.0)
+    new = 1 - old
+    pid = cluster.processes[old].pid
+    dsn, _ = split_schema(pg_store_url)
+    cutting = threading.Event()
+    cut: list[int] = []
+
+    def cut_off() -> None:
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            while not cutting.is_set():
+                rows = admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE %s",
+                    (f"tdas-%:{pid}:%",),
+                ).fetchall()
+                cut.append(len(rows))
+                time.sleep(0.05)
+
+    cutter = threading.Thread(target=cut_off, daemon=True)
+    cut_at = time.monotonic()
+    cutter.start()
+    try:
+        cluster.wait(lambda: leader_flags([ports[new]]) == [1.0], "the follower to take over")
+        cluster.demand(2)
+        cluster.wait(lambda: cluster.instances() == 2, "the new leader's scale-up")
+        assert leader_flags([ports[old]]) == [0.0]
+    finally:
+        cutting.set()
+        cutter.join(timeout=10)
+    assert sum(cut) >= 2  # its store and lock sessions were ended
+    old_calls = [at for at, _ in cluster.proxies[old].arrivals if at >= cut_at]
+    new_calls = [at for at, _ in cluster.proxies[new].arrivals if at >= cut_at]
+    assert new_calls
+    assert not old_calls or max(old_calls) < min(new_calls)  # never both at once
+    time.sleep(2)  # its sessions come back: it stays a follower, the new leader keeps its lease
+    assert leader_flags(ports)[old] == 0.0 and leader_flags(ports)[new] == 1.0
+    assert cluster.instances() == 2
