@@ -215,6 +215,9 @@ class Actuator:
             )
             try:
                 created = self.client.create_instance(request)
+            except FencedError as exc:  # the leader's check before the attempt refused it: nothing was sent
+                self.store.journal_outcome(entry, "failed", self.clock.now(), error=str(exc))
+                raise
             except (CapacityUnavailableError, BadRequestError) as exc:
                 # Capacity gone, a port taken, a shape over this host's limits: this offer, not the plan.
                 now = self.clock.now()
@@ -260,6 +263,9 @@ class Actuator:
                 self.client.stop_instance(instance_id)
             else:
                 self.client.delete_instance(instance_id)
+        except FencedError as exc:  # the leader's check before the attempt refused it: nothing was sent
+            self.store.journal_outcome(entry, "failed", self.clock.now(), error=str(exc))
+            raise
         except NotFoundError as exc:
             now = self.clock.now()
             if action.kind is ActionKind.DELETE:  # already gone: what we wanted

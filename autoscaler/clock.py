@@ -63,3 +63,30 @@ class ManualClock:
             raise ValueError("time cannot go backwards")
         with self._lock:
             self._now += seconds
+
+
+def real_seconds(clock: Clock, seconds: float) -> float:
+    """How long `seconds` on `clock` take on the wall: all of them, fewer when sped up, none in virtual time."""
+    if isinstance(clock, SystemClock):
+        return seconds
+    if isinstance(clock, ScaledClock):
+        return seconds / clock.speed
+    return 0.0
+
+
+def sleep_unless(clock: Clock, seconds: float, cancel: threading.Event | None) -> bool:
+    """Let `seconds` pass on `clock` unless `cancel` is set first (SIGTERM); False when cut short.
+
+    A real wait is an `Event.wait`, so setting the event ends it at once; virtual time just passes.
+    """
+    if cancel is None:
+        clock.sleep(seconds)
+        return True
+    if cancel.is_set():
+        return False
+    if seconds <= 0:
+        return True
+    if isinstance(clock, SystemClock | ScaledClock):
+        return not cancel.wait(real_seconds(clock, seconds))
+    clock.sleep(seconds)
+    return not cancel.is_set()

@@ -12,7 +12,16 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from autoscaler.durations import Seconds
@@ -57,6 +66,19 @@ class TensorDockSettings(_Section):
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"{value!r} is not an http(s) URL, e.g. https://dashboard.tensordock.com/api/v2")
         return value
+    # Every wait is bounded (DESIGN rule 14).
+    call_deadline_s: Seconds = Field(
+        default=60.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="seconds one call may take in all, retries and waits included",
+    )
+    retry_after_max_s: Seconds = Field(
+        default=300.0, gt=0, allow_inf_nan=False, description="a 429's Retry-After is waited at most this long, seconds"
+    )
+    max_reply_bytes: int = Field(
+        default=8 * 1024 * 1024, ge=1024, description="a longer reply is a failed call (read streamed), bytes"
+    )
 
     def resolved_token(self) -> SecretStr:
         if self.token is not None and self.token.get_secret_value():
@@ -231,6 +253,13 @@ class Settings(BaseSettings):
     leader_election: bool = Field(
         default=True, description="with a PostgreSQL store: one replica acts, the others stand by"
     )
+    leader_lease_s: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="seconds a leader's lease lasts unrenewed; a frozen leader is replaced after it lapses."
+        " Default: 3 x (scheduler.interval_s + jitter_s), at least 10",
+    )
     reap_orphans: bool = Field(default=False, description="delete prefix-named instances the store never created")
     unresolved_create_grace_s: float = Field(
         default=60.0,
@@ -241,6 +270,25 @@ class Settings(BaseSettings):
         default=3.0, gt=1, description="a rateHourly above this multiple of its offer's price is not believed"
     )
     detail: DetailSettings = DetailSettings()
+
+    @property
+    def lease_s(self) -> float:
+        """The leader's lease: long enough that a cycle or two late does not lose it."""
+        if self.leader_lease_s is not None:
+            return self.leader_lease_s
+        s = self.scheduler
+        return max(10.0, 3 * (s.interval_s + s.jitter_s))
+
+    @field_validator("leader_lease_s")
+    @classmethod
+    def _lease_outlasts_a_cycle(cls, value: float | None, info: ValidationInfo) -> float | None:
+        s = info.data.get("scheduler")
+        if value is not None and isinstance(s, SchedulerSettings) and value <= s.interval_s + s.jitter_s:
+            raise ValueError(
+                f"{value:g} is not longer than scheduler.interval_s + jitter_s ({s.interval_s + s.jitter_s:g});"
+                " the leader renews its lease once a cycle"
+            )
+        return value
 
     @field_validator("signal")
     @classmethod

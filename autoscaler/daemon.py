@@ -5,8 +5,10 @@
 - Between cycles, while a stop settles, the fleet is listed every
   `scheduler.transition_poll_s` for the books only (the ledger stops charging the full rate
   within a poll of the stop, not an interval); never during a cycle, never on a follower.
-- SIGTERM/SIGINT: the call in flight finishes and is journaled, no new call starts, exit 0
-  within `scheduler.shutdown_timeout_s`.
+- SIGTERM/SIGINT: the call in flight finishes and is journaled, every wait (rate limit,
+  Retry-After, back-off) is cut, no new call starts, exit 0 within `scheduler.shutdown_timeout_s`.
+- With a PostgreSQL store, leadership is a lock and a lease (see `leader.py`): the client checks
+  it right before each attempt; /readyz says 503 while the store cannot be reached.
 - SIGHUP: reload the configuration file; an invalid one is refused and the running one stays.
 - systemd Type=notify: READY once serving, STATUS with a one-line fleet summary, STOPPING on the way
   out. WATCHDOG pings come from a scheduler job every third of systemd's WATCHDOG_USEC while the
@@ -36,6 +38,7 @@ from autoscaler.metrics import CoreMetrics
 from autoscaler.runtime import Runtime, build_runtime
 from autoscaler.sdnotify import SystemdNotifier
 from autoscaler.store.postgres import PostgresStore
+from autoscaler.store.sql import FencedError
 
 _log = structlog.get_logger("autoscaler.daemon")
 _JOB_ID = "cycle"
@@ -87,7 +90,10 @@ class Daemon:
         self.runtime: Runtime = build_runtime(settings, metrics=self.metrics, **runtime_options)
         self.elector: LeaderElector | None = None
         if isinstance(self.runtime.store, PostgresStore) and settings.leader_election:
-            self.elector = LeaderElector(settings.store.url, settings.fleet.name_prefix, self.runtime.store)
+            self.elector = LeaderElector(
+                settings.store.url, settings.fleet.name_prefix, self.runtime.store, lease_s=settings.lease_s
+            )
+        self._wire(self.runtime)
         self.notifier = SystemdNotifier()
         self._cycle_lock = threading.Lock()
         self._stop = threading.Event()
@@ -107,9 +113,24 @@ class Daemon:
         _port_free(settings.metrics.host, settings.metrics.port)
         self.endpoints = Endpoints(self.metrics.registry, self.readiness, settings.metrics.host, settings.metrics.port)
 
+    def _wire(self, runtime: Runtime) -> None:
+        """Every attempt the client puts on the wire is first checked against the lease and fencing."""
+        if self.elector is not None:
+            runtime.client.before_attempt = self.elector.check_before_call
+
     # -- health -------------------------------------------------------------------------------
 
+    def store_problem(self) -> str | None:
+        """Why the store cannot be used now (its session dropped and is not back), if it cannot."""
+        problem: str | None = getattr(self.runtime.store, "problem", None)
+        if problem is None and self.elector is not None:
+            problem = self.elector.problem
+        return problem
+
     def readiness(self) -> tuple[bool, str]:
+        problem = self.store_problem()
+        if problem is not None:
+            return False, f"store unavailable: {problem}"
         window = 3 * self.settings.scheduler.interval_s
         if self._last_success is None:
             return False, "no successful cycle yet"
@@ -160,6 +181,9 @@ class Daemon:
         if self.elector is not None:
             leading = self.elector.ensure()
             self.metrics.leader.set(1 if leading else 0)
+            if not leading and self.elector.problem is not None:  # cut off from the store: not ready to lead
+                self.notifier.notify(STATUS=f"standby: {self.elector.problem}")
+                return None
             if not leading:  # a follower: ready to take over, acting on nothing
                 self._last_success = time.time()
                 self.notifier.notify(STATUS="standby: another replica leads")
@@ -167,6 +191,10 @@ class Daemon:
         with self._cycle_lock:
             try:
                 report = self.runtime.engine.run_cycle()
+            except FencedError as exc:  # deposed during the cycle (lease lapsed, lock gone): nothing was sent
+                _log.warning("cycle_fenced", reason=str(exc))
+                self.metrics.leader.set(0)
+                return None
             except Exception:  # a bug in a cycle must not end the daemon; the next one runs
                 _log.exception("cycle_crashed")
                 self.metrics.cycles.labels("crash").inc()
@@ -186,6 +214,9 @@ class Daemon:
                 self.metrics.leader.set(0)
                 return
             self.runtime.engine.follow_transitions()
+        except FencedError as exc:  # deposed since the check above: the listing was not sent
+            _log.warning("follow_fenced", reason=str(exc))
+            self.metrics.leader.set(0)
         except Exception:  # the books are redone by the next cycle; the daemon goes on
             _log.exception("follow_crashed")
         finally:
@@ -218,6 +249,7 @@ class Daemon:
         old_level = self.settings.log.level
         with self._cycle_lock:
             old = self.runtime
+            self._wire(new_runtime)
             self.runtime, self.settings = new_runtime, new_settings
             old.client.close()
             signal_close = getattr(old.engine.signal, "close", None)
@@ -319,13 +351,13 @@ class Daemon:
     def shutdown(self) -> int:
         self.notifier.notify(STOPPING="1", STATUS="stopping: finishing the call in flight")
         _log.info("stopping")
-        self.runtime.stopping.set()  # the actuator starts no new call
-        if self.elector is not None:
-            self.elector.step_down()
+        self.runtime.stopping.set()  # every wait of the client ends now; the actuator starts no new call
         self.scheduler.shutdown(wait=False)
         clean = self._cycle_lock.acquire(timeout=self.settings.scheduler.shutdown_timeout_s)
         if not clean:
             _log.error("shutdown_timeout", waited_s=self.settings.scheduler.shutdown_timeout_s)
+        if self.elector is not None:  # after the call in flight: nobody else leads while it may still land
+            self.elector.step_down()
         self.endpoints.stop()
         self.runtime.close()
         _log.info("stopped", clean=clean)

@@ -1,69 +1,201 @@
-"""Leader election on PostgreSQL, for replicas sharing one store.
+"""Leader election on PostgreSQL, for replicas sharing one store: a lock and a lease (DESIGN rule 15).
 
-The leader holds a session-level advisory lock on a connection of its own: if the process dies
-or its connection is cut, PostgreSQL releases the lock and another replica takes it at its next
-cycle. Each new leader bumps a fencing token in the `leadership` table; every journal intent is
-written only while its token is still current, so a deposed leader's late call never happens.
+- The leader holds a session-level advisory lock on a connection of its own: if the process dies
+  or that session is cut, PostgreSQL releases the lock and another replica takes it at its next
+  cycle (fast failover after a crash).
+- The lock alone cannot tell a frozen leader (SIGSTOP, a wedged cycle) from a live one, so
+  leadership is also a lease: the `leadership` row's `expires_at`, renewed by the leader at each
+  cycle and before each API call. Once it has lapsed (on the database's clock), a follower ends
+  the holder's session, so its lock goes with it, and takes over.
+- A leader whose lease has lapsed on its own (monotonic) clock, whose lock session is gone, or
+  whose store does not answer stands down and makes no call: `check_before_call` is run by the
+  client right before each attempt goes on the wire, retries and waits included.
+- Each new leader bumps the fencing token; journal intents are written only while it is current.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
+import socket
+import threading
+import time
+from typing import Any
 
 import psycopg
 import structlog
 from psycopg import sql
 
-from autoscaler.store.postgres import PostgresStore, split_schema
+from autoscaler.store.postgres import PostgresStore, first_line, session_options, split_schema
+from autoscaler.store.sql import FencedError
 
 _log = structlog.get_logger("autoscaler.leader")
 
+_DB_NOW = "EXTRACT(EPOCH FROM clock_timestamp())::float8"
+_TAKEOVER_WAIT_S = 2.0  # for the ended session's lock to be released
+
 
 class LeaderElector:
-    def __init__(self, url: str, election: str, store: PostgresStore) -> None:
+    def __init__(self, url: str, election: str, store: PostgresStore, *, lease_s: float = 90.0) -> None:
+        if not lease_s > 0:
+            raise ValueError(f"lease_s must be positive, not {lease_s!r}")
         self._dsn, self._schema = split_schema(url)
         self.election = election
         self._key = int.from_bytes(hashlib.sha256(f"tdas:{election}".encode()).digest()[:8], "big", signed=True)
+        unsigned = self._key & 0xFFFF_FFFF_FFFF_FFFF
+        self._lock_ids = (unsigned >> 32, unsigned & 0xFFFF_FFFF)  # how pg_locks shows a bigint key
         self._store = store
-        self._conn: psycopg.Connection | None = None
+        self.lease_s = lease_s
+        self.holder = f"{socket.gethostname()}:{os.getpid()}"
+        self._conn: psycopg.Connection[Any] | None = None
+        self._renewed_at: float | None = None  # monotonic time just before the last renewal was sent
+        self._mutex = threading.RLock()
         self.token: int | None = None
+        self.problem: str | None = None  # why this replica cannot lead (store unreachable); for /readyz
 
     @property
     def is_leader(self) -> bool:
         return self.token is not None
 
+    # -- each cycle ---------------------------------------------------------------------------------
+
     def ensure(self) -> bool:
-        """Called before every cycle: keep leadership if the lock's session is alive, else try to take it."""
-        try:
-            if self._conn is None or self._conn.closed:
-                self._conn = psycopg.connect(self._dsn, autocommit=True, connect_timeout=5)
-                self._conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self._schema)))
-            if self.token is not None:
-                self._conn.execute("SELECT 1")  # the session lives, so the lock is still ours
-                return True
-            row = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (self._key,)).fetchone()
-            if not row or not row[0]:
+        """Called before every cycle: renew the lease if we lead, else try to take leadership."""
+        with self._mutex:
+            try:
+                self._store.ping()  # leadership needs a live store: a leader cut off from it stands down
+                conn = self._connection()
+                if self.token is not None:
+                    self._renew(conn, "cycle")
+                    self.problem = None
+                    return True
+                self.problem = None
+                return self._acquire(conn)
+            except FencedError as exc:
+                _log.warning("lost_leadership", election=self.election, reason=str(exc))
+                self.step_down()
                 return False
-            bumped = self._conn.execute(
-                "INSERT INTO leadership (name, token) VALUES (%s, 1)"
-                " ON CONFLICT (name) DO UPDATE SET token = leadership.token + 1 RETURNING token",
-                (self.election,),
-            ).fetchone()
-            assert bumped is not None
-            self.token = int(bumped[0])
-            self._store.fencing = (self.election, self.token)
-            _log.info("became_leader", election=self.election, fencing_token=self.token)
-            return True
-        except psycopg.Error as exc:
-            if self.token is not None:
-                _log.warning("lost_leadership", election=self.election, reason=str(exc).strip()[:200])
-            self.step_down()
-            return False
+            except psycopg.Error as exc:
+                self.problem = f"store unreachable: {first_line(exc)}"
+                if self.token is not None:
+                    _log.warning("lost_leadership", election=self.election, reason=self.problem)
+                self.step_down()
+                return False
+
+    def check_before_call(self, operation: str) -> None:
+        """The client's hook, right before an attempt goes on the wire: raise FencedError unless we
+        still lead under a lease that has not lapsed; renewing it proves the lock session lives."""
+        with self._mutex:
+            if self.token is None:
+                raise FencedError(f"{operation}: not sent: this replica is not the leader")
+            try:
+                self._renew(self._connection(), operation)
+            except FencedError as exc:
+                _log.warning("lost_leadership", election=self.election, reason=str(exc), operation=operation)
+                self.step_down()
+                raise
+            except psycopg.Error as exc:
+                reason = f"{operation}: not sent: the leader's session is gone ({first_line(exc)})"
+                _log.warning("lost_leadership", election=self.election, reason=reason)
+                self.step_down()
+                raise FencedError(reason) from None
 
     def step_down(self) -> None:
-        self.token = None
-        if self._conn is not None:
-            with contextlib.suppress(psycopg.Error):
-                self._conn.close()
-        self._conn = None
+        """Close the lock's session: PostgreSQL releases the lock, a follower takes it."""
+        with self._mutex:
+            self.token = None
+            self._renewed_at = None  # the store keeps the old token: a stray intent is refused, not unfenced
+            if self._conn is not None:
+                with contextlib.suppress(psycopg.Error):
+                    self._conn.close()
+            self._conn = None
+
+    # -- the machinery ------------------------------------------------------------------------------
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            if self.token is not None:  # the lock went with the old session
+                raise FencedError(f"the session holding the lock of {self.election!r} is gone")
+            self._conn = psycopg.connect(self._dsn, **session_options("leader", 5.0))
+            self._conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self._schema)))
+        return self._conn
+
+    def _renew(self, conn: psycopg.Connection[Any], why: str) -> None:
+        """Extend our lease, if it has not lapsed and our token is still current; else FencedError."""
+        assert self.token is not None
+        now = time.monotonic()
+        if self._renewed_at is None or now - self._renewed_at >= self.lease_s:
+            lapsed = "never held" if self._renewed_at is None else f"{now - self._renewed_at - self.lease_s:.1f}s ago"
+            raise FencedError(f"{why}: not sent: the lease of {self.election!r} lapsed {lapsed} (frozen?)")
+        row = conn.execute(
+            f"UPDATE leadership SET expires_at = {_DB_NOW} + %s"  # noqa: S608
+            f" WHERE name = %s AND token = %s AND expires_at > {_DB_NOW} RETURNING token",
+            (self.lease_s, self.election, self.token),
+        ).fetchone()
+        if row is None:
+            raise FencedError(f"{why}: not sent: token {self.token} of {self.election!r} is no longer current")
+        self._renewed_at = now  # taken before the UPDATE: our idea of the expiry is never later than the database's
+
+    def _acquire(self, conn: psycopg.Connection[Any]) -> bool:
+        if not self._try_lock(conn) and not self._take_over_lapsed(conn):
+            return False
+        started = time.monotonic()
+        bumped = conn.execute(
+            f"INSERT INTO leadership (name, token, expires_at, holder) VALUES (%s, 1, {_DB_NOW} + %s, %s)"  # noqa: S608
+            " ON CONFLICT (name) DO UPDATE SET token = leadership.token + 1, expires_at = excluded.expires_at,"
+            " holder = excluded.holder RETURNING token",
+            (self.election, self.lease_s, self.holder),
+        ).fetchone()
+        assert bumped is not None
+        self.token = int(bumped[0])
+        self._renewed_at = started
+        self._store.fencing = (self.election, self.token)
+        _log.info("became_leader", election=self.election, fencing_token=self.token, lease_s=self.lease_s)
+        return True
+
+    def _try_lock(self, conn: psycopg.Connection[Any]) -> bool:
+        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (self._key,)).fetchone()
+        return bool(row and row[0])
+
+    def _take_over_lapsed(self, conn: psycopg.Connection[Any]) -> bool:
+        """The lock is held; if its holder's lease has lapsed, end the holder's session and take the lock."""
+        row = conn.execute(
+            f"SELECT expires_at, {_DB_NOW}, holder FROM leadership WHERE name = %s",  # noqa: S608
+            (self.election,),
+        ).fetchone()
+        if row is None or row[0] is None or row[0] > row[1]:
+            return False  # a live leader (or one from before leases, whose lock still speaks for it)
+        expires_at, db_now, holder = row
+        pids = [
+            pid
+            for (pid,) in conn.execute(
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1"
+                " AND classid::bigint = %s AND objid::bigint = %s AND pid <> pg_backend_pid()",
+                self._lock_ids,
+            ).fetchall()
+        ]
+        _log.warning(
+            "taking_over_lapsed_lease",
+            election=self.election,
+            holder=holder,
+            lapsed_s=round(db_now - expires_at, 1),
+            ending_sessions=pids,
+        )
+        try:
+            for pid in pids:
+                conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        except psycopg.errors.InsufficientPrivilege:
+            _log.error(
+                "cannot_take_over",
+                election=self.election,
+                reason="not allowed to end the frozen leader's session: run every replica as the same"
+                " database role, or grant it pg_signal_backend",
+            )
+            return False
+        deadline = time.monotonic() + _TAKEOVER_WAIT_S
+        while time.monotonic() < deadline:
+            if self._try_lock(conn):
+                return True
+            time.sleep(0.05)
+        return False

@@ -93,6 +93,7 @@ def build_runtime(
         raise ConfigError(str(exc)) from None
     metrics = metrics or CoreMetrics()
     metrics.prime(spec.name for spec in settings.policies)
+    stopping = threading.Event()  # SIGTERM: cuts the client's waits, the actuator starts no new call
     client = TensorDockClient(
         td.base_url,
         token,
@@ -103,13 +104,16 @@ def build_runtime(
         connect_timeout_s=td.connect_timeout_s,
         read_timeout_s=td.read_timeout_s,
         create_timeout_s=td.create_timeout_s,
+        call_deadline_s=td.call_deadline_s,
+        retry_after_max_s=td.retry_after_max_s,
+        max_reply_bytes=td.max_reply_bytes,
+        cancel=stopping,
         transport=transport,
         max_attempts=td.max_attempts,
         backoff_initial_s=td.backoff_initial_s,
         observer=metrics,
     )
     state = store if store is not None else open_configured_store(settings.store.url)
-    stopping = threading.Event()
     fleet = settings.fleet
     actuator = Actuator(
         client,

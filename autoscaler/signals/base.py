@@ -20,6 +20,27 @@ class SignalError(Exception):
     """A read failed; the cycle holds (DESIGN rule 4). The message names the source and why."""
 
 
+DEFAULT_MAX_FUTURE_SKEW_S = 30.0
+
+
+def future_stamp_problem(stamp: float, now: float, max_skew_s: float) -> str | None:
+    """Why a time stamp that lies ahead of `now` by more than `max_skew_s` cannot be believed.
+
+    A stamp in the future is never stale, so one written in milliseconds (or by a clock far
+    ahead) would count as fresh forever; the reason names the likely unit mistake.
+    """
+    ahead = stamp - now
+    if ahead <= max_skew_s:
+        return None
+    if now > 0 and 500 <= stamp / now <= 2000:
+        hint = "it looks like milliseconds; write seconds since the epoch"
+    elif now > 0 and stamp / now >= 500_000:
+        hint = "it looks like microseconds or nanoseconds; write seconds since the epoch"
+    else:
+        hint = "the writer's clock or unit is wrong"
+    return f"time stamp {stamp:.17g} is {ahead:.0f}s in the future (more than {max_skew_s:g}s): {hint}"
+
+
 @dataclass(frozen=True)
 class Demand:
     """Queued and running jobs when observed; `busy` maps instance name to whether it runs a job."""
@@ -140,6 +161,7 @@ class SignalSource:
 
     kind: ClassVar[str] = "unnamed"
     Options: ClassVar[type[SourceOptions]] = SourceOptions
+    max_future_skew_s: float = DEFAULT_MAX_FUTURE_SKEW_S  # set from signal.max_future_skew_s
 
     def __init__(self, options: SourceOptions, name: str | None = None) -> None:
         self.options = options

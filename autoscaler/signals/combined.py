@@ -2,16 +2,70 @@
 
 If any source fails, the combined demand is unknown and the cycle holds: a partial sum would
 look like a drop in demand and trigger exactly the scale-down rule 4 forbids.
+
+Every read is bounded (DESIGN rule 14): each source reads on a thread of its own and the cycle
+waits at most its `timeout_s` (plus a second's grace for the source's own timeout to speak), so
+a source that blocks (a FIFO with no writer, a server that never answers) fails the read, not
+the daemon. A demand stamped further in the future than `max_future_skew_s` is refused.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Literal
 
-from .base import Demand, SignalError, SignalSource
+from .base import DEFAULT_MAX_FUTURE_SKEW_S, Demand, SignalError, SignalSource, future_stamp_problem
+
+_GRACE_S = 1.0
+
+
+@dataclass
+class _Job:
+    read: Callable[[], Demand]
+    done: threading.Event = field(default_factory=threading.Event)
+    value: Demand | None = None
+    error: BaseException | None = None
+
+
+class _BoundedReader:
+    """One source's reads on one thread of its own (a client bound to a thread stays on it)."""
+
+    def __init__(self, name: str) -> None:
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._current: _Job | None = None
+        self._thread = threading.Thread(target=self._loop, name=f"signal-{name}", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            try:
+                job.value = job.read()
+            except BaseException as exc:  # handed to the cycle's thread, which decides
+                job.error = exc
+            job.done.set()
+
+    def read(self, source: SignalSource, now: float) -> Demand:
+        timeout = float(getattr(source.options, "timeout_s", 5.0))
+        if self._current is not None and not self._current.done.is_set():
+            raise SignalError(
+                f"{source.name}: the previous read has not ended (timeout_s {timeout:g}); not asked again"
+            )
+        job = _Job(lambda: source.read(now))
+        self._current = job
+        self._jobs.put(job)
+        if not job.done.wait(timeout + _GRACE_S):
+            raise SignalError(f"{source.name}: no answer within timeout_s ({timeout:g}s)")
+        if job.error is not None:
+            raise job.error
+        assert job.value is not None
+        return job.value
+
+    def close(self) -> None:
+        self._jobs.put(None)
 
 
 @dataclass(frozen=True)
@@ -28,11 +82,21 @@ class SourceReading:
 
 
 class CombinedSignal:
-    def __init__(self, sources: Sequence[SignalSource], combine: Literal["sum", "max"] = "sum") -> None:
+    def __init__(
+        self,
+        sources: Sequence[SignalSource],
+        combine: Literal["sum", "max"] = "sum",
+        *,
+        max_future_skew_s: float = DEFAULT_MAX_FUTURE_SKEW_S,
+    ) -> None:
         if not sources:
             raise ValueError("at least one demand source is required")
         self.sources = list(sources)
         self.combine = combine
+        self.max_future_skew_s = max_future_skew_s
+        for source in self.sources:
+            source.max_future_skew_s = max_future_skew_s
+        self._readers: dict[int, _BoundedReader] = {}
         self.name = sources[0].name if len(sources) == 1 else f"{combine}({','.join(s.name for s in sources)})"
         self.readings: list[SourceReading] = []
 
@@ -43,7 +107,7 @@ class CombinedSignal:
         for source in self.sources:
             started = time.perf_counter()
             try:
-                demand = source.read(now)
+                demand = self._read(source, now)
             except SignalError as exc:
                 failures.append(str(exc))
                 readings.append(
@@ -89,6 +153,19 @@ class CombinedSignal:
             source=self.name,
         )
 
+    def _read(self, source: SignalSource, now: float) -> Demand:
+        reader = self._readers.get(id(source))
+        if reader is None:
+            reader = self._readers[id(source)] = _BoundedReader(source.name)
+        demand = reader.read(source, now)
+        problem = future_stamp_problem(demand.observed_at, now, self.max_future_skew_s)
+        if problem is not None:
+            raise SignalError(f"{source.name}: observed_at {problem}")
+        return demand
+
     def close(self) -> None:
+        for reader in self._readers.values():
+            reader.close()
+        self._readers.clear()
         for source in self.sources:
             source.close()

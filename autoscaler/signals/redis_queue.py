@@ -1,7 +1,9 @@
 """Redis: plain lists, RQ and Celery queues, sorted sets, streams; busy workers from a heartbeat hash.
 
 Workers write `HSET <heartbeat_key> <instance name> "busy:<unix time>"` (or `idle:`); entries
-older than `heartbeat_ttl_s` are ignored, so a dead worker is never taken for a busy one.
+older than `heartbeat_ttl_s` are ignored, so a dead worker is never taken for a busy one. So are
+entries stamped further in the future than `signal.max_future_skew_s` (milliseconds, say): one
+would otherwise never age, and its worker would look busy forever.
 """
 
 from __future__ import annotations
@@ -9,11 +11,14 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import redis
+import structlog
 from pydantic import Field, model_validator
 
 from autoscaler.durations import Seconds
 
-from .base import Demand, Secret, SignalError, SignalSource, SourceOptions
+from .base import Demand, Secret, SignalError, SignalSource, SourceOptions, future_stamp_problem
+
+_log = structlog.get_logger("autoscaler.signals")
 
 
 class RedisOptions(SourceOptions):
@@ -51,9 +56,14 @@ class RedisSignal(SignalSource):
         for instance, value in self._redis.hgetall(key).items():
             state, _, stamp = str(value).partition(":")
             try:
-                fresh = now - float(stamp) <= self.options.heartbeat_ttl_s
+                at = float(stamp)
             except ValueError:
                 continue
+            problem = future_stamp_problem(at, now, self.max_future_skew_s)
+            if problem is not None:  # not evidence of anything: the worker counts as unheard
+                _log.warning("heartbeat_refused", source=self.name, instance=instance, problem=problem)
+                continue
+            fresh = now - at <= self.options.heartbeat_ttl_s
             if fresh and state in ("busy", "idle"):
                 busy[instance] = state == "busy"
         return busy

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .base import SignalSource
+from .base import DEFAULT_MAX_FUTURE_SKEW_S, SignalSource
 from .combined import CombinedSignal
 from .static import FileSignal, StaticSignal
 
@@ -28,6 +28,12 @@ class SignalSettings(BaseModel):
     combine: Literal["sum", "max"] = Field(default="sum", description="how several sources add up: sum or max")
     sources: list[SignalSpec] = Field(
         default_factory=lambda: [SignalSpec(kind="static")], description="demand sources: kind, name, options"
+    )
+    max_future_skew_s: float = Field(
+        default=DEFAULT_MAX_FUTURE_SKEW_S,
+        gt=0,
+        le=3600,
+        description="an observed_at or heartbeat further ahead than this is refused (a unit mistake), seconds",
     )
 
 
@@ -68,4 +74,4 @@ def build_signal(settings: SignalSettings) -> CombinedSignal:
             sources.append(FileSignal(options, name))
         else:
             sources.append(cls(options, name))
-    return CombinedSignal(sources, settings.combine)
+    return CombinedSignal(sources, settings.combine, max_future_skew_s=settings.max_future_skew_s)

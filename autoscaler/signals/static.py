@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import select
+import stat
+import time
 from pathlib import Path
 from typing import Any
 
@@ -68,9 +72,37 @@ class FileSignal(SignalSource):
         super().__init__(options, name)
         self.path = options.path
 
+    def _read_bytes(self) -> bytes:
+        """The file's bytes, never blocking past `timeout_s`: a FIFO is opened without waiting for a
+        writer and read only while data comes, so one with no writer fails the read instead of the cycle."""
+        fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                os.set_blocking(fd, True)
+                with os.fdopen(os.dup(fd), "rb") as handle:
+                    return handle.read()
+            deadline = time.monotonic() + self.options.timeout_s
+            chunks: list[bytes] = []
+            while True:
+                try:
+                    chunk = os.read(fd, 65536)
+                except BlockingIOError:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise TimeoutError(
+                            f"no complete document within timeout_s ({self.options.timeout_s:g}s)"
+                        ) from None
+                    select.select([fd], [], [], left)
+                    continue
+                if not chunk:
+                    return b"".join(chunks)
+                chunks.append(chunk)
+        finally:
+            os.close(fd)
+
     def read(self, now: float) -> Demand:
         try:
-            data: Any = json.loads(self.path.read_text())
+            data: Any = json.loads(self._read_bytes())
             return Demand(
                 queued_jobs=whole_count(data["queued"], "queued"),
                 running_jobs=whole_count(data.get("running", 0), "running"),

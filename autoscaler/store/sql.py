@@ -16,7 +16,7 @@ from autoscaler.snapshot import OwnedShape, Spend
 
 from .base import JournalEntry, OwnedRecord
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 def schema(float_type: str, serial: str) -> dict[int, list[str]]:
@@ -50,6 +50,10 @@ def schema(float_type: str, serial: str) -> dict[int, list[str]]:
             f"ALTER TABLE instances ADD COLUMN detail_at {f}",
             f"ALTER TABLE instances ADD COLUMN absent_since {f}",
             "ALTER TABLE journal ADD COLUMN shape TEXT",
+        ],
+        4: [  # leadership is a lease (DESIGN rule 15): renewed by the leader, lapsed when it freezes
+            f"ALTER TABLE leadership ADD COLUMN expires_at {f}",
+            "ALTER TABLE leadership ADD COLUMN holder TEXT",
         ],
     }
 

@@ -3,21 +3,33 @@
 Synchronous httpx, one shared token bucket, tenacity for jittered exponential back-off on calls
 that are safe to repeat. `create_instance` is retried only when the server certainly did not act
 (429, or no connection made); after an unknown outcome the caller looks the name up instead.
+
+Every wait is bounded (DESIGN rule 14): a call, retries and waits included, ends by its
+`call_deadline_s` (each socket read and connect is clamped to what is left of it, so a reply
+trickled a byte at a time fails too); Retry-After is clamped to `retry_after_max_s`; a reply is
+read streamed and refused past `max_reply_bytes`; setting `cancel` (SIGTERM) cuts the bucket's
+wait and the back-off sleep, and no new attempt starts. `before_attempt` is called right before
+each attempt goes on the wire, retries included: the daemon checks its lease and fencing there.
 """
 
 from __future__ import annotations
 
 import email.utils
+import json as jsonlib
+import math
+import threading
 import time
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
+import httpcore
 import httpx
 import structlog
 from pydantic import SecretStr
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponential_jitter
 
 from autoscaler import __version__
-from autoscaler.clock import Clock, SystemClock
+from autoscaler.clock import Clock, SystemClock, real_seconds, sleep_unless
 
 from . import wire
 from .errors import (
@@ -70,20 +82,37 @@ class _NullObserver:
         pass
 
 
-def _retry_after_seconds(response: httpx.Response, body: object) -> float | None:
+class CallNotSentError(TensorDockError):
+    """The call was given up before it went on the wire (shutting down, or its deadline would
+    pass while waiting for the rate limit): the server certainly did not act."""
+
+
+def _retry_after_seconds(response: httpx.Response, body: object, ceiling: float) -> float | None:
+    """Seconds the server asks to wait, clamped to [0, ceiling]; None when it says nothing usable.
+
+    `inf`, `1e9` and the like wait the ceiling; garbage (or NaN) counts as not said.
+    """
+    value: float | None = None
     header = response.headers.get("Retry-After")
     if header:
         try:
-            return max(0.0, float(header))
+            value = float(header)
         except ValueError:
-            parsed = email.utils.parsedate_to_datetime(header)
+            try:
+                parsed = email.utils.parsedate_to_datetime(header)
+            except (TypeError, ValueError, IndexError, OverflowError):
+                parsed = None
             if parsed is not None:
-                return max(0.0, parsed.timestamp() - time.time())
-    if isinstance(body, dict):
+                value = parsed.timestamp() - time.time()
+    if value is None and isinstance(body, dict):
         for key in ("retry_after", "retryAfter"):
-            if isinstance(body.get(key), int | float):
-                return float(body[key])
-    return None
+            candidate = body.get(key)
+            if isinstance(candidate, int | float) and not isinstance(candidate, bool):
+                value = float(candidate)
+                break
+    if value is None or math.isnan(value):
+        return None
+    return min(max(0.0, value), ceiling)
 
 
 def _retry_safe(exc: TensorDockError, idempotent: bool) -> bool:
@@ -107,6 +136,89 @@ def _error_for(operation: str, status: int, message: str) -> TensorDockError:
     return TensorDockError(operation, message, status)
 
 
+class _Deadline(threading.local):
+    """The wall-clock (monotonic) time by which the current thread's call must end, if any."""
+
+    at: float | None = None
+
+
+_deadline = _Deadline()
+
+
+def _left(timeout: float | None, error: type[Exception]) -> float:
+    """A socket operation's timeout, clamped to what is left of the call's deadline."""
+    at = _deadline.at
+    if at is None:
+        return math.inf if timeout is None else timeout
+    left = at - time.monotonic()
+    if left <= 0:
+        raise error("the call's deadline has passed")
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A socket whose every read and write ends by the call's deadline, not only by its own timeout."""
+
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self._inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, _left(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, _left(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None) -> Any:
+        return _DeadlineStream(
+            self._inner.start_tls(ssl_context, server_hostname, _left(timeout, httpcore.ConnectTimeout))
+        )
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    """httpcore's network backend with `_DeadlineStream` sockets."""
+
+    def __init__(self, inner: httpcore.NetworkBackend) -> None:
+        self._inner = inner
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        stream = self._inner.connect_tcp(
+            host, port, _left(timeout, httpcore.ConnectTimeout), local_address, socket_options
+        )
+        return _DeadlineStream(stream)
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.NetworkStream:
+        stream = self._inner.connect_unix_socket(path, _left(timeout, httpcore.ConnectTimeout), socket_options)
+        return _DeadlineStream(stream)
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+def _deadline_transport() -> httpx.HTTPTransport:
+    """httpx's own transport, its sockets bounded by the call's deadline (httpcore's backend hook)."""
+    transport = httpx.HTTPTransport()
+    pool = getattr(transport, "_pool", None)
+    backend = getattr(pool, "_network_backend", None)
+    if isinstance(backend, httpcore.NetworkBackend):
+        pool._network_backend = _DeadlineBackend(backend)  # type: ignore[union-attr]
+    return transport
+
+
 class TensorDockClient:
     """Typed access to the TensorDock Instances API v2; see the module docstring for retry rules."""
 
@@ -124,14 +236,22 @@ class TensorDockClient:
         connect_timeout_s: float = 5.0,
         read_timeout_s: float = 30.0,
         create_timeout_s: float = 120.0,
+        call_deadline_s: float = 60.0,
+        retry_after_max_s: float = 300.0,
+        max_reply_bytes: int = 8 * 1024 * 1024,
         max_attempts: int = 4,
         backoff_initial_s: float = 2.0,
         backoff_max_s: float = 30.0,
         transport: httpx.BaseTransport | None = None,
         observer: ApiObserver | None = None,
+        cancel: threading.Event | None = None,
+        before_attempt: Callable[[str], None] | None = None,
     ) -> None:
         if wire_format not in ("observed", "spec", "documented"):
             raise ValueError(f"wire_format must be 'documented', 'observed' or 'spec', not {wire_format!r}")
+        for label, value in (("call_deadline_s", call_deadline_s), ("retry_after_max_s", retry_after_max_s)):
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{label} must be a positive number of seconds, not {value!r}")
         self._token = token if isinstance(token, SecretStr) else SecretStr(token)
         if not self._token.get_secret_value():
             raise ValueError("a TensorDock API token is required (tensordock.token or tensordock.token_file)")
@@ -140,9 +260,16 @@ class TensorDockClient:
         self._clock = clock or SystemClock()
         self._bucket = bucket or TokenBucket(self._clock, rate_limit, rate_window_s, rate_burst)
         self._observer: ApiObserver = observer or _NullObserver()
+        self._read_timeout_s = read_timeout_s
+        self._connect_timeout_s = connect_timeout_s
+        self.call_deadline_s = call_deadline_s
+        self.retry_after_max_s = retry_after_max_s
+        self.max_reply_bytes = max_reply_bytes
+        self.cancel = cancel or threading.Event()
+        self.before_attempt = before_attempt
         self._http = httpx.Client(
             base_url=self.base_url,
-            transport=transport,
+            transport=transport or _deadline_transport(),
             timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s),
             headers={
                 "Authorization": f"Bearer {self._token.get_secret_value()}",
@@ -153,7 +280,7 @@ class TensorDockClient:
         self._backoff = wait_exponential_jitter(
             multiplier=backoff_initial_s, max=backoff_max_s, jitter=backoff_initial_s
         )
-        self._create_timeout = httpx.Timeout(create_timeout_s, connect=connect_timeout_s)
+        self._create_timeout_s = create_timeout_s
         self._max_attempts = max_attempts
         self._retrying = self._build_retrying()
 
@@ -194,7 +321,7 @@ class TensorDockClient:
             "/instances",
             json=wire.create_body(request, self.wire_format),
             idempotent=False,
-            timeout=self._create_timeout,  # creates are slow at TensorDock; a 30 s read would orphan many
+            read_timeout_s=self._create_timeout_s,  # creates are slow at TensorDock; a 30 s read orphans many
         )
         return wire.parse_instance_reply(body, "create_instance")
 
@@ -254,15 +381,17 @@ class TensorDockClient:
         idempotent: bool,
         json: dict[str, Any] | None = None,
         gone_ok_on_retry: bool = False,
-        timeout: httpx.Timeout | None = None,
+        read_timeout_s: float | None = None,
     ) -> object:
+        """`read_timeout_s` overrides the client's for this call, and stretches its deadline to fit."""
         attempts = 0
+        deadline = time.monotonic() + max(self.call_deadline_s, read_timeout_s or 0.0)
 
         def attempt() -> object:
             nonlocal attempts
             attempts += 1
             try:
-                return self._send_once(operation, method, path, json, timeout)
+                return self._send_once(operation, method, path, json, deadline, read_timeout_s=read_timeout_s)
             except NotFoundError:
                 if gone_ok_on_retry and attempts > 1:
                     return None
@@ -271,7 +400,12 @@ class TensorDockClient:
                 exc.retry_safe = _retry_safe(exc, idempotent)
                 raise
 
-        return self._retrying(attempt)
+        previous = _deadline.at
+        _deadline.at = deadline
+        try:
+            return self._retrying(attempt)
+        finally:
+            _deadline.at = previous
 
     def _build_retrying(self) -> Retrying:
         """Built once: tenacity's per-call cost stays small, and the policy lives in one place."""
@@ -284,6 +418,13 @@ class TensorDockClient:
             # a 429 without Retry-After backs off by the client's own schedule
             return float(self._backoff(state))
 
+        def stop(state: RetryCallState) -> bool:
+            """No attempt after the last, after SIGTERM, or when the back-off would end past the deadline."""
+            if state.attempt_number >= self._max_attempts or self.cancel.is_set():
+                return True
+            at = _deadline.at
+            return at is not None and time.monotonic() + real_seconds(self._clock, state.upcoming_sleep) >= at
+
         def log_retry(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
             _log.warning(
@@ -295,27 +436,54 @@ class TensorDockClient:
                 sleep_s=round(state.upcoming_sleep, 2),
             )
 
+        def sleep(seconds: float) -> None:
+            sleep_unless(self._clock, seconds, self.cancel)  # cut short: the next attempt is refused
+
         return Retrying(
-            stop=stop_after_attempt(self._max_attempts),
+            stop=stop,
             wait=wait,
             retry=retry_if_exception(lambda exc: getattr(exc, "retry_safe", False)),
-            sleep=self._clock.sleep,
+            sleep=sleep,
             before_sleep=log_retry,
             reraise=True,
         )
 
-    def _send_once(
-        self, operation: str, method: str, path: str, json: dict[str, Any] | None, timeout: httpx.Timeout | None
-    ) -> object:
-        waited = self._bucket.acquire()
+    def _wait_for_slot(self, operation: str, deadline: float) -> None:
+        """The rate limit's wait, bounded by the call's deadline and cut by `cancel`."""
+        if self.cancel.is_set():
+            raise CallNotSentError(operation, "not sent: shutting down")
+        left = deadline - time.monotonic()
+        wall_per_second = real_seconds(self._clock, 1.0)
+        max_wait = left / wall_per_second if wall_per_second > 0 else math.inf
+        waited = self._bucket.acquire(max_wait=max_wait, cancel=self.cancel)
+        if waited is None:
+            if self.cancel.is_set():
+                raise CallNotSentError(operation, "not sent: shutting down")
+            raise CallNotSentError(
+                operation, f"not sent: the rate limit's wait would pass the call's deadline ({self.call_deadline_s:g}s)"
+            )
         if waited > 0:
             self._observer.rate_limit_waited(waited)
+
+    def _send_once(
+        self,
+        operation: str,
+        method: str,
+        path: str,
+        json: dict[str, Any] | None,
+        deadline: float,
+        *,
+        read_timeout_s: float | None = None,
+    ) -> object:
+        self._wait_for_slot(operation, deadline)
+        if self.before_attempt is not None:
+            self.before_attempt(operation)  # raises (FencedError) when this process may no longer act
         started = time.perf_counter()
         outcome = "error"
         try:
-            response = self._exchange(operation, method, path, json, timeout)
+            response, raw = self._exchange(operation, method, path, json, deadline, read_timeout_s=read_timeout_s)
             outcome = str(response.status_code)
-            body = self._decode(operation, response)
+            body = self._decode(operation, response, raw)
             self._raise_for_error(operation, response, body)
             return body
         except TensorDockError as exc:
@@ -334,12 +502,38 @@ class TensorDockClient:
             )
 
     def _exchange(
-        self, operation: str, method: str, path: str, json: dict[str, Any] | None, timeout: httpx.Timeout | None
-    ) -> httpx.Response:
+        self,
+        operation: str,
+        method: str,
+        path: str,
+        json: dict[str, Any] | None,
+        deadline: float,
+        *,
+        read_timeout_s: float | None = None,
+    ) -> tuple[httpx.Response, bytes]:
+        """One request, its reply read streamed: at most `max_reply_bytes`, done by the deadline."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise CallNotSentError(operation, f"not sent: the call's deadline ({self.call_deadline_s:g}s) has passed")
+        read = read_timeout_s if read_timeout_s is not None else self._read_timeout_s
+        timeout = httpx.Timeout(min(read, left), connect=min(self._connect_timeout_s, left))
         try:
-            if timeout is None:
-                return self._http.request(method, path, json=json)
-            return self._http.request(method, path, json=json, timeout=timeout)
+            with self._http.stream(method, path, json=json, timeout=timeout) as response:
+                declared = response.headers.get("Content-Length", "")
+                if declared.isdigit() and int(declared) > self.max_reply_bytes:
+                    raise MalformedResponseError(operation, self._too_large(response, f"{int(declared)} bytes"))
+                chunks: list[bytes] = []
+                size = 0
+                for chunk in response.iter_bytes():
+                    size += len(chunk)
+                    if size > self.max_reply_bytes:
+                        raise MalformedResponseError(operation, self._too_large(response, "more"))
+                    if time.monotonic() > deadline:
+                        raise RequestTimeoutError(
+                            operation, f"reply from {self.base_url} not complete within {self.call_deadline_s:g}s"
+                        )
+                    chunks.append(chunk)
+                return response, b"".join(chunks)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             raise ConnectionFailedError(
                 operation, f"could not connect to {self.base_url}: {type(exc).__name__}"
@@ -349,18 +543,22 @@ class TensorDockClient:
         except httpx.TransportError as exc:
             raise TransportError(operation, f"HTTP transport failed: {type(exc).__name__}") from None
 
+    def _too_large(self, response: httpx.Response, size: str) -> str:
+        return f"HTTP {response.status_code} reply of {size} is larger than max_reply_bytes ({self.max_reply_bytes})"
+
     @staticmethod
-    def _decode(operation: str, response: httpx.Response) -> object:
-        if not response.content:
+    def _decode(operation: str, response: httpx.Response, raw: bytes) -> object:
+        if not raw:
             return None
         try:
-            return response.json()
+            return jsonlib.loads(raw)
         except ValueError:
+            text = raw.decode("utf-8", "replace")
             if response.is_success:
                 raise MalformedResponseError(
-                    operation, f"HTTP {response.status_code} reply is not JSON: {response.text[:120]!r}"
+                    operation, f"HTTP {response.status_code} reply is not JSON: {text[:120]!r}"
                 ) from None
-            return response.text[:300]
+            return text[:300]
 
     def _raise_for_error(self, operation: str, response: httpx.Response, body: object) -> None:
         status = response.status_code
@@ -374,7 +572,7 @@ class TensorDockClient:
         else:
             message = body if isinstance(body, str) and body else response.reason_phrase or f"HTTP {status}"
         if status == 429:
-            retry_after = _retry_after_seconds(response, body)
+            retry_after = _retry_after_seconds(response, body, self.retry_after_max_s)
             self._bucket.pause(retry_after if retry_after is not None else self._bucket.window_s / self._bucket.limit)
             raise RateLimitedError(operation, message, retry_after)
         raise _error_for(operation, status, message)

@@ -7,9 +7,10 @@ rate-limit libraries checked (pyrate-limiter, limits) read the wall clock themse
 
 from __future__ import annotations
 
+import math
 import threading
 
-from autoscaler.clock import Clock
+from autoscaler.clock import Clock, sleep_unless
 
 
 class TokenBucket:
@@ -35,14 +36,21 @@ class TokenBucket:
         self._paused_until = 0.0
         self._lock = threading.Lock()
 
-    def acquire(self) -> float:
-        """Take one slot, sleeping until it is ours; returns the seconds waited."""
+    def acquire(self, max_wait: float = math.inf, cancel: threading.Event | None = None) -> float | None:
+        """Take one slot, sleeping until it is ours; returns the seconds waited.
+
+        None, and no slot taken, when the wait would be longer than `max_wait` (the call's
+        deadline); None after the slot was taken when `cancel` (SIGTERM) cut the wait short.
+        """
         with self._lock:
             now = self._refill()
-            self._tokens -= 1.0
-            wait = max(-self._tokens / self._rate if self._tokens < 0 else 0.0, self._paused_until - now)
-        if wait > 0:
-            self._clock.sleep(wait)
+            tokens = self._tokens - 1.0
+            wait = max(-tokens / self._rate if tokens < 0 else 0.0, self._paused_until - now)
+            if wait > max_wait:
+                return None
+            self._tokens = tokens
+        if wait > 0 and not sleep_unless(self._clock, wait, cancel):
+            return None
         return wait
 
     def spare(self) -> bool:
@@ -59,6 +67,11 @@ class TokenBucket:
         return now
 
     def pause(self, seconds: float) -> None:
-        """The server said wait (Retry-After): every caller waits, not just the one refused."""
+        """The server said wait (Retry-After): every caller waits, not just the one refused.
+
+        The caller clamps `seconds`; a wait that is not a finite number is refused here too.
+        """
+        if not math.isfinite(seconds) or seconds < 0:
+            raise ValueError(f"a pause must be finite and not negative, not {seconds!r}")
         with self._lock:
             self._paused_until = max(self._paused_until, self._clock.now() + seconds)

@@ -1,0 +1,99 @@
+"""The real daemon against an API that is down or throttling: SIGTERM cuts every wait (DESIGN rules
+9 and 14), and a demand stamped in milliseconds is not taken for fresh (rule 4)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from autoscaler.testing import free_port
+
+from ..conftest import TOKEN
+from ..rawhttp import raw_server, read_request, reply
+from .conftest import CONFIG, RunningDaemon
+from .pgtools import daemon_command
+
+
+def answering(status: str, headers: dict[str, str]) -> Callable[[socket.socket], None]:
+    def handler(conn: socket.socket) -> None:
+        read_request(conn)
+        conn.sendall(reply(status, b'{"error": "try later"}', headers))
+
+    return handler
+
+
+@pytest.mark.parametrize(
+    ("status", "headers"),
+    [("503 Service Unavailable", {}), ("429 Too Many Requests", {"Retry-After": "1e9"})],
+    ids=["503-back-off", "429-retry-after-1e9"],
+)
+def test_sigterm_during_an_api_outage_exits_at_once_and_starts_no_new_attempt(
+    tmp_path: Path, status: str, headers: dict[str, str]
+) -> None:
+    """Before: the back-off sleeps (2, 4, 8 s...) ran out first, 17.8 s; a Retry-After of 1e9 never ended."""
+    signal_file = tmp_path / "queue.json"
+    signal_file.write_text(json.dumps({"queued": 1, "running": 0, "observed_at": time.time()}))
+    with raw_server(answering(status, headers)) as api:
+        text = CONFIG.format(
+            url=api.url,
+            token=TOKEN,
+            signal=signal_file,
+            store=tmp_path / "state.db",
+            port=free_port(),
+            max_gpus=8,
+        )
+        waits = "max_attempts = 6\nbackoff_initial_s = 20\ncall_deadline_s = 900\nretry_after_max_s = 300"
+        assert "max_attempts = 2\nbackoff_initial_s = 0.05" in text
+        text = text.replace("max_attempts = 2\nbackoff_initial_s = 0.05", waits)
+        config = tmp_path / "config.toml"
+        config.write_text(text)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TDAS_")}
+        with (tmp_path / "daemon.log").open("wb") as log:
+            process = subprocess.Popen(
+                daemon_command("run", "--config", str(config)),
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                env=env,
+            )
+        try:
+            deadline = time.monotonic() + 60
+            while api.requests < 1:
+                assert process.poll() is None, (tmp_path / "daemon.log").read_text()[-2000:]
+                assert time.monotonic() < deadline, "the daemon never called the API"
+                time.sleep(0.05)
+            time.sleep(1.0)  # now it waits: a 20 s back-off, or a Retry-After clamped to 300 s
+            seen = api.requests
+            sent_at = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            code = process.wait(timeout=60)
+            took = time.monotonic() - sent_at
+            print(f"SIGTERM to exit during a {status} outage: {took:.2f}s")
+            assert code == 0
+            assert took < 5.0  # ~0.3 s unloaded; the wait it cut was 20 s or more
+            assert api.requests == seen  # no new attempt started
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=10)
+
+
+def test_demand_stamped_in_milliseconds_is_refused_and_holds_the_fleet(
+    daemon: Callable[..., RunningDaemon],
+) -> None:
+    running = daemon()
+    an_hour_ago_in_ms = (time.time() - 3600) * 1000
+    running.signal_file.write_text(json.dumps({"queued": 2, "running": 0, "observed_at": an_hour_ago_in_ms}))
+    running.wait_until(lambda: running.metric("tensordock_autoscaler_signal_up", source="queue-file") == 0.0, "hold")
+    time.sleep(2)
+    assert running.phases() == []  # before: read as fresh, two instances created for stale demand
+    running.set_demand(2)  # the same demand stamped in seconds is acted on
+    running.wait_until(lambda: len(running.phases()) == 2, "the scale-up on demand in seconds")
+    assert running.stop() == 0

@@ -1,0 +1,161 @@
+"""A dropped PostgreSQL session does not wedge the fleet: the store reconnects with back-off, a
+leader cut off from its store stands down, and /readyz says so meanwhile."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+from autoscaler.clock import SystemClock
+from autoscaler.leader import LeaderElector
+from autoscaler.store import open_store
+from autoscaler.store.postgres import PostgresStore, StoreUnavailableError
+from autoscaler.store.sql import FencedError
+from autoscaler.tensordock.fake import FakeServer, Timings, build_fake
+from autoscaler.testing import free_port
+
+from ..conftest import TOKEN
+from ..signals.conftest import require_server
+from .conftest import CONFIG
+from .pgtools import PgRole, daemon_command
+from .test_ha import leader_flags, wait_for
+
+
+@pytest.fixture
+def role() -> Iterator[PgRole]:
+    require_server("PostgreSQL", 5432)
+    made = PgRole()
+    try:
+        yield made
+    finally:
+        made.drop()
+
+
+def test_the_store_reconnects_after_its_backend_is_terminated(role: PgRole) -> None:
+    store = open_store(role.url)
+    assert isinstance(store, PostgresStore)
+    try:
+        store.adopt("i1", "tdas-one", 0.0, None)
+        assert role.terminate("tdas-store") == 1
+        with pytest.raises(psycopg.OperationalError):
+            store.owned()  # the statement the session died under fails: its outcome is the caller's to judge
+        assert store.problem is not None and store.problem.startswith("session lost")
+        assert list(store.owned()) == ["i1"]  # the next use opens a new session
+        assert store.problem is None
+    finally:
+        store.close()
+
+
+def test_while_the_database_refuses_the_store_fails_fast_and_backs_off(role: PgRole) -> None:
+    store = open_store(role.url)
+    assert isinstance(store, PostgresStore)
+    try:
+        with role.outage():
+            with pytest.raises(psycopg.OperationalError):
+                store.owned()
+            with pytest.raises(StoreUnavailableError, match="cannot reconnect"):
+                store.owned()  # tried, refused: the back-off starts
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailableError, match="next try in"):
+                store.owned()  # within the back-off: no attempt at all
+            assert time.monotonic() - started < 0.1
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                assert store.owned() == {}
+                break
+            except StoreUnavailableError:
+                assert time.monotonic() < deadline, "the store never came back"
+                time.sleep(0.1)
+        assert store.problem is None
+    finally:
+        store.close()
+
+
+def test_a_leader_whose_store_is_gone_stands_down_and_leads_again_when_it_is_back(role: PgRole) -> None:
+    store = open_store(role.url)
+    assert isinstance(store, PostgresStore)
+    leader = LeaderElector(role.url, "fleet", store, lease_s=30.0)
+    try:
+        assert leader.ensure()
+        with role.outage():
+            assert not leader.ensure()
+            assert not leader.is_leader
+            assert leader.problem is not None and leader.problem.startswith("store unreachable")
+            with pytest.raises(FencedError):
+                leader.check_before_call("create_instance")
+        deadline = time.monotonic() + 15
+        while not leader.ensure():
+            assert time.monotonic() < deadline, f"never led again: {leader.problem}"
+            time.sleep(0.2)
+        assert leader.problem is None and leader.token == 2
+    finally:
+        leader.step_down()
+        store.close()
+
+
+def test_the_daemon_says_not_ready_while_its_store_is_gone_and_acts_again_when_it_is_back(
+    tmp_path: Path, role: PgRole
+) -> None:
+    fake = build_fake(
+        TOKEN, "observed", clock=SystemClock(), timings=Timings(create_s=1, ip_s=0.5, start_s=1, stop_s=0.5)
+    )
+    server = FakeServer(fake).start()
+    signal_file = tmp_path / "queue.json"
+
+    def demand(queued: int) -> None:
+        signal_file.write_text(json.dumps({"queued": queued, "running": 0, "observed_at": time.time()}))
+
+    demand(0)
+    port = free_port()
+    text = CONFIG.format(url=server.url, token=TOKEN, signal=signal_file, store="unused", port=port, max_gpus=8)
+    config = tmp_path / "daemon.toml"
+    config.write_text(text.replace('url = "sqlite:///unused"', f'url = "{role.url}"'))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TDAS_")}
+    log = (tmp_path / "daemon.log").open("wb")
+    process = subprocess.Popen(
+        daemon_command("run", "--config", str(config)),
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+        env=env,
+    )
+
+    def readyz() -> int:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code
+        except httpx.HTTPError:
+            return 0
+
+    try:
+        wait_for(lambda: readyz() == 200 and leader_flags([port]) == [1.0], "ready and leading", timeout=60)
+        demand(1)
+        wait_for(lambda: len(fake.state.instances()) == 1, "the first scale-up", timeout=60)
+        with role.outage():  # every session of the store's role cut (pg_terminate_backend), new ones refused
+            wait_for(lambda: readyz() == 503, "/readyz to say the store is gone", timeout=30)
+            reason = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).text
+            assert "store" in reason
+            assert leader_flags([port]) == [0.0]  # it stood down
+            demand(2)
+            time.sleep(2)
+            assert len(fake.state.instances()) == 1  # nothing acted on without a store
+            assert process.poll() is None
+        wait_for(lambda: readyz() == 200, "/readyz to recover", timeout=60)
+        wait_for(lambda: len(fake.state.instances()) == 2, "the scale-up after the store came back", timeout=60)
+        assert leader_flags([port]) == [1.0]
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+        log.close()
+        server.stop()
