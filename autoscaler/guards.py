@@ -37,6 +37,22 @@ class GuardConfig(BaseModel):
         return self
 
 
+GUARD_RULES = (
+    "ownership",
+    "doubt",
+    "transitional",
+    "busy",
+    "hold",
+    "cooldown",
+    "max_gpus",
+    "max_instances",
+    "max_hourly_spend",
+    "stabilization",
+    "max_actions_per_cycle",
+)
+"""Every rule name a refusal can carry: exported at 0 from start-up, so a panel never says "No data"."""
+
+
 @dataclass(frozen=True)
 class GuardMemory:
     """What guards need from earlier cycles (kept in the store)."""
@@ -167,19 +183,3 @@ def apply_guards(snapshot: Snapshot, plan: Plan, config: GuardConfig, memory: Gu
             instances += 1
             cost += action.hourly_delta
     return GuardedPlan(plan, tuple(kept), tuple(dropped))
-
-
-GUARD_RULES = (
-    "ownership",
-    "doubt",
-    "transitional",
-    "busy",
-    "hold",
-    "cooldown",
-    "max_gpus",
-    "max_instances",
-    "max_hourly_spend",
-    "stabilization",
-    "max_actions_per_cycle",
-)
-"""Every rule name a refusal can carry: exported at 0 from start-up, so a panel never says "No data"."""
