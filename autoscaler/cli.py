@@ -85,8 +85,14 @@ def _run(args: argparse.Namespace) -> int:
     configure_logging(settings.log.level, settings.log.json_lines)
     from autoscaler import preflight
 
-    for warning in preflight.check(settings).warnings:  # e.g. a token file every local user can read
+    found = preflight.check(settings)  # token, SSH key, cloud-init: every problem at once
+    for warning in found.warnings:  # e.g. a token file every local user can read
         print(f"run: warning: {warning}", file=sys.stderr)
+    if found.problems:
+        print("run: invalid configuration:", file=sys.stderr)
+        for problem in found.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return 2
     try:
         daemon = Daemon(settings, args.config)
     except ConfigError as exc:

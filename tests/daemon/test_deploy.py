@@ -128,4 +128,4 @@ def test_the_guard_rule_list_names_every_rule_a_refusal_can_carry() -> None:
 
     source = (REPO / "autoscaler/guards.py").read_text()
     used = set(re.findall(r'drop\(\s*action,\s*"([a-z_]+)"', source))
-    assert used and used == set(GUARD_RULES)
+    assert used and used <= set(GUARD_RULES)  # a rule missing here would show "No data" until it fires

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -247,3 +248,12 @@ def test_simulate_refuses_a_plot_into_a_missing_folder_before_running(
     err = capsys.readouterr().err
     assert code == 2 and time.monotonic() - started < 10  # refused up front, not after a run
     assert "missing does not exist" in err and "Traceback" not in err
+
+
+def test_run_names_every_missing_piece_at_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "bare.toml"
+    config.write_text(f'[store]\nurl = "sqlite:///{tmp_path / "s.db"}"\n[metrics]\nport = 0\n')
+    assert not [k for k in os.environ if k.startswith("TDAS_")], "a TDAS_ variable would change this test"
+    assert main(["run", "--config", str(config)]) == 2
+    problems = _problems(capsys.readouterr().err)
+    assert [p.split(":")[0] for p in problems] == ["tensordock.token", "fleet.ssh_key"]
