@@ -199,8 +199,8 @@ class DetailSettings(_Section):
     """GETs by id: what the documented listing (id, name, status) does not say."""
 
     gets_per_cycle: int = Field(default=3, ge=0, description="GETs per cycle for new, started or vanished instances")
-    refresh_s: float = Field(default=3600.0, gt=0, description="a record older than this is refreshed (repricing)")
-    refresh_gap_s: float = Field(
+    refresh_s: Seconds = Field(default=3600.0, gt=0, description="a record older than this is refreshed (repricing)")
+    refresh_gap_s: Seconds = Field(
         default=300.0, ge=0, description="at most one refresh GET this often, so steady cycles cost one call"
     )
 
@@ -253,7 +253,7 @@ class Settings(BaseSettings):
     leader_election: bool = Field(
         default=True, description="with a PostgreSQL store: one replica acts, the others stand by"
     )
-    leader_lease_s: float | None = Field(
+    leader_lease_s: Seconds | None = Field(
         default=None,
         gt=0,
         allow_inf_nan=False,
@@ -261,7 +261,7 @@ class Settings(BaseSettings):
         " Default: 3 x (scheduler.interval_s + jitter_s), at least 10",
     )
     reap_orphans: bool = Field(default=False, description="delete prefix-named instances the store never created")
-    unresolved_create_grace_s: float = Field(
+    unresolved_create_grace_s: Seconds = Field(
         default=60.0,
         gt=0,
         description="a create with no reply that no listing shows by name after this long never happened",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import types
-from typing import Any, Union, get_args, get_origin
+from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
@@ -18,6 +18,8 @@ END = "<!-- config-reference:end -->"
 
 def _type_name(annotation: Any) -> str:
     origin = get_origin(annotation)
+    if origin is Annotated:  # a duration inside an optional: its base type, as for plain fields
+        return _type_name(get_args(annotation)[0])
     if origin in (Union, types.UnionType):
         return " or ".join(_type_name(a) for a in get_args(annotation))
     if origin is not None:

@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from autoscaler.durations import Seconds
+
 from .base import DEFAULT_MAX_FUTURE_SKEW_S, SignalSource
 from .combined import CombinedSignal
 from .static import FileSignal, StaticSignal
@@ -29,7 +31,7 @@ class SignalSettings(BaseModel):
     sources: list[SignalSpec] = Field(
         default_factory=lambda: [SignalSpec(kind="static")], description="demand sources: kind, name, options"
     )
-    max_future_skew_s: float = Field(
+    max_future_skew_s: Seconds = Field(
         default=DEFAULT_MAX_FUTURE_SKEW_S,
         gt=0,
         le=3600,
