@@ -83,16 +83,17 @@ class Ledger:
         if change is None or change.at > now:
             return
         settled_at: float | None = None
+        # The reply's time, where one came: API latency is not the stop's. A call a crash cut short
+        # was closed later by another process, at a time that says nothing of the stop.
+        began = change.outcome_at if change.outcome == "ok" and change.outcome_at is not None else change.at
         if change.kind == "start":
             settled_at = change.at if change.outcome != "ok" else None
         elif change.kind == "stop":
             if watched is not None:
                 if not watched.is_stopped:
-                    began = change.outcome_at if change.outcome_at is not None else change.at
                     self.stop_durations.learn(max(0.0, now - began))
             else:
                 longest = self.stop_durations.longest()
-                began = change.outcome_at if change.outcome_at is not None else change.at
                 settled_at = None if longest is None else min(now, began + longest)
         if settled_at is not None:
             self.store.accrue(record.id, rate_now, settled_at)
