@@ -36,15 +36,27 @@ _DB_NOW = "EXTRACT(EPOCH FROM clock_timestamp())::float8"
 _TAKEOVER_WAIT_S = 2.0  # for the ended session's lock to be released
 
 
+def advisory_key(schema: str, election: str) -> int:
+    """The advisory lock's key. Advisory locks are database-wide, so the schema is part of it:
+    fleets (and test runs) keeping their state in separate schemas never wait on each other."""
+    digest = hashlib.sha256(f"tdas:{schema}:{election}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def lock_ids(key: int) -> tuple[int, int]:
+    """How pg_locks shows a bigint advisory key: (classid, objid), with objsubid 1."""
+    unsigned = key & 0xFFFF_FFFF_FFFF_FFFF
+    return unsigned >> 32, unsigned & 0xFFFF_FFFF
+
+
 class LeaderElector:
     def __init__(self, url: str, election: str, store: PostgresStore, *, lease_s: float = 90.0) -> None:
         if not lease_s > 0:
             raise ValueError(f"lease_s must be positive, not {lease_s!r}")
         self._dsn, self._schema = split_schema(url)
         self.election = election
-        self._key = int.from_bytes(hashlib.sha256(f"tdas:{election}".encode()).digest()[:8], "big", signed=True)
-        unsigned = self._key & 0xFFFF_FFFF_FFFF_FFFF
-        self._lock_ids = (unsigned >> 32, unsigned & 0xFFFF_FFFF)  # how pg_locks shows a bigint key
+        self._key = advisory_key(self._schema, election)
+        self._lock_ids = lock_ids(self._key)
         self._store = store
         self.lease_s = lease_s
         self.holder = f"{socket.gethostname()}:{os.getpid()}"

@@ -92,9 +92,21 @@ class PostgresStore(SqlStore):
 
     def _connect(self) -> psycopg.Connection[Any]:
         connection = psycopg.connect(self._dsn, **session_options("store", self._connect_timeout_s))
-        connection.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema_name)))
+        with connection.transaction():  # IF NOT EXISTS is no guard against a replica doing the same at once
+            connection.execute(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
+            connection.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema_name)))
         connection.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema_name)))
         return connection
+
+    def _migrate(self) -> None:
+        """Migrations, the version table's creation included, one replica at a time: replicas started
+        together would otherwise both create it, and one would die of a duplicate key in pg_type."""
+        with self._lock:
+            self._x(f"SELECT pg_advisory_lock({_MIGRATION_LOCK})")
+            try:
+                super()._migrate()
+            finally:
+                self._x(f"SELECT pg_advisory_unlock({_MIGRATION_LOCK})")
 
     # -- a session that comes back ------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from autoscaler.clock import SystemClock
-from autoscaler.leader import LeaderElector
+from autoscaler.leader import LeaderElector, advisory_key, lock_ids
 from autoscaler.store import open_store
 from autoscaler.store.postgres import PostgresStore, split_schema
 from autoscaler.store.sql import FencedError
@@ -162,8 +162,10 @@ def test_a_leader_cut_off_from_the_database_stops_acting_and_another_takes_over(
     old_leader = leader_flags(ports).index(1.0)
     dsn, schema = split_schema(pg_store_url)
     with psycopg.connect(dsn, autocommit=True) as admin:
-        (holder,) = admin.execute(
-            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()"
+        (holder,) = admin.execute(  # this fleet's lock only: other runs share the database
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1"
+            " AND classid::bigint = %s AND objid::bigint = %s",
+            lock_ids(advisory_key(schema, "tdas")),
         ).fetchone() or (None,)
         admin.execute("SELECT pg_terminate_backend(%s)", (holder,))
     wait_for(lambda: leader_flags(ports) == ([0.0, 1.0] if old_leader == 0 else [1.0, 0.0]), "leadership to move")

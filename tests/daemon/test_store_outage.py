@@ -24,6 +24,7 @@ from autoscaler.tensordock.fake import FakeServer, Timings, build_fake
 from autoscaler.testing import free_port
 
 from ..conftest import TOKEN
+from ..core.conftest import pg_store_url  # noqa: F401 - the fixture
 from ..signals.conftest import require_server
 from .conftest import CONFIG
 from .pgtools import PgRole, daemon_command
@@ -159,3 +160,23 @@ def test_the_daemon_says_not_ready_while_its_store_is_gone_and_acts_again_when_i
             process.wait(timeout=10)
         log.close()
         server.stop()
+
+
+def test_replicas_opening_a_new_store_together_all_start(pg_store_url: str) -> None:  # noqa: F811
+    """Before: two of four died of a duplicate key in pg_namespace or pg_type (IF NOT EXISTS races)."""
+    import threading
+
+    errors: list[str] = []
+
+    def open_one() -> None:
+        try:
+            PostgresStore(pg_store_url).close()
+        except Exception as exc:  # what the test looks for
+            errors.append(repr(exc)[:200])
+
+    threads = [threading.Thread(target=open_one) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert errors == []
