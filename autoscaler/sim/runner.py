@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +30,7 @@ from autoscaler.snapshot import Snapshot, Spend
 from autoscaler.store import SqliteStore
 from autoscaler.tensordock.fake import (
     Catalog,
+    Dialect,
     FakeTensorDockApp,
     Faults,
     Timings,
@@ -38,6 +39,7 @@ from autoscaler.tensordock.fake import (
     load_catalog,
 )
 
+from .market import Market, MarketProfile, market_faults
 from .trace import Job
 from .workload import WorkerTimings, Workload
 
@@ -57,6 +59,11 @@ class SimOptions:
     fast_forward: bool = True
     max_skip_s: float = 900.0
     drain_limit_s: float = 60 * 86400.0  # after the last submission, give up on jobs this much later
+    world_throughput: Mapping[str, float] | None = None  # the jobs' true speed per model; None: the policies' table
+    lp_wait_s: float = 300.0  # the LP bound's service: every job started within this
+    lp_cache_dir: Path | None = None  # where LP bounds are kept between runs; None: solved every time
+    market: MarketProfile = "calm"
+    dialect: Dialect | None = None  # the fake's reply shapes; None: the settings' wire format
 
     def catalog(self) -> Catalog:
         return load_catalog(self.catalog_path).deepened(self.market_depth)
@@ -79,6 +86,7 @@ class Run:
 
     cost_usd: float
     waits: list[float]
+    turnarounds: list[float]
     jobs_completed: int
     jobs_total: int
     api_calls: int
@@ -106,19 +114,21 @@ def replay(
     options = options or SimOptions()
     wall = time.perf_counter()
     clock = ManualClock(ORIGIN)
+    catalog = options.catalog()
     fake = build_fake(
         SIM_TOKEN,
-        settings.tensordock.wire_format,
+        options.dialect or settings.tensordock.wire_format,
         clock=clock,
-        catalog=options.catalog(),
+        catalog=catalog,
         timings=options.timings,
-        faults=options.faults,
+        faults=market_faults(options.market, options.faults),
         seed=options.seed,
         balance_usd=1e12,
         rate_limit=settings.tensordock.rate_limit,
         rate_window_s=settings.tensordock.rate_window_s,
     )
-    throughput = settings.fleet.throughput_table
+    market = Market(options.market, catalog, ORIGIN, options.seed)
+    throughput = options.world_throughput or settings.fleet.throughput_table
     workload = Workload(jobs, fake.state, throughput, ORIGIN, timings=options.workers, seed=options.seed)
     runtime = build_runtime(
         settings,
@@ -136,6 +146,7 @@ def replay(
     try:
         while True:
             at = clock.now()
+            market.advance(fake.state, at)
             workload.advance(at)
             report = engine.run_cycle()
             workload.observe_fleet()
@@ -165,6 +176,7 @@ def replay(
     return Run(
         cost_usd=cost,
         waits=workload.wait_times(),
+        turnarounds=workload.turnarounds(),
         jobs_completed=workload.completed,
         jobs_total=len(jobs),
         api_calls=sum(fake.requests.values()),

@@ -86,10 +86,11 @@ def test_backfill_runs_a_narrow_job_around_a_wide_one_that_must_wait(tmp_path: P
 def test_lower_bounds_never_exceed_any_strategys_cost(tmp_path: Path) -> None:
     trace = slice_of("philly-30d-b.csv", 3, tmp_path / "b3.csv")
     results, _ = compare(trace)
-    assert {r.strategy for r in results} == {"ours", "reactive", "static-peak", "static-mean"}
+    assert {r.strategy for r in results} == {"ours", "per-job", "reactive", "static-peak", "static-mean"}
     for result in results:
-        assert result.lower_bound_usd <= result.width_bound_usd <= result.cost_usd, result
+        assert result.lower_bound_usd <= result.width_bound_usd <= result.lp_bound_usd <= result.cost_usd, result
         assert result.jobs_completed == result.jobs_total
+        assert result.turnaround_p50_s <= result.turnaround_p95_s and result.slowdown_mean >= 1.0
 
 
 def test_same_trace_and_seed_give_the_same_result(tmp_path: Path) -> None:
