@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import random
+from collections.abc import Mapping
 from pathlib import Path
 
 from autoscaler.config import Settings
@@ -26,6 +29,8 @@ __all__ = [
     "StrategyResult",
     "TraceError",
     "compare",
+    "default_cache_dir",
+    "perturbed",
     "load_trace",
     "lp_bound",
     "lp_for",
@@ -33,6 +38,20 @@ __all__ = [
     "replay",
     "replay_strategy",
 ]
+
+
+def perturbed(table: Mapping[str, float], fraction: float, seed: int) -> dict[str, float]:
+    """`table` with each model's speed times a seeded factor in [1 - fraction, 1 + fraction]."""
+    rng = random.Random(f"world/{seed}")
+    return {model: speed * rng.uniform(1 - fraction, 1 + fraction) for model, speed in sorted(table.items())}
+
+
+def default_cache_dir() -> Path:
+    """Where LP bounds are kept: $TDAS_SIM_CACHE, else the user's cache directory."""
+    explicit = os.environ.get("TDAS_SIM_CACHE")
+    if explicit:
+        return Path(explicit)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tensordock-autoscaler" / "lp"
 
 
 def replay_strategy(name: str, jobs: list[Job], base: Settings, catalog: Catalog, options: SimOptions) -> Run:
