@@ -140,6 +140,7 @@ def replay(
         name_factory=default_names(settings.fleet.name_prefix, random.Random(options.seed)),
     )
     engine = runtime.engine
+    offers = _OfferCadence(engine, fake, enabled=options.fast_forward and not _request_faults(options.faults))
     deadline = ORIGIN + max(job.submit for job in jobs) + options.drain_limit_s
     timeline: list[Sample] = []
     cycles = skipped = actions = 0
@@ -148,7 +149,9 @@ def replay(
             at = clock.now()
             market.advance(fake.state, at)
             workload.advance(at)
+            offers.before_cycle(at)
             report = engine.run_cycle()
+            offers.after_cycle(at)
             workload.observe_fleet()
             cycles += 1
             actions += len(report.results)
@@ -189,6 +192,67 @@ def replay(
         wall_s=time.perf_counter() - wall,
         timeline=timeline,
     )
+
+
+def _request_faults(faults: Faults) -> bool:
+    """Faults drawn per request: then every request the engine makes must reach the fake."""
+    return bool(
+        faults.latency_s
+        or faults.timeout_rate
+        or faults.server_error_rate
+        or faults.rate_limit_burst_rate
+        or faults.lost_reply_rate
+        or faults.lose_next_replies
+    )
+
+
+def _market_print(fake: FakeTensorDockApp) -> tuple[object, ...]:
+    """Everything an offer listing shows: the catalog's prices, what the fleet and others hold."""
+    state = fake.state
+    with state.lock:
+        state.settle()
+        held = tuple(sorted((i.id, i.phase, i.disassociated, i.gpu_count) for i in state.instances()))
+        foreign = tuple((r.host_id, r.gpu_model, r.count) for r in state._foreign)
+        return (id(state.catalog), held, foreign)
+
+
+class _OfferCadence:
+    """Spares the engine offer listings that could not show anything new.
+
+    The engine re-lists offers once its listing is `offer_refresh_s` old. After a stretch of
+    skipped cycles that is nearly every cycle, yet in a marketplace that nothing has touched
+    since the last listing (same prices, same instances in the same phases, same rentals by
+    others) the new listing would be the old one again. Then the cached listing is dated now,
+    as if just listed, so the engine decides exactly as it would have (same offers, same time
+    of listing) without the two calls; anything that changed the market means a real listing.
+    This reads and sets the engine's `_offers_at` (its offer cache's time); should that go
+    away, listings simply happen as before.
+    """
+
+    def __init__(self, engine: Engine, fake: FakeTensorDockApp, *, enabled: bool) -> None:
+        self.engine = engine
+        self.fake = fake
+        self.refresh_s = engine.config.offer_refresh_s
+        self.enabled = enabled and hasattr(engine, "_offers_at") and self.refresh_s > 0
+        self.listed_print: tuple[object, ...] | None = None
+        self._before: tuple[object, ...] | None = None
+        self.spared = 0
+
+    def before_cycle(self, now: float) -> None:
+        if not self.enabled:
+            return
+        self._before = _market_print(self.fake)
+        listed_at = self.engine._offers_at
+        if listed_at is None or now - listed_at < self.refresh_s or self.listed_print != self._before:
+            return
+        self.engine._offers_at = now
+        self.spared += 1
+
+    def after_cycle(self, now: float) -> None:
+        """A listing in this cycle (or one dated now) came before the cycle acted: remember the
+        market it showed."""
+        if self.enabled and self.engine._offers_at == now:
+            self.listed_print = self._before
 
 
 def _sample(fake: FakeTensorDockApp, workload: Workload, t: float) -> Sample:
