@@ -298,6 +298,8 @@ def _quiet_cycles(
             return True  # let the real cycle report it
         return bool(guarded.actions)
 
+    if not acts(limit) and not acts(1):  # quiet at both ends: by the assumption above, all through
+        return limit
     quiet, probe = 0, 1  # gallop, then bisect: decisions change at thresholds, once
     while probe <= limit and not acts(probe):
         quiet, probe = probe, probe * 2
