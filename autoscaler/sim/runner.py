@@ -58,6 +58,7 @@ class SimOptions:
     market_depth: int = 1  # every host of the catalog this many times
     fast_forward: bool = True
     max_skip_s: float = 900.0
+    spare_listings: bool = True  # skip offer listings that could show nothing new (see _OfferCadence)
     drain_limit_s: float = 60 * 86400.0  # after the last submission, give up on jobs this much later
     world_throughput: Mapping[str, float] | None = None  # the jobs' true speed per model; None: the policies' table
     lp_wait_s: float = 300.0  # the LP bound's service: every job started within this
@@ -140,7 +141,7 @@ def replay(
         name_factory=default_names(settings.fleet.name_prefix, random.Random(options.seed)),
     )
     engine = runtime.engine
-    offers = _OfferCadence(engine, fake, enabled=options.fast_forward and not _request_faults(options.faults))
+    offers = _OfferCadence(engine, fake, enabled=options.spare_listings and not _request_faults(options.faults))
     deadline = ORIGIN + max(job.submit for job in jobs) + options.drain_limit_s
     timeline: list[Sample] = []
     cycles = skipped = actions = 0

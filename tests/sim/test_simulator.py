@@ -299,3 +299,15 @@ def test_baselines_are_sized_for_the_catalog_and_the_model_they_buy() -> None:
     # the peak is 4 reference GPUs; the cheapest two-GPU-wide offer per unit of work is slower
     # than the reference, so more of its GPUs are bought
     assert peak > 4 and peak % 2 == 0
+
+
+def test_sparing_offer_listings_changes_nothing_but_the_calls(tmp_path: Path) -> None:
+    trace = slice_of("philly-30d-b.csv", 2, tmp_path / "b2.csv")
+    jobs = load_trace(trace)
+    options = SimOptions()
+    base = sim_settings(Settings(), SIM_TOKEN, options.catalog(), bounds_given=False)
+    listing = replay(jobs, base, SimOptions(spare_listings=False))
+    sparing = replay(jobs, base, options)
+    assert sparing.cost_usd == listing.cost_usd and sparing.waits == listing.waits
+    assert (sparing.actions, sparing.cycles) == (listing.actions, listing.cycles)
+    assert sparing.api_calls < listing.api_calls
