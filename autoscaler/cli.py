@@ -289,8 +289,9 @@ def _compare_with_progress(trace: str, settings: Any, strategies: tuple[str, ...
 
 def _simulate(args: argparse.Namespace) -> int:
     from autoscaler.logging import configure_logging
-    from autoscaler.sim import SimOptions, StrategyError, TraceError, markdown_table
-    from autoscaler.tensordock.fake import Faults
+    from autoscaler.sim import SimOptions, StrategyError, TraceError, default_cache_dir, markdown_table
+    from autoscaler.sim.workload import WorkerTimings
+    from autoscaler.tensordock.fake import Faults, Timings
 
     configure_logging("WARNING")
     settings = None
@@ -307,13 +308,24 @@ def _simulate(args: argparse.Namespace) -> int:
     except ValueError as exc:  # pydantic's ValidationError, bad JSON included
         print(f"simulate: bad --faults: {exc}", file=sys.stderr)
         return 2
-    options = SimOptions(
-        interval_s=args.interval_s,
-        seed=args.seed,
-        catalog_path=args.catalog,
-        market_depth=args.market_depth,
-        faults=faults,
-    )
+    try:
+        world = _world_throughput(args, settings)
+        options = SimOptions(
+            interval_s=args.interval_s,
+            seed=args.seed,
+            catalog_path=args.catalog,
+            market_depth=args.market_depth,
+            faults=faults,
+            market=args.market,
+            world_throughput=world,
+            timings=Timings(create_s=args.create_s, start_s=args.start_s),
+            workers=WorkerTimings(cloud_init_s=_pair(args.cloud_init_s), restart_s=args.restart_s),
+            lp_wait_s=args.lp_wait_s,
+            lp_cache_dir=None if args.no_lp_cache else default_cache_dir(),
+        )
+    except ValueError as exc:
+        print(f"simulate: {exc}", file=sys.stderr)
+        return 2
     try:
         results, runs = _compare_with_progress(args.trace, settings, strategies, options)
     except (TraceError, StrategyError) as exc:
@@ -334,6 +346,50 @@ def _simulate(args: argparse.Namespace) -> int:
         plot(args.plot, f"{args.trace}", results, runs)
         print(f"plot written to {args.plot}", file=sys.stderr)
     return 0
+
+
+def _pair(text: str) -> tuple[float, float]:
+    """`60,90` (a range drawn per boot) or `75` (always that long)."""
+    try:
+        parts = [float(p) for p in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--cloud-init-s: {text!r} is not seconds (e.g. 60,90)") from None
+    if len(parts) not in (1, 2) or min(parts) < 0:
+        raise ValueError(f"--cloud-init-s: {text!r}: give MIN,MAX or one number of seconds, not negative")
+    return (parts[0], parts[-1]) if parts[0] <= parts[-1] else (parts[-1], parts[0])
+
+
+def _world_throughput(args: argparse.Namespace, settings: Any) -> dict[str, float] | None:
+    """The world's true speed per model: given as JSON (inline or a file), or the policies' table
+    perturbed by a seeded +-fraction per model; None: the world runs at the policies' belief."""
+    from pathlib import Path
+
+    from autoscaler.config import Settings
+    from autoscaler.sim import perturbed
+
+    table: dict[str, float] | None = None
+    if args.world_throughput:
+        text = args.world_throughput
+        if not text.lstrip().startswith("{"):
+            try:
+                text = Path(text).read_text()
+            except OSError as exc:
+                raise ValueError(f"--world-throughput: cannot read {args.world_throughput}: {exc.strerror}") from None
+        try:
+            raw = json.loads(text)
+        except ValueError:
+            raise ValueError("--world-throughput: not a JSON object of model -> speed") from None
+        if not isinstance(raw, dict) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) and v >= 0 for v in raw.values()
+        ):
+            raise ValueError("--world-throughput: give a JSON object of model -> speed (a number >= 0)")
+        table = {str(k): float(v) for k, v in raw.items()}
+    if args.world_perturb:
+        if not 0 < args.world_perturb < 1:
+            raise ValueError("--world-perturb: a fraction between 0 and 1, e.g. 0.3 for +-30 %")
+        belief = (settings or Settings()).fleet.throughput_table
+        table = perturbed(table or belief, args.world_perturb, args.seed)
+    return table
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -410,8 +466,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--config", help="TOML configuration whose policies and guards are 'ours' (default: defaults)")
     sim.add_argument(
         "--strategies",
-        default="ours,reactive,static-peak,static-mean",
-        help="comma-separated, from ours, reactive, static-peak, static-mean (default: all)",
+        default="ours,per-job,reactive,static-peak,static-mean",
+        help="comma-separated, from ours, per-job, reactive, static-peak, static-mean (default: all)",
     )
     sim.add_argument("--json", action="store_true", help="one JSON object per strategy instead of a table")
     sim.add_argument("--plot", metavar="FILE.png", help="write the timeline and cost-versus-wait plot")
@@ -422,6 +478,37 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--interval-s", type=float, default=30.0, help="seconds between cycles (default: %(default)s)")
     sim.add_argument("--seed", type=int, default=0, help="seed for boot times and the fake (default: %(default)s)")
     sim.add_argument("--faults", help="the fake API's fault injection as JSON, e.g. '{\"lost_reply_rate\": 0.1}'")
+    sim.add_argument(
+        "--market",
+        choices=["calm", "noisy"],
+        default="calm",
+        help="calm: only the fleet changes the marketplace; noisy: stale offers, reclaims, other renters, "
+        "drifting prices (default: %(default)s)",
+    )
+    sim.add_argument(
+        "--world-throughput",
+        metavar="JSON|FILE",
+        help="the jobs' true speed per GPU model, if not the policies' throughput table",
+    )
+    sim.add_argument(
+        "--world-perturb",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="the world's speeds: the policies' table times a seeded 1 +- FRACTION per model (e.g. 0.3)",
+    )
+    sim.add_argument("--create-s", type=float, default=30.0, help="seconds from create to running (default: 30)")
+    sim.add_argument("--start-s", type=float, default=20.0, help="seconds from start to running (default: 20)")
+    sim.add_argument(
+        "--cloud-init-s", default="60,90", help="seconds from running until a new worker takes jobs (default: 60,90)"
+    )
+    sim.add_argument(
+        "--restart-s", type=float, default=15.0, help="seconds from a restart until the worker takes jobs (default: 15)"
+    )
+    sim.add_argument(
+        "--lp-wait-s", type=float, default=300.0, help="the LP bound's service: every job started within this"
+    )
+    sim.add_argument("--no-lp-cache", action="store_true", help="solve the LP bound even if a cached one exists")
     sim.set_defaults(handler=_simulate)
 
     demo = commands.add_parser("demo", help="the daemon against the fake API and a burst-and-lull queue, sped up")

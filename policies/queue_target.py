@@ -18,12 +18,16 @@ class QueueTargetOptions(PolicyOptions):
     max_step_up: int = Field(default=16, ge=1, description="most GPUs added per cycle")
     max_step_down: int = Field(default=16, ge=1, description="most GPUs removed per cycle")
     min_gpus: int = Field(default=0, ge=0)
-    max_gpus: int = Field(default=64, ge=0)
+    max_gpus: int | None = Field(
+        default=None,
+        ge=0,
+        description="a cap of this policy's own below the fleet's; unset: the guards' max_gpus is the one fleet bound",
+    )
     use_gpu_counts: bool = Field(default=True, description="use the GPUs jobs need when the signal reports them")
 
     @model_validator(mode="after")
     def _bounds(self) -> QueueTargetOptions:
-        if self.min_gpus > self.max_gpus:
+        if self.max_gpus is not None and self.min_gpus > self.max_gpus:
             raise ValueError(f"min_gpus ({self.min_gpus}) must not exceed max_gpus ({self.max_gpus})")
         return self
 
@@ -45,7 +49,9 @@ class QueueTarget(BasePolicy[QueueTargetOptions]):
         current = snapshot.active_gpus
         if current == 0 and demand.queued_jobs < o.activation_jobs:
             needed = 0
-        target = min(max(needed, o.min_gpus), o.max_gpus)
+        target = max(needed, o.min_gpus)
+        if o.max_gpus is not None:
+            target = min(target, o.max_gpus)
         stepped = min(max(target, current - o.max_step_down), current + o.max_step_up)
         return replace(plan, desired_gpus=stepped, floor_gpus=max(plan.floor_gpus, o.min_gpus)).note(
             f"queue_target: {demand.queued_jobs} queued + {demand.running_jobs} running -> {needed} GPUs needed, "

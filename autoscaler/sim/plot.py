@@ -55,8 +55,14 @@ def figure_for(title: str, results: list[StrategyResult], runs: dict[str, Run]) 
     scatter = figure.add_subplot(rows, 1, rows)
     for r in results:
         scatter.scatter(r.wait_p95_s / 60, r.cost_usd, s=50)
-        scatter.annotate(f" {r.strategy}", (r.wait_p95_s / 60, r.cost_usd))
-    scatter.axhline(results[0].lower_bound_usd, color="grey", ls="--", lw=0.8, label="lower bound")
+        scatter.annotate(
+            f" {r.strategy}: x{r.cost_ratio_lp:.2f} LP, slowdown {r.slowdown_mean:.2f}, "
+            f"turnaround p95 {r.turnaround_p95_s / 3600:.1f} h",
+            (r.wait_p95_s / 60, r.cost_usd),
+            fontsize=7,
+        )
+    scatter.axhline(results[0].lp_bound_usd, color="black", ls="--", lw=0.8, label="LP bound (capacity-aware)")
+    scatter.axhline(results[0].lower_bound_usd, color="grey", ls=":", lw=0.8, label="lower bound (cheapest unit)")
     scatter.set_xscale("symlog", linthresh=1.0)
     scatter.set_xlim(left=0)
     scatter.set_xlabel("p95 wait, minutes")

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from autoscaler.snapshot import InstanceShape
 from autoscaler.tensordock.fake import Catalog
 
+from .bound import LpBound
 from .runner import Run
 from .trace import Job
 
@@ -72,9 +73,15 @@ class StrategyResult:
     lower_bound_usd: float
     cost_ratio: float
     width_bound_usd: float
+    lp_bound_usd: float  # capacity-aware: see bound.py; every job started within lp_wait_s
+    cost_ratio_lp: float
+    lp_wait_s: float
     wait_p50_s: float
     wait_p95_s: float
     wait_p99_s: float
+    turnaround_p50_s: float
+    turnaround_p95_s: float
+    slowdown_mean: float  # turnaround / duration on the reference GPU, over all jobs
     jobs_completed: int
     jobs_total: int
     api_calls: int
@@ -90,8 +97,11 @@ class StrategyResult:
         return {key: round(value, 4) if isinstance(value, float) else value for key, value in asdict(self).items()}
 
 
-def summarize(strategy: str, trace: str, jobs: list[Job], run: Run, prices: list[tuple[float, int]]) -> StrategyResult:
+def summarize(
+    strategy: str, trace: str, jobs: list[Job], run: Run, prices: list[tuple[float, int]], *, lp: LpBound
+) -> StrategyResult:
     bound = lower_bound_usd(jobs, prices)
+    slowdowns = [t / job.duration for job, t in zip(jobs, run.turnarounds, strict=True)]
     return StrategyResult(
         strategy=strategy,
         trace=trace,
@@ -99,9 +109,15 @@ def summarize(strategy: str, trace: str, jobs: list[Job], run: Run, prices: list
         lower_bound_usd=bound,
         cost_ratio=run.cost_usd / bound if bound > 0 else math.inf,
         width_bound_usd=width_bound_usd(jobs, prices),
+        lp_bound_usd=lp.usd,
+        cost_ratio_lp=run.cost_usd / lp.usd if lp.usd > 0 else math.inf,
+        lp_wait_s=lp.wait_s,
         wait_p50_s=percentile(run.waits, 0.50),
         wait_p95_s=percentile(run.waits, 0.95),
         wait_p99_s=percentile(run.waits, 0.99),
+        turnaround_p50_s=percentile(run.turnarounds, 0.50),
+        turnaround_p95_s=percentile(run.turnarounds, 0.95),
+        slowdown_mean=statistics.fmean(slowdowns) if slowdowns else 0.0,
         jobs_completed=run.jobs_completed,
         jobs_total=run.jobs_total,
         api_calls=run.api_calls,
@@ -116,18 +132,19 @@ def summarize(strategy: str, trace: str, jobs: list[Job], run: Run, prices: list
 
 
 TABLE_HEADER = (
-    "| trace | strategy | cost $ | lower bound $ | ratio | width bound $ | wait p50 s | wait p95 s | wait p99 s "
-    "| jobs done | API calls | replay s | sim s per wall s |"
+    "| trace | strategy | cost $ | LP bound $ | xLP | xwidth | wait p50 s | wait p95 s | turnaround p95 h "
+    "| slowdown | jobs done | API calls | replay s |"
 )
 
 
 def markdown_table(results: list[StrategyResult]) -> str:
     lines = [TABLE_HEADER, "|" + "---|" * (TABLE_HEADER.count("|") - 1)]
     for r in results:
-        speed = r.simulated_s / r.replay_s if r.replay_s > 0 else math.inf
+        width = r.cost_usd / r.width_bound_usd if r.width_bound_usd > 0 else math.inf
+        lp = f"{r.lp_bound_usd:,.2f}" + (f" (wait {r.lp_wait_s:,.0f} s)" if r.lp_wait_s > 300 else "")
         lines.append(
-            f"| {r.trace} | {r.strategy} | {r.cost_usd:,.2f} | {r.lower_bound_usd:,.2f} | {r.cost_ratio:.3f} "
-            f"| {r.width_bound_usd:,.2f} | {r.wait_p50_s:,.0f} | {r.wait_p95_s:,.0f} | {r.wait_p99_s:,.0f} "
-            f"| {r.jobs_completed}/{r.jobs_total} | {r.api_calls:,} | {r.replay_s:.1f} | {speed:,.0f} |"
+            f"| {r.trace} | {r.strategy} | {r.cost_usd:,.2f} | {lp} | {r.cost_ratio_lp:.3f} | {width:.3f} "
+            f"| {r.wait_p50_s:,.0f} | {r.wait_p95_s:,.0f} | {r.turnaround_p95_s / 3600:,.1f} | {r.slowdown_mean:.2f} "
+            f"| {r.jobs_completed}/{r.jobs_total} | {r.api_calls:,} | {r.replay_s:.1f} |"
         )
     return "\n".join(lines)

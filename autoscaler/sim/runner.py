@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +30,7 @@ from autoscaler.snapshot import Snapshot, Spend
 from autoscaler.store import SqliteStore
 from autoscaler.tensordock.fake import (
     Catalog,
+    Dialect,
     FakeTensorDockApp,
     Faults,
     Timings,
@@ -38,6 +39,7 @@ from autoscaler.tensordock.fake import (
     load_catalog,
 )
 
+from .market import Market, MarketProfile, market_faults
 from .trace import Job
 from .workload import WorkerTimings, Workload
 
@@ -56,7 +58,13 @@ class SimOptions:
     market_depth: int = 1  # every host of the catalog this many times
     fast_forward: bool = True
     max_skip_s: float = 900.0
+    spare_listings: bool = True  # skip offer listings that could show nothing new (see _OfferCadence)
     drain_limit_s: float = 60 * 86400.0  # after the last submission, give up on jobs this much later
+    world_throughput: Mapping[str, float] | None = None  # the jobs' true speed per model; None: the policies' table
+    lp_wait_s: float = 300.0  # the LP bound's service: every job started within this
+    lp_cache_dir: Path | None = None  # where LP bounds are kept between runs; None: solved every time
+    market: MarketProfile = "calm"
+    dialect: Dialect | None = None  # the fake's reply shapes; None: the settings' wire format
 
     def catalog(self) -> Catalog:
         return load_catalog(self.catalog_path).deepened(self.market_depth)
@@ -79,6 +87,7 @@ class Run:
 
     cost_usd: float
     waits: list[float]
+    turnarounds: list[float]
     jobs_completed: int
     jobs_total: int
     api_calls: int
@@ -106,19 +115,21 @@ def replay(
     options = options or SimOptions()
     wall = time.perf_counter()
     clock = ManualClock(ORIGIN)
+    catalog = options.catalog()
     fake = build_fake(
         SIM_TOKEN,
-        settings.tensordock.wire_format,
+        options.dialect or settings.tensordock.wire_format,
         clock=clock,
-        catalog=options.catalog(),
+        catalog=catalog,
         timings=options.timings,
-        faults=options.faults,
+        faults=market_faults(options.market, options.faults),
         seed=options.seed,
         balance_usd=1e12,
         rate_limit=settings.tensordock.rate_limit,
         rate_window_s=settings.tensordock.rate_window_s,
     )
-    throughput = settings.fleet.throughput_table
+    market = Market(options.market, catalog, ORIGIN, options.seed)
+    throughput = options.world_throughput or settings.fleet.throughput_table
     workload = Workload(jobs, fake.state, throughput, ORIGIN, timings=options.workers, seed=options.seed)
     runtime = build_runtime(
         settings,
@@ -130,14 +141,18 @@ def replay(
         name_factory=default_names(settings.fleet.name_prefix, random.Random(options.seed)),
     )
     engine = runtime.engine
+    offers = _OfferCadence(engine, fake, enabled=options.spare_listings and not _request_faults(options.faults))
     deadline = ORIGIN + max(job.submit for job in jobs) + options.drain_limit_s
     timeline: list[Sample] = []
     cycles = skipped = actions = 0
     try:
         while True:
             at = clock.now()
+            market.advance(fake.state, at)
             workload.advance(at)
+            offers.before_cycle(at)
             report = engine.run_cycle()
+            offers.after_cycle(at)
             workload.observe_fleet()
             cycles += 1
             actions += len(report.results)
@@ -165,6 +180,7 @@ def replay(
     return Run(
         cost_usd=cost,
         waits=workload.wait_times(),
+        turnarounds=workload.turnarounds(),
         jobs_completed=workload.completed,
         jobs_total=len(jobs),
         api_calls=sum(fake.requests.values()),
@@ -177,6 +193,67 @@ def replay(
         wall_s=time.perf_counter() - wall,
         timeline=timeline,
     )
+
+
+def _request_faults(faults: Faults) -> bool:
+    """Faults drawn per request: then every request the engine makes must reach the fake."""
+    return bool(
+        faults.latency_s
+        or faults.timeout_rate
+        or faults.server_error_rate
+        or faults.rate_limit_burst_rate
+        or faults.lost_reply_rate
+        or faults.lose_next_replies
+    )
+
+
+def _market_print(fake: FakeTensorDockApp) -> tuple[object, ...]:
+    """Everything an offer listing shows: the catalog's prices, what the fleet and others hold."""
+    state = fake.state
+    with state.lock:
+        state.settle()
+        held = tuple(sorted((i.id, i.phase, i.disassociated, i.gpu_count) for i in state.instances()))
+        foreign = tuple((r.host_id, r.gpu_model, r.count) for r in state._foreign)
+        return (id(state.catalog), held, foreign)
+
+
+class _OfferCadence:
+    """Spares the engine offer listings that could not show anything new.
+
+    The engine re-lists offers once its listing is `offer_refresh_s` old. After a stretch of
+    skipped cycles that is nearly every cycle, yet in a marketplace that nothing has touched
+    since the last listing (same prices, same instances in the same phases, same rentals by
+    others) the new listing would be the old one again. Then the cached listing is dated now,
+    as if just listed, so the engine decides exactly as it would have (same offers, same time
+    of listing) without the two calls; anything that changed the market means a real listing.
+    This reads and sets the engine's `_offers_at` (its offer cache's time); should that go
+    away, listings simply happen as before.
+    """
+
+    def __init__(self, engine: Engine, fake: FakeTensorDockApp, *, enabled: bool) -> None:
+        self.engine = engine
+        self.fake = fake
+        self.refresh_s = engine.config.offer_refresh_s
+        self.enabled = enabled and hasattr(engine, "_offers_at") and self.refresh_s > 0
+        self.listed_print: tuple[object, ...] | None = None
+        self._before: tuple[object, ...] | None = None
+        self.spared = 0
+
+    def before_cycle(self, now: float) -> None:
+        if not self.enabled:
+            return
+        self._before = _market_print(self.fake)
+        listed_at = self.engine._offers_at
+        if listed_at is None or now - listed_at < self.refresh_s or self.listed_print != self._before:
+            return
+        self.engine._offers_at = now
+        self.spared += 1
+
+    def after_cycle(self, now: float) -> None:
+        """A listing in this cycle (or one dated now) came before the cycle acted: remember the
+        market it showed."""
+        if self.enabled and self.engine._offers_at == now:
+            self.listed_print = self._before
 
 
 def _sample(fake: FakeTensorDockApp, workload: Workload, t: float) -> Sample:
@@ -222,6 +299,8 @@ def _quiet_cycles(
             return True  # let the real cycle report it
         return bool(guarded.actions)
 
+    if not acts(limit) and not acts(1):  # quiet at both ends: by the assumption above, all through
+        return limit
     quiet, probe = 0, 1  # gallop, then bisect: decisions change at thresholds, once
     while probe <= limit and not acts(probe):
         quiet, probe = probe, probe * 2

@@ -1,15 +1,19 @@
 """The strategies a replay compares: ours, and the baselines a user would otherwise run.
 
-Each is a configuration of the same engine, not separate code: `ours` is the given (or default)
-policy chain; `reactive` is target tracking on queued plus running jobs with one GPU model
-picked without regard to price, create and delete only, scale-down after 10 minutes unneeded
-(what KEDA or Cluster Autoscaler do); `static-peak` and `static-mean` hold a fixed fleet of
-the cheapest instances wide enough for the widest job, sized for the trace's peak or mean.
+All but one are configurations of the same engine: `ours` is the given (or default) policy
+chain; `reactive` is a KEDA + Cluster Autoscaler stand-in: target tracking on queued plus running
+jobs, one node group per job width (instances of exactly 1, 2, 4 or 8 GPUs), on the two GPU
+models the marketplace has most of, picked without regard to price; create and delete only,
+scale-down after 10 minutes unneeded. `static-peak` and `static-mean` hold a fixed fleet of the
+cheapest instances wide enough for the widest job, sized for the trace's peak or mean in GPUs
+of the model they buy (a slower model needs more of them). `per-job` is not an engine
+configuration (see perjob.py): a reference model of SkyPilot's managed jobs.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import SecretStr
@@ -20,7 +24,7 @@ from autoscaler.tensordock.fake import Catalog
 
 from .trace import Job, mean_gpus, peak_gpus
 
-STRATEGIES = ("ours", "reactive", "static-peak", "static-mean")
+STRATEGIES = ("ours", "per-job", "reactive", "static-peak", "static-mean")
 SIM_BASE_URL = "http://fake/api/v2"
 REACTIVE_SCALE_DOWN_S = 600.0
 
@@ -60,10 +64,27 @@ def catalog_gpus(catalog: Catalog) -> int:
     return sum(gpus_by_model(catalog).values())
 
 
-def reactive_model(catalog: Catalog) -> str:
-    """What a user picks without looking at prices: the model the marketplace has most of."""
-    counts = gpus_by_model(catalog)
-    return max(sorted(counts), key=lambda model: counts[model])
+def reactive_models(catalog: Catalog, throughput: Mapping[str, float]) -> list[str]:
+    """What a user picks without looking at prices: the two models the marketplace has most of."""
+    counts = {m: n for m, n in gpus_by_model(catalog).items() if throughput.get(m, 0.0) > 0}
+    return sorted(sorted(counts), key=lambda model: -counts[model])[:2]
+
+
+def static_model(catalog: Catalog, settings: Settings, widest: int) -> str:
+    """The model a static fleet buys: cheapest per unit of work among hosts wide enough."""
+    shape, speeds = settings.fleet.shape, settings.fleet.throughput_table
+    best: tuple[float, str] | None = None
+    for location in catalog.locations:
+        for host in location.hostnodes:
+            for model, gpu in host.gpus.items():
+                speed = speeds.get(model, 0.0)
+                fits = min(gpu.count, host.vcpu_count // shape.vcpu_per_gpu, host.ram_gb // shape.ram_gb_per_gpu)
+                if speed > 0 and fits >= widest:
+                    unit = shape.hourly_price(host.pricing, gpu.price_per_hr, widest) / widest / speed
+                    best = min(best or (unit, model), (unit, model))
+    if best is None:
+        raise StrategyError(f"static fleets: no host holds an instance of {widest} GPUs")
+    return best[1]
 
 
 def strategy_settings(name: str, base: Settings, jobs: list[Job], catalog: Catalog) -> Settings:
@@ -71,13 +92,15 @@ def strategy_settings(name: str, base: Settings, jobs: list[Job], catalog: Catal
     sizes = [n for n in (1, 2, 4, 8) if n < widest] + [widest]
     if name == "ours":
         return base
+    if name == "per-job":  # replayed by perjob.py; the settings give it the shape and the prices
+        return base
     if name == "reactive":
         policies = [
             PolicySpec(name="queue_target"),
             PolicySpec(
                 name="cheapest_throughput",
                 options={
-                    "allowed_models": [reactive_model(catalog)],
+                    "allowed_models": reactive_models(catalog, base.fleet.throughput_table),
                     "gpus_per_instance": sizes,
                     "scale_down": "delete",
                 },
@@ -87,7 +110,8 @@ def strategy_settings(name: str, base: Settings, jobs: list[Job], catalog: Catal
         return base.model_copy(update={"policies": policies, "guards": guards})
     if name in ("static-peak", "static-mean"):
         need = peak_gpus(jobs) if name == "static-peak" else mean_gpus(jobs)
-        gpus = widest * max(1, math.ceil(need / widest))
+        speed = base.fleet.throughput_table.get(static_model(catalog, base, widest), 1.0)
+        gpus = widest * max(1, math.ceil(need / speed / widest))
         policies = [
             PolicySpec(name="queue_target", options={"min_gpus": gpus, "max_gpus": gpus}),
             PolicySpec(name="cheapest_throughput", options={"gpus_per_instance": [widest], "place_widest_job": False}),

@@ -89,6 +89,7 @@ class Workload:
         self.queue: list[Job] = []
         self.workers: dict[str, _Worker] = {}  # by instance id
         self.waits: dict[int, float] = {}  # job index -> seconds from submission to start
+        self.ends: dict[int, float] = {}  # job index -> when it ends (or ended)
         self.completed = 0
         self.preempted = 0  # jobs whose instance went away under them: must stay 0
         self.finished_at: float | None = None  # when the last job completed
@@ -146,6 +147,7 @@ class Workload:
                 worker = min(fits, key=lambda w: (w.free, -w.throughput, w.name))
                 worker.jobs.append(_Running(job, now, now + worker.runtime(job)))
                 self.waits[job.index] = now - (self.origin + job.submit)
+                self.ends[job.index] = now + worker.runtime(job)
                 continue
             waiting.append(job)
             if reserved is None:
@@ -208,3 +210,7 @@ class Workload:
     def wait_times(self) -> list[float]:
         """Seconds each job waited; a job that never started counts as waiting until now."""
         return [self.waits.get(job.index, self.now - (self.origin + job.submit)) for job in self.jobs]
+
+    def turnarounds(self) -> list[float]:
+        """Seconds from submission to the end of each job; an unfinished one counts until now."""
+        return [min(self.ends.get(job.index, self.now), self.now) - (self.origin + job.submit) for job in self.jobs]

@@ -36,6 +36,12 @@ def cheapest(**options: Any) -> CheapestThroughput:
 # -- queue_target ----------------------------------------------------------------------------
 
 
+def test_queue_target_has_no_cap_of_its_own_unless_told() -> None:
+    # The fleet's one bound is the guards' max_gpus; a default of 64 here once capped below it.
+    assert queue_target(max_step_up=1000).decide(snapshot(queued=100), Plan()).desired_gpus == 100
+    assert queue_target(max_step_up=1000, max_gpus=10).decide(snapshot(queued=100), Plan()).desired_gpus == 10
+
+
 def test_queue_target_sizes_to_queued_plus_running() -> None:
     plan = queue_target(jobs_per_gpu=2).decide(snapshot(queued=5, running=2), Plan())
     assert plan.desired_gpus == 4  # ceil(7 / 2)

@@ -15,6 +15,7 @@ from autoscaler.sim import SimOptions, TraceError, compare, load_trace, replay
 from autoscaler.sim.results import lower_bound_usd, unit_prices, width_bound_usd
 from autoscaler.sim.runner import SIM_TOKEN
 from autoscaler.sim.strategies import sim_settings, strategy_settings
+from autoscaler.sim.trace import Job
 from autoscaler.sim.workload import WorkerTimings, Workload
 from autoscaler.tensordock.fake import FakeTensorDockApp, Faults, Timings
 
@@ -86,10 +87,11 @@ def test_backfill_runs_a_narrow_job_around_a_wide_one_that_must_wait(tmp_path: P
 def test_lower_bounds_never_exceed_any_strategys_cost(tmp_path: Path) -> None:
     trace = slice_of("philly-30d-b.csv", 3, tmp_path / "b3.csv")
     results, _ = compare(trace)
-    assert {r.strategy for r in results} == {"ours", "reactive", "static-peak", "static-mean"}
+    assert {r.strategy for r in results} == {"ours", "per-job", "reactive", "static-peak", "static-mean"}
     for result in results:
-        assert result.lower_bound_usd <= result.width_bound_usd <= result.cost_usd, result
+        assert result.lower_bound_usd <= result.width_bound_usd <= result.lp_bound_usd <= result.cost_usd, result
         assert result.jobs_completed == result.jobs_total
+        assert result.turnaround_p50_s <= result.turnaround_p95_s and result.slowdown_mean >= 1.0
 
 
 def test_same_trace_and_seed_give_the_same_result(tmp_path: Path) -> None:
@@ -267,3 +269,45 @@ def test_simulate_cli_refuses_a_bad_trace_and_an_unknown_strategy(
     assert "unknown strategy 'magic'" in capsys.readouterr().err
     assert main(["simulate", "--trace", str(good), "--faults", '{"timeout_rate": 2}']) == 2
     assert "timeout_rate" in capsys.readouterr().err
+
+
+def test_per_job_gives_each_job_its_own_instance_and_deletes_it_when_done(tmp_path: Path) -> None:
+    # One-host catalog, two A100s. Job 0 (one GPU, 600 s) at 0: created at 0, running at 30, the
+    # worker is up at 90, done at 690. Job 1 (one GPU, 300 s) at 100 gets the other GPU on its own
+    # instance: 100 + 90 = 190 to 490. Job 2 (two GPUs) at 200 waits for both to be deleted (690),
+    # then boots its own two-GPU instance: 780 to 780 + 60 = 840. Each bills create to delete.
+    trace = write_trace(tmp_path / "pj.csv", [(0, 600, 1), (100, 300, 1), (200, 60, 2)])
+    results, runs = compare(trace, strategies=("per-job",), options=EXACT)
+    run = runs["per-job"]
+    assert run.waits == [pytest.approx(90.0), pytest.approx(90.0), pytest.approx(580.0)]
+    assert run.turnarounds == [pytest.approx(690.0), pytest.approx(390.0), pytest.approx(640.0)]
+    rate2 = 2.0 + 16 * 0.01 + 64 * 0.001 + 100 * 0.0001
+    assert run.cost_usd == pytest.approx(RATE * (690 + 390) / 3600 + rate2 * 150 / 3600, rel=1e-9)
+    assert run.jobs_completed == 3 and results[0].slowdown_mean == pytest.approx((690 / 600 + 390 / 300 + 640 / 60) / 3)
+
+
+def test_baselines_are_sized_for_the_catalog_and_the_model_they_buy() -> None:
+    catalog = SimOptions().catalog()
+    base = sim_settings(Settings(), SIM_TOKEN, catalog, bounds_given=False)
+    jobs = [Job(0, 0, 3600, 1), Job(1, 0, 3600, 1), Job(2, 0, 3600, 2)]
+    reactive = strategy_settings("reactive", base, jobs, catalog)
+    models = reactive.policies[1].options["allowed_models"]
+    assert len(models) == 2  # not stuck on the one most plentiful model
+    assert reactive.policies[1].options["gpus_per_instance"] == [1, 2]  # one node group per width
+    static = strategy_settings("static-peak", base, jobs, catalog)
+    peak = static.policies[0].options["min_gpus"]
+    # the peak is 4 reference GPUs; the cheapest two-GPU-wide offer per unit of work is slower
+    # than the reference, so more of its GPUs are bought
+    assert peak > 4 and peak % 2 == 0
+
+
+def test_sparing_offer_listings_changes_nothing_but_the_calls(tmp_path: Path) -> None:
+    trace = slice_of("philly-30d-b.csv", 2, tmp_path / "b2.csv")
+    jobs = load_trace(trace)
+    options = SimOptions()
+    base = sim_settings(Settings(), SIM_TOKEN, options.catalog(), bounds_given=False)
+    listing = replay(jobs, base, SimOptions(spare_listings=False))
+    sparing = replay(jobs, base, options)
+    assert sparing.cost_usd == listing.cost_usd and sparing.waits == listing.waits
+    assert (sparing.actions, sparing.cycles) == (listing.actions, listing.cycles)
+    assert sparing.api_calls < listing.api_calls
