@@ -267,23 +267,36 @@ def _compare_with_progress(trace: str, settings: Any, strategies: tuple[str, ...
 
     for name in strategies:  # every name checked before the first replay, which may take minutes
         check_strategy(name)
-    if not sys.stderr.isatty() or len(strategies) < 2:
+    if not sys.stderr.isatty():
         return compare(trace, settings, strategies, options)
+    from dataclasses import replace
+
+    from autoscaler.sim import load_trace
+
+    days = max((job.submit for job in load_trace(trace)), default=0.0) / 86400 or 1.0
     results: list[Any] = []
     runs: dict[str, Any] = {}
     width = 24
-    for index, name in enumerate(strategies):
-        print(f"\r[{'#' * (width * index // len(strategies)):<{width}}] {name}: replaying…", end="", file=sys.stderr)
-        sys.stderr.flush()
-        done, run = compare(trace, settings, (name,), options)
+
+    def bar(name: str, simulated_s: float, done: int, total: int) -> None:
+        filled = min(width, int(width * simulated_s / 86400 / days))
+        print(
+            f"\r{name:<12} [{'#' * filled:<{width}}] {simulated_s / 86400:5.1f} of ~{days:.0f} simulated days,"
+            f" {done} of {total} jobs done",
+            end="",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    for name in strategies:
+        bar(name, 0.0, 0, 0)
+        live = replace(options, progress=lambda s, d, t, name=name: bar(name, s, d, t))
+        done, run = compare(trace, settings, (name,), live)
         results += done
         runs |= run
         r = done[0]
-        print(
-            f"\r[{'#' * (width * (index + 1) // len(strategies)):<{width}}] {name}: {r.simulated_s / 86400:.1f}"
-            f" simulated days, {r.jobs_completed} of {r.jobs_total} jobs done in {r.replay_s:.0f}s",
-            file=sys.stderr,
-        )
+        bar(name, r.simulated_s, r.jobs_completed, r.jobs_total)
+        print(f"  ({r.replay_s:.0f}s)", file=sys.stderr)
     return results, runs
 
 

@@ -136,11 +136,27 @@ def test_simulate_warns_about_unfinished_jobs_and_shows_progress_on_a_terminal(
     results, runs = _compare_with_progress(str(trace), one_gpu_fleet(), ("ours", "reactive"), EXACT)
     assert [r.strategy for r in results] == ["ours", "reactive"] and set(runs) == {"ours", "reactive"}
     shown = err.getvalue()
-    assert "ours: " in shown and "reactive: " in shown and "simulated days" in shown and "2 of 2 jobs" in shown
+    assert "ours " in shown and "reactive " in shown and "simulated days" in shown and "2 of 2 jobs" in shown
+    assert "[" + "#" * 24 + "]" in shown  # each bar ends full
     assert unfinished_warnings(results) == []
     short = dataclasses.replace(results[1], jobs_completed=1)
     (warning,) = unfinished_warnings([results[0], short])
     assert warning.startswith("reactive left 1 of 2 jobs unfinished")
+
+
+def test_a_replay_reports_its_progress_as_it_goes(tmp_path: Path) -> None:
+    """The bar moves during a replay (simulated time and jobs done), not only when one ends."""
+    from autoscaler.sim import compare
+
+    from .sim.test_simulator import EXACT, one_gpu_fleet, write_trace
+
+    trace = write_trace(tmp_path / "t.csv", [(n * 1800, 600, 1) for n in range(48)])  # one a half-hour for a day
+    seen: list[tuple[float, int, int]] = []
+    options = dataclasses.replace(EXACT, progress=lambda s, done, total: seen.append((s, done, total)))
+    compare(trace, one_gpu_fleet(), ("ours",), options)
+    assert len(seen) >= 2
+    assert [s for s, _, _ in seen] == sorted(s for s, _, _ in seen) and seen[-1][0] > 12 * 3600
+    assert all(total == 48 for _, _, total in seen) and 0 < seen[-1][1] < 48
 
 
 def test_the_plot_shares_one_time_axis_and_keeps_the_legend_off_the_data(tmp_path: Path) -> None:

@@ -44,6 +44,7 @@ from .trace import Job
 from .workload import WorkerTimings, Workload
 
 SIM_TOKEN = "simulated-token-not-a-secret"  # noqa: S105 - the in-process fake's own token
+PROGRESS_EVERY_S = 3600.0  # simulated seconds between progress reports
 ORIGIN = 1_767_225_600.0  # 2026-01-01T00:00:00Z: day and month boundaries fall where a reader expects
 
 
@@ -65,6 +66,8 @@ class SimOptions:
     lp_cache_dir: Path | None = None  # where LP bounds are kept between runs; None: solved every time
     market: MarketProfile = "calm"
     dialect: Dialect | None = None  # the fake's reply shapes; None: the settings' wire format
+    # told (simulated seconds, jobs done, jobs in all) every simulated hour: a terminal's bar
+    progress: Callable[[float, int, int], None] | None = field(default=None, compare=False)
 
     def catalog(self) -> Catalog:
         return load_catalog(self.catalog_path).deepened(self.market_depth)
@@ -145,6 +148,7 @@ def replay(
     deadline = ORIGIN + max(job.submit for job in jobs) + options.drain_limit_s
     timeline: list[Sample] = []
     cycles = skipped = actions = 0
+    reported_at = ORIGIN
     try:
         while True:
             at = clock.now()
@@ -159,6 +163,9 @@ def replay(
             timeline.append(_sample(fake, workload, at - ORIGIN))
             if check is not None:
                 check(report, fake, workload)
+            if options.progress is not None and at - reported_at >= PROGRESS_EVERY_S:
+                reported_at = at
+                options.progress(at - ORIGIN, workload.completed, len(jobs))
             if at >= deadline:
                 break
             step = options.interval_s
