@@ -446,3 +446,68 @@ def test_a_port_taken_since_the_offers_were_listed_backs_that_offer_off(rig: Cal
     refused = [e for e in r.runtime.store.journal(50) if e.kind == "create" and e.outcome == "failed"]
     assert refused and all("port" in (e.error or "") for e in refused)
     assert r.runtime.store.backed_off(r.clock.now())
+
+
+def test_a_dedicated_ip_is_asked_for_where_the_offer_has_one_and_config_allows(rig: Callable[..., Rig]) -> None:
+    r = rig(fleet={"use_dedicated_ip": True}, policies=[{"name": "queue_target"}, {"name": "cheapest_throughput"}])
+    r.signal.set(queued_jobs=1)
+    for _ in range(3):
+        r.cycle()
+    (ours,) = r.provider_instances()
+    offers = {o.hostnode_id or o.location_id: o for o in r.runtime.engine._offers}
+    offer = offers.get(ours.host.id) or offers.get(ours.location.id)
+    assert offer is not None
+    assert ours.use_dedicated_ip is offer.dedicated_ip
+    assert (ours.port_forwards == []) is offer.dedicated_ip
+    actuator = r.runtime.engine.actuator
+    with_ip = [o for o in r.runtime.engine._offers if o.dedicated_ip]
+    without = [o for o in r.runtime.engine._offers if not o.dedicated_ip and o.available_ports]
+    assert with_ip and without  # the shipped catalog has both kinds of host
+    assert actuator._placement(with_ip[0], set()) == (True, ())
+    dedicated, forwards = actuator._placement(without[0], {without[0].available_ports[0]})  # type: ignore[misc]
+    assert not dedicated and forwards[0].external_port == without[0].available_ports[1]
+
+
+def test_location_offers_respect_their_limits_for_one_instance() -> None:
+    from autoscaler.snapshot import InstanceShape, Offer
+    from autoscaler.tensordock import Pricing
+
+    offer = Offer("loc", "l4-pcie-24gb", 8, 0.2, Pricing(), max_vcpus=16, max_ram_gb=64, max_storage_gb=500)
+    shape = InstanceShape(vcpu_per_gpu=8, ram_gb_per_gpu=32, storage_gb=100)
+    assert offer.fits(shape, 2) and not offer.fits(shape, 3)  # 24 vCPUs > 16
+    assert not offer.fits(InstanceShape(4, 48, 100), 2)  # 96 GB > 64
+    assert not offer.fits(InstanceShape(4, 16, 600), 1)  # 600 GB > 500
+
+
+def test_a_create_waits_for_its_reply_longer_than_other_calls() -> None:
+    from autoscaler.tensordock import TensorDockClient
+
+    from ..conftest import create_request
+
+    seen: dict[str, float] = {}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen[request.method] = request.extensions["timeout"]["read"]
+        if request.method == "POST":
+            return httpx.Response(
+                200, json={"data": {"type": "virtualmachine", "id": "i-1", "name": "n", "status": "running"}}
+            )
+        return httpx.Response(200, json={"data": []})
+
+    client = TensorDockClient("http://td.invalid/api/v2", TOKEN, transport=httpx.MockTransport(handler))
+    client.list_instances()
+    client.create_instance(create_request("loc"))
+    assert seen["GET"] == pytest.approx(30.0, abs=1) and seen["POST"] == pytest.approx(120.0, abs=1)
+
+
+def test_port_forwards_silently_dropped_at_a_location_are_what_the_fake_bills(rig: Callable[..., Rig]) -> None:
+    """The fault one client's bug log reports: accepted, ignored. The fleet still runs (SSH is the worker's loss)."""
+    r = rig()
+    locations = [loc.id for loc in r.fake.state.catalog.locations]
+    r.fake.state.faults = r.fake.state.faults.model_copy(update={"drop_port_forwards_at": locations})
+    r.signal.set(queued_jobs=1)
+    for _ in range(3):
+        r.cycle()
+    (ours,) = r.provider_instances()
+    assert ours.port_forwards == []
+    assert r.runtime.store.owned()[ours.id].shape is not None
