@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -26,6 +26,7 @@ from .models import (
 )
 
 JsonObject = dict[str, Any]
+T = TypeVar("T")
 _INSTANCE_LIST: TypeAdapter[list[Instance]] = TypeAdapter(list[Instance])
 
 
@@ -151,6 +152,22 @@ def _skip_nothing(endpoint: str, why: str) -> None:
     pass
 
 
+_UNREADABLE = (ValidationError, ValueError, TypeError, AttributeError, KeyError, MalformedResponseError)
+
+
+def _readable(
+    items: object, parse: Callable[[Any], T], what: str, operation: str, on_skip: SkipEntry
+) -> list[T]:
+    """Every entry `parse` can read; each one it cannot is skipped and reported, never fatal."""
+    out = []
+    for item in items if isinstance(items, list) else []:
+        try:
+            out.append(parse(item))
+        except _UNREADABLE as exc:
+            on_skip(operation, f"{what}: {_summarise(exc)}")
+    return out
+
+
 def _entries(body: object, key: str, operation: str) -> list[object]:
     data = body.get("data") if isinstance(body, dict) else None
     items = data.get(key) if isinstance(data, dict) else data
@@ -163,39 +180,34 @@ def parse_locations(
     body: object, operation: str = "list_locations", on_skip: SkipEntry = _skip_nothing
 ) -> list[Location]:
     """Every readable location; an unreadable location or GPU entry is skipped, not fatal."""
-    locations = []
-    for item in _entries(body, "locations", operation):
-        try:
-            locations.append(_parse_location(item, operation, on_skip))
-        except (ValidationError, ValueError, TypeError, AttributeError, KeyError) as exc:
-            on_skip(operation, f"location: {_summarise(exc)}")
-    return locations
+    entries = _entries(body, "locations", operation)
+    return _readable(entries, lambda item: _parse_location(item, operation, on_skip), "location", operation, on_skip)
+
+
+def _location_gpu(location_id: str, gpu: Any) -> LocationGpuOffer:
+    resources = gpu.get("resources") or {}
+    network = gpu.get("network_features") or {}
+    return LocationGpuOffer(
+        location_id=location_id,
+        gpu_model=gpu.get("v0Name") or gpu["gpuV0Name"],
+        display_name=gpu.get("displayName"),
+        max_count=gpu.get("max_count") or 0,
+        price_per_hr=gpu["price_per_hr"],
+        max_vcpus=resources.get("max_vcpus"),
+        max_ram_gb=resources.get("max_ram_gb"),
+        max_storage_gb=resources.get("max_storage_gb"),
+        pricing=_pricing(gpu.get("pricing")),
+        dedicated_ip_available=bool(network.get("dedicated_ip_available", False)),
+        port_forwarding_available=bool(network.get("port_forwarding_available", True)),
+        network_storage_available=bool(network.get("network_storage_available", False)),
+    )
 
 
 def _parse_location(item: Any, operation: str, on_skip: SkipEntry) -> Location:
-    offers = []
-    for gpu in item.get("gpus") or []:
-        try:
-            resources = gpu.get("resources") or {}
-            network = gpu.get("network_features") or {}
-            offers.append(
-                LocationGpuOffer(
-                    location_id=item["id"],
-                    gpu_model=gpu.get("v0Name") or gpu["gpuV0Name"],
-                    display_name=gpu.get("displayName"),
-                    max_count=gpu.get("max_count") or 0,
-                    price_per_hr=gpu["price_per_hr"],
-                    max_vcpus=resources.get("max_vcpus"),
-                    max_ram_gb=resources.get("max_ram_gb"),
-                    max_storage_gb=resources.get("max_storage_gb"),
-                    pricing=_pricing(gpu.get("pricing")),
-                    dedicated_ip_available=bool(network.get("dedicated_ip_available", False)),
-                    port_forwarding_available=bool(network.get("port_forwarding_available", True)),
-                    network_storage_available=bool(network.get("network_storage_available", False)),
-                )
-            )
-        except (ValidationError, ValueError, TypeError, AttributeError, KeyError) as exc:
-            on_skip(operation, f"location GPU: {_summarise(exc)}")
+    location_id = item["id"]
+    offers = _readable(
+        item.get("gpus"), lambda gpu: _location_gpu(location_id, gpu), "location GPU", operation, on_skip
+    )
     return Location(
         id=item["id"],
         city=item.get("city"),
@@ -210,13 +222,8 @@ def parse_hostnodes(
     body: object, operation: str = "list_hostnodes", on_skip: SkipEntry = _skip_nothing
 ) -> list[Hostnode]:
     """Every readable host; an unreadable host or GPU entry is skipped, not fatal."""
-    hosts = []
-    for item in _entries(body, "hostnodes", operation):
-        try:
-            hosts.append(parse_hostnode(item, operation, on_skip))
-        except MalformedResponseError as exc:
-            on_skip(operation, f"hostnode: {exc.message[:160]}")
-    return hosts
+    entries = _entries(body, "hostnodes", operation)
+    return _readable(entries, lambda item: parse_hostnode(item, operation, on_skip), "hostnode", operation, on_skip)
 
 
 def parse_hostnode_reply(body: object, operation: str = "get_hostnode") -> Hostnode:
@@ -224,20 +231,12 @@ def parse_hostnode_reply(body: object, operation: str = "get_hostnode") -> Hostn
     return parse_hostnode(data, operation)
 
 
-def _host_gpus(raw: object, operation: str, on_skip: SkipEntry) -> tuple[HostnodeGpu, ...]:
-    gpus = []
-    for gpu in raw if isinstance(raw, list) else []:
-        try:
-            gpus.append(
-                HostnodeGpu(
-                    gpu_model=gpu.get("v0Name") or gpu["gpuV0Name"],
-                    available_count=gpu.get("availableCount") or 0,
-                    price_per_hr=gpu["price_per_hr"],
-                )
-            )
-        except (ValidationError, ValueError, TypeError, AttributeError, KeyError) as exc:
-            on_skip(operation, f"hostnode GPU: {_summarise(exc)}")
-    return tuple(gpus)
+def _host_gpu(gpu: Any) -> HostnodeGpu:
+    return HostnodeGpu(
+        gpu_model=gpu.get("v0Name") or gpu["gpuV0Name"],
+        available_count=gpu.get("availableCount") or 0,
+        price_per_hr=gpu["price_per_hr"],
+    )
 
 
 def parse_hostnode(item: object, operation: str, on_skip: SkipEntry = _skip_nothing) -> Hostnode:
@@ -251,7 +250,7 @@ def parse_hostnode(item: object, operation: str, on_skip: SkipEntry = _skip_noth
             location_id=item.get("location_id") or location.get("uuid"),
             engine=item.get("engine"),
             uptime_percentage=item.get("uptime_percentage"),
-            gpus=_host_gpus(available.get("gpus"), operation, on_skip),
+            gpus=tuple(_readable(available.get("gpus"), _host_gpu, "hostnode GPU", operation, on_skip)),
             vcpu_count=available.get("vcpu_count"),
             ram_gb=available.get("ram_gb"),
             storage_gb=available.get("storage_gb"),
