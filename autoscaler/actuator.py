@@ -32,9 +32,9 @@ from autoscaler.tensordock import (
     PortForward,
     RequestTimeoutError,
     ServerError,
-    TensorDockClient,
     TensorDockError,
 )
+from autoscaler.tensordock.client import TensorDockClient
 
 _log = structlog.get_logger("autoscaler.actuator")
 

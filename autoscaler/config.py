@@ -66,6 +66,7 @@ class TensorDockSettings(_Section):
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"{value!r} is not an http(s) URL, e.g. https://dashboard.tensordock.com/api/v2")
         return value
+
     # Every wait is bounded (DESIGN rule 14).
     call_deadline_s: Seconds = Field(
         default=60.0,

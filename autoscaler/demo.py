@@ -16,14 +16,8 @@ import httpx
 
 from autoscaler.clock import SystemClock
 from autoscaler.signals import Demand
-from autoscaler.tensordock import (
-    CreateInstanceRequest,
-    Instance,
-    InstanceStatus,
-    ModifyInstanceRequest,
-    PortForward,
-    TensorDockClient,
-)
+from autoscaler.tensordock import CreateInstanceRequest, Instance, InstanceStatus, ModifyInstanceRequest, PortForward
+from autoscaler.tensordock.client import TensorDockClient
 from autoscaler.tensordock.fake import FakeServer, Timings, build_fake
 
 DEMO_TOKEN = "demo-token-not-a-secret"  # noqa: S105 - the fake's own token, printed nowhere

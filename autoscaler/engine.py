@@ -28,7 +28,8 @@ from autoscaler.reconcile import ABSENT, Doubts, ReconcileConfig, Reconciled, Re
 from autoscaler.signals import Demand, DemandSignal, SignalError
 from autoscaler.snapshot import GuardMemory, InstanceShape, Offer, Snapshot, offers_from
 from autoscaler.store import Store
-from autoscaler.tensordock import Instance, InstanceStatus, TensorDockClient, TensorDockError
+from autoscaler.tensordock import Instance, InstanceStatus, TensorDockError
+from autoscaler.tensordock.client import TensorDockClient
 from autoscaler.throughput import DEFAULT_THROUGHPUT
 
 _log = structlog.get_logger("autoscaler.cycle")

@@ -92,7 +92,8 @@ def connect(settings: Settings, found: Findings) -> None:
     """Try the store, the API and every demand source once; each failure is one line naming its field."""
     from autoscaler.runtime import open_configured_store
     from autoscaler.signals.registry import SignalSettings, build_signal
-    from autoscaler.tensordock import TensorDockClient, TensorDockError
+    from autoscaler.tensordock import TensorDockError
+    from autoscaler.tensordock.client import TensorDockClient
 
     try:
         open_configured_store(settings.store.url).close()

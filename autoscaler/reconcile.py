@@ -29,14 +29,8 @@ from autoscaler.snapshot import (
     billed_rate,
 )
 from autoscaler.store import JournalEntry, OwnedRecord, Store
-from autoscaler.tensordock import (
-    GpuAllocation,
-    Instance,
-    InstanceStatus,
-    NotFoundError,
-    TensorDockClient,
-    TensorDockError,
-)
+from autoscaler.tensordock import GpuAllocation, Instance, InstanceStatus, NotFoundError, TensorDockError
+from autoscaler.tensordock.client import TensorDockClient
 
 _log = structlog.get_logger("autoscaler.reconcile")
 MAX_GPUS_PER_INSTANCE = 8  # TensorDock's limit: an instance of unknown shape may hold this many

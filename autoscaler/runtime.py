@@ -22,7 +22,7 @@ from autoscaler.secrets import mask_url
 from autoscaler.signals import DemandSignal, SignalError
 from autoscaler.signals.registry import SignalConfigError, build_signal
 from autoscaler.store import Store, open_store
-from autoscaler.tensordock import TensorDockClient
+from autoscaler.tensordock.client import TensorDockClient
 
 
 @dataclass

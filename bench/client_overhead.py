@@ -18,7 +18,8 @@ import httpx
 
 from autoscaler.clock import ManualClock
 from autoscaler.logging import configure_logging
-from autoscaler.tensordock import CreateInstanceRequest, PortForward, TensorDockClient
+from autoscaler.tensordock import CreateInstanceRequest, PortForward
+from autoscaler.tensordock.client import TensorDockClient
 from autoscaler.tensordock.fake import build_fake, in_process_transport
 
 TOKEN = "bench-token-0123456789"

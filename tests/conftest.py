@@ -11,7 +11,8 @@ import pytest
 
 from autoscaler.clock import ManualClock
 from autoscaler.logging import configure_logging
-from autoscaler.tensordock import CreateInstanceRequest, PortForward, TensorDockClient
+from autoscaler.tensordock import CreateInstanceRequest, PortForward
+from autoscaler.tensordock.client import TensorDockClient
 from autoscaler.tensordock.fake import FakeTensorDockApp, build_fake, in_process_transport
 
 TOKEN = "td-test-token-5f2c9a7e41b3d8"

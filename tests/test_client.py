@@ -21,10 +21,10 @@ from autoscaler.tensordock import (
     RateLimitedError,
     RequestTimeoutError,
     ServerError,
-    TensorDockClient,
     TensorDockError,
     TokenBucket,
 )
+from autoscaler.tensordock.client import TensorDockClient
 from autoscaler.tensordock.fake import FakeServer, Faults, build_fake
 
 from .conftest import (

@@ -11,14 +11,8 @@ import httpx
 import pytest
 
 from autoscaler.clock import ManualClock, SystemClock
-from autoscaler.tensordock import (
-    MalformedResponseError,
-    RateLimitedError,
-    RequestTimeoutError,
-    ServerError,
-    TensorDockClient,
-)
-from autoscaler.tensordock.client import CallNotSentError
+from autoscaler.tensordock import MalformedResponseError, RateLimitedError, RequestTimeoutError, ServerError
+from autoscaler.tensordock.client import CallNotSentError, TensorDockClient
 
 from .conftest import TOKEN
 from .rawhttp import raw_server, read_request, reply, trickle

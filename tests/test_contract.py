@@ -20,11 +20,8 @@ from schemathesis.specs.openapi.checks import content_type_conformance, response
 from werkzeug.wrappers import Request
 
 from autoscaler.clock import ManualClock
-from autoscaler.tensordock import (
-    ModifyInstanceRequest,
-    NotFoundError,
-    TensorDockClient,
-)
+from autoscaler.tensordock import ModifyInstanceRequest, NotFoundError
+from autoscaler.tensordock.client import TensorDockClient
 from autoscaler.tensordock.fake import FakeTensorDockApp, build_fake, in_process_transport
 
 from .conftest import RTX4090, SPEC_PATH, TOKEN, create_request, location_of

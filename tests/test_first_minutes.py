@@ -40,7 +40,7 @@ def test_make_demo_installs_only_the_package_and_make_test_the_dev_tools(tmp_pat
 
 @pytest.fixture
 def demo_world() -> tuple[object, DemoWorkload, ManualClock, SqliteStore]:
-    from autoscaler.tensordock import TensorDockClient
+    from autoscaler.tensordock.client import TensorDockClient
 
     clock = ManualClock()
     app = build_fake(TOKEN, "observed", clock=clock)

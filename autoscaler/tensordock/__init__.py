@@ -1,6 +1,10 @@
-"""The TensorDock provider: the client, its models and errors, and a faithful fake server."""
+"""The TensorDock provider's values and errors: what the core may know of TensorDock.
 
-from .client import DEFAULT_BASE_URL, ApiObserver, TensorDockClient
+Dependency-free (pydantic only), so that importing the decision core or a policy loads no HTTP
+client. The client itself is `autoscaler.tensordock.client.TensorDockClient`; the fake server is
+`autoscaler.tensordock.fake`.
+"""
+
 from .errors import (
     AuthenticationError,
     BadRequestError,
@@ -31,8 +35,6 @@ from .models import (
 from .ratelimit import TokenBucket
 
 __all__ = [
-    "DEFAULT_BASE_URL",
-    "ApiObserver",
     "AuthenticationError",
     "BadRequestError",
     "CapacityUnavailableError",
@@ -53,7 +55,6 @@ __all__ = [
     "RateLimitedError",
     "RequestTimeoutError",
     "ServerError",
-    "TensorDockClient",
     "TensorDockError",
     "TokenBucket",
     "TransportError",

@@ -155,9 +155,7 @@ def _skip_nothing(endpoint: str, why: str) -> None:
 _UNREADABLE = (ValidationError, ValueError, TypeError, AttributeError, KeyError, MalformedResponseError)
 
 
-def _readable(
-    items: object, parse: Callable[[Any], T], what: str, operation: str, on_skip: SkipEntry
-) -> list[T]:
+def _readable(items: object, parse: Callable[[Any], T], what: str, operation: str, on_skip: SkipEntry) -> list[T]:
     """Every entry `parse` can read; each one it cannot is skipped and reported, never fatal."""
     out = []
     for item in items if isinstance(items, list) else []:

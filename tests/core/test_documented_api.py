@@ -480,7 +480,7 @@ def test_location_offers_respect_their_limits_for_one_instance() -> None:
 
 
 def test_a_create_waits_for_its_reply_longer_than_other_calls() -> None:
-    from autoscaler.tensordock import TensorDockClient
+    from autoscaler.tensordock.client import TensorDockClient
 
     from ..conftest import create_request
 

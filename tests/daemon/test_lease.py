@@ -192,7 +192,7 @@ def test_a_start_whose_leader_lost_its_lock_during_a_retry_after_wait_is_not_sen
     from autoscaler.clock import ManualClock
     from autoscaler.plan import Action, ActionKind
     from autoscaler.snapshot import InstanceShape
-    from autoscaler.tensordock import TensorDockClient
+    from autoscaler.tensordock.client import TensorDockClient
 
     store = pg_store(pg_store_url)
     leader = LeaderElector(pg_store_url, "fleet", store, lease_s=60.0)
