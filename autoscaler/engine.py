@@ -26,7 +26,7 @@ from autoscaler.planner import PlanningError, run_chain
 from autoscaler.policy import Policy
 from autoscaler.reconcile import ABSENT, Doubts, ReconcileConfig, Reconciled, Reconciler
 from autoscaler.signals import Demand, DemandSignal, SignalError
-from autoscaler.snapshot import GuardMemory, InstanceShape, Offer, Snapshot, offers_from
+from autoscaler.snapshot import GuardMemory, InstanceShape, Offer, Snapshot, billed_rate, offers_from
 from autoscaler.store import Store
 from autoscaler.tensordock import Instance, InstanceStatus, TensorDockError
 from autoscaler.tensordock.client import TensorDockClient
@@ -353,8 +353,8 @@ class Engine:
         snap, m = report.snapshot, self.metrics
         assert snap is not None
         m.fleet_cost.labels("true").set(snap.hourly_cost)
-        unmanaged = [i for i in snap.unowned if i.status in (InstanceStatus.RUNNING, InstanceStatus.STARTING)]
-        m.fleet_cost.labels("false").set(sum(i.rate_hourly or 0.0 for i in unmanaged))
+        # what we are not told of a foreign instance (its storage price) costs nothing here
+        m.fleet_cost.labels("false").set(sum(billed_rate(i.status, i.rate_hourly or 0.0, 0.0) for i in snap.unowned))
         counts: dict[tuple[str, str, str, str], int] = {}
         for fleet_instance in snap.instances:
             i = fleet_instance.instance
