@@ -313,13 +313,10 @@ class Reconciler:
         hold: str | None,
     ) -> Reconciled:
         store = self.store
-        prefix = f"{self.config.name_prefix}-"
         dearest = _dearest(offers, self.config.shape)
         busy_known = demand is not None and demand.busy is not None
         busy_map: Mapping[str, bool] = demand.busy if demand is not None and demand.busy is not None else {}
-        unowned: list[Instance] = []
-        orphans: list[Instance] = []
-        orphan_load: list[PendingCreate] = []
+        unowned, orphans, orphan_load = self._foreign_views(listing, owned, details, dearest)
         rates: dict[str, float] = {}
         observations: list[tuple[str, str, bool | None]] = []
         believed: list[tuple[Instance, OwnedRecord, bool | None, str | None]] = []
@@ -330,11 +327,6 @@ class Reconciler:
                 listed_ids.add(instance.id)
                 record = owned.get(instance.id)
                 if record is None:
-                    seen = self._foreign_view(instance, details)
-                    if (instance.name or "").startswith(prefix):
-                        orphans.append(seen)
-                        orphan_load.append(self._load_of(seen, dearest))
-                    unowned.append(seen)
                     continue
                 view, counts = self._owned_view(instance, record, details.get(instance.id), dearest)
                 for key, n in counts.items():
@@ -366,14 +358,28 @@ class Reconciler:
         )
         return Reconciled(
             fleet=fleet,
-            unowned=tuple(unowned),
-            orphans=tuple(orphans),
-            orphan_load=tuple(orphan_load),
+            unowned=unowned,
+            orphans=orphans,
+            orphan_load=orphan_load,
             pending=pending,
             watched=watched,
             doubts=Doubts(**doubts),
             hold=hold,
         )
+
+    def _foreign_views(
+        self,
+        listing: list[Instance],
+        owned: Mapping[str, OwnedRecord],
+        details: Mapping[str, Instance],
+        dearest: Mapping[int, float],
+    ) -> tuple[tuple[Instance, ...], tuple[Instance, ...], tuple[PendingCreate, ...]]:
+        """Instances we do not own, with what a GET told of them; the orphans among them, and what
+        they count against the bounds."""
+        prefix = f"{self.config.name_prefix}-"
+        unowned = tuple(self._foreign_view(i, details) for i in listing if i.id not in owned)
+        orphans = tuple(i for i in unowned if (i.name or "").startswith(prefix))
+        return unowned, orphans, tuple(self._load_of(o, dearest) for o in orphans)
 
     def _owned_view(
         self, listed: Instance, record: OwnedRecord, detail: Instance | None, dearest: Mapping[int, float]
