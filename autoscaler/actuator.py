@@ -21,8 +21,7 @@ from autoscaler.clock import Clock
 from autoscaler.ledger import Ledger
 from autoscaler.plan import Action, ActionKind
 from autoscaler.snapshot import InstanceShape, Offer, OwnedShape
-from autoscaler.store import Store
-from autoscaler.store.sql import FencedError
+from autoscaler.store import FencedError, Store
 from autoscaler.tensordock import (
     BadRequestError,
     CapacityUnavailableError,

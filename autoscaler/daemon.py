@@ -37,8 +37,8 @@ from autoscaler.logging import configure_logging
 from autoscaler.metrics import CoreMetrics
 from autoscaler.runtime import Runtime, build_runtime
 from autoscaler.sdnotify import SystemdNotifier
+from autoscaler.store import FencedError
 from autoscaler.store.postgres import PostgresStore
-from autoscaler.store.sql import FencedError
 
 _log = structlog.get_logger("autoscaler.daemon")
 _JOB_ID = "cycle"

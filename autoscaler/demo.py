@@ -283,7 +283,7 @@ def run_daemon_demo(
     from autoscaler.clock import ScaledClock
     from autoscaler.config import Settings
     from autoscaler.daemon import Daemon
-    from autoscaler.testing import free_port
+    from autoscaler.wsgi import free_port
 
     clock = ScaledClock(speed)
     app = build_fake(DEMO_TOKEN, "documented", clock=clock)

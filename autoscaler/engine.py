@@ -295,14 +295,8 @@ class Engine:
     ) -> Snapshot:
         """Freeze the reconciled fleet with everything else a decision reads: the last I/O of a cycle."""
         store = self.store
-        if demand is not None:
-            idle_key = "fleet_idle_since"
-            if demand.queued_jobs + demand.running_jobs == 0:
-                if store.get_value(idle_key) is None:
-                    store.set_value(idle_key, repr(now))
-            else:
-                store.set_value(idle_key, None)
-        fleet_idle = store.get_value("fleet_idle_since")
+        idle = None if demand is None else demand.queued_jobs + demand.running_jobs == 0
+        fleet_idle = store.fleet_idle_since(now, idle)
         return Snapshot(
             now=now,
             demand=demand,
@@ -315,7 +309,7 @@ class Engine:
             backed_off=store.backed_off(now),
             pending_creates=fleet.pending,
             demand_error=demand_error,
-            fleet_idle_since=float(fleet_idle) if fleet_idle else None,
+            fleet_idle_since=fleet_idle,
             desired_history=tuple(store.desired_history(now - 86400)),
             orphans=fleet.orphan_load,
             memory=self._memory(),
@@ -395,26 +389,20 @@ class Engine:
     # -- after acting -------------------------------------------------------------------------
 
     def _memory(self) -> GuardMemory:
-        def as_float(key: str) -> float | None:
-            value = self.store.get_value(key)
-            return float(value) if value else None
-
-        return GuardMemory(
-            last_scale_up_at=as_float("last_scale_up_at"),
-            last_scale_down_at=as_float("last_scale_down_at"),
-            history_since=self.store.oldest_history(),
-        )
+        up_at, down_at = self.store.last_scaled()
+        history_since = self.store.oldest_history()
+        return GuardMemory(last_scale_up_at=up_at, last_scale_down_at=down_at, history_since=history_since)
 
     def _remember(self, now: float, report: CycleReport) -> None:
         ok = [r for r in report.results if r.outcome in ("ok", "unknown")]
         if any(r.action.kind.adds_capacity for r in ok):
-            self.store.set_value("last_scale_up_at", repr(now))
+            self.store.mark_scaled(up_at=now)
         if any(
             r.action.kind is ActionKind.STOP or (r.action.kind is ActionKind.DELETE and r.action.gpus)
             for r in ok
             if r.action.policy != "safety"
         ):
-            self.store.set_value("last_scale_down_at", repr(now))
+            self.store.mark_scaled(down_at=now)
         if any(r.outcome == "failed" and r.action.kind is ActionKind.CREATE for r in report.results):
             self.refresh_offers()
         for result in ok:

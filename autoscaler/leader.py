@@ -27,8 +27,8 @@ import psycopg
 import structlog
 from psycopg import sql
 
+from autoscaler.store import FencedError
 from autoscaler.store.postgres import PostgresStore, first_line, session_options, split_schema
-from autoscaler.store.sql import FencedError
 
 _log = structlog.get_logger("autoscaler.leader")
 
@@ -162,7 +162,7 @@ class LeaderElector:
         assert bumped is not None
         self.token = int(bumped[0])
         self._renewed_at = started
-        self._store.fencing = (self.election, self.token)
+        self._store.fence(self.election, self.token)
         _log.info("became_leader", election=self.election, fencing_token=self.token, lease_s=self.lease_s)
         return True
 

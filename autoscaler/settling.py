@@ -10,11 +10,8 @@ that the next process has them, and the gap is charged up to the call plus the l
 
 from __future__ import annotations
 
-import json
-
 from autoscaler.store import Store
 
-_KEY = "stop_seconds_samples"
 _KEEP = 20
 
 
@@ -22,19 +19,11 @@ class StopDurations:
     def __init__(self, store: Store) -> None:
         self._store = store
 
-    def _samples(self) -> list[float]:
-        raw = self._store.get_value(_KEY)
-        try:
-            samples = json.loads(raw) if raw else []
-        except ValueError:  # a damaged value costs the estimate, never the cycle
-            return []
-        return [float(s) for s in samples if isinstance(s, int | float) and s >= 0]
-
     def learn(self, seconds: float) -> None:
         if seconds >= 0:
-            self._store.set_value(_KEY, json.dumps([*self._samples(), round(seconds, 3)][-_KEEP:]))
+            self._store.keep_stop_seconds([*self._store.stop_seconds(), seconds][-_KEEP:])
 
     def longest(self) -> float | None:
         """None until a stop has been watched: then the gap is charged whole, as before."""
-        samples = self._samples()
+        samples = self._store.stop_seconds()
         return max(samples) if samples else None

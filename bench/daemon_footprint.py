@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,7 +26,9 @@ from autoscaler.signals import StaticSignal
 from autoscaler.snapshot import OwnedShape
 from autoscaler.store import SqliteStore
 from autoscaler.tensordock import CreateInstanceRequest, PortForward
-from autoscaler.testing import start_fake_api
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests/support.py
+from tests.support import start_fake_api
 
 TOKEN = "bench-footprint-token"
 PRICE = 0.4 + 8 * 0.005 + 32 * 0.002 + 100 * 0.0001  # one RTX 4090 with 8 vCPUs, 32 GB, 100 GB on big_catalog

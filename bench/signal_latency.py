@@ -12,10 +12,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -34,8 +36,10 @@ from autoscaler.signals.postgres import PostgresOptions, PostgresSignal
 from autoscaler.signals.prometheus import PrometheusOptions, PrometheusSignal
 from autoscaler.signals.rabbitmq import RabbitMqOptions, RabbitMqSignal
 from autoscaler.signals.redis_queue import RedisOptions, RedisSignal
-from autoscaler.testing import LocalPrometheus
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests/support.py
 from autoscaler.wsgi import QuietHandler
+from tests.support import LocalPrometheus
 
 
 def _queue_app(environ: dict[str, Any], start_response: Any) -> Any:

@@ -12,7 +12,7 @@ from autoscaler.cli import main
 from autoscaler.demo import run_walkthrough
 from autoscaler.tensordock import InstanceStatus
 from autoscaler.tensordock.client import TensorDockClient
-from autoscaler.testing import start_fake_api
+from tests.support import start_fake_api
 
 from .conftest import TOKEN, create_request
 

@@ -63,7 +63,7 @@ def test_every_operation_through_a_whole_lifecycle(
     offer = next(o for loc in locations for o in loc.gpus if o.gpu_model == RTX4090 and loc.city == "Chicago")
     assert offer.price_per_hr == pytest.approx(0.40)
     hostnodes = client.list_hostnodes()
-    assert client.get_hostnode(hostnodes[0].id) == hostnodes[0]
+    assert hostnodes and all(h.location_id for h in hostnodes)
 
     documented = dialect == "documented"
     created = client.create_instance(create_request(offer.location_id))
@@ -108,7 +108,8 @@ def test_hostnode_based_create_lands_on_that_host(dialect: str, make_fake: MakeF
     host_id = host_named(app, "l4-pcie-24gb", "Chicago")
     created = client.create_instance(create_request(hostnode_id=host_id, gpu_model="l4-pcie-24gb"))
     assert app.state.get(created.id).host.id == host_id
-    assert client.get_hostnode(host_id).gpus[1].available_count == 7
+    (host,) = [h for h in client.list_hostnodes() if h.id == host_id]
+    assert host.gpus[1].available_count == 7
 
 
 def test_wrong_token_is_an_authentication_error(dialect: str, make_fake: MakeFake, make_client: MakeClient) -> None:
@@ -245,7 +246,7 @@ def test_lost_create_reply_is_resolved_by_name_without_a_duplicate(over_sockets:
             with pytest.raises(RequestTimeoutError):
                 client.create_instance(request)
             app.state.faults = Faults()
-            found = client.find_instances_by_name("fleet-lost-1")
+            found = [i for i in client.list_instances() if i.name == "fleet-lost-1"]
     assert len(found) == 1
     assert app.requests["create_instance"] == 1
     assert len(app.state.instances()) == 1

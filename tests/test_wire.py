@@ -15,7 +15,6 @@ from autoscaler.tensordock.wire import (
     create_body,
     find_error,
     modify_body,
-    parse_hostnode_reply,
     parse_hostnodes,
     parse_instance_list,
     parse_instance_reply,
@@ -182,7 +181,6 @@ def test_any_json_either_parses_or_raises_malformed(body: object) -> None:
         lambda b: parse_instance_reply(b, "get_instance"),
         parse_locations,
         parse_hostnodes,
-        parse_hostnode_reply,
     ):
         with contextlib.suppress(MalformedResponseError):
             parse(body)

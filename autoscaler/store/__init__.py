@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import JournalEntry, OwnedRecord, Store
+from .base import FencedError, GuardMemoryStore, Journal, JournalEntry, OwnedRecord, Ownership, SpendLedger, Store
 from .sqlite import SqliteStore
 
 
@@ -19,4 +19,15 @@ def open_store(url: str) -> Store:
     return SqliteStore(url)
 
 
-__all__ = ["JournalEntry", "OwnedRecord", "SqliteStore", "Store", "open_store"]
+__all__ = [
+    "FencedError",
+    "GuardMemoryStore",
+    "Journal",
+    "JournalEntry",
+    "OwnedRecord",
+    "Ownership",
+    "SpendLedger",
+    "SqliteStore",
+    "Store",
+    "open_store",
+]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import json
 import threading
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
@@ -14,7 +15,7 @@ from typing import Any
 from autoscaler.secrets import mask_secrets
 from autoscaler.snapshot import OwnedShape, Spend
 
-from .base import JournalEntry, OwnedRecord
+from .base import FencedError, JournalEntry, OwnedRecord
 
 SCHEMA_VERSION = 4
 
@@ -104,14 +105,10 @@ def _next_midnight(ts: float) -> float:
     return (int(ts // 86400) + 1) * 86400.0
 
 
-class FencedError(RuntimeError):
-    """Another replica has become leader since this one's token was issued."""
-
-
 class SqlStore:
     """Thread-safe through one lock; the daemon runs one cycle at a time anyway."""
 
-    fencing: tuple[str, int] | None = None  # (election name, token) every journal intent must carry
+    _fencing: tuple[str, int] | None = None  # (election name, token) every journal intent must carry
 
     begin_sql = "BEGIN"
     greatest = "GREATEST"
@@ -271,10 +268,6 @@ class SqlStore:
         with self._lock:
             self._x("DELETE FROM instances WHERE id = ?", (instance_id,))
 
-    def observe(self, instance_id: str, status: str, busy: bool | None, now: float) -> None:
-        """Remember when the status last changed and since when the instance has been idle."""
-        self.observe_many([(instance_id, status, busy)], now)
-
     def mark_start_refused(self, instance_id: str, at: float) -> None:
         with self._lock:
             self._x("UPDATE instances SET start_refused_at = ? WHERE id = ?", (at, instance_id))
@@ -305,13 +298,13 @@ class SqlStore:
         values = (cycle_id, at, kind, name, instance_id, offer_key, gpus, hourly_price, replaces, reason, shape_json)
         columns = "cycle_id, at, kind, name, instance_id, offer_key, gpus, hourly_price, replaces, reason, shape"
         with self._lock:
-            if self.fencing is None:
+            if self._fencing is None:
                 row = self._x(
                     f"INSERT INTO journal ({columns}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",  # noqa: S608
                     values,
                 ).fetchone()
             else:  # only while our token is still the current one: a deposed leader writes nothing
-                election, token = self.fencing
+                election, token = self._fencing
                 row = self._x(
                     f"INSERT INTO journal ({columns}, fencing_token) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?"  # noqa: S608
                     " WHERE (SELECT token FROM leadership WHERE name = ?) = ? RETURNING id",
@@ -537,11 +530,55 @@ class SqlStore:
             row = self._x("SELECT MIN(at) FROM history WHERE desired IS NOT NULL").fetchone()
         return None if row is None or row[0] is None else float(row[0])
 
-    def get_value(self, key: str) -> str | None:
+    def last_scaled(self) -> tuple[float | None, float | None]:
+        return self._float("last_scale_up_at"), self._float("last_scale_down_at")
+
+    def mark_scaled(self, *, up_at: float | None = None, down_at: float | None = None) -> None:
+        if up_at is not None:
+            self._set("last_scale_up_at", repr(up_at))
+        if down_at is not None:
+            self._set("last_scale_down_at", repr(down_at))
+
+    def fleet_idle_since(self, now: float, idle: bool | None) -> float | None:
+        since = self._float("fleet_idle_since")
+        if idle is True and since is None:
+            self._set("fleet_idle_since", repr(now))
+            return now
+        if idle is False and since is not None:
+            self._set("fleet_idle_since", None)
+            return None
+        return since
+
+    def stop_seconds(self) -> list[float]:
+        raw = self._get("stop_seconds_samples")
+        try:
+            samples = json.loads(raw) if raw else []
+        except ValueError:  # a damaged value costs the estimate, never the cycle
+            return []
+        if not isinstance(samples, list):
+            return []
+        return [float(s) for s in samples if isinstance(s, int | float) and not isinstance(s, bool) and s >= 0]
+
+    def keep_stop_seconds(self, samples: list[float]) -> None:
+        self._set("stop_seconds_samples", json.dumps([round(s, 3) for s in samples]))
+
+    def fence(self, election: str, token: int | None) -> None:
+        self._fencing = None if token is None else (election, token)
+
+    # the key-value table behind the typed memory above: private, so no caller spells a key
+
+    def _float(self, key: str) -> float | None:
+        value = self._get(key)
+        try:
+            return float(value) if value else None
+        except ValueError:
+            return None
+
+    def _get(self, key: str) -> str | None:
         with self._lock:
             row = self._x("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
         return None if row is None else row[0]
 
-    def set_value(self, key: str, value: str | None) -> None:
+    def _set(self, key: str, value: str | None) -> None:
         with self._lock:
             self._x("INSERT INTO kv VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))

@@ -309,12 +309,8 @@ class TensorDockClient:
         body = self._call("get_instance", "GET", f"/instances/{instance_id}", idempotent=True)
         return wire.parse_instance_reply(body, "get_instance")
 
-    def find_instances_by_name(self, name: str) -> list[Instance]:
-        """After a create whose reply was lost: did it happen? Names are how we know (DESIGN rule 3)."""
-        return [instance for instance in self.list_instances() if instance.name == name]
-
     def create_instance(self, request: CreateInstanceRequest) -> Instance:
-        """Create; never repeated after an unknown outcome, see `find_instances_by_name`."""
+        """Create; never repeated after an unknown outcome: the caller lists the fleet and matches the name."""
         body = self._call(
             "create_instance",
             "POST",
@@ -354,10 +350,6 @@ class TensorDockClient:
         """One odd discovery entry must not spoil the list: it is dropped, logged and counted."""
         _log.info("discovery_entry_skipped", endpoint=endpoint, why=why)
         self._observer.discovery_entry_skipped(endpoint)
-
-    def get_hostnode(self, hostnode_id: str) -> Hostnode:
-        body = self._call("get_hostnode", "GET", f"/hostnodes/{hostnode_id}", idempotent=True)
-        return wire.parse_hostnode_reply(body)
 
     # -- machinery ---------------------------------------------------------------------------
 

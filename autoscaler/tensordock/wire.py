@@ -224,11 +224,6 @@ def parse_hostnodes(
     return _readable(entries, lambda item: parse_hostnode(item, operation, on_skip), "hostnode", operation, on_skip)
 
 
-def parse_hostnode_reply(body: object, operation: str = "get_hostnode") -> Hostnode:
-    data = body.get("data") if isinstance(body, dict) and "data" in body else body
-    return parse_hostnode(data, operation)
-
-
 def _host_gpu(gpu: Any) -> HostnodeGpu:
     return HostnodeGpu(
         gpu_model=gpu.get("v0Name") or gpu["gpuV0Name"],

@@ -3,7 +3,6 @@ the longest watched stop for one a restart hid, at the call for a start a crash 
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
@@ -109,8 +108,8 @@ def test_a_stop_hidden_by_a_restart_is_dated_by_the_stops_watched_before(slow_st
     world = slow_stops
     _one_running(world)
     _stop(world, follow_every_s=2.0)  # watched: how long a stop takes is learned
-    samples = world.runtime.store.get_value("stop_seconds_samples")
-    assert samples is not None and STOP_S <= max(json.loads(samples)) <= STOP_S + 2.0
+    samples = world.runtime.store.stop_seconds()
+    assert samples and STOP_S <= max(samples) <= STOP_S + 2.0
     _one_running(world)
     _call_stop(world)
     _crash_and_restart(world, 600.0)  # the process dies before any look sees the stop end

@@ -107,13 +107,13 @@ def test_history_keeps_changes_and_the_value_in_force(store: Store) -> None:
 
 def test_observe_tracks_status_changes_and_idleness(store: Store) -> None:
     store.adopt("i1", "tdas-1", T0, None)
-    store.observe("i1", "running", False, T0 + 10)
-    store.observe("i1", "running", False, T0 + 40)
+    store.observe_many([("i1", "running", False)], T0 + 10)
+    store.observe_many([("i1", "running", False)], T0 + 40)
     record = store.owned()["i1"]
     assert (record.status_since, record.idle_since) == (T0 + 10, T0 + 10)
-    store.observe("i1", "running", True, T0 + 70)
+    store.observe_many([("i1", "running", True)], T0 + 70)
     assert store.owned()["i1"].idle_since is None
-    store.observe("i1", "stopped", None, T0 + 100)
+    store.observe_many([("i1", "stopped", None)], T0 + 100)
     assert store.owned()["i1"].status_since == T0 + 100
 
 

@@ -19,7 +19,7 @@ import pytest
 
 from autoscaler.clock import SystemClock
 from autoscaler.tensordock.fake import FakeServer, FakeTensorDockApp, Timings, build_fake
-from autoscaler.testing import free_port
+from tests.support import free_port
 
 from ..conftest import TOKEN
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from autoscaler.testing import free_port
+from tests.support import free_port
 
 from ..conftest import TOKEN
 from ..rawhttp import raw_server, read_request, reply

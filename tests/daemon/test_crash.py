@@ -25,7 +25,7 @@ import pytest
 from autoscaler.clock import SystemClock
 from autoscaler.tensordock.fake import FakeServer, Faults, Timings, build_fake
 from autoscaler.tensordock.wire import create_body
-from autoscaler.testing import free_port
+from tests.support import free_port
 
 from ..conftest import TOKEN, create_request
 from .conftest import CONFIG, start_daemon_process

@@ -17,11 +17,10 @@ import pytest
 
 from autoscaler.clock import SystemClock
 from autoscaler.leader import LeaderElector, advisory_key, lock_ids
-from autoscaler.store import open_store
+from autoscaler.store import FencedError, open_store
 from autoscaler.store.postgres import PostgresStore, split_schema
-from autoscaler.store.sql import FencedError
 from autoscaler.tensordock.fake import FakeServer, Timings, build_fake
-from autoscaler.testing import free_port
+from tests.support import free_port
 
 from ..conftest import TOKEN
 from ..core.conftest import pg_store_url  # noqa: F401 - the fixture
@@ -42,7 +41,7 @@ def test_a_deposed_leaders_intent_is_refused_by_the_store(pg_store_url: str) -> 
         time.sleep(0.2)
         assert not first.ensure()  # it notices at its next cycle and stands down
         deposed = PostgresStore(pg_store_url)
-        deposed.fencing = ("fleet", 1)
+        deposed.fence("fleet", 1)
         assert second.ensure() and second.token == 2
         with pytest.raises(FencedError):
             deposed.journal_intent("c2", 1.0, "create", name="tdas-late")

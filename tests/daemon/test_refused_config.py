@@ -14,7 +14,7 @@ import pytest
 from autoscaler.cli import main
 from autoscaler.signals import SignalError
 from autoscaler.signals.static import FileSignal
-from autoscaler.testing import free_port
+from tests.support import free_port
 
 from ..conftest import TOKEN
 

@@ -27,7 +27,7 @@ from autoscaler.clock import SystemClock
 from autoscaler.secrets import MaskingStream, mask_secrets, register_secret
 from autoscaler.store import open_store
 from autoscaler.tensordock.fake import FakeServer, Timings, build_fake
-from autoscaler.testing import free_port
+from tests.support import free_port
 
 SECRET = "Pl4nted-S3cret-q7Zx"
 API_TOKEN = f"td-{SECRET}-token"

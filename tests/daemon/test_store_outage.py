@@ -17,11 +17,10 @@ import pytest
 
 from autoscaler.clock import SystemClock
 from autoscaler.leader import LeaderElector
-from autoscaler.store import open_store
+from autoscaler.store import FencedError, open_store
 from autoscaler.store.postgres import PostgresStore, StoreUnavailableError
-from autoscaler.store.sql import FencedError
 from autoscaler.tensordock.fake import FakeServer, Timings, build_fake
-from autoscaler.testing import free_port
+from tests.support import free_port
 
 from ..conftest import TOKEN
 from ..core.conftest import pg_store_url  # noqa: F401 - the fixture

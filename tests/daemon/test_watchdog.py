@@ -15,7 +15,7 @@ import pytest
 
 from autoscaler.clock import SystemClock
 from autoscaler.tensordock.fake import FakeServer, build_fake
-from autoscaler.testing import free_port
+from tests.support import free_port
 
 from ..conftest import TOKEN
 

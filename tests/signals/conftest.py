@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from prometheus_client import Gauge
 
-from autoscaler.testing import LocalPrometheus, free_port
 from autoscaler.wsgi import QuietHandler
+from tests.support import LocalPrometheus, free_port
 
 START_HINT = {
     "PostgreSQL": "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",

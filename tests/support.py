@@ -1,9 +1,9 @@
-"""Local servers for tests, benchmarks and demos: a real Prometheus scraping an exporter we run."""
+"""Local servers for tests and benchmarks (not installed with the package): a real Prometheus
+scraping an exporter we run, and the fake TensorDock API as its own process."""
 
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -15,11 +15,9 @@ from typing import Any
 import httpx
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
+from autoscaler.wsgi import free_port
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+__all__ = ["LocalPrometheus", "free_port", "start_fake_api"]
 
 
 @dataclass
@@ -48,7 +46,7 @@ class LocalPrometheus:
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: queue\n"
             f"    static_configs:\n      - targets: ['127.0.0.1:{exporter_port}']\n"
         )
-        self._process = subprocess.Popen(  # noqa: S603 - our own binary path and flags
+        self._process = subprocess.Popen(
             [
                 binary,
                 f"--config.file={config}",
@@ -107,7 +105,7 @@ def start_fake_api(token: str, *flags: str, timeout_s: float = 20.0) -> tuple[su
     port = free_port()
     log_path = Path(tempfile.mkstemp(prefix="tdas-fake-api-", suffix=".log")[1])
     with log_path.open("w") as log:
-        process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+        process = subprocess.Popen(
             [sys.executable, "-m", "autoscaler.cli", "fake-api", "--port", str(port), "--token", token, *flags],
             stdout=subprocess.DEVNULL,
             stderr=log,
