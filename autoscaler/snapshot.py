@@ -2,59 +2,31 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import cached_property
 
+from autoscaler.money import BILLED_IN_FULL, COUNTED_AS_ACTIVE, RUNNING_LIKE, Spend, billed_rate
+from autoscaler.shape import InstanceShape, OwnedShape
 from autoscaler.signals import Demand
 from autoscaler.tensordock import Hostnode, Instance, InstanceStatus, Location, Pricing
 from autoscaler.throughput import DEFAULT_THROUGHPUT, vram_gb
 
-RUNNING_LIKE = (InstanceStatus.STARTING, InstanceStatus.RUNNING)
-
-
-@dataclass(frozen=True)
-class InstanceShape:
-    """What one fleet instance looks like per GPU; the price of an offer depends on it."""
-
-    vcpu_per_gpu: int = 8
-    ram_gb_per_gpu: int = 32
-    storage_gb: int = 100
-
-    def hourly_price(self, pricing: Pricing, gpu_price_per_hr: float, gpus: int) -> float:
-        return pricing.hourly_price(
-            gpu_price_per_hr, gpus, self.vcpu_per_gpu * gpus, self.ram_gb_per_gpu * gpus, self.storage_gb
-        )
-
-
-@dataclass(frozen=True)
-class OwnedShape:
-    """What an owned instance is, as the daemon asked for it (rule 12): written with the create's
-    intent, before the call, so that no thin listing can make it forget."""
-
-    gpu_model: str | None
-    gpus: int
-    vcpus: int
-    ram_gb: float
-    storage_gb: float
-    location_id: str | None = None
-    hostnode_id: str | None = None
-    ports: tuple[int, ...] = ()  # external ports it holds on its host
-
-    def to_json(self) -> str:
-        return json.dumps({**asdict(self), "ports": list(self.ports)}, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str | None) -> OwnedShape | None:
-        """None for no record or a damaged one: the shape is then unknown, and counted as such."""
-        if not text:
-            return None
-        try:
-            raw = json.loads(text)
-            return cls(**{**raw, "ports": tuple(raw.get("ports") or ())})
-        except (ValueError, TypeError):
-            return None
+__all__ = [  # the shape and money values are re-exported: the snapshot is what policies read
+    "BILLED_IN_FULL",
+    "COUNTED_AS_ACTIVE",
+    "RUNNING_LIKE",
+    "FleetInstance",
+    "GuardMemory",
+    "InstanceShape",
+    "Offer",
+    "OwnedShape",
+    "PendingCreate",
+    "Snapshot",
+    "Spend",
+    "billed_rate",
+    "offers_from",
+]
 
 
 @dataclass(frozen=True)
@@ -155,26 +127,6 @@ def offers_from(locations: Iterable[Location], hostnodes: Iterable[Hostnode]) ->
     return tuple(offers)
 
 
-# Rule 11: a status the daemon cannot read (or an error) may be billing: it costs the full rate.
-BILLED_IN_FULL = (
-    InstanceStatus.STARTING,
-    InstanceStatus.RUNNING,
-    InstanceStatus.STOPPING,
-    InstanceStatus.UNKNOWN,
-    InstanceStatus.ERROR,
-)
-COUNTED_AS_ACTIVE = (*RUNNING_LIKE, InstanceStatus.UNKNOWN, InstanceStatus.ERROR)  # against every bound
-
-
-def billed_rate(status: InstanceStatus, rate_hourly: float, storage_rate_hourly: float) -> float:
-    """What an instance costs right now: the full rate while up (or in doubt), its storage while stopped."""
-    if status in BILLED_IN_FULL:
-        return rate_hourly
-    if status.is_stopped:
-        return storage_rate_hourly
-    return 0.0
-
-
 @dataclass(frozen=True)
 class FleetInstance:
     """An instance this fleet owns, with what the store remembers about it."""
@@ -220,15 +172,6 @@ class FleetInstance:
 
 
 @dataclass(frozen=True)
-class Spend:
-    """USD spent by the managed fleet, from the ledger (which survives restarts)."""
-
-    today_usd: float = 0.0
-    month_usd: float = 0.0
-    total_usd: float = 0.0
-
-
-@dataclass(frozen=True)
 class GuardMemory:
     """What guards need from earlier cycles, read from the store before the snapshot is frozen."""
 
@@ -258,7 +201,7 @@ class Snapshot:
     unowned: tuple[Instance, ...]
     offers: tuple[Offer, ...]
     spend: Spend
-    shape: InstanceShape = InstanceShape()
+    shape: InstanceShape = field(default_factory=InstanceShape)
     throughput: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_THROUGHPUT))
     backed_off: frozenset[str] = frozenset()
     pending_creates: tuple[PendingCreate, ...] = ()

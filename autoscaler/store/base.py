@@ -7,7 +7,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
-from autoscaler.snapshot import OwnedShape, Spend
+from autoscaler.money import Spend
+from autoscaler.shape import OwnedShape
 
 
 @dataclass(frozen=True)
