@@ -265,14 +265,20 @@ def test_budget_stops_non_busy_instances_when_already_over() -> None:
     assert [a.instance_id for a in plan.actions] == ["id-b"]
 
 
-def test_budget_paces_the_rest_of_a_daily_budget() -> None:
-    # noon: 12 h left; $6 of $10 spent leaves $4, i.e. $0.33/h
-    snap = snapshot(spend=Spend(today_usd=6.0, month_usd=6.0, total_usd=6.0))
+def test_budget_lets_the_fleet_run_what_the_rest_of_the_budget_pays_for_an_hour() -> None:
+    # noon, 12 h left: $9.5 of $10 spent leaves $0.5, one more $0.3/h instance for the next hour
+    snap = snapshot(spend=Spend(today_usd=9.5, month_usd=9.5, total_usd=9.5))
     plan = Plan(desired_gpus=2, actions=(_create(R3090, 0.3), _create(R3090, 0.3)))
     trimmed = Budget(BudgetOptions(daily_budget_usd=10.0)).decide(snap, plan)
     assert len(trimmed.actions) == 1
+    assert "$0.50/h affordable" in trimmed.notes[-1] or any("affordable" in n for n in trimmed.notes)
     spent = Budget(BudgetOptions(monthly_budget_usd=5.0)).decide(snap, plan)
     assert spent.actions == ()
+    # $6 spent leaves $4: a whole day's horizon spreads it to $0.33/h, one hour's lets both run
+    roomy = snapshot(spend=Spend(today_usd=6.0, month_usd=6.0, total_usd=6.0))
+    assert len(Budget(BudgetOptions(daily_budget_usd=10.0)).decide(roomy, plan).actions) == 2
+    paced = Budget(BudgetOptions(daily_budget_usd=10.0, horizon_s=24 * 3600.0)).decide(roomy, plan)
+    assert len(paced.actions) == 1
 
 
 # -- schedule --------------------------------------------------------------------------------
