@@ -10,6 +10,7 @@ from pydantic import Field, model_validator
 from autoscaler.plan import Plan
 from autoscaler.policy import BasePolicy, PolicyOptions
 from autoscaler.snapshot import Snapshot
+from autoscaler.widths import class_gpus
 
 
 class QueueTargetOptions(PolicyOptions):
@@ -44,6 +45,14 @@ class QueueTarget(BasePolicy[QueueTargetOptions]):
                 "queue_target: demand unknown, holding"
             )
         needed = demand.gpus_needed if o.use_gpu_counts else None
+        if needed is not None and demand.queued_by_width is not None and demand.running_by_width is not None:
+            # each job on an instance of its width class (autoscaler/widths.py): a 3-GPU job holds 4
+            needed = sum(
+                class_gpus(width) * count
+                for mix in (demand.queued_by_width, demand.running_by_width)
+                for width, count in mix.items()
+            )
+            needed += max(0, demand.queued_jobs - sum(demand.queued_by_width.values()))  # unsampled: one each
         if needed is None:
             needed = math.ceil((demand.queued_jobs + demand.running_jobs) / o.jobs_per_gpu)
         current = snapshot.active_gpus
