@@ -51,13 +51,13 @@ class CheapestThroughputOptions(PolicyOptions):
         "width class (workers follow the width convention, see README); off: provision a GPU count",
     )
     surplus_idle_s: Seconds = Field(
-        default=300.0,
+        default=60.0,
         ge=0,
         description="shaping: an idle instance of a width class with more places than waiting jobs is stopped "
         "after this long idle",
     )
     price_ceiling: float = Field(
-        default=1.5,
+        default=2.0,
         ge=1,
         description="an offer dearer per unit of work than the best fitting one by more than this factor is "
         "bought only when the oldest waiting job would otherwise wait past target_wait_s",
