@@ -94,7 +94,13 @@ class CheapestThroughput(BasePolicy[CheapestThroughputOptions]):
         else:
             target, may_shrink = max(plan.desired_gpus, plan.floor_gpus), True
         demand = snapshot.demand
-        if plan.desired_gpus is not None and demand is not None and demand.widths_known and self.options.shape_to_jobs:
+        if (
+            plan.desired_gpus is not None
+            and demand is not None
+            and demand.widths_known
+            and self.options.shape_to_jobs
+            and self._convention_holds(snapshot)
+        ):
             return self._shape(snapshot, plan, target, active)
         if target > active:
             return self._grow(snapshot, plan, target - active)
@@ -289,6 +295,27 @@ class CheapestThroughput(BasePolicy[CheapestThroughputOptions]):
         if plan.floor_gpus > active + grown:
             out = self._grow(snapshot, out, plan.floor_gpus - active - grown)
         return self._stop_surplus(snapshot, out, waiting, places, active + grown)
+
+    def _convention_holds(self, snapshot: Snapshot) -> bool:
+        """Whether the workers keep to the width convention, as far as the demand shows: then each
+        busy instance runs one job, of its class. More running jobs than busy instances, or more busy
+        instances of a size than running jobs of its class, means workers take anything; then shaping
+        would buy wide instances that narrow jobs take, so the policy provisions a GPU count instead."""
+        demand = snapshot.demand
+        if demand is None or demand.running_by_width is None:
+            return True
+        sizes = sorted(self.options.gpus_per_instance)
+        running: dict[int, int] = {}
+        for width, count in demand.running_by_width.items():
+            size = width_class(width, sizes)
+            running[size] = running.get(size, 0) + count
+        busy: dict[int, int] = {}
+        for instance in snapshot.instances:
+            if instance.busy is True and instance.status is InstanceStatus.RUNNING:
+                busy[instance.gpus] = busy.get(instance.gpus, 0) + 1
+        if sum(running.values()) > sum(busy.values()) and busy:
+            return False
+        return all(count <= running.get(size, 0) for size, count in busy.items())
 
     def _places(self, snapshot: Snapshot, plan: Plan) -> dict[int, int]:
         """Instances by size that can take a waiting job now or soon: idle (or not known busy) and

@@ -452,3 +452,15 @@ def test_queue_target_counts_each_job_at_its_class_size_when_widths_are_known() 
     snap = _widths(snapshot(), {1: 2, 3: 1, 5: 1}, {2: 1})
     plan = QueueTarget(QueueTargetOptions(max_step_up=100)).decide(snap, Plan())
     assert plan.desired_gpus == 2 + 4 + 8 + 2
+
+
+def test_shaping_falls_back_to_a_gpu_count_when_workers_do_not_keep_to_the_convention() -> None:
+    # two one-GPU jobs run on one busy 8-GPU instance: its worker takes anything, so another wide
+    # instance for the waiting 8-GPU job would be taken by narrow jobs too; provision as before
+    fleet = (instance("wide", gpus=8, rate=4.0, busy=True),)
+    snap = _widths(snapshot(*fleet, offers=(offer(R3090, 0.3),)), {1: 1, 8: 1}, {1: 2})
+    plan = cheapest().decide(snap, Plan(desired_gpus=11))
+    assert [a.gpus for a in plan.actions] == [8]  # today's sizing: the widest job's, for the GPU deficit
+    assert not any("class" in a.reason for a in plan.actions)
+    kept = _widths(snapshot(*fleet, offers=(offer(R3090, 0.3),)), {1: 1, 8: 1}, {8: 1})
+    assert sorted(a.gpus for a in cheapest().decide(kept, Plan(desired_gpus=17)).actions) == [1, 8]
