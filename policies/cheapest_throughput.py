@@ -51,7 +51,7 @@ class CheapestThroughputOptions(PolicyOptions):
         "width class (workers follow the width convention, see README); off: provision a GPU count",
     )
     surplus_idle_s: Seconds = Field(
-        default=60.0,
+        default=300.0,
         ge=0,
         description="shaping: an idle instance of a width class with more places than waiting jobs is stopped "
         "after this long idle",

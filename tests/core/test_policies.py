@@ -418,7 +418,7 @@ def test_shaping_gives_each_waiting_job_a_place_of_its_width_class() -> None:
 
 def test_shaping_stops_an_idle_wide_instance_no_waiting_job_needs_and_never_restarts_one_for_narrow_jobs() -> None:
     fleet = (
-        instance("idle8", gpus=8, rate=3.0, busy=False, idle_since=NOW - 120),
+        instance("idle8", gpus=8, rate=3.0, busy=False, idle_since=NOW - 400),
         instance("stopped8", InstanceStatus.STOPPED, gpus=8, rate=2.0),
     )
     snap = _widths(snapshot(*fleet, offers=(offer(R3090, 0.3),)), {1: 2})
