@@ -67,16 +67,19 @@ class ActionResult:
 
 
 NAME_PLACEHOLDER = "${TDAS_INSTANCE_NAME}"
+GPUS_PLACEHOLDER = "${TDAS_INSTANCE_GPUS}"
 
 
-def _with_name(value: Any, name: str) -> Any:
-    """Put the instance's own name into its cloud-init, so the worker can report itself by name."""
+def _with_name(value: Any, name: str, gpus: int | None = None) -> Any:
+    """Put the instance's own name into its cloud-init, so the worker can report itself by name, and
+    its GPU count, so the worker can take only jobs of its width class (README: the width convention)."""
     if isinstance(value, str):
-        return value.replace(NAME_PLACEHOLDER, name)
+        value = value.replace(NAME_PLACEHOLDER, name)
+        return value.replace(GPUS_PLACEHOLDER, str(gpus)) if gpus is not None else value
     if isinstance(value, list):
-        return [_with_name(item, name) for item in value]
+        return [_with_name(item, name, gpus) for item in value]
     if isinstance(value, dict):
-        return {key: _with_name(item, name) for key, item in value.items()}
+        return {key: _with_name(item, name, gpus) for key, item in value.items()}
     return value
 
 
@@ -175,7 +178,7 @@ class Actuator:
             ssh_key=t.ssh_key,
             ssh_key_id=t.ssh_key_id,
             port_forwards=forwards,
-            cloud_init=_with_name(t.cloud_init, name) if t.cloud_init is not None else None,
+            cloud_init=_with_name(t.cloud_init, name, gpus) if t.cloud_init is not None else None,
         )
 
     def _create(self, cycle_id: str, action: Action) -> ActionResult:

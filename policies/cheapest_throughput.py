@@ -18,10 +18,12 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from autoscaler.durations import Seconds
 from autoscaler.plan import Action, ActionKind, Plan, delete_action, start_action, stop_action
 from autoscaler.policy import BasePolicy, PolicyOptions
 from autoscaler.snapshot import FleetInstance, Offer, Snapshot
 from autoscaler.tensordock import InstanceStatus
+from autoscaler.widths import width_class
 
 
 class CheapestThroughputOptions(PolicyOptions):
@@ -43,6 +45,25 @@ class CheapestThroughputOptions(PolicyOptions):
     scale_down: Literal["stop", "delete"] = Field(
         default="stop", description="stop (restarts fast, storage bills) or delete surplus instances"
     )
+    shape_to_jobs: bool = Field(
+        default=True,
+        description="when the signal reports waiting jobs by width: one instance per waiting job, of that job's "
+        "width class (workers follow the width convention, see README); off: provision a GPU count",
+    )
+    surplus_idle_s: Seconds = Field(
+        default=300.0,
+        ge=0,
+        description="shaping: an idle instance of a width class with more places than waiting jobs is stopped "
+        "after this long idle",
+    )
+    price_ceiling: float = Field(
+        default=2.0,
+        ge=1,
+        description="an offer dearer per unit of work than the best fitting one by more than this factor is "
+        "bought only when the oldest waiting job would otherwise wait past target_wait_s",
+    )
+    target_wait_s: Seconds = Field(default=300.0, gt=0, description="the wait the price ceiling protects")
+    boot_s: Seconds = Field(default=150.0, ge=0, description="seconds from create until a worker takes jobs")
 
     @model_validator(mode="after")
     def _sizes(self) -> CheapestThroughputOptions:
@@ -72,6 +93,15 @@ class CheapestThroughput(BasePolicy[CheapestThroughputOptions]):
             target, may_shrink = plan.floor_gpus, False  # demand unknown: only up to the floor (rule 4)
         else:
             target, may_shrink = max(plan.desired_gpus, plan.floor_gpus), True
+        demand = snapshot.demand
+        if (
+            plan.desired_gpus is not None
+            and demand is not None
+            and demand.widths_known
+            and self.options.shape_to_jobs
+            and self._convention_holds(snapshot)
+        ):
+            return self._shape(snapshot, plan, target, active)
         if target > active:
             return self._grow(snapshot, plan, target - active)
         if may_shrink and self.options.place_widest_job and self._widest_job_unplaceable(snapshot, plan):
@@ -227,6 +257,268 @@ class CheapestThroughput(BasePolicy[CheapestThroughputOptions]):
         elsewhere = [c.offer for c in rest if place(c.offer) != place(best.offer)]
         same_place = [c.offer for c in rest if place(c.offer) == place(best.offer)]
         return tuple((elsewhere + same_place)[: self.options.fallbacks])
+
+    # -- shaped to the waiting jobs -------------------------------------------------------------
+
+    def _shape(self, snapshot: Snapshot, plan: Plan, target: int, active: int) -> Plan:
+        """One place per waiting job, of its width class: an idle or coming instance of that size, else a
+        restart or a create of exactly that size; idle places beyond the waiting jobs are stopped after
+        `surplus_idle_s`. Under the width convention each instance runs one job of its class at a time,
+        so a narrow job never pins a wide instance and no wide job waits behind narrow ones."""
+        demand = snapshot.demand
+        assert demand is not None and demand.queued_by_width is not None
+        sizes = sorted(self.options.gpus_per_instance)
+        mix = {w: n for w, n in demand.queued_by_width.items() if n}
+        counted = sum(mix.values())
+        if demand.queued_jobs and not counted:  # jobs waiting, none of their widths told: count GPUs
+            return self._grow(snapshot, plan, target - active) if target > active else plan
+        scale = demand.queued_jobs / counted if counted else 1.0  # a sample of the head stands for the queue
+        waiting: dict[int, int] = {}
+        for width, count in mix.items():
+            size = width_class(width, sizes)
+            waiting[size] = waiting.get(size, 0) + count
+        waiting = {size: math.ceil(count * scale - 1e-9) for size, count in waiting.items()}
+        places = self._places(snapshot, plan)
+        # within the GPUs the chain wants (queue_target counts each job at its class's size): idle
+        # instances of a class nobody waits for are on their way out and leave room
+        room = target - active + sum(self._surplus_idle(snapshot, plan, waiting, places, 0.0).values())
+        out = plan
+        for size in sorted(waiting, reverse=True):  # widest first: the hardest to place
+            short = min(waiting[size] - places.get(size, 0), math.ceil(room / size) if room > 0 else 0)
+            if short > 0:
+                before = len(out.actions)
+                out = self._grow_class(snapshot, out, size, short, waiting[size])
+                room -= size * (len(out.actions) - before)
+        grown = sum(a.gpus for a in out.actions if a.kind.adds_capacity) - sum(
+            a.gpus for a in plan.actions if a.kind.adds_capacity
+        )
+        if plan.floor_gpus > active + grown:
+            out = self._grow(snapshot, out, plan.floor_gpus - active - grown)
+        return self._stop_surplus(snapshot, out, waiting, places, active + grown)
+
+    def _convention_holds(self, snapshot: Snapshot) -> bool:
+        """Whether the workers keep to the width convention, as far as the demand shows: then each
+        busy instance runs one job, of its class. More running jobs than busy instances, or more busy
+        instances of a size than running jobs of its class, means workers take anything; then shaping
+        would buy wide instances that narrow jobs take, so the policy provisions a GPU count instead."""
+        demand = snapshot.demand
+        if demand is None or demand.running_by_width is None:
+            return True
+        sizes = sorted(self.options.gpus_per_instance)
+        running: dict[int, int] = {}
+        for width, count in demand.running_by_width.items():
+            size = width_class(width, sizes)
+            running[size] = running.get(size, 0) + count
+        busy: dict[int, int] = {}
+        for instance in snapshot.instances:
+            if instance.busy is True and instance.status is InstanceStatus.RUNNING:
+                busy[instance.gpus] = busy.get(instance.gpus, 0) + 1
+        if sum(running.values()) > sum(busy.values()) and busy:
+            return False
+        return all(count <= running.get(size, 0) for size, count in busy.items())
+
+    def _places(self, snapshot: Snapshot, plan: Plan) -> dict[int, int]:
+        """Instances by size that can take a waiting job now or soon: idle (or not known busy) and
+        running, starting, being created, or added by this plan."""
+        places: dict[int, int] = {}
+
+        def add(gpus: int) -> None:
+            places[gpus] = places.get(gpus, 0) + 1
+
+        touched = plan.touched()
+        for instance in snapshot.instances:
+            if instance.id in touched or instance.retiring_for:
+                continue
+            if instance.status is InstanceStatus.STARTING or (
+                instance.status is InstanceStatus.RUNNING and instance.busy is not True
+            ):
+                add(instance.gpus)
+        for pending in snapshot.pending_creates:
+            add(pending.gpus)
+        for action in plan.actions:
+            if action.kind.adds_capacity:
+                add(action.gpus)
+        return places
+
+    def _reference_unit(self, snapshot: Snapshot, size: int, candidates: list[_Candidate]) -> float:
+        """The best price per unit of work for `size` GPUs: the best listed offer, or one of ours of
+        that size (the cheap offers we already rented leave the listing, not the market's floor)."""
+        units = [c.unit_price for c in candidates[:1]]
+        units += [
+            self._unit_price(snapshot, i)
+            for i in snapshot.instances
+            if i.gpus == size and i.status in (InstanceStatus.RUNNING, InstanceStatus.STARTING)
+        ]
+        return min(units, default=math.inf)
+
+    def _projected_wait(self, snapshot: Snapshot) -> float:
+        """How long the oldest waiting job will have waited when a new instance takes it; unknown: inf."""
+        demand = snapshot.demand
+        if demand is None or demand.oldest_queued_at is None:
+            return math.inf
+        return max(0.0, snapshot.now - demand.oldest_queued_at) + self.options.boot_s
+
+    def _grow_class(self, snapshot: Snapshot, plan: Plan, size: int, short: int, waiting: int) -> Plan:
+        o = self.options
+        candidates = self._ranked(snapshot, size)
+        reference = self._reference_unit(snapshot, size, candidates)
+        wait = self._projected_wait(snapshot)
+        urgent = wait > o.target_wait_s
+        wait_text = "unknown" if math.isinf(wait) else f"{wait:.0f}s"
+        touched = plan.touched()
+        restartable = sorted(
+            (
+                i
+                for i in snapshot.instances
+                if i.status is InstanceStatus.STOPPED
+                and not i.start_refused
+                and i.id not in touched
+                and i.gpus == size
+                and (not o.allowed_models or i.gpu_model in o.allowed_models)
+            ),
+            key=lambda i: (self._unit_price(snapshot, i), i.id),
+        )
+        shape = snapshot.shape
+        host_left: dict[str, list[float]] = {}
+        for c in candidates:
+            if c.offer.hostnode_id and c.offer.host_vcpus_free is not None and c.offer.host_ram_gb_free is not None:
+                host_left[c.offer.hostnode_id] = [c.offer.host_vcpus_free, c.offer.host_ram_gb_free]
+
+        def room(c: _Candidate) -> bool:
+            left = host_left.get(c.offer.hostnode_id or "")
+            return left is None or (left[0] >= shape.vcpu_per_gpu * size and left[1] >= shape.ram_gb_per_gpu * size)
+
+        def too_dear(unit: float) -> bool:
+            return unit > reference * o.price_ceiling
+
+        def ceiling_text(unit: float) -> str:
+            return (
+                f"{unit / reference:.2f}x the best ${reference:.3f}/h per unit (ceiling {o.price_ceiling:g}x); "
+                f"projected wait without it {wait_text}"
+            )
+
+        actions: list[Action] = []
+        notes: list[str] = []
+        why = f"{waiting} waiting job(s) of the {size}-GPU class, {short} without a place"
+        while short > 0:
+            usable = [c for c in candidates if c.remaining >= size and room(c)]
+            best = usable[0] if usable else None
+            if restartable and (
+                best is None or self._unit_price(snapshot, restartable[0]) <= best.unit_price * (1 + o.restart_margin)
+            ):
+                instance = restartable[0]
+                unit = self._unit_price(snapshot, instance)
+                if too_dear(unit) and not urgent:
+                    notes.append(f"{self.name}: not restarting {instance.name}: {ceiling_text(unit)}, under the target")
+                    break
+                restartable.pop(0)
+                extra = f"; {ceiling_text(unit)}, over the target" if too_dear(unit) else ""
+                actions.append(
+                    start_action(
+                        instance,
+                        f"{why}; restarting is within {o.restart_margin:.0%} of the best offer{extra}",
+                        self.name,
+                    )
+                )
+                short -= 1
+                continue
+            if best is None:
+                notes.append(f"{self.name}: no offer fits {size} GPUs; {short} waiting job(s) without a place")
+                break
+            if too_dear(best.unit_price) and not urgent:
+                notes.append(
+                    f"{self.name}: not buying {best.offer.gpu_model} for the {size}-GPU class: "
+                    f"{ceiling_text(best.unit_price)}, within target_wait_s {o.target_wait_s:g}s"
+                )
+                break
+            best.remaining -= size
+            if best.offer.hostnode_id in host_left:
+                host_left[best.offer.hostnode_id][0] -= shape.vcpu_per_gpu * size
+                host_left[best.offer.hostnode_id][1] -= shape.ram_gb_per_gpu * size
+            extra = (
+                f"; bought over the price ceiling: {ceiling_text(best.unit_price)}, over target_wait_s "
+                f"{o.target_wait_s:g}s"
+                if too_dear(best.unit_price)
+                else ""
+            )
+            actions.append(
+                Action(
+                    ActionKind.CREATE,
+                    f"{why}; {best.offer.gpu_model} at ${best.unit_price:.3f}/h per unit of work "
+                    f"is the cheapest{extra}",
+                    self.name,
+                    offer=best.offer,
+                    alternatives=self._fallbacks(best, usable[1:]),
+                    gpus=size,
+                    gpu_model=best.offer.gpu_model,
+                    hourly_delta=best.price,
+                )
+            )
+            short -= 1
+        out = plan.with_actions(*actions)
+        for note in notes:
+            out = out.note(note)
+        return out
+
+    def _idle(self, snapshot: Snapshot, plan: Plan, extra: dict[int, int], idle_s: float) -> list[FleetInstance]:
+        """Running instances known idle past `idle_s`, of a size with places to spare; dearest first."""
+        touched = plan.touched()
+        return sorted(
+            (
+                i
+                for i in snapshot.instances
+                if i.status is InstanceStatus.RUNNING
+                and i.busy is False
+                and i.id not in touched
+                and i.retiring_for is None
+                and extra.get(i.gpus, 0) > 0
+                and i.idle_since is not None
+                and snapshot.now - i.idle_since >= idle_s
+            ),
+            key=lambda i: (-self._unit_price(snapshot, i), i.id),
+        )
+
+    def _surplus_idle(
+        self, snapshot: Snapshot, plan: Plan, waiting: dict[int, int], places: dict[int, int], idle_s: float
+    ) -> dict[int, int]:
+        """GPUs by size of idle instances beyond the waiting jobs of their class."""
+        extra = {size: n - waiting.get(size, 0) for size, n in places.items() if n > waiting.get(size, 0)}
+        gpus: dict[int, int] = {}
+        for instance in self._idle(snapshot, plan, extra, idle_s):
+            if extra[instance.gpus] > 0:
+                extra[instance.gpus] -= 1
+                gpus[instance.gpus] = gpus.get(instance.gpus, 0) + instance.gpus
+        return gpus
+
+    def _stop_surplus(
+        self, snapshot: Snapshot, plan: Plan, waiting: dict[int, int], places: dict[int, int], active: int
+    ) -> Plan:
+        """Idle instances of a size with more places than waiting jobs, idle past `surplus_idle_s`,
+        dearest per unit of work first; never below the floor, never a busy or retiring one."""
+        o = self.options
+        room = (
+            active
+            - plan.floor_gpus
+            - sum(a.gpus for a in plan.actions if a.kind in (ActionKind.STOP, ActionKind.DELETE))
+        )
+        extra = {size: n - waiting.get(size, 0) for size, n in places.items() if n > waiting.get(size, 0)}
+        idle = self._idle(snapshot, plan, extra, o.surplus_idle_s)
+        remove = delete_action if o.scale_down == "delete" else stop_action
+        actions = []
+        for instance in idle:
+            if extra[instance.gpus] <= 0 or instance.gpus > room:
+                continue
+            extra[instance.gpus] -= 1
+            room -= instance.gpus
+            actions.append(
+                remove(
+                    instance,
+                    f"idle {(snapshot.now - (instance.idle_since or snapshot.now)) / 60:.0f} min and no waiting job "
+                    f"of its {instance.gpus}-GPU class",
+                    self.name,
+                )
+            )
+        return plan.with_actions(*actions)
 
     # -- scale down --------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from pydantic import Field, model_validator
 from autoscaler.plan import Plan
 from autoscaler.policy import BasePolicy, PolicyOptions
 from autoscaler.snapshot import Snapshot
+from autoscaler.widths import class_gpus
 
 
 class QueueTargetOptions(PolicyOptions):
@@ -44,6 +45,14 @@ class QueueTarget(BasePolicy[QueueTargetOptions]):
                 "queue_target: demand unknown, holding"
             )
         needed = demand.gpus_needed if o.use_gpu_counts else None
+        if o.use_gpu_counts and demand.queued_by_width is not None:
+            # each job on an instance of its width class (autoscaler/widths.py): a 3-GPU job holds 4
+            needed = sum(class_gpus(width) * count for width, count in demand.queued_by_width.items())
+            needed += max(0, demand.queued_jobs - sum(demand.queued_by_width.values()))  # unsampled: one each
+            if demand.running_by_width is not None:
+                needed += sum(class_gpus(width) * count for width, count in demand.running_by_width.items())
+            else:
+                needed += demand.running_gpus if demand.running_gpus is not None else demand.running_jobs
         if needed is None:
             needed = math.ceil((demand.queued_jobs + demand.running_jobs) / o.jobs_per_gpu)
         current = snapshot.active_gpus

@@ -53,6 +53,11 @@ class Demand:
     max_job_gpus: int = 1  # the widest waiting job: instances must be at least this big
     busy: Mapping[str, bool] | None = field(default=None)
     source: str = "unknown"
+    # waiting jobs by the GPUs each needs ({1: 12, 8: 2}), when the source can tell; it may count
+    # only a sample of the head of the queue, so it never sums to more than `queued_jobs`
+    queued_by_width: Mapping[int, int] | None = None
+    running_by_width: Mapping[int, int] | None = None  # running jobs by GPUs, where known
+    oldest_queued_at: float | None = None  # when the longest-waiting job was queued, where known
 
     def __post_init__(self) -> None:
         if self.queued_jobs < 0 or self.running_jobs < 0:
@@ -66,6 +71,23 @@ class Demand:
             raise ValueError("busy must map instance names to true or false")
         if not math.isfinite(self.observed_at):
             raise ValueError("observed_at must be a finite time")
+        for what, mix, total in (
+            ("queued_by_width", self.queued_by_width, self.queued_jobs),
+            ("running_by_width", self.running_by_width, self.running_jobs),
+        ):
+            if mix is not None:
+                _check_width_mix(what, mix, total)
+        if self.oldest_queued_at is not None and not math.isfinite(self.oldest_queued_at):
+            raise ValueError("oldest_queued_at must be a finite time")
+        if self.queued_by_width:
+            widest = max((w for w, n in self.queued_by_width.items() if n), default=1)
+            if widest > self.max_job_gpus:
+                raise ValueError(f"queued_by_width has {widest}-GPU jobs but max_job_gpus is {self.max_job_gpus}")
+
+    @property
+    def widths_known(self) -> bool:
+        """Whether the waiting jobs' widths are reported (instances can then be shaped to them)."""
+        return self.queued_by_width is not None
 
     @property
     def gpus_needed(self) -> int | None:
@@ -73,6 +95,42 @@ class Demand:
         if self.queued_gpus is None or self.running_gpus is None:
             return None
         return self.queued_gpus + self.running_gpus
+
+
+def _check_width_mix(what: str, mix: object, total: int) -> None:
+    if not isinstance(mix, Mapping):
+        raise ValueError(f"{what} must map GPUs per job to a job count")
+    for width, count in mix.items():
+        if isinstance(width, bool) or not isinstance(width, int) or not 1 <= width <= 64:
+            raise ValueError(f"{what}: {width!r} is not a job width (1 to 64 GPUs)")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ValueError(f"{what}: the count for {width} GPUs is {count!r}, not a whole number")
+    if sum(mix.values()) > total:
+        raise ValueError(f"{what} counts {sum(mix.values())} jobs, more than the {total} reported")
+
+
+def width_mix(value: object, what: str) -> dict[int, int]:
+    """A width histogram as a source gave it: `{"1": 12, "8": 2}` (JSON keys are strings) or a list
+    of `[width, count]` pairs; widths and counts must be whole numbers, nothing is guessed."""
+    pairs: list[tuple[object, object]]
+    if isinstance(value, Mapping):
+        pairs = list(value.items())
+    elif isinstance(value, list) and all(isinstance(p, list | tuple) and len(p) == 2 for p in value):
+        pairs = [(p[0], p[1]) for p in value]
+    else:
+        raise ValueError(f"{what} is {value!r}, not a map of GPUs per job to job counts")
+    mix: dict[int, int] = {}
+    for key, count in pairs:
+        width = whole_count(int(key) if isinstance(key, str) and key.strip().isdigit() else key, f"{what} width")
+        if not 1 <= width <= 64:
+            raise ValueError(f"{what}: {width} is not a job width (1 to 64 GPUs)")
+        mix[width] = mix.get(width, 0) + whole_count(count, f"{what}[{width}]")
+    return mix
+
+
+def widest(mix: Mapping[int, int] | None) -> int:
+    """The widest job a width histogram counts (1 when it counts none): `Demand.max_job_gpus`."""
+    return max((width for width, count in (mix or {}).items() if count), default=1)
 
 
 def whole_count(value: object, what: str) -> int:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -142,6 +142,8 @@ class CombinedSignal:
             if demand.busy is not None:
                 busy = {**(busy or {}), **demand.busy}
         gpus_known = all(d.queued_gpus is not None and d.running_gpus is not None for d in demands)
+        queued_mix = _summed([d.queued_by_width for d in demands]) if self.combine == "sum" else None
+        running_mix = _summed([d.running_by_width for d in demands]) if self.combine == "sum" else None
         return Demand(
             queued_jobs=pick(d.queued_jobs for d in demands),
             running_jobs=pick(d.running_jobs for d in demands),
@@ -151,6 +153,8 @@ class CombinedSignal:
             max_job_gpus=max(d.max_job_gpus for d in demands),
             busy=busy,
             source=self.name,
+            queued_by_width=queued_mix,
+            running_by_width=running_mix,
         )
 
     def _read(self, source: SignalSource, now: float) -> Demand:
@@ -169,3 +173,14 @@ class CombinedSignal:
         self._readers.clear()
         for source in self.sources:
             source.close()
+
+
+def _summed(mixes: list[Mapping[int, int] | None]) -> dict[int, int] | None:
+    """Width histograms of summed sources, added; unknown if any source cannot tell (a max cannot)."""
+    if any(mix is None for mix in mixes):
+        return None
+    total: dict[int, int] = {}
+    for mix in mixes:
+        for width, count in (mix or {}).items():
+            total[width] = total.get(width, 0) + count
+    return total

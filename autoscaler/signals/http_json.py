@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 from pydantic import Field
 
-from .base import Demand, Secret, SignalError, SignalSource, SourceOptions, whole_count
+from .base import Demand, Secret, SignalError, SignalSource, SourceOptions, whole_count, widest, width_mix
 
 
 class HttpJsonOptions(SourceOptions):
@@ -15,6 +15,10 @@ class HttpJsonOptions(SourceOptions):
     queued_path: str = Field(description="dotted path to queued jobs, e.g. 'queue.waiting' or 'items.0.n'")
     running_path: str | None = None
     busy_path: str | None = Field(default=None, description="path to an object of instance name -> busy")
+    queued_by_width_path: str | None = Field(
+        default=None, description='path to the waiting jobs by GPUs per job, e.g. {"1": 12, "8": 2}'
+    )
+    running_by_width_path: str | None = Field(default=None, description="path to the running jobs by GPUs per job")
     bearer_token: Secret | None = None
 
 
@@ -51,6 +55,16 @@ class HttpJsonSignal(SignalSource):
         except ValueError as exc:
             raise SignalError(f"{self.name}: {exc}") from None
 
+    def _mix(self, document: Any, path: str | None) -> dict[int, int] | None:
+        if path is None:
+            return None
+        try:
+            return width_mix(_pick(document, path), repr(path))
+        except KeyError:
+            raise SignalError(f"{self.name}: {path!r} not found in the reply of {self.options.url}") from None
+        except ValueError as exc:
+            raise SignalError(f"{self.name}: {exc}") from None
+
     def read(self, now: float) -> Demand:
         o = self.options
         try:
@@ -68,13 +82,20 @@ class HttpJsonSignal(SignalSource):
             if not isinstance(raw, dict):
                 raise SignalError(f"{self.name}: {o.busy_path!r} is not an object of instance -> busy")
             busy = {str(k): bool(v) for k, v in raw.items()}
-        return Demand(
-            queued_jobs=self._count(document, o.queued_path),
-            running_jobs=self._count(document, o.running_path) if o.running_path else 0,
-            observed_at=now,
-            busy=busy,
-            source=self.name,
-        )
+        queued_mix = self._mix(document, o.queued_by_width_path)
+        try:
+            return Demand(
+                queued_jobs=self._count(document, o.queued_path),
+                running_jobs=self._count(document, o.running_path) if o.running_path else 0,
+                observed_at=now,
+                busy=busy,
+                source=self.name,
+                max_job_gpus=widest(queued_mix),
+                queued_by_width=queued_mix,
+                running_by_width=self._mix(document, o.running_by_width_path),
+            )
+        except ValueError as exc:  # a histogram that disagrees with the counts
+            raise SignalError(f"{self.name}: {exc}") from None
 
     def close(self) -> None:
         self._http.close()

@@ -8,13 +8,19 @@ from __future__ import annotations
 import psycopg
 from pydantic import Field
 
-from .base import Demand, Secret, SignalError, SignalSource, SourceOptions, whole_count
+from .base import Demand, Secret, SignalError, SignalSource, SourceOptions, whole_count, widest, width_mix
 
 
 class PostgresOptions(SourceOptions):
     dsn: Secret = Field(default=Secret(env="TDAS_POSTGRES_DSN"), description="postgresql://user:pw@host/db")
     query: str = Field(description="one row: queued, running [, queued_gpus, running_gpus]")
     busy_query: str | None = Field(default=None, description="rows of (instance name, busy boolean)")
+    width_query: str | None = Field(
+        default=None,
+        description="rows of (GPUs per job, queued jobs [, running jobs]): the queue's width mix, e.g. "
+        "SELECT gpus, count(*) FILTER (WHERE state = 'queued'), count(*) FILTER (WHERE state = 'running') "
+        "FROM jobs GROUP BY gpus",
+    )
 
 
 class PostgresSignal(SignalSource):
@@ -48,6 +54,10 @@ class PostgresSignal(SignalSource):
                     if self.options.busy_query:
                         cur.execute(self.options.busy_query)
                         busy = {str(name): bool(flag) for name, flag in cur.fetchall()}
+                    widths = None
+                    if self.options.width_query:
+                        cur.execute(self.options.width_query)
+                        widths = cur.fetchall()
             finally:
                 conn.rollback()
         except psycopg.errors.ReadOnlySqlTransaction:
@@ -65,6 +75,13 @@ class PostgresSignal(SignalSource):
             queued, running = whole_count(row[0], "queued"), whole_count(row[1], "running")
             queued_gpus = whole_count(row[2], "queued_gpus") if len(row) > 2 and row[2] is not None else None
             running_gpus = whole_count(row[3], "running_gpus") if len(row) > 3 and row[3] is not None else None
+            queued_mix = running_mix = None
+            if widths is not None:
+                if any(len(w) < 2 for w in widths):
+                    raise ValueError("width_query rows must be (gpus, queued [, running])")
+                queued_mix = width_mix([[w[0], w[1]] for w in widths], "width_query queued")
+                if all(len(w) > 2 for w in widths):
+                    running_mix = width_mix([[w[0], w[2]] for w in widths], "width_query running")
             return Demand(
                 queued_jobs=queued,
                 running_jobs=running,
@@ -73,6 +90,9 @@ class PostgresSignal(SignalSource):
                 running_gpus=running_gpus,
                 busy=busy,
                 source=self.name,
+                max_job_gpus=widest(queued_mix),
+                queued_by_width=queued_mix,
+                running_by_width=running_mix,
             )
         except (TypeError, ValueError) as exc:
             raise SignalError(f"{self.name}: the query returned {row!r}: {exc}") from None

@@ -8,6 +8,7 @@ would otherwise never age, and its worker would look busy forever.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
 import redis
@@ -16,7 +17,16 @@ from pydantic import Field, model_validator
 
 from autoscaler.durations import Seconds
 
-from .base import Demand, Secret, SignalError, SignalSource, SourceOptions, future_stamp_problem
+from .base import (
+    Demand,
+    Secret,
+    SignalError,
+    SignalSource,
+    SourceOptions,
+    future_stamp_problem,
+    whole_count,
+    widest,
+)
 
 _log = structlog.get_logger("autoscaler.signals")
 
@@ -28,11 +38,19 @@ class RedisOptions(SourceOptions):
     group: str | None = Field(default=None, description="stream: the consumer group")
     heartbeat_key: str | None = Field(default=None, description="hash of instance name -> 'busy:<ts>'|'idle:<ts>'")
     heartbeat_ttl_s: Seconds = Field(default=120.0, gt=0)
+    width_field: str | None = Field(
+        default=None,
+        description="list and celery: the JSON field of a job's payload that holds its GPUs; read from the "
+        "head of the queue (width_sample jobs); a job without it counts as one GPU",
+    )
+    width_sample: int = Field(default=200, ge=1, le=10_000, description="jobs read from the head for width_field")
 
     @model_validator(mode="after")
     def _group_for_streams(self) -> RedisOptions:
         if self.mode == "stream" and not self.group:
             raise ValueError("group is required when mode = 'stream'")
+        if self.width_field and self.mode not in ("list", "celery"):
+            raise ValueError("width_field works with mode = 'list' or 'celery' (queues that hold the payloads)")
         return self
 
 
@@ -88,13 +106,59 @@ class RedisSignal(SignalSource):
             raise SignalError(f"{self.name}: Redis cannot compute the lag of group {o.group} on {o.key}")
         return int(lag), int(group.get("pending", 0))
 
+    def _widths(self, queued: int) -> dict[int, int] | None:
+        """GPUs per job of a bounded sample of the head of the queue (the next jobs to start).
+
+        RPUSH producers put the head at index 0; Celery's LPUSH at the end: both are read there.
+        """
+        o = self.options
+        if not o.width_field:
+            return None
+        if o.mode == "celery":
+            payloads = self._redis.lrange(o.key, -o.width_sample, -1)
+        else:
+            payloads = self._redis.lrange(o.key, 0, o.width_sample - 1)
+        mix: dict[int, int] = {}
+        for payload in payloads[:queued]:
+            gpus = _payload_gpus(payload, o.width_field)
+            mix[gpus] = mix.get(gpus, 0) + 1
+        return mix
+
     def read(self, now: float) -> Demand:
         try:
             busy = self._busy(now)
             queued, running = self._counts(busy)
+            mix = self._widths(queued)
         except redis.RedisError as exc:
             raise SignalError(f"{self.name}: {type(exc).__name__}: {exc}") from None
-        return Demand(queued_jobs=queued, running_jobs=running, observed_at=now, busy=busy, source=self.name)
+        except ValueError as exc:
+            raise SignalError(f"{self.name}: key {self.options.key}: {exc}") from None
+        return Demand(
+            queued_jobs=queued,
+            running_jobs=running,
+            observed_at=now,
+            busy=busy,
+            source=self.name,
+            max_job_gpus=widest(mix),
+            queued_by_width=mix,
+        )
 
     def close(self) -> None:
         self._redis.close()
+
+
+def _payload_gpus(payload: object, field: str) -> int:
+    """A job's GPUs from its JSON payload (dotted `field`); not JSON, or no such field: one GPU.
+    A field that is there but not a whole number from 1 to 64 fails the read: a producer bug."""
+    try:
+        node: Any = json.loads(payload) if isinstance(payload, str | bytes) else None
+    except ValueError:
+        return 1
+    for part in field.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return 1
+        node = node[part]
+    gpus = whole_count(node, f"job field {field!r}")
+    if not 1 <= gpus <= 64:
+        raise ValueError(f"job field {field!r} is {gpus}, not a job width (1 to 64 GPUs)")
+    return gpus

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import Field, StrictInt
 
-from .base import Demand, SignalError, SignalSource, SourceOptions, whole_count
+from .base import Demand, SignalError, SignalSource, SourceOptions, whole_count, widest, width_mix
 
 
 class StaticOptions(SourceOptions):
@@ -62,7 +62,8 @@ class FileOptions(SourceOptions):
 
 
 class FileSignal(SignalSource):
-    """Reads `{"queued": N, "running": M, "busy": {...}, "observed_at": T}` that something keeps current."""
+    """Reads `{"queued": N, "running": M, "busy": {...}, "observed_at": T}` that something keeps current;
+    optionally `"queued_by_width": {"1": 12, "8": 2}` and `"running_by_width"`: jobs by the GPUs each needs."""
 
     kind = "file"
     Options = FileOptions
@@ -103,12 +104,17 @@ class FileSignal(SignalSource):
     def read(self, now: float) -> Demand:
         try:
             data: Any = json.loads(self._read_bytes())
+            queued = width_mix(data["queued_by_width"], "queued_by_width") if "queued_by_width" in data else None
+            running = width_mix(data["running_by_width"], "running_by_width") if "running_by_width" in data else None
             return Demand(
                 queued_jobs=whole_count(data["queued"], "queued"),
                 running_jobs=whole_count(data.get("running", 0), "running"),
                 observed_at=float(data.get("observed_at", self.path.stat().st_mtime)),
                 busy=data.get("busy"),
                 source=self.name,
+                max_job_gpus=widest(queued),
+                queued_by_width=queued,
+                running_by_width=running,
             )
         except (OSError, ValueError, KeyError, TypeError, OverflowError) as exc:  # Infinity is valid JSON here
             raise SignalError(f"{self.name} {self.path}: {exc}") from exc

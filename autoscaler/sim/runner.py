@@ -66,6 +66,9 @@ class SimOptions:
     lp_cache_dir: Path | None = None  # where LP bounds are kept between runs; None: solved every time
     market: MarketProfile = "calm"
     dialect: Dialect | None = None  # the fake's reply shapes; None: the settings' wire format
+    # workers follow the width convention (autoscaler/widths.py) when the policies shape the fleet
+    # to it (cheapest_throughput's shape_to_jobs); off: every worker takes any job that fits
+    width_classes: bool = True
     # told (simulated seconds, jobs done, jobs in all) every simulated hour: a terminal's bar
     progress: Callable[[float, int, int], None] | None = field(default=None, compare=False)
 
@@ -107,6 +110,17 @@ class Run:
 CycleCheck = Callable[[CycleReport, FakeTensorDockApp, Workload], None]
 
 
+def shapes_to_jobs(settings: Settings) -> bool:
+    """Whether the policies shape instances to the width convention, so its workers can follow it:
+    cheapest_throughput with `shape_to_jobs` on and every class size (1, 2, 4, 8) allowed."""
+    return any(
+        spec.name == "cheapest_throughput"
+        and spec.options.get("shape_to_jobs", True)
+        and {1, 2, 4, 8} <= set(spec.options.get("gpus_per_instance", (1, 2, 4, 8)))
+        for spec in settings.policies
+    )
+
+
 def replay(
     jobs: list[Job],
     settings: Settings,
@@ -133,7 +147,15 @@ def replay(
     )
     market = Market(options.market, catalog, ORIGIN, options.seed)
     throughput = options.world_throughput or settings.fleet.throughput_table
-    workload = Workload(jobs, fake.state, throughput, ORIGIN, timings=options.workers, seed=options.seed)
+    workload = Workload(
+        jobs,
+        fake.state,
+        throughput,
+        ORIGIN,
+        timings=options.workers,
+        seed=options.seed,
+        width_classes=options.width_classes and shapes_to_jobs(settings),
+    )
     runtime = build_runtime(
         settings,
         clock=clock,

@@ -103,6 +103,7 @@ def strategy_settings(name: str, base: Settings, jobs: list[Job], catalog: Catal
                     "allowed_models": reactive_models(catalog, base.fleet.throughput_table),
                     "gpus_per_instance": sizes,
                     "scale_down": "delete",
+                    "shape_to_jobs": False,  # its workers take any job that fits
                 },
             ),
         ]
@@ -114,7 +115,10 @@ def strategy_settings(name: str, base: Settings, jobs: list[Job], catalog: Catal
         gpus = widest * max(1, math.ceil(need / speed / widest))
         policies = [
             PolicySpec(name="queue_target", options={"min_gpus": gpus, "max_gpus": gpus}),
-            PolicySpec(name="cheapest_throughput", options={"gpus_per_instance": [widest], "place_widest_job": False}),
+            PolicySpec(
+                name="cheapest_throughput",
+                options={"gpus_per_instance": [widest], "place_widest_job": False, "shape_to_jobs": False},
+            ),
         ]
         return base.model_copy(update={"policies": policies})
     check_strategy(name)

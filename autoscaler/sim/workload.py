@@ -11,11 +11,13 @@ and running jobs and GPUs, the widest waiting job, and per-instance busy flags.
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from autoscaler.signals import Demand
 from autoscaler.tensordock.fake import FakeTensorDock
+from autoscaler.widths import takes
 
 from .trace import Job
 
@@ -78,8 +80,10 @@ class Workload:
         *,
         timings: WorkerTimings | None = None,
         seed: int = 0,
+        width_classes: bool = False,
     ) -> None:
         self.jobs = jobs
+        self.width_classes = width_classes
         self.state = state
         self.throughput = throughput
         self.origin = origin
@@ -139,7 +143,8 @@ class Workload:
         reserved: tuple[_Worker, float] | None = None
         waiting: list[Job] = []
         for job in self.queue:
-            fits = [w for w in ready if w.free >= job.gpus]
+            takers = [w for w in ready if takes(w.gpus, job.gpus)] if self.width_classes else ready
+            fits = [w for w in takers if w.free >= job.gpus]
             if reserved is not None:
                 holder, shadow = reserved
                 fits = [w for w in fits if w is not holder or now + w.runtime(job) <= shadow]
@@ -150,8 +155,8 @@ class Workload:
                 self.ends[job.index] = now + worker.runtime(job)
                 continue
             waiting.append(job)
-            if reserved is None:
-                soonest = min(ready, key=lambda w: (w.free_enough_at(job.gpus, now), w.name))
+            if reserved is None and takers:
+                soonest = min(takers, key=lambda w: (w.free_enough_at(job.gpus, now), w.name))
                 at = soonest.free_enough_at(job.gpus, now)
                 if at != float("inf"):
                     reserved = (soonest, at)
@@ -200,6 +205,9 @@ class Workload:
             max_job_gpus=max((job.gpus for job in self.queue), default=1),
             busy={w.name: bool(w.jobs) for w in self.workers.values()},
             source=self.name,
+            queued_by_width=dict(Counter(job.gpus for job in self.queue)),
+            oldest_queued_at=min((self.origin + job.submit for job in self.queue), default=None),
+            running_by_width=dict(Counter(r.job.gpus for w in self.workers.values() for r in w.jobs)),
         )
 
     def close(self) -> None:

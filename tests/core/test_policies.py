@@ -265,14 +265,20 @@ def test_budget_stops_non_busy_instances_when_already_over() -> None:
     assert [a.instance_id for a in plan.actions] == ["id-b"]
 
 
-def test_budget_paces_the_rest_of_a_daily_budget() -> None:
-    # noon: 12 h left; $6 of $10 spent leaves $4, i.e. $0.33/h
-    snap = snapshot(spend=Spend(today_usd=6.0, month_usd=6.0, total_usd=6.0))
+def test_budget_lets_the_fleet_run_what_the_rest_of_the_budget_pays_for_an_hour() -> None:
+    # noon, 12 h left: $9.5 of $10 spent leaves $0.5, one more $0.3/h instance for the next hour
+    snap = snapshot(spend=Spend(today_usd=9.5, month_usd=9.5, total_usd=9.5))
     plan = Plan(desired_gpus=2, actions=(_create(R3090, 0.3), _create(R3090, 0.3)))
     trimmed = Budget(BudgetOptions(daily_budget_usd=10.0)).decide(snap, plan)
     assert len(trimmed.actions) == 1
+    assert "$0.50/h affordable" in trimmed.notes[-1] or any("affordable" in n for n in trimmed.notes)
     spent = Budget(BudgetOptions(monthly_budget_usd=5.0)).decide(snap, plan)
     assert spent.actions == ()
+    # $6 spent leaves $4: a whole day's horizon spreads it to $0.33/h, one hour's lets both run
+    roomy = snapshot(spend=Spend(today_usd=6.0, month_usd=6.0, total_usd=6.0))
+    assert len(Budget(BudgetOptions(daily_budget_usd=10.0)).decide(roomy, plan).actions) == 2
+    paced = Budget(BudgetOptions(daily_budget_usd=10.0, horizon_s=24 * 3600.0)).decide(roomy, plan)
+    assert len(paced.actions) == 1
 
 
 # -- schedule --------------------------------------------------------------------------------
@@ -378,3 +384,83 @@ def test_cheapest_leaves_an_instance_being_replaced_to_consolidate() -> None:
     new = instance("new", InstanceStatus.STARTING, rate=0.4)
     plan = cheapest().decide(snapshot(old, new), Plan(desired_gpus=1))
     assert plan.actions == ()  # one GPU wanted, one coming: no surplus stop, no extra create
+
+
+# -- cheapest_throughput: shaped to the waiting jobs (issue 16) ---------------------------------
+
+
+def _widths(
+    snap: Snapshot, queued: dict[int, int], running: dict[int, int] | None = None, waited_s: float = 0
+) -> Snapshot:
+    demand = Demand(
+        sum(queued.values()),
+        sum((running or {}).values()),
+        observed_at=snap.now,
+        max_job_gpus=max([w for w, n in queued.items() if n], default=1),
+        queued_by_width=queued,
+        running_by_width=running or {},
+        oldest_queued_at=snap.now - waited_s,
+        busy={i.name: bool(i.busy) for i in snap.instances},
+        source="test",
+    )
+    return replace(snap, demand=demand)
+
+
+def test_shaping_gives_each_waiting_job_a_place_of_its_width_class() -> None:
+    fleet = (instance("wide", gpus=8, rate=4.0, busy=True), instance("narrow", gpus=1, busy=False, idle_since=NOW - 10))
+    snap = _widths(snapshot(*fleet, offers=(offer(R3090, 0.3),)), {1: 3, 3: 1, 8: 1}, {8: 1})
+    plan = cheapest().decide(snap, Plan(desired_gpus=100))
+    # the 8-GPU job gets its own 8, the 3-GPU job a 4 (its class), two of the three one-GPU jobs a 1
+    # each (the idle one-GPU instance takes the third); no narrow job is given a wide instance
+    assert sorted(a.gpus for a in plan.actions if a.kind is ActionKind.CREATE) == [1, 1, 4, 8]
+    assert all("class" in a.reason for a in plan.actions)
+
+
+def test_shaping_stops_an_idle_wide_instance_no_waiting_job_needs_and_never_restarts_one_for_narrow_jobs() -> None:
+    fleet = (
+        instance("idle8", gpus=8, rate=3.0, busy=False, idle_since=NOW - 400),
+        instance("stopped8", InstanceStatus.STOPPED, gpus=8, rate=2.0),
+    )
+    snap = _widths(snapshot(*fleet, offers=(offer(R3090, 0.3),)), {1: 2})
+    plan = cheapest().decide(snap, Plan(desired_gpus=2))
+    kinds = sorted((a.kind.value, a.gpus, a.instance_id or "") for a in plan.actions)
+    assert kinds == [("create", 1, ""), ("create", 1, ""), ("stop", 8, "id-idle8")]
+    fresh = _widths(snapshot(replace(fleet[0], idle_since=NOW - 10), offers=(offer(R3090, 0.3),)), {1: 2})
+    assert [a.kind for a in cheapest().decide(fresh, Plan(desired_gpus=2)).actions] == [ActionKind.CREATE] * 2
+
+
+def test_the_price_ceiling_buys_a_dear_offer_only_past_the_target_wait() -> None:
+    offers = (offer(R3090, 0.3, available=1), offer(H100, 4.0))  # H100: several times the 3090 per unit
+    soon = cheapest().decide(_widths(snapshot(offers=offers), {1: 2}, waited_s=30), Plan(desired_gpus=2))
+    assert [a.gpu_model for a in soon.actions] == [R3090]
+    assert any("not buying" in n and "ceiling 2x" in n and "projected wait without it 180s" in n for n in soon.notes)
+    late = cheapest().decide(_widths(snapshot(offers=offers), {1: 2}, waited_s=200), Plan(desired_gpus=2))
+    assert [a.gpu_model for a in late.actions] == [R3090, H100]
+    assert "bought over the price ceiling" in late.actions[1].reason and "350s" in late.actions[1].reason
+
+
+def test_without_widths_or_with_shaping_off_the_policy_provisions_a_gpu_count_as_before() -> None:
+    offers = (offer(R3090, 0.3),)
+    plain = snapshot(queued=3, offers=offers)
+    assert [a.gpus for a in cheapest().decide(plain, Plan(desired_gpus=3)).actions] == [1, 1, 1]
+    wide = _widths(snapshot(offers=offers), {1: 3, 8: 1})
+    off = cheapest(shape_to_jobs=False).decide(wide, Plan(desired_gpus=11))
+    assert all(a.gpus == 8 for a in off.actions)  # today's sizing: the widest waiting job's size
+
+
+def test_queue_target_counts_each_job_at_its_class_size_when_widths_are_known() -> None:
+    snap = _widths(snapshot(), {1: 2, 3: 1, 5: 1}, {2: 1})
+    plan = QueueTarget(QueueTargetOptions(max_step_up=100)).decide(snap, Plan())
+    assert plan.desired_gpus == 2 + 4 + 8 + 2
+
+
+def test_shaping_falls_back_to_a_gpu_count_when_workers_do_not_keep_to_the_convention() -> None:
+    # two one-GPU jobs run on one busy 8-GPU instance: its worker takes anything, so another wide
+    # instance for the waiting 8-GPU job would be taken by narrow jobs too; provision as before
+    fleet = (instance("wide", gpus=8, rate=4.0, busy=True),)
+    snap = _widths(snapshot(*fleet, offers=(offer(R3090, 0.3),)), {1: 1, 8: 1}, {1: 2})
+    plan = cheapest().decide(snap, Plan(desired_gpus=11))
+    assert [a.gpus for a in plan.actions] == [8]  # today's sizing: the widest job's, for the GPU deficit
+    assert not any("class" in a.reason for a in plan.actions)
+    kept = _widths(snapshot(*fleet, offers=(offer(R3090, 0.3),)), {1: 1, 8: 1}, {8: 1})
+    assert sorted(a.gpus for a in cheapest().decide(kept, Plan(desired_gpus=17)).actions) == [1, 8]

@@ -389,3 +389,119 @@ def test_signal_options_are_checked_when_the_config_loads() -> None:
         load_settings(None, signal={"sources": [{"kind": "redis", "options": {"mode": "list"}}]})
     with pytest.raises(ConfigError, match="unknown source 'kafka'"):
         load_settings(None, signal={"sources": [{"kind": "kafka"}]})
+
+
+# -- the queue's width mix (issue 16) ---------------------------------------------------------------
+
+
+def test_demand_refuses_a_width_mix_that_cannot_be_true() -> None:
+    from autoscaler.signals import Demand
+
+    ok = Demand(3, 1, 0.0, max_job_gpus=8, queued_by_width={1: 2, 8: 1}, running_by_width={4: 1})
+    assert ok.widths_known
+    for bad, match in (
+        ({"queued_by_width": {1: 4}}, "more than the 3"),  # counts more jobs than are queued
+        ({"queued_by_width": {0: 1}}, "not a job width"),
+        ({"queued_by_width": {1: -1}}, "not a whole number"),
+        ({"queued_by_width": {8: 1}, "max_job_gpus": 4}, "max_job_gpus is 4"),
+        ({"running_by_width": {1: 2}}, "more than the 1"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            Demand(3, 1, 0.0, **{"max_job_gpus": 8, **bad})  # type: ignore[arg-type]
+
+
+def test_file_source_reads_the_width_mix(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from autoscaler.signals.static import FileSignal
+
+    path = Path(str(tmp_path)) / "queue.json"
+    path.write_text('{"queued": 5, "running": 1, "queued_by_width": {"1": 3, "8": 2}, "running_by_width": {"4": 1}}')
+    demand = FileSignal(path).read(time.time())
+    assert (demand.queued_by_width, demand.running_by_width, demand.max_job_gpus) == ({1: 3, 8: 2}, {4: 1}, 8)
+    path.write_text('{"queued": 5, "running": 1}')
+    assert FileSignal(path).read(time.time()).queued_by_width is None  # cannot tell: today's behaviour
+    path.write_text('{"queued": 1, "queued_by_width": {"1": 3}}')
+    with pytest.raises(SignalError, match="more than the 1"):
+        FileSignal(path).read(time.time())
+    path.write_text('{"queued": 3, "queued_by_width": {"one": 3}}')
+    with pytest.raises(SignalError, match="not a count"):
+        FileSignal(path).read(time.time())
+
+
+def test_postgres_width_query_reports_the_mix(jobs_table: str) -> None:
+    with psycopg.connect(PG_DSN, autocommit=True) as conn:
+        conn.execute(f"ALTER TABLE {jobs_table} ADD COLUMN gpus int NOT NULL DEFAULT 1")
+        conn.execute(
+            f"INSERT INTO {jobs_table} (state, gpus) VALUES ('queued', 1), ('queued', 1), ('queued', 8),"
+            " ('running', 4), ('done', 8)"
+        )
+    counts = (
+        f"SELECT count(*) FILTER (WHERE state = 'queued'), count(*) FILTER (WHERE state = 'running') FROM {jobs_table}"
+    )
+    widths = (
+        f"SELECT gpus, count(*) FILTER (WHERE state = 'queued'), count(*) FILTER (WHERE state = 'running') "
+        f"FROM {jobs_table} GROUP BY gpus"
+    )
+    source = PostgresSignal(PostgresOptions(dsn=secret(PG_DSN), query=counts, width_query=widths))
+    plain = PostgresSignal(PostgresOptions(dsn=secret(PG_DSN), query=counts))
+    try:
+        demand = source.read(time.time())
+        assert {w: n for w, n in (demand.queued_by_width or {}).items() if n} == {1: 2, 8: 1}
+        assert {w: n for w, n in (demand.running_by_width or {}).items() if n} == {4: 1}
+        assert demand.max_job_gpus == 8
+        assert plain.read(time.time()).queued_by_width is None
+        liar = PostgresSignal(
+            PostgresOptions(dsn=secret(PG_DSN), query=counts, width_query="SELECT 1, 99")  # 99 of 3 queued
+        )
+        with pytest.raises(SignalError, match="more than the 3"):
+            liar.read(time.time())
+        liar.close()
+    finally:
+        source.close()
+        plain.close()
+
+
+def test_http_json_width_paths(json_endpoint: JsonEndpoint) -> None:
+    json_endpoint.document = {"q": 4, "r": 1, "mix": {"waiting": {"1": 3, "2": 1}, "running": [[8, 1]]}}
+    source = HttpJsonSignal(
+        HttpJsonOptions(
+            url=json_endpoint.url,
+            queued_path="q",
+            running_path="r",
+            queued_by_width_path="mix.waiting",
+            running_by_width_path="mix.running",
+            bearer_token=secret("s3cret-token"),
+        )
+    )
+    demand = source.read(time.time())
+    assert (demand.queued_by_width, demand.running_by_width, demand.max_job_gpus) == ({1: 3, 2: 1}, {8: 1}, 2)
+    json_endpoint.document = {"q": 4, "r": 1, "mix": {"waiting": {"1": "three"}, "running": []}}
+    with pytest.raises(SignalError, match="not a count"):
+        source.read(time.time())
+    json_endpoint.document = {"q": 4, "r": 1}
+    with pytest.raises(SignalError, match="not found"):
+        source.read(time.time())
+    source.close()
+
+
+def test_redis_width_field_reads_a_bounded_sample_of_the_head(redis_client: redis.Redis, unique: str) -> None:
+    import json
+
+    source = RedisSignal(RedisOptions(url=secret(REDIS_URL), key=unique, width_field="spec.gpus", width_sample=4))
+    try:
+        jobs = [{"spec": {"gpus": 8}}, {"spec": {"gpus": 1}}, {"other": 1}, "not json", {"spec": {"gpus": 4}}]
+        redis_client.rpush(unique, *[json.dumps(j) if not isinstance(j, str) else j for j in jobs])
+        demand = source.read(time.time())
+        # the first four only: 8, 1, and two without the field (one GPU each); the fifth is not read
+        assert (demand.queued_jobs, demand.queued_by_width, demand.max_job_gpus) == (5, {8: 1, 1: 3}, 8)
+        redis_client.lset(unique, 0, json.dumps({"spec": {"gpus": "eight"}}))
+        with pytest.raises(SignalError, match="not a count"):
+            source.read(time.time())
+        redis_client.delete(unique)
+        assert source.read(time.time()).queued_by_width == {}
+    finally:
+        redis_client.delete(unique)
+        source.close()
+    with pytest.raises(ValueError, match="width_field works with"):
+        RedisOptions(url=secret(REDIS_URL), key=unique, mode="zset", width_field="gpus")

@@ -33,6 +33,26 @@ def test_cloud_init_is_a_mapping_and_gets_each_instance_name() -> None:
     assert "${TDAS_INSTANCE_NAME}" not in yaml.safe_dump(named)
 
 
+def test_each_instance_is_told_its_width_and_the_worker_takes_only_its_class(tmp_path: Path) -> None:
+    from autoscaler.widths import takes
+
+    named = _with_name(_cloud_init(CLOUD_INIT), "tdas-w8", 8)
+    gpus_file = next(f for f in named["write_files"] if f["path"] == "/etc/tdas/instance-gpus")
+    assert gpus_file["content"] == "8"
+    assert "${TDAS_INSTANCE_GPUS}" not in yaml.safe_dump(named)
+    _install_scripts(tmp_path)
+    script = str(tmp_path / "tdas-takes-job")
+    base = {**os.environ, "TDAS_ENV_FILE": "/nonexistent"}
+    for classes in ("1", "0"):
+        for have in (1, 2, 4, 8):
+            for want in range(1, 10):
+                env = {**base, "TDAS_INSTANCE_GPUS": str(have), "WIDTH_CLASSES": classes}
+                took = subprocess.run([script, str(want)], env=env, check=False).returncode == 0
+                # the worker's rule is the one the simulator and the policy assume
+                expected = takes(have, want) if classes == "1" else want <= have
+                assert took == expected, (classes, have, want)
+
+
 def _install_scripts(tmp_path: Path) -> None:
     data = yaml.safe_load(CLOUD_INIT.read_text())
     for entry in data["write_files"]:

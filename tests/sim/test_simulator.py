@@ -311,3 +311,64 @@ def test_sparing_offer_listings_changes_nothing_but_the_calls(tmp_path: Path) ->
     assert sparing.cost_usd == listing.cost_usd and sparing.waits == listing.waits
     assert (sparing.actions, sparing.cycles) == (listing.actions, listing.cycles)
     assert sparing.api_calls < listing.api_calls
+
+
+def _with_daily_budget(budget: float | None) -> list[PolicySpec]:
+    return [
+        spec
+        if spec.name != "budget" or budget is None
+        else PolicySpec(name="budget", options={"daily_budget_usd": budget})
+        for spec in DEFAULT_POLICIES
+    ]
+
+
+def test_a_budget_that_is_never_reached_costs_nothing_extra(tmp_path: Path) -> None:
+    # Spreading a daily budget over the rest of the day (before issue 16) held the fleet to
+    # budget/24 $/h at midnight and let it buy freely in the evening: the same work cost more
+    # under a budget it never reached ($137.15 against $136.11 here). A budget above a day's
+    # spend plus an hour at the peak rate can never trim anything: same decisions, same bill.
+    trace = slice_of("philly-30d-b.csv", 4, tmp_path / "b4.csv")
+    jobs = load_trace(trace)
+    options = SimOptions()
+    catalog = options.catalog()
+    free = replay(
+        jobs, sim_settings(Settings(policies=_with_daily_budget(None)), SIM_TOKEN, catalog, bounds_given=False), options
+    )
+    peak = max(s.usd_per_hour for s in free.timeline)
+    by_day: dict[int, float] = {}
+    for before, after in zip(free.timeline, free.timeline[1:], strict=False):
+        day = int(before.t // 86400)
+        by_day[day] = by_day.get(day, 0.0) + before.usd_per_hour * (after.t - before.t) / 3600
+    budget = max(by_day.values()) + peak + 2.0  # a day's spend plus an hour at the peak: never trims
+    assert budget / 24 < peak  # spread over the day, this budget would have trimmed the peak
+    capped = replay(
+        jobs,
+        sim_settings(Settings(policies=_with_daily_budget(budget)), SIM_TOKEN, catalog, bounds_given=False),
+        options,
+    )
+    assert capped.cost_usd == pytest.approx(free.cost_usd, abs=1e-6)
+    assert capped.waits == free.waits
+    assert capped.actions == free.actions
+
+
+def test_workers_of_a_width_class_never_hold_a_narrow_job_and_every_job_is_served(tmp_path: Path) -> None:
+    from autoscaler.widths import takes
+
+    trace = slice_of("philly-30d-b.csv", 2, tmp_path / "b2.csv")
+    jobs = load_trace(trace)
+    options = SimOptions()
+    settings = sim_settings(Settings(), SIM_TOKEN, options.catalog(), bounds_given=False)
+    seen = {"placements": 0}
+
+    def check(report: CycleReport, fake: FakeTensorDockApp, workload: Workload) -> None:
+        assert workload.width_classes
+        for worker in workload.workers.values():
+            for running in worker.jobs:
+                seen["placements"] += 1
+                assert takes(worker.gpus, running.job.gpus), (worker.gpus, running.job.gpus)
+
+    run = replay(jobs, settings, options, check=check)
+    assert seen["placements"] > 0 and run.jobs_completed == len(jobs) and run.preempted == 0
+    # without the convention (workers take any job that fits) the shaped policy still serves every job
+    anything = replay(jobs, settings, SimOptions(width_classes=False))
+    assert anything.jobs_completed == len(jobs) and anything.preempted == 0
