@@ -121,20 +121,29 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _status(args: argparse.Namespace) -> int:
+def _dry_runtime(config: str | None, command: str) -> Any:
+    """The configured runtime, built never to mutate (`status`, `adopt`, `plan`); None, after saying
+    why on stderr, when the configuration is bad."""
     from autoscaler.config import ConfigError
     from autoscaler.logging import configure_logging
     from autoscaler.runtime import build_runtime
-    from autoscaler.status import fleet_status, render_status
 
     configure_logging("WARNING")
-    settings = _load(args.config, "status")
+    settings = _load(config, command)
     if settings is None:
-        return 2
+        return None
     try:
-        runtime = build_runtime(settings, dry_run=True)
+        return build_runtime(settings, dry_run=True)
     except ConfigError as exc:
-        print(f"status: invalid configuration: {exc}", file=sys.stderr)
+        print(f"{command}: invalid configuration: {exc}", file=sys.stderr)
+        return None
+
+
+def _status(args: argparse.Namespace) -> int:
+    from autoscaler.status import fleet_status, render_status
+
+    runtime = _dry_runtime(args.config, "status")
+    if runtime is None:
         return 2
     try:
         rows = fleet_status(runtime)
@@ -146,19 +155,10 @@ def _status(args: argparse.Namespace) -> int:
 
 def _adopt(args: argparse.Namespace) -> int:
     from autoscaler.adopt import orphans_to_adopt
-    from autoscaler.config import ConfigError
-    from autoscaler.logging import configure_logging
-    from autoscaler.runtime import build_runtime
     from autoscaler.tensordock import TensorDockError
 
-    configure_logging("WARNING")
-    settings = _load(args.config, "adopt")
-    if settings is None:
-        return 2
-    try:
-        runtime = build_runtime(settings, dry_run=True)
-    except ConfigError as exc:
-        print(f"adopt: invalid configuration: {exc}", file=sys.stderr)
+    runtime = _dry_runtime(args.config, "adopt")
+    if runtime is None:
         return 2
     try:
         rows = orphans_to_adopt(runtime, commit=args.yes)
@@ -206,19 +206,10 @@ def _spend(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from autoscaler.config import ConfigError
-    from autoscaler.logging import configure_logging
     from autoscaler.report import cycle_as_dict, cycle_as_text
-    from autoscaler.runtime import build_runtime
 
-    configure_logging("WARNING")
-    settings = _load(args.config, "plan")
-    if settings is None:
-        return 2
-    try:
-        runtime = build_runtime(settings, dry_run=True)
-    except ConfigError as exc:
-        print(f"plan: invalid configuration: {exc}", file=sys.stderr)
+    runtime = _dry_runtime(args.config, "plan")
+    if runtime is None:
         return 2
     try:
         report = runtime.engine.run_cycle()
