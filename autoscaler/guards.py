@@ -162,7 +162,7 @@ def apply_guards(snapshot: Snapshot, plan: Plan, config: GuardConfig, memory: Gu
                 drop(action, "cooldown", f"scale-down cooldown {config.scale_down_cooldown_s:g}s")
                 continue
             # Rule 6: scale down only what demand has not wanted for scale_down_delay.
-            if action.gpus > removable and action.policy != "budget":
+            if action.gpus > removable and not action.spend_limit:
                 drop(
                     action,
                     "stabilization",

@@ -35,6 +35,9 @@ class Action:
     hourly_delta: float = 0.0
     replaces: str | None = None  # consolidation: the instance this one will take over from
     rate_after: float | None = None  # $/h the instance bills once the call is made (start: the full rate)
+    # A spending limit asks for it: a scale-down not held back by the stabilization window (rule 6),
+    # still by every other rule (busy, cooldown, hold). Set by the budget policy; any plugin may.
+    spend_limit: bool = False
 
     def __post_init__(self) -> None:
         if self.kind is ActionKind.CREATE:

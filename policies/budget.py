@@ -15,6 +15,7 @@ spending, $136 without). A budget that is never reached now never changes a deci
 from __future__ import annotations
 
 import calendar
+import dataclasses
 import math
 from datetime import UTC, datetime
 
@@ -99,7 +100,8 @@ class Budget(BasePolicy[BudgetOptions]):
             if projected <= ceiling + 1e-9:
                 break
             delta = instance.storage_rate_hourly - instance.rate_hourly
-            stops.append(stop_action(instance, f"over {why}: fleet at ${projected:.2f}/h", self.name))
+            stop = stop_action(instance, f"over {why}: fleet at ${projected:.2f}/h", self.name)
+            stops.append(dataclasses.replace(stop, spend_limit=True))
             projected += delta
         return trimmed.with_actions(*stops)
 

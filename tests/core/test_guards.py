@@ -24,7 +24,7 @@ def create(price: float = 0.5, gpus: int = 1) -> Action:
     )
 
 
-def stop(fleet_instance: FleetInstance, policy: str = "test") -> Action:
+def stop(fleet_instance: FleetInstance, policy: str = "test", *, spend_limit: bool = False) -> Action:
     return Action(
         ActionKind.STOP,
         "t",
@@ -32,6 +32,7 @@ def stop(fleet_instance: FleetInstance, policy: str = "test") -> Action:
         instance_id=fleet_instance.id,
         gpus=fleet_instance.gpus,
         hourly_delta=-fleet_instance.rate_hourly,
+        spend_limit=spend_limit,
     )
 
 
@@ -74,8 +75,21 @@ def test_hold_on_unknown_demand_no_scale_down_no_scale_up_beyond_min() -> None:
 
 def test_a_busy_instance_is_never_stopped() -> None:
     busy = instance("a", busy=True)
-    kept, rules = guard(snapshot(busy), stop(busy, policy="budget"))
+    kept, rules = guard(snapshot(busy), stop(busy, policy="budget", spend_limit=True))
     assert kept == [] and rules == ["busy"]
+
+
+def test_a_spending_limit_is_not_held_back_by_the_stabilization_window_whatever_the_policy() -> None:
+    """The exemption is a field of the action, not the name of one policy."""
+    fleet = [instance("a"), instance("b")]
+    short_memory = GuardMemory(history_since=NOW - 60)  # no history: the window holds everything back
+    for policy in ("budget", "a-third-party-cap"):
+        kept, rules = guard(snapshot(*fleet), stop(fleet[0], policy), desired=2, memory=short_memory)
+        assert kept == [] and rules == ["stabilization"]
+        kept, rules = guard(
+            snapshot(*fleet), stop(fleet[0], policy, spend_limit=True), desired=2, memory=short_memory
+        )
+        assert [a.kind for a in kept] == [ActionKind.STOP] and rules == []
 
 
 def test_transitional_instances_are_waited_out() -> None:
@@ -154,6 +168,7 @@ def worlds(draw: st.DrawFn) -> tuple[Snapshot, Plan, GuardConfig]:
                     instance_id=draw(st.sampled_from(ids)),
                     gpus=draw(st.integers(0, 4)),
                     hourly_delta=draw(st.floats(-3, 3)),
+                    spend_limit=draw(st.booleans()),
                 )
             )
     config = GuardConfig(
