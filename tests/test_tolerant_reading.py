@@ -127,3 +127,51 @@ def test_write_files_with_encoding_is_refused_as_documented(make_fake: MakeFake,
     )
     with pytest.raises(BadRequestError, match="encoding"):
         make_client(app).create_instance(request)
+
+
+@pytest.mark.parametrize(
+    ("change", "refused"),
+    [
+        ({"ram_gb": 40}, None),  # steps of 8 GB, not the observed fixed set
+        ({"ram_gb": 36}, "multiple of 8"),
+        ({"storage_gb": 250}, None),
+        ({"storage_gb": 220}, "multiple of 50"),
+        ({"vcpu_count": 5}, "multiple of 2"),
+    ],
+)
+def test_documented_modify_steps(
+    change: dict[str, int], refused: str | None, make_fake: MakeFake, make_client: MakeClient, clock: ManualClock
+) -> None:
+    from autoscaler.tensordock.models import ModifyInstanceRequest
+
+    from .conftest import stopped_instance
+
+    app = make_fake()
+    client = make_client(app)
+    instance_id = stopped_instance(client, clock, create_request(location_of(app, "Chicago")))
+    if refused is None:
+        client.modify_instance(instance_id, ModifyInstanceRequest(**change))
+        fake = app.state.get(instance_id)
+        assert all(getattr(fake, key) == value for key, value in change.items())
+    else:
+        with pytest.raises(BadRequestError, match=refused):
+            client.modify_instance(instance_id, ModifyInstanceRequest(**change))
+
+
+def test_documented_modify_is_allowed_when_disassociated_and_takes_gpus_only_as_gpuv0name(
+    make_fake: MakeFake, make_client: MakeClient, clock: ManualClock
+) -> None:
+    from .conftest import stopped_instance
+    from .test_fake import raw
+
+    app = make_fake()
+    client = make_client(app)
+    instance_id = stopped_instance(client, clock, create_request(location_of(app, "Chicago")))
+    app.state.reclaim(instance_id)  # StoppedDisassociated
+    resized = raw(app, "PUT", f"/api/v2/instances/{instance_id}/modify", {"diskGb": 150})
+    assert resized.status_code == 200 and app.state.get(instance_id).storage_gb == 150
+    other = stopped_instance(client, clock, create_request(location_of(app, "Chicago"), name="tdas-two"))
+    keyed = raw(app, "PUT", f"/api/v2/instances/{other}/modify", {"gpus": {RTX4090: {"count": 2}}})
+    assert keyed.status_code == 400 and "gpuV0Name" in keyed.json()["message"]
+    v0 = raw(app, "PUT", f"/api/v2/instances/{other}/modify", {"gpus": {"gpuV0Name": RTX4090, "count": 2}})
+    assert v0.status_code == 200 and app.state.get(other).gpu_count == 2
