@@ -27,6 +27,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from autoscaler.durations import Seconds
 from autoscaler.guards import GuardConfig
 from autoscaler.policy import PolicySpec
+from autoscaler.reconcile import DetailConfig
 from autoscaler.signals.registry import SignalSettings
 from autoscaler.snapshot import InstanceShape
 from autoscaler.throughput import DEFAULT_THROUGHPUT
@@ -196,16 +197,6 @@ class SchedulerSettings(_Section):
         return 0 < self.transition_poll_s < self.interval_s
 
 
-class DetailSettings(_Section):
-    """GETs by id: what the documented listing (id, name, status) does not say."""
-
-    gets_per_cycle: int = Field(default=3, ge=0, description="GETs per cycle for new, started or vanished instances")
-    refresh_s: Seconds = Field(default=3600.0, gt=0, description="a record older than this is refreshed (repricing)")
-    refresh_gap_s: Seconds = Field(
-        default=300.0, ge=0, description="at most one refresh GET this often, so steady cycles cost one call"
-    )
-
-
 class MetricsSettings(_Section):
     host: str = Field(default="127.0.0.1", description="listen address of /metrics, /healthz, /readyz")
     port: int = Field(default=9464, ge=0, le=65535, description="0 picks a free port")
@@ -270,7 +261,7 @@ class Settings(BaseSettings):
     max_rate_multiple: float = Field(
         default=3.0, gt=1, description="a rateHourly above this multiple of its offer's price is not believed"
     )
-    detail: DetailSettings = DetailSettings()
+    detail: DetailConfig = DetailConfig()
 
     @property
     def lease_s(self) -> float:

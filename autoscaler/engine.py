@@ -24,7 +24,7 @@ from autoscaler.metrics import CoreMetrics
 from autoscaler.plan import Action, ActionKind, Plan, delete_action
 from autoscaler.planner import PlanningError, run_chain
 from autoscaler.policy import Policy
-from autoscaler.reconcile import ABSENT, Doubts, ReconcileConfig, Reconciled, Reconciler
+from autoscaler.reconcile import ABSENT, DetailConfig, Doubts, ReconcileConfig, Reconciled, Reconciler
 from autoscaler.signals import Demand, DemandSignal, SignalError
 from autoscaler.snapshot import GuardMemory, InstanceShape, Offer, Snapshot, billed_rate, offers_from
 from autoscaler.store import Store
@@ -54,9 +54,7 @@ class EngineConfig(BaseModel):
     reap_orphans: bool = Field(default=False, description="delete prefix-named instances the store never created")
     allowed_gpu_models: tuple[str, ...] = Field(default=(), description="offers of other models never reach policies")
     stopped_storage_usd_per_gb_hr: float = Field(default=0.0001, ge=0, description="when no offer prices storage")
-    detail_gets_per_cycle: int = Field(default=3, ge=0, description="GETs by id per cycle for new or changed instances")
-    detail_refresh_s: float = Field(default=3600.0, gt=0, description="a record older than this is refreshed by GET")
-    detail_refresh_gap_s: float = Field(default=300.0, ge=0, description="at most one refresh GET per this long")
+    detail: DetailConfig = DetailConfig()
     max_rate_multiple: float = Field(
         default=3.0, gt=1, description="a rateHourly above this multiple of its offer's price is not believed"
     )
@@ -109,9 +107,7 @@ class Engine:
                 shape=config.shape,
                 unresolved_create_grace_s=config.unresolved_create_grace_s,
                 stopped_storage_usd_per_gb_hr=config.stopped_storage_usd_per_gb_hr,
-                detail_gets_per_cycle=config.detail_gets_per_cycle,
-                detail_refresh_s=config.detail_refresh_s,
-                detail_refresh_gap_s=config.detail_refresh_gap_s,
+                detail=config.detail,
                 rate_check=RateCheck(config.max_rate_multiple),
             ),
         )

@@ -16,7 +16,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import structlog
+from pydantic import BaseModel, ConfigDict, Field
 
+from autoscaler.durations import Seconds
 from autoscaler.ledger import Ledger, RateCheck, plausible_rate
 from autoscaler.signals import Demand
 from autoscaler.snapshot import (
@@ -37,15 +39,24 @@ MAX_GPUS_PER_INSTANCE = 8  # TensorDock's limit: an instance of unknown shape ma
 ABSENT = "absent from the listing"  # the status_raw of an owned instance a listing left out
 
 
+class DetailConfig(BaseModel):
+    """GETs by id: what the documented listing (id, name, status) does not say (`[detail]`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    gets_per_cycle: int = Field(default=3, ge=0, description="GETs per cycle for new, started or vanished instances")
+    refresh_s: Seconds = Field(default=3600.0, gt=0, description="a record older than this is refreshed (repricing)")
+    refresh_gap_s: Seconds = Field(
+        default=300.0, ge=0, description="at most one refresh GET this often, so steady cycles cost one call"
+    )
+
+
 @dataclass(frozen=True)
 class ReconcileConfig:
     name_prefix: str
     shape: InstanceShape
     unresolved_create_grace_s: float
     stopped_storage_usd_per_gb_hr: float
-    detail_gets_per_cycle: int = 3
-    detail_refresh_s: float = 3600.0
-    detail_refresh_gap_s: float = 300.0
+    detail: DetailConfig = field(default_factory=DetailConfig)
     rate_check: RateCheck = field(default_factory=RateCheck)
 
 
@@ -111,7 +122,7 @@ class Reconciler:
         offer_by_key = {o.key: o for o in offers}
         changed = self._resolve_creates(now, unresolved, by_name, owned, offer_by_key, trust_absence=not suspect)
         changed |= self._adopt_created_names(now, listing, owned)
-        budget = self.config.detail_gets_per_cycle if may_call else 0
+        budget = self.config.detail.gets_per_cycle if may_call else 0
         absent = [i for i in owned if i not in listed]
         budget, forgotten = self._confirm_absent(now, absent, owned, budget)
         if changed or forgotten:
@@ -232,7 +243,7 @@ class Reconciler:
         if not may_call:
             return details
         prefix = f"{self.config.name_prefix}-"
-        gap = self.config.detail_refresh_gap_s
+        gap = self.config.detail.refresh_gap_s
 
         def due(record: OwnedRecord) -> bool:  # first seen, changed, or still of unknown shape
             if record.detail_at is None or record.id in self._detail_due:
@@ -249,7 +260,7 @@ class Reconciler:
             self._get(now, instance_id, owned, details)
         listed = {i.id for i in listing}
         self._foreign = {k: v for k, v in self._foreign.items() if k in listed}
-        refresh_due = self._last_refresh_at is None or now - self._last_refresh_at >= self.config.detail_refresh_gap_s
+        refresh_due = self._last_refresh_at is None or now - self._last_refresh_at >= self.config.detail.refresh_gap_s
         if refresh_due and self.client.can_spare_a_call():
             stale = self._stalest(now, listing, owned, details)
             if stale is not None:
@@ -272,7 +283,7 @@ class Reconciler:
                 cached = self._foreign.get(instance.id)
                 at = cached[1] if cached else None
             age_from = at if at is not None else -1.0
-            if now - age_from >= self.config.detail_refresh_s and (oldest is None or age_from < oldest[0]):
+            if now - age_from >= self.config.detail.refresh_s and (oldest is None or age_from < oldest[0]):
                 oldest = (age_from, instance.id)
         return oldest[1] if oldest else None
 

@@ -158,9 +158,7 @@ def build_runtime(
             allowed_gpu_models=tuple(fleet.allowed_gpu_models),
             unresolved_create_grace_s=settings.unresolved_create_grace_s,
             max_rate_multiple=settings.max_rate_multiple,
-            detail_gets_per_cycle=settings.detail.gets_per_cycle,
-            detail_refresh_s=settings.detail.refresh_s,
-            detail_refresh_gap_s=settings.detail.refresh_gap_s,
+            detail=settings.detail,
         ),
     )
     return Runtime(engine, client, state, stopping, metrics)
