@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from autoscaler.clock import Clock
 from autoscaler.ledger import Ledger
 from autoscaler.plan import Action, ActionKind
+from autoscaler.replacement import Created, Lost, Refused, Replacement, step
 from autoscaler.snapshot import InstanceShape, Offer, OwnedShape
 from autoscaler.store import FencedError, Store
 from autoscaler.tensordock import (
@@ -132,6 +133,8 @@ class Actuator:
             try:
                 if action.kind is ActionKind.CREATE:
                     results.append(self._create(cycle_id, action))
+                    if action.replacement is not None:
+                        self._follow(action.replacement, results[-1])
                 else:
                     results.append(self._change(cycle_id, action))
             except FencedError as exc:  # another replica leads now: no intent was written, no call made
@@ -211,7 +214,7 @@ class Actuator:
                 offer_key=offer.key,
                 gpus=action.gpus,
                 hourly_price=price,
-                replaces=action.replaces,
+                replaces=action.replacement.old_id if action.replacement else None,
                 reason=action.reason,
                 shape=shape,
             )
@@ -240,10 +243,19 @@ class Actuator:
             storage_rate = offer.pricing.storage_price(self.shape.storage_gb)
             self.store.adopt(created.id, name, now, offer.key, storage_rate, shape=shape, expected_rate=price)
             self.ledger.opened(created.id, price, now)
-            if action.replaces:
-                self.store.mark_retiring(action.replaces, name)
             return ActionResult(action, "ok", created.id, name, offer.key)
         return ActionResult(action, "failed", name=name, error=f"every offer refused: {last_error}")
+
+    def _follow(self, planned: Replacement, result: ActionResult) -> None:
+        """A consolidation's create is done: its outcome moves the replacement on (links it if made)."""
+        event: Created | Lost | Refused = Refused()
+        if result.outcome == "ok" and result.name:
+            event = Created(result.name)
+        elif result.outcome == "unknown" and result.name:
+            event = Lost(result.name)
+        replacement, effect = step(planned, event)
+        if effect.writes_link:
+            self.store.mark_retiring(replacement.old_id, replacement.link)
 
     def _change(self, cycle_id: str, action: Action) -> ActionResult:
         instance_id = action.instance_id

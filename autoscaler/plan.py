@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
+from autoscaler.replacement import Replacement, Stage
 from autoscaler.snapshot import FleetInstance, Offer
 
 
@@ -33,7 +34,7 @@ class Action:
     gpus: int = 0
     gpu_model: str | None = None
     hourly_delta: float = 0.0
-    replaces: str | None = None  # consolidation: the instance this one will take over from
+    replacement: Replacement | None = None  # consolidation: the planned one this create makes
     rate_after: float | None = None  # $/h the instance bills once the call is made (start: the full rate)
     # A spending limit asks for it: a scale-down not held back by the stabilization window (rule 6),
     # still by every other rule (busy, cooldown, hold). Set by the budget policy; any plugin may.
@@ -45,6 +46,10 @@ class Action:
                 raise ValueError("a create needs an offer and at least one GPU")
         elif not self.instance_id:
             raise ValueError(f"a {self.kind} needs an instance_id")
+        if self.replacement is not None and (
+            self.kind is not ActionKind.CREATE or self.replacement.stage is not Stage.PLANNED
+        ):
+            raise ValueError("only a create carries a replacement, and only a planned one")
 
     @property
     def target(self) -> str:

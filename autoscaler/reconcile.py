@@ -20,9 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from autoscaler.durations import Seconds
 from autoscaler.ledger import Ledger, RateCheck, plausible_rate
+from autoscaler.replacement import Created, Effect, Replacement, Seen, Stage, step
 from autoscaler.signals import Demand
 from autoscaler.snapshot import (
-    RUNNING_LIKE,
     FleetInstance,
     InstanceShape,
     Offer,
@@ -177,8 +177,9 @@ class Reconciler:
                 )
                 self.ledger.opened(found.id, entry.hourly_price, entry.at)
                 adopted = True
-                if entry.replaces:
-                    self.store.mark_retiring(entry.replaces, entry.name)
+                if entry.replaces and entry.name:  # a consolidation's lost reply: its replacement exists
+                    lost = Replacement(entry.replaces, entry.name, Stage.CREATING)
+                    self._follow(*step(lost, Created(entry.name)))
             if found is not None:
                 self.store.journal_outcome(entry.id, "ok", now, instance_id=found.id)
             elif trust_absence and now - (entry.outcome_at or entry.at) > self.config.unresolved_create_grace_s:
@@ -497,15 +498,16 @@ class Reconciler:
         fleet = []
         for view, record, busy, doubt in believed:
             idle_since, status_since = since.get(view.id, (record.idle_since, record.status_since))
-            retiring_for = record.retiring_for
-            successor = by_name.get(retiring_for or "")
-            if (
-                retiring_for
-                and retiring_for not in awaited
-                and (successor is None or successor.status not in RUNNING_LIKE)
-            ):
-                self.store.mark_retiring(view.id, None)  # its replacement is gone or stopped: it stays
-                retiring_for = None
+            replacement = None
+            if record.retiring_for:  # the policy stops the old one; here the link is kept or broken
+                successor = by_name.get(record.retiring_for)
+                seen = Seen(
+                    new=successor.status if successor is not None else None,
+                    old=view.status,
+                    old_busy=busy,
+                    awaited=record.retiring_for in awaited,
+                )
+                replacement = self._follow(*step(Replacement.restored(view.id, record.retiring_for), seen))
             fleet.append(
                 FleetInstance(
                     instance=view,
@@ -515,12 +517,18 @@ class Reconciler:
                     idle_since=idle_since,
                     status_since=status_since,
                     storage_rate_hourly=record.storage_rate or self.storage_rate(None, record.shape),
-                    retiring_for=retiring_for,
+                    replacement=replacement,
                     start_refused=record.start_refused_at is not None and view.status is InstanceStatus.STOPPED,
                     doubt=doubt,
                 )
             )
         return tuple(fleet)
+
+    def _follow(self, replacement: Replacement, effect: Effect) -> Replacement | None:
+        """Record a consolidation's link as its transition says; the replacement if still linked."""
+        if effect.writes_link:
+            self.store.mark_retiring(replacement.old_id, replacement.link)
+        return replacement if replacement.link else None
 
     def storage_rate(self, offer: Offer | None, shape: OwnedShape | None) -> float:
         storage = shape.storage_gb if shape is not None else self.config.shape.storage_gb

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from autoscaler.money import BILLED_IN_FULL, COUNTED_AS_ACTIVE, RUNNING_LIKE, Spend, billed_rate
+from autoscaler.replacement import Replacement
 from autoscaler.shape import InstanceShape, OwnedShape
 from autoscaler.signals import Demand
 from autoscaler.tensordock import Hostnode, Instance, InstanceStatus, Location, Pricing
@@ -138,7 +139,7 @@ class FleetInstance:
     idle_since: float | None = None
     status_since: float | None = None  # when the store first saw the current status
     storage_rate_hourly: float = 0.0
-    retiring_for: str | None = None  # consolidation: the name of the instance taking over
+    replacement: Replacement | None = None  # the consolidation retiring it, as this cycle sees it
     start_refused: bool = False  # a start failed for capacity: as good as StoppedDisassociated
     doubt: str | None = None  # why the daemon cannot know it (status or shape): counted in full, never touched
 

@@ -88,7 +88,7 @@ class CheapestThroughput(BasePolicy[CheapestThroughputOptions]):
         active = snapshot.active_gpus + sum(a.gpus for a in plan.actions if a.kind.adds_capacity)
         active -= sum(a.gpus for a in plan.actions if a.kind in (ActionKind.STOP, ActionKind.DELETE))
         # an instance being replaced is on its way out; `consolidate` stops it once its successor runs
-        active -= sum(i.gpus for i in snapshot.instances if i.retiring_for and i.status is InstanceStatus.RUNNING)
+        active -= sum(i.gpus for i in snapshot.instances if i.replacement and i.status is InstanceStatus.RUNNING)
         if plan.desired_gpus is None:
             target, may_shrink = plan.floor_gpus, False  # demand unknown: only up to the floor (rule 4)
         else:
@@ -137,7 +137,7 @@ class CheapestThroughput(BasePolicy[CheapestThroughputOptions]):
             return False
         touched = plan.touched()
         for instance in snapshot.instances:
-            if instance.gpus < wide or instance.id in touched or instance.retiring_for:
+            if instance.gpus < wide or instance.id in touched or instance.replacement:
                 continue
             if instance.status is InstanceStatus.STARTING or (
                 instance.status is InstanceStatus.RUNNING and instance.busy is not True
@@ -327,7 +327,7 @@ class CheapestThroughput(BasePolicy[CheapestThroughputOptions]):
 
         touched = plan.touched()
         for instance in snapshot.instances:
-            if instance.id in touched or instance.retiring_for:
+            if instance.id in touched or instance.replacement:
                 continue
             if instance.status is InstanceStatus.STARTING or (
                 instance.status is InstanceStatus.RUNNING and instance.busy is not True
@@ -470,7 +470,7 @@ class CheapestThroughput(BasePolicy[CheapestThroughputOptions]):
                 if i.status is InstanceStatus.RUNNING
                 and i.busy is False
                 and i.id not in touched
-                and i.retiring_for is None
+                and i.replacement is None
                 and extra.get(i.gpus, 0) > 0
                 and i.idle_since is not None
                 and snapshot.now - i.idle_since >= idle_s
@@ -529,7 +529,7 @@ class CheapestThroughput(BasePolicy[CheapestThroughputOptions]):
             for i in snapshot.instances
             if i.status is InstanceStatus.RUNNING and i.id not in touched and i.busy is not True
         ]
-        running = [i for i in running if i.retiring_for is None]
+        running = [i for i in running if i.replacement is None]
         demand = snapshot.demand
         if demand is not None and demand.queued_jobs and demand.max_job_gpus > 1:  # keep a place for it
             running = [i for i in running if i.gpus < demand.max_job_gpus]

@@ -1,8 +1,9 @@
 """Replace dear instances with cheaper ones once demand has settled.
 
 When the desired capacity has not moved for `steady_window_s` and an offer does the same work
-for at least `min_saving_fraction` (and `min_saving_usd_hr`) less, create the replacement; once
-it runs, stop the old instance when it is not busy. One replacement in flight at a time.
+for at least `min_saving_fraction` (and `min_saving_usd_hr`) less, plan a `Replacement`; once the
+new one runs, stop the old one when it is not busy (`autoscaler.replacement.step` decides). One
+replacement in flight at a time: a linked one, even retired, holds back the next.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pydantic import Field
 from autoscaler.durations import Seconds
 from autoscaler.plan import Action, ActionKind, Plan, stop_action
 from autoscaler.policy import BasePolicy, PolicyOptions
+from autoscaler.replacement import Effect, Replacement, Seen, step
 from autoscaler.snapshot import FleetInstance, Snapshot
 from autoscaler.tensordock import InstanceStatus
 
@@ -27,9 +29,9 @@ class Consolidate(BasePolicy[ConsolidateOptions]):
     Options = ConsolidateOptions
 
     def decide(self, snapshot: Snapshot, plan: Plan) -> Plan:
-        retiring = [i for i in snapshot.instances if i.retiring_for]
+        retiring = [(i, r) for i in snapshot.instances if (r := i.replacement)]
         if retiring:
-            return self._finish(snapshot, plan, retiring[0])
+            return self._finish(snapshot, plan, *retiring[0])
         if plan.actions or snapshot.pending_creates or not self._steady(snapshot, plan):
             return plan
         touched = plan.touched()
@@ -60,22 +62,24 @@ class Consolidate(BasePolicy[ConsolidateOptions]):
                         gpus=instance.gpus,
                         gpu_model=offer.gpu_model,
                         hourly_delta=price,
-                        replaces=instance.id,
+                        replacement=Replacement(instance.id),
                     )
                     best_swap = (saving, instance, action)
         return plan.with_actions(best_swap[2]) if best_swap else plan
 
-    def _finish(self, snapshot: Snapshot, plan: Plan, old: FleetInstance) -> Plan:
-        new = next((i for i in snapshot.instances if i.name == old.retiring_for), None)
-        if (
-            new is None
-            or new.status is not InstanceStatus.RUNNING
-            or old.status is not InstanceStatus.RUNNING
-            or old.busy is True
-            or old.id in plan.touched()
-        ):
+    def _finish(self, snapshot: Snapshot, plan: Plan, old: FleetInstance, replacement: Replacement) -> Plan:
+        new = next((i for i in snapshot.instances if i.name == replacement.new_name), None)
+        seen = Seen(
+            new=new.status if new is not None else None,
+            old=old.status,
+            old_busy=old.busy,
+            awaited=any(p.name == replacement.new_name for p in snapshot.pending_creates),
+            old_touched=old.id in plan.touched(),
+        )
+        _, effect = step(replacement, seen)
+        if effect is not Effect.STOP_OLD:
             return plan
-        return plan.with_actions(stop_action(old, f"consolidate: {new.name} has taken over", self.name))
+        return plan.with_actions(stop_action(old, f"consolidate: {replacement.new_name} has taken over", self.name))
 
     def _steady(self, snapshot: Snapshot, plan: Plan) -> bool:
         """The same desired GPUs for the whole window: the value in force when it began, every

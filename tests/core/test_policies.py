@@ -10,6 +10,7 @@ import pytest
 from autoscaler.plan import Action, ActionKind, Plan
 from autoscaler.planner import PlanningError, run_chain
 from autoscaler.policy import PolicyConfigError, PolicySpec, available_policies, build_chain
+from autoscaler.replacement import Replacement
 from autoscaler.signals import Demand
 from autoscaler.snapshot import FleetInstance, Offer, Snapshot, Spend
 from autoscaler.tensordock import InstanceStatus
@@ -310,7 +311,7 @@ def test_consolidate_replaces_a_dear_instance_once_demand_is_steady() -> None:
     steady = tuple((NOW - t, 1) for t in range(900, 0, -30))
     snap = snapshot(dear, offers=(offer(R4090, 0.3),), desired_history=steady)
     (create,) = policy.decide(snap, Plan(desired_gpus=1)).actions
-    assert create.kind is ActionKind.CREATE and create.replaces == "id-dear"
+    assert create.kind is ActionKind.CREATE and create.replacement == Replacement("id-dear")
     jumpy = snapshot(dear, offers=(offer(R4090, 0.3),), desired_history=((NOW - 900, 1), (NOW - 300, 2)))
     assert policy.decide(jumpy, Plan(desired_gpus=1)).actions == ()
     busy = snapshot(replace(dear, busy=True), offers=(offer(R4090, 0.3),), desired_history=steady)
@@ -319,7 +320,7 @@ def test_consolidate_replaces_a_dear_instance_once_demand_is_steady() -> None:
 
 def test_consolidate_stops_the_old_one_when_the_new_one_runs() -> None:
     policy = Consolidate(ConsolidateOptions())
-    old = instance("old", rate=1.0, retiring_for="new")
+    old = instance("old", rate=1.0, replacement=Replacement.restored("id-old", "new"))
     booting = snapshot(old, instance("new", InstanceStatus.STARTING))
     assert policy.decide(booting, Plan()).actions == ()
     up = snapshot(old, instance("new"))
@@ -380,7 +381,7 @@ def test_a_policy_that_raises_or_returns_nonsense_holds_the_cycle(policy: Any) -
 
 
 def test_cheapest_leaves_an_instance_being_replaced_to_consolidate() -> None:
-    old = instance("old", rate=1.0, retiring_for="new")
+    old = instance("old", rate=1.0, replacement=Replacement.restored("id-old", "new"))
     new = instance("new", InstanceStatus.STARTING, rate=0.4)
     plan = cheapest().decide(snapshot(old, new), Plan(desired_gpus=1))
     assert plan.actions == ()  # one GPU wanted, one coming: no surplus stop, no extra create
