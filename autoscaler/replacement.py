@@ -1,17 +1,17 @@
 """One consolidation as one value, and its whole life in one transition function.
 
-A replacement retires one instance (the candidate) for a cheaper one that does the same work, as
-Karpenter's disruption `Command` carries its candidates and replacements. Its life:
+A replacement retires one instance (the candidate) for a cheaper one doing the same work, as
+Karpenter's disruption `Command` carries its candidates and replacements:
 
-    PLANNED --Created--> BOOTING --Seen--> DRAINING / STOPPING --Seen--> RETIRED
-       |  \\--Lost--> CREATING --Created--/
-       \\--Refused--> ABANDONED <--Seen (the new one vanished or stopped)-- any linked stage
+    PLANNED -Created-> BOOTING -> DRAINING -> STOPPING -> RETIRED   (each arrow: a cycle's Seen)
+       |--Lost--> CREATING -Created-> BOOTING
+       |--Refused--> ABANDONED <-Seen: the new one gone or stopped- any linked stage
 
-The policy plans it, the actuator reports the create's outcome, the reconciler re-derives the
-stage from each cycle's listing, and the policy stops the old one; each asks `step` and carries
-out the effect it gets. The store keeps only the link (the old instance's `retiring_for`) and,
-while a create's reply is unknown, the journal's `replaces`; every linked stage is re-derived from
-`Seen`, so the stage needs no column of its own.
+The policy plans it and stops the old one, the actuator reports the create's outcome, the
+reconciler keeps or breaks the link each cycle; each asks `step` and carries out the effect it
+gets. The store keeps only the link (the old instance's `retiring_for`) and, while a create's
+reply is unknown, the journal's `replaces`: a linked stage follows from each cycle's `Seen`
+alone, so it needs no column of its own. One candidate: the policy never plans more.
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from autoscaler.plan import ActionKind
+from autoscaler.replacement import Stage
 from autoscaler.signals.static import FileSignal
 from autoscaler.tensordock.fake import Faults, Timings
 
@@ -198,5 +200,44 @@ def test_an_instance_whose_replacement_is_gone_is_no_longer_retiring(make_world:
     report = world.cycle()
     assert report.snapshot is not None
     (old,) = report.snapshot.instances
-    assert old.retiring_for is None
+    assert old.replacement is None
     assert world.runtime.store.owned()[old_id].retiring_for is None
+
+
+@pytest.mark.parametrize("lost_reply", [False, True])
+def test_a_consolidation_lives_its_whole_life_through_the_engine(make_world: MakeWorld, lost_reply: bool) -> None:
+    # cheapest_throughput is told a dear location is half price; consolidate sees the true prices.
+    # A lost reply to the replacement's create: the next cycle finds it by name and links it.
+    dear = "e55607c8-694c-510c-8571-4d62c868be7e"
+    world = make_world(
+        fake_options={"timings": Timings(create_s=75)},
+        policies=[
+            {"name": "queue_target"},
+            {"name": "cheapest_throughput", "options": {"preferred_locations": [dear], "preferred_discount": 0.5}},
+            {"name": "consolidate", "options": {"steady_window_s": 120}},
+        ],
+    )
+    world.signal.set(queued_jobs=1)
+    stages: list[Stage] = []
+    creates, stops = [], []
+    for n in range(40):
+        if n == 3 and lost_reply:  # the first instance runs; the next mutation is the replacement's create
+            world.fake.state.faults = Faults(lose_next_replies=1)
+        report = world.cycle()
+        assert report.snapshot is not None
+        stages += [i.replacement.stage for i in report.snapshot.instances if i.replacement]
+        creates += [r for r in report.results if r.action.replacement is not None]
+        stops += [r for r in report.results if r.action.kind is ActionKind.STOP]
+        if stages and not stops:  # the old one's job holds it a while
+            world.signal.set(queued_jobs=1, busy={i.name: i.replacement is not None for i in report.snapshot.instances})
+        if len(stages) == 8:
+            world.signal.set(queued_jobs=1)
+    (create,) = creates  # one replacement in flight: the retired one holds back the next
+    assert create.outcome == ("unknown" if lost_reply else "ok")
+    (stop,) = stops
+    assert create.action.replacement is not None
+    old_id = create.action.replacement.old_id
+    assert stop.action.instance_id == old_id and stop.action.reason == f"consolidate: {create.name} has taken over"
+    assert list(dict.fromkeys(stages)) == [Stage.BOOTING, Stage.DRAINING, Stage.STOPPING, Stage.RETIRED]
+    assert world.runtime.store.owned()[old_id].retiring_for == create.name  # linked until either goes
+    assert {i.name: i.phase for i in world.fake_instances()}[create.name] == "running"
