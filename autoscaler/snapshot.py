@@ -10,7 +10,7 @@ from autoscaler.money import BILLED_IN_FULL, COUNTED_AS_ACTIVE, RUNNING_LIKE, Sp
 from autoscaler.shape import InstanceShape, OwnedShape
 from autoscaler.signals import Demand
 from autoscaler.tensordock import Hostnode, Instance, InstanceStatus, Location, Pricing
-from autoscaler.throughput import DEFAULT_THROUGHPUT, vram_gb
+from autoscaler.throughput import DEFAULT_THROUGHPUT, unit_price, vram_gb
 
 __all__ = [  # the shape and money values are re-exported: the snapshot is what policies read
     "BILLED_IN_FULL",
@@ -223,6 +223,10 @@ class Snapshot:
         if gpu_model is None:
             return 0.0
         return float(self.throughput.get(gpu_model, 0.5))
+
+    def unit_price(self, hourly_usd: float, gpu_model: str | None, gpus: int) -> float:
+        """Price per unit of work of `gpus` GPUs of a model at `hourly_usd`, by this cycle's throughput table."""
+        return unit_price(hourly_usd, self.throughput_of(gpu_model), gpus)
 
     @cached_property
     def active_gpus(self) -> int:

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pydantic import Field
 
 from autoscaler.durations import Seconds
-from autoscaler.plan import Action, Plan, stop_action
+from autoscaler.plan import Plan, stop_action
 from autoscaler.policy import BasePolicy, PolicyOptions
 from autoscaler.snapshot import Snapshot
 from autoscaler.tensordock import InstanceStatus
@@ -71,9 +71,10 @@ class Budget(BasePolicy[BudgetOptions]):
         projected = snapshot.hourly_cost + sum(a.hourly_delta for a in plan.actions)
         if projected <= ceiling + 1e-9:
             return plan
+        actions = plan.actions
         adds = sorted(
-            (i for i, a in enumerate(plan.actions) if a.kind.adds_capacity),
-            key=lambda i: -self._unit_price(snapshot, plan.actions[i]),
+            (i for i, a in enumerate(actions) if a.kind.adds_capacity),
+            key=lambda i: -snapshot.unit_price(actions[i].hourly_delta, actions[i].gpu_model, max(actions[i].gpus, 1)),
         )
         dropped: set[int] = set()
         for index in adds:
@@ -93,7 +94,7 @@ class Budget(BasePolicy[BudgetOptions]):
                 for i in snapshot.instances
                 if i.status is InstanceStatus.RUNNING and i.busy is not True and i.id not in touched
             ),
-            key=lambda i: -(i.rate_hourly / max(snapshot.throughput_of(i.gpu_model) * i.gpus, 1e-9)),
+            key=lambda i: -snapshot.unit_price(i.rate_hourly, i.gpu_model, i.gpus),
         )
         stops = []
         for instance in running:
@@ -104,8 +105,3 @@ class Budget(BasePolicy[BudgetOptions]):
             stops.append(dataclasses.replace(stop, spend_limit=True))
             projected += delta
         return trimmed.with_actions(*stops)
-
-    @staticmethod
-    def _unit_price(snapshot: Snapshot, action: Action) -> float:
-        throughput = snapshot.throughput_of(action.gpu_model) * max(action.gpus, 1)
-        return action.hourly_delta / throughput if throughput > 0 else math.inf

@@ -289,10 +289,9 @@ def _sample(fake: FakeTensorDockApp, workload: Workload, t: float) -> Sample:
     by_model: dict[str, int] = {}
     rate = 0.0
     for inst in fake.state.instances():
+        rate += fake.state.billing_rate(inst)
         if inst.phase == "stopped":
-            rate += inst.storage_rate_hourly
             continue
-        rate += inst.rate_hourly
         if inst.gpu_model:
             by_model[inst.gpu_model] = by_model.get(inst.gpu_model, 0) + inst.gpu_count
     return Sample(t, len(workload.queue), workload.running_gpus, by_model, rate)
