@@ -25,6 +25,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from autoscaler.durations import Seconds
+from autoscaler.engine import EngineSettings
 from autoscaler.guards import GuardConfig
 from autoscaler.policy import PolicySpec
 from autoscaler.reconcile import DetailConfig
@@ -217,8 +218,9 @@ DEFAULT_POLICIES = [
 ]
 
 
-class Settings(BaseSettings):
-    """The whole configuration. Build with `load_settings(path)`."""
+class Settings(BaseSettings, EngineSettings):
+    """The whole configuration. Build with `load_settings(path)`. The engine's top-level keys
+    (`provision_timeout_s`, `max_signal_age_s`, ...) are defined once, in `engine.EngineSettings`."""
 
     model_config = SettingsConfigDict(
         env_prefix="TDAS_", env_nested_delimiter="__", extra="forbid", allow_inf_nan=False
@@ -237,11 +239,6 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = MetricsSettings()
     log: LogSettings = LogSettings()
     dry_run: bool = Field(default=False, description="plan, log and export metrics; never mutate")
-    provision_timeout_s: Seconds = Field(
-        default=900.0, gt=0, description="seconds an instance may take to run before it is deleted"
-    )
-    max_signal_age_s: Seconds = Field(default=120.0, gt=0, description="older demand counts as unknown, seconds")
-    offer_refresh_s: Seconds = Field(default=300.0, ge=0, description="seconds listed offers are reused")
     leader_election: bool = Field(
         default=True, description="with a PostgreSQL store: one replica acts, the others stand by"
     )
@@ -251,15 +248,6 @@ class Settings(BaseSettings):
         allow_inf_nan=False,
         description="seconds a leader's lease lasts unrenewed; a frozen leader is replaced after it lapses."
         " Default: 3 x (scheduler.interval_s + jitter_s), at least 10",
-    )
-    reap_orphans: bool = Field(default=False, description="delete prefix-named instances the store never created")
-    unresolved_create_grace_s: Seconds = Field(
-        default=60.0,
-        gt=0,
-        description="a create with no reply that no listing shows by name after this long never happened",
-    )
-    max_rate_multiple: float = Field(
-        default=3.0, gt=1, description="a rateHourly above this multiple of its offer's price is not believed"
     )
     detail: DetailConfig = DetailConfig()
 
