@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
@@ -269,6 +270,27 @@ class Settings(BaseSettings, EngineSettings):
                 " the leader renews its lease once a cycle"
             )
         return value
+
+    @model_validator(mode="after")
+    def _one_hourly_cap(self) -> Settings:
+        """`guards.max_hourly_spend` is the one hourly cap. The budget policy's old option of that name
+        is a deprecated alias: it fills the cap in when the guards leave it unset, and must agree
+        with it otherwise."""
+        for index, spec in enumerate(self.policies):
+            given = spec.options.get("max_hourly_spend") if spec.name == "budget" else None
+            if given is None:
+                continue
+            alias, key = float(given), f"policies[{index}].options.max_hourly_spend"
+            cap = self.guards.max_hourly_spend
+            if cap is None:
+                self.guards = self.guards.model_copy(update={"max_hourly_spend": alias})
+                warnings.warn(f"{key} is deprecated; set guards.max_hourly_spend", FutureWarning, stacklevel=2)
+            elif alias != cap:
+                raise ValueError(
+                    f"{key} ({alias:g}) disagrees with guards.max_hourly_spend ({cap:g}): the hourly cap is one"
+                    " value; set only guards.max_hourly_spend"
+                )
+        return self
 
     @field_validator("signal")
     @classmethod

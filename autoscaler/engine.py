@@ -24,7 +24,7 @@ from autoscaler.ledger import RateCheck
 from autoscaler.metrics import CoreMetrics
 from autoscaler.plan import Action, ActionKind, Plan, delete_action
 from autoscaler.planner import PlanningError, run_chain
-from autoscaler.policy import Policy
+from autoscaler.policy import Policy, SpendLimits
 from autoscaler.reconcile import ABSENT, DetailConfig, Doubts, ReconcileConfig, Reconciled, Reconciler
 from autoscaler.signals import Demand, DemandSignal, SignalError
 from autoscaler.snapshot import GuardMemory, InstanceShape, Offer, Snapshot, billed_rate, offers_from
@@ -320,6 +320,7 @@ class Engine:
             desired_history=tuple(store.desired_history(now - 86400)),
             orphans=fleet.orphan_load,
             memory=self._memory(),
+            max_hourly_spend=self.config.guards.max_hourly_spend,
         )
 
     def _safety_actions(self, snapshot: Snapshot, orphans: tuple[Instance, ...]) -> tuple[Action, ...]:
@@ -382,16 +383,18 @@ class Engine:
             m.spend.inc(snap.spend.total_usd - self._spend_seen)
         self._spend_seen = snap.spend.total_usd
         m.spend_today.set(snap.spend.today_usd)
+        limits = [("hourly", self.config.guards.max_hourly_spend, snap.hourly_cost)]
         for policy in self.chain:
-            options = getattr(policy, "options", None)
-            for label, budget, spent in (
-                ("daily", getattr(options, "daily_budget_usd", None), snap.spend.today_usd),
-                ("monthly", getattr(options, "monthly_budget_usd", None), snap.spend.month_usd),
-                ("hourly", getattr(options, "max_hourly_spend", None), snap.hourly_cost),
-            ):
-                if isinstance(budget, int | float):
-                    m.budget_remaining.labels(label).set(budget - spent)
-                    m.budget_limit.labels(label).set(budget)
+            if isinstance(policy, SpendLimits):
+                budgets = policy.spend_limits()
+                limits += [
+                    ("daily", budgets.daily_usd, snap.spend.today_usd),
+                    ("monthly", budgets.monthly_usd, snap.spend.month_usd),
+                ]
+        for label, limit, spent in limits:
+            if limit is not None:
+                m.budget_remaining.labels(label).set(limit - spent)
+                m.budget_limit.labels(label).set(limit)
 
     # -- after acting -------------------------------------------------------------------------
 

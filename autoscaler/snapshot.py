@@ -210,6 +210,7 @@ class Snapshot:
     desired_history: tuple[tuple[float, int], ...] = ()  # (since, desired GPUs): each in force until the next
     orphans: tuple[PendingCreate, ...] = ()  # prefix-named, unknown to the store: counted, never touched
     memory: GuardMemory = field(default_factory=GuardMemory)
+    max_hourly_spend: float | None = None  # the guards' cap, USD/h: policies plan under it (budget)
 
     def instance(self, instance_id: str) -> FleetInstance | None:
         return self._by_id.get(instance_id)

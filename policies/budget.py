@@ -1,9 +1,11 @@
-"""Spend limits: an hourly ceiling, and daily and monthly budgets read from the ledger.
+"""Spend limits: the guards' hourly ceiling, and daily and monthly budgets read from the ledger.
 
 A budget allows the fleet the $/h its remainder can pay for `horizon_s` (or to the end of the
 period, if sooner). Trims capacity the plan would add, dearest per unit of work first; if the
 fleet is over the ceiling even so (prices rose, budget ran out), it stops running instances that
-are not busy, again dearest per unit first.
+are not busy, again dearest per unit first. The hourly ceiling is the guards' `max_hourly_spend`
+(the snapshot carries it): the guards refuse what would pass it, in plan order; this policy chooses
+what goes, and stops what is already over.
 
 Why a horizon and not the remainder spread evenly over the rest of the day: spreading held the
 fleet to budget/24 $/h at midnight, below one wide instance, and let it buy freely in the
@@ -22,6 +24,7 @@ from datetime import UTC, datetime
 from pydantic import Field
 
 from autoscaler.durations import Seconds
+from autoscaler.money import Budgets
 from autoscaler.plan import Plan, stop_action
 from autoscaler.policy import BasePolicy, PolicyOptions
 from autoscaler.snapshot import Snapshot
@@ -29,7 +32,12 @@ from autoscaler.tensordock import InstanceStatus
 
 
 class BudgetOptions(PolicyOptions):
-    max_hourly_spend: float | None = Field(default=None, ge=0, description="USD per hour, whole managed fleet")
+    max_hourly_spend: float | None = Field(
+        default=None,
+        ge=0,
+        description="deprecated: set guards.max_hourly_spend, the one hourly cap (the configuration moves this"
+        " there, and refuses a value that differs from it); never read by the policy",
+    )
     daily_budget_usd: float | None = Field(default=None, ge=0, description="USD per UTC day")
     monthly_budget_usd: float | None = Field(default=None, ge=0, description="USD per UTC month")
     horizon_s: Seconds = Field(
@@ -43,12 +51,15 @@ class Budget(BasePolicy[BudgetOptions]):
     name = "budget"
     Options = BudgetOptions
 
+    def spend_limits(self) -> Budgets:
+        return Budgets(daily_usd=self.options.daily_budget_usd, monthly_usd=self.options.monthly_budget_usd)
+
     def _ceiling(self, snapshot: Snapshot) -> tuple[float, str]:
-        """The $/h the fleet may run at now: the hourly cap, or what spreads a budget's rest to its end."""
+        """The $/h the fleet may run at now: the guards' hourly cap, or what spreads a budget's rest to its end."""
         o = self.options
         ceiling, why = math.inf, ""
-        if o.max_hourly_spend is not None:
-            ceiling, why = o.max_hourly_spend, f"max_hourly_spend ${o.max_hourly_spend:g}/h"
+        if snapshot.max_hourly_spend is not None:
+            ceiling, why = snapshot.max_hourly_spend, f"max_hourly_spend ${snapshot.max_hourly_spend:g}/h"
         now = datetime.fromtimestamp(snapshot.now, tz=UTC)
         hours_left_today = max((24 - now.hour - now.minute / 60 - now.second / 3600), 1 / 60)
         days_in_month = calendar.monthrange(now.year, now.month)[1]

@@ -200,3 +200,15 @@ def test_an_instance_whose_replacement_is_gone_is_no_longer_retiring(make_world:
     (old,) = report.snapshot.instances
     assert old.retiring_for is None
     assert world.runtime.store.owned()[old_id].retiring_for is None
+
+
+def test_the_budget_gauges_come_from_the_guards_cap_and_the_budget_policys_limits(make_world: MakeWorld) -> None:
+    from prometheus_client import generate_latest
+
+    budget = {"name": "budget", "options": {"daily_budget_usd": 30.0}}
+    world = make_world(guards={"max_hourly_spend": 1.5}, policies=[{"name": "queue_target"}, budget])
+    world.cycle()
+    text = generate_latest(world.runtime.metrics.registry).decode()
+    assert 'tensordock_autoscaler_budget_limit_usd{budget="hourly"} 1.5' in text
+    assert 'tensordock_autoscaler_budget_limit_usd{budget="daily"} 30.0' in text
+    assert 'budget="monthly"' not in text

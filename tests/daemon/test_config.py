@@ -117,3 +117,18 @@ def test_the_engine_settings_are_defined_once_and_reach_the_engine() -> None:
         assert {key: getattr(runtime.engine.config, key) for key in chosen} == chosen
     finally:
         runtime.close()
+
+
+def test_the_budgets_max_hourly_spend_is_a_deprecated_alias_of_the_guards(tmp_path: Path) -> None:
+    from autoscaler.config import ConfigError, Settings
+
+    budget = [{"name": "budget", "options": {"max_hourly_spend": 4.0}}]
+    with pytest.warns(FutureWarning, match=r"policies\[0\]\.options\.max_hourly_spend is deprecated"):
+        assert Settings(policies=budget).guards.max_hourly_spend == 4.0
+    assert Settings(policies=budget, guards={"max_hourly_spend": 4.0}).guards.max_hourly_spend == 4.0
+    config = tmp_path / "c.toml"
+    config.write_text(
+        '[guards]\nmax_hourly_spend = 3\n[[policies]]\nname = "budget"\noptions = { max_hourly_spend = 4 }\n'
+    )
+    with pytest.raises(ConfigError, match=r"max_hourly_spend \(4\) disagrees with guards\.max_hourly_spend \(3\)"):
+        load_settings(config)
