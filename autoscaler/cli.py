@@ -479,7 +479,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument(
         "--market-depth", type=int, default=1, help="offer every host of the catalog this many times (default: 1)"
     )
-    sim.add_argument("--interval-s", type=float, default=30.0, help="seconds between cycles (default: %(default)s)")
+    sim.add_argument(
+        "--interval-s", type=float, help="seconds between cycles (default: the configuration's scheduler.interval_s)"
+    )
     sim.add_argument("--seed", type=int, default=0, help="seed for boot times and the fake (default: %(default)s)")
     sim.add_argument("--faults", help="the fake API's fault injection as JSON, e.g. '{\"lost_reply_rate\": 0.1}'")
     sim.add_argument(

@@ -88,6 +88,7 @@ def replay_per_job(jobs: list[Job], settings: Settings, options: SimOptions) -> 
     arrivals = iter(jobs)
     upcoming = next(arrivals, None)
     deadline = ORIGIN + max(job.submit for job in jobs) + options.drain_limit_s
+    interval = options.interval(settings)
     completed = calls = peak = 0
     now = ORIGIN
     while True:
@@ -137,7 +138,7 @@ def replay_per_job(jobs: list[Job], settings: Settings, options: SimOptions) -> 
         if upcoming is not None:
             later.append(ORIGIN + upcoming.submit)
         if queue:
-            later.append(now + options.interval_s)
+            later.append(now + interval)
         now = min(min(later, default=deadline), deadline)
     with state.lock:
         state.settle()
