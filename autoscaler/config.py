@@ -26,7 +26,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from autoscaler.durations import Seconds
-from autoscaler.engine import EngineSettings
+from autoscaler.engine import NAME_PREFIX_PATTERN, EngineSettings
 from autoscaler.guards import GuardConfig
 from autoscaler.policy import PolicySpec
 from autoscaler.reconcile import DetailConfig
@@ -102,7 +102,7 @@ class TensorDockSettings(_Section):
 class FleetSettings(_Section):
     name_prefix: str = Field(
         default="tdas",
-        pattern=r"^[a-z0-9][a-z0-9-]{0,30}$",
+        pattern=NAME_PREFIX_PATTERN,
         description="names are <prefix>-<suffix>; only such instances are ever touched",
     )
     image: str = Field(default="ubuntu2404", description="OS image of every instance")

@@ -35,6 +35,8 @@ from autoscaler.throughput import DEFAULT_THROUGHPUT
 
 _log = structlog.get_logger("autoscaler.cycle")
 
+NAME_PREFIX_PATTERN = r"^[a-z0-9][a-z0-9-]{0,30}$"  # fleet.name_prefix: lower-case, a valid start of a hostname
+
 
 class EngineSettings(BaseModel):
     """The engine's settings that a user sets, defined once: the configuration (`config.Settings`)
@@ -62,7 +64,7 @@ class EngineConfig(EngineSettings):
     settings, and what the runtime derives from the rest of the configuration."""
 
     model_config = ConfigDict(frozen=True)
-    name_prefix: str = Field(default="tdas", pattern=r"^[a-z0-9][a-z0-9-]{0,30}$")
+    name_prefix: str = Field(default="tdas", pattern=NAME_PREFIX_PATTERN)
     shape: InstanceShape = InstanceShape()
     throughput: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_THROUGHPUT))
     guards: GuardConfig = GuardConfig()
