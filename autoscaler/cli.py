@@ -179,6 +179,8 @@ def _spend(args: argparse.Namespace) -> int:
 
     from autoscaler.config import ConfigError
     from autoscaler.logging import configure_logging
+    from autoscaler.money import Budgets
+    from autoscaler.policy import SpendLimits, build_chain
     from autoscaler.runtime import open_configured_store
     from autoscaler.spend import render_spend, spend_report
 
@@ -189,16 +191,14 @@ def _spend(args: argparse.Namespace) -> int:
     settings = _load(args.config, "spend")
     if settings is None:
         return 2
-    budget: dict[str, Any] = next((p.options for p in settings.policies if p.name == "budget"), {})
+    budgets = next((p.spend_limits() for p in build_chain(settings.policies) if isinstance(p, SpendLimits)), Budgets())
     try:
         store = open_configured_store(settings.store.url)
     except ConfigError as exc:
         print(f"spend: invalid configuration: {exc}", file=sys.stderr)
         return 2
     try:
-        report = spend_report(
-            store, time.time(), args.days, budget.get("daily_budget_usd"), budget.get("monthly_budget_usd")
-        )
+        report = spend_report(store, time.time(), args.days, budgets.daily_usd, budgets.monthly_usd)
     finally:
         store.close()
     print(json.dumps(report, indent=2) if args.json else render_spend(report, bars=sys.stdout.isatty()))
@@ -479,7 +479,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument(
         "--market-depth", type=int, default=1, help="offer every host of the catalog this many times (default: 1)"
     )
-    sim.add_argument("--interval-s", type=float, default=30.0, help="seconds between cycles (default: %(default)s)")
+    sim.add_argument(
+        "--interval-s", type=float, help="seconds between cycles (default: the configuration's scheduler.interval_s)"
+    )
     sim.add_argument("--seed", type=int, default=0, help="seed for boot times and the fake (default: %(default)s)")
     sim.add_argument("--faults", help="the fake API's fault injection as JSON, e.g. '{\"lost_reply_rate\": 0.1}'")
     sim.add_argument(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
@@ -25,6 +26,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from autoscaler.durations import Seconds
+from autoscaler.engine import NAME_PREFIX_PATTERN, EngineSettings
 from autoscaler.guards import GuardConfig
 from autoscaler.policy import PolicySpec
 from autoscaler.reconcile import DetailConfig
@@ -100,7 +102,7 @@ class TensorDockSettings(_Section):
 class FleetSettings(_Section):
     name_prefix: str = Field(
         default="tdas",
-        pattern=r"^[a-z0-9][a-z0-9-]{0,30}$",
+        pattern=NAME_PREFIX_PATTERN,
         description="names are <prefix>-<suffix>; only such instances are ever touched",
     )
     image: str = Field(default="ubuntu2404", description="OS image of every instance")
@@ -217,8 +219,9 @@ DEFAULT_POLICIES = [
 ]
 
 
-class Settings(BaseSettings):
-    """The whole configuration. Build with `load_settings(path)`."""
+class Settings(BaseSettings, EngineSettings):
+    """The whole configuration. Build with `load_settings(path)`. The engine's top-level keys
+    (`provision_timeout_s`, `max_signal_age_s`, ...) are defined once, in `engine.EngineSettings`."""
 
     model_config = SettingsConfigDict(
         env_prefix="TDAS_", env_nested_delimiter="__", extra="forbid", allow_inf_nan=False
@@ -237,11 +240,6 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = MetricsSettings()
     log: LogSettings = LogSettings()
     dry_run: bool = Field(default=False, description="plan, log and export metrics; never mutate")
-    provision_timeout_s: Seconds = Field(
-        default=900.0, gt=0, description="seconds an instance may take to run before it is deleted"
-    )
-    max_signal_age_s: Seconds = Field(default=120.0, gt=0, description="older demand counts as unknown, seconds")
-    offer_refresh_s: Seconds = Field(default=300.0, ge=0, description="seconds listed offers are reused")
     leader_election: bool = Field(
         default=True, description="with a PostgreSQL store: one replica acts, the others stand by"
     )
@@ -251,15 +249,6 @@ class Settings(BaseSettings):
         allow_inf_nan=False,
         description="seconds a leader's lease lasts unrenewed; a frozen leader is replaced after it lapses."
         " Default: 3 x (scheduler.interval_s + jitter_s), at least 10",
-    )
-    reap_orphans: bool = Field(default=False, description="delete prefix-named instances the store never created")
-    unresolved_create_grace_s: Seconds = Field(
-        default=60.0,
-        gt=0,
-        description="a create with no reply that no listing shows by name after this long never happened",
-    )
-    max_rate_multiple: float = Field(
-        default=3.0, gt=1, description="a rateHourly above this multiple of its offer's price is not believed"
     )
     detail: DetailConfig = DetailConfig()
 
@@ -281,6 +270,27 @@ class Settings(BaseSettings):
                 " the leader renews its lease once a cycle"
             )
         return value
+
+    @model_validator(mode="after")
+    def _one_hourly_cap(self) -> Settings:
+        """`guards.max_hourly_spend` is the one hourly cap. The budget policy's old option of that name
+        is a deprecated alias: it fills the cap in when the guards leave it unset, and must agree
+        with it otherwise."""
+        for index, spec in enumerate(self.policies):
+            given = spec.options.get("max_hourly_spend") if spec.name == "budget" else None
+            if given is None:
+                continue
+            alias, key = float(given), f"policies[{index}].options.max_hourly_spend"
+            cap = self.guards.max_hourly_spend
+            if cap is None:
+                self.guards = self.guards.model_copy(update={"max_hourly_spend": alias})
+                warnings.warn(f"{key} is deprecated; set guards.max_hourly_spend", FutureWarning, stacklevel=2)
+            elif alias != cap:
+                raise ValueError(
+                    f"{key} ({alias:g}) disagrees with guards.max_hourly_spend ({cap:g}): the hourly cap is one"
+                    " value; set only guards.max_hourly_spend"
+                )
+        return self
 
     @field_validator("signal")
     @classmethod

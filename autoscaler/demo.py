@@ -158,7 +158,7 @@ def _fleet(app: Any) -> tuple[list[Any], float, float]:
         app.state.settle()
         instances = app.state.instances()
         bill = app.state.bill().total_usd
-    rate = sum(i.rate_hourly if i.phase != "stopped" else i.storage_rate_hourly for i in instances)
+        rate = sum(app.state.billing_rate(i) for i in instances)
     return instances, rate, bill
 
 

@@ -18,12 +18,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from autoscaler.actuator import ActionResult, Actuator
 from autoscaler.clock import Clock
 from autoscaler.cycle_log import log_cycle
+from autoscaler.durations import Seconds
 from autoscaler.guards import GuardConfig, GuardedPlan, apply_guards
 from autoscaler.ledger import RateCheck
 from autoscaler.metrics import CoreMetrics
 from autoscaler.plan import Action, ActionKind, Plan, delete_action
 from autoscaler.planner import PlanningError, run_chain
-from autoscaler.policy import Policy
+from autoscaler.policy import Policy, SpendLimits
 from autoscaler.reconcile import ABSENT, DetailConfig, Doubts, ReconcileConfig, Reconciled, Reconciler
 from autoscaler.signals import Demand, DemandSignal, SignalError
 from autoscaler.snapshot import GuardMemory, InstanceShape, Offer, Snapshot, billed_rate, offers_from
@@ -34,30 +35,42 @@ from autoscaler.throughput import DEFAULT_THROUGHPUT
 
 _log = structlog.get_logger("autoscaler.cycle")
 
+NAME_PREFIX_PATTERN = r"^[a-z0-9][a-z0-9-]{0,30}$"  # fleet.name_prefix: lower-case, a valid start of a hostname
 
-class EngineConfig(BaseModel):
-    """How the cycle treats time and the things the policies do not decide."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    name_prefix: str = Field(default="tdas", pattern=r"^[a-z0-9][a-z0-9-]{0,30}$")
-    shape: InstanceShape = InstanceShape()
-    throughput: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_THROUGHPUT))
-    guards: GuardConfig = GuardConfig()
-    max_signal_age_s: float = Field(default=120.0, gt=0, description="older demand counts as unknown")
-    offer_refresh_s: float = Field(default=300.0, ge=0, description="how long listed offers are reused")
-    provision_timeout_s: float = Field(default=900.0, gt=0, description="not running by then: deleted (rule 10)")
-    unresolved_create_grace_s: float = Field(
+class EngineSettings(BaseModel):
+    """The engine's settings that a user sets, defined once: the configuration (`config.Settings`)
+    inherits them as top-level keys, and `EngineConfig` carries them to the engine."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    provision_timeout_s: Seconds = Field(
+        default=900.0, gt=0, description="seconds an instance may take to run before it is deleted"
+    )
+    max_signal_age_s: Seconds = Field(default=120.0, gt=0, description="older demand counts as unknown, seconds")
+    offer_refresh_s: Seconds = Field(default=300.0, ge=0, description="seconds listed offers are reused")
+    reap_orphans: bool = Field(default=False, description="delete prefix-named instances the store never created")
+    unresolved_create_grace_s: Seconds = Field(
         default=60.0,
         gt=0,
         description="a create with no reply that no listing shows by name after this long never happened",
     )
-    reap_orphans: bool = Field(default=False, description="delete prefix-named instances the store never created")
-    allowed_gpu_models: tuple[str, ...] = Field(default=(), description="offers of other models never reach policies")
-    stopped_storage_usd_per_gb_hr: float = Field(default=0.0001, ge=0, description="when no offer prices storage")
-    detail: DetailConfig = DetailConfig()
     max_rate_multiple: float = Field(
         default=3.0, gt=1, description="a rateHourly above this multiple of its offer's price is not believed"
     )
+
+
+class EngineConfig(EngineSettings):
+    """How the cycle treats time and the things the policies do not decide: the user's engine
+    settings, and what the runtime derives from the rest of the configuration."""
+
+    model_config = ConfigDict(frozen=True)
+    name_prefix: str = Field(default="tdas", pattern=NAME_PREFIX_PATTERN)
+    shape: InstanceShape = InstanceShape()
+    throughput: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_THROUGHPUT))
+    guards: GuardConfig = GuardConfig()
+    allowed_gpu_models: tuple[str, ...] = Field(default=(), description="offers of other models never reach policies")
+    stopped_storage_usd_per_gb_hr: float = Field(default=0.0001, ge=0, description="when no offer prices storage")
+    detail: DetailConfig = DetailConfig()
 
 
 @dataclass
@@ -309,6 +322,7 @@ class Engine:
             desired_history=tuple(store.desired_history(now - 86400)),
             orphans=fleet.orphan_load,
             memory=self._memory(),
+            max_hourly_spend=self.config.guards.max_hourly_spend,
         )
 
     def _safety_actions(self, snapshot: Snapshot, orphans: tuple[Instance, ...]) -> tuple[Action, ...]:
@@ -371,16 +385,18 @@ class Engine:
             m.spend.inc(snap.spend.total_usd - self._spend_seen)
         self._spend_seen = snap.spend.total_usd
         m.spend_today.set(snap.spend.today_usd)
+        limits = [("hourly", self.config.guards.max_hourly_spend, snap.hourly_cost)]
         for policy in self.chain:
-            options = getattr(policy, "options", None)
-            for label, budget, spent in (
-                ("daily", getattr(options, "daily_budget_usd", None), snap.spend.today_usd),
-                ("monthly", getattr(options, "monthly_budget_usd", None), snap.spend.month_usd),
-                ("hourly", getattr(options, "max_hourly_spend", None), snap.hourly_cost),
-            ):
-                if isinstance(budget, int | float):
-                    m.budget_remaining.labels(label).set(budget - spent)
-                    m.budget_limit.labels(label).set(budget)
+            if isinstance(policy, SpendLimits):
+                budgets = policy.spend_limits()
+                limits += [
+                    ("daily", budgets.daily_usd, snap.spend.today_usd),
+                    ("monthly", budgets.monthly_usd, snap.spend.month_usd),
+                ]
+        for label, limit, spent in limits:
+            if limit is not None:
+                m.budget_remaining.labels(label).set(limit - spent)
+                m.budget_limit.labels(label).set(limit)
 
     # -- after acting -------------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""One home for money: what an instance costs in each state, and what the fleet has spent.
+"""One home for money: what an instance costs in each state, what the fleet has spent, and the
+budgets it is held to.
 
 Dependency-free values shared by the decision core, the ledger, the store and every view of cost.
 """
@@ -39,3 +40,14 @@ class Spend:
     today_usd: float = 0.0
     month_usd: float = 0.0
     total_usd: float = 0.0
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """USD the managed fleet may spend per UTC day and month (None: no such budget).
+
+    The hourly cap is not here: it is a guard (`guards.max_hourly_spend`), one value for the whole
+    fleet, which the snapshot carries to the policies."""
+
+    daily_usd: float | None = None
+    monthly_usd: float | None = None

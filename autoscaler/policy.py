@@ -12,6 +12,7 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from autoscaler.money import Budgets
 from autoscaler.plan import Plan
 from autoscaler.snapshot import Snapshot
 
@@ -32,6 +33,14 @@ class Policy(Protocol):
     name: ClassVar[str]
 
     def decide(self, snapshot: Snapshot, plan: Plan) -> Plan: ...
+
+
+@runtime_checkable
+class SpendLimits(Protocol):
+    """A policy that holds the fleet to budgets says which: the engine exports what is left of
+    them, and `spend` reports against them, without knowing the policy or its options."""
+
+    def spend_limits(self) -> Budgets: ...
 
 
 class BasePolicy(Generic[OptionsT]):

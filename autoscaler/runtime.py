@@ -14,7 +14,7 @@ import httpx
 from autoscaler.actuator import Actuator, InstanceTemplate
 from autoscaler.clock import Clock, SystemClock
 from autoscaler.config import ConfigError, Settings
-from autoscaler.engine import Engine, EngineConfig
+from autoscaler.engine import Engine, EngineConfig, EngineSettings
 from autoscaler.logging import register_secret
 from autoscaler.metrics import CoreMetrics
 from autoscaler.policy import PolicyConfigError, build_chain
@@ -151,14 +151,9 @@ def build_runtime(
             shape=fleet.shape,
             throughput=fleet.throughput_table,
             guards=settings.guards,
-            max_signal_age_s=settings.max_signal_age_s,
-            offer_refresh_s=settings.offer_refresh_s,
-            provision_timeout_s=settings.provision_timeout_s,
-            reap_orphans=settings.reap_orphans,
             allowed_gpu_models=tuple(fleet.allowed_gpu_models),
-            unresolved_create_grace_s=settings.unresolved_create_grace_s,
-            max_rate_multiple=settings.max_rate_multiple,
             detail=settings.detail,
+            **{key: getattr(settings, key) for key in EngineSettings.model_fields},
         ),
     )
     return Runtime(engine, client, state, stopping, metrics)

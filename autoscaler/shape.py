@@ -7,8 +7,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from typing import Protocol
 
-from autoscaler.tensordock import Pricing
+
+class ResourcePrices(Protocol):
+    """A host's price list: the client's reading of discovery (`tensordock.Pricing`) or the fake's bill
+    (the simulator prices its world with the latter)."""
+
+    def hourly_price(self, gpu_price_per_hr: float, gpus: int, vcpus: int, ram_gb: float, storage_gb: float) -> float:
+        """What an instance of these resources costs an hour."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -19,7 +27,7 @@ class InstanceShape:
     ram_gb_per_gpu: int = 32
     storage_gb: int = 100
 
-    def hourly_price(self, pricing: Pricing, gpu_price_per_hr: float, gpus: int) -> float:
+    def hourly_price(self, pricing: ResourcePrices, gpu_price_per_hr: float, gpus: int) -> float:
         return pricing.hourly_price(
             gpu_price_per_hr, gpus, self.vcpu_per_gpu * gpus, self.ram_gb_per_gpu * gpus, self.storage_gb
         )

@@ -11,7 +11,7 @@ from autoscaler.replacement import Replacement
 from autoscaler.shape import InstanceShape, OwnedShape
 from autoscaler.signals import Demand
 from autoscaler.tensordock import Hostnode, Instance, InstanceStatus, Location, Pricing
-from autoscaler.throughput import DEFAULT_THROUGHPUT, vram_gb
+from autoscaler.throughput import DEFAULT_THROUGHPUT, unit_price, vram_gb
 
 __all__ = [  # the shape and money values are re-exported: the snapshot is what policies read
     "BILLED_IN_FULL",
@@ -211,6 +211,7 @@ class Snapshot:
     desired_history: tuple[tuple[float, int], ...] = ()  # (since, desired GPUs): each in force until the next
     orphans: tuple[PendingCreate, ...] = ()  # prefix-named, unknown to the store: counted, never touched
     memory: GuardMemory = field(default_factory=GuardMemory)
+    max_hourly_spend: float | None = None  # the guards' cap, USD/h: policies plan under it (budget)
 
     def instance(self, instance_id: str) -> FleetInstance | None:
         return self._by_id.get(instance_id)
@@ -224,6 +225,10 @@ class Snapshot:
         if gpu_model is None:
             return 0.0
         return float(self.throughput.get(gpu_model, 0.5))
+
+    def unit_price(self, hourly_usd: float, gpu_model: str | None, gpus: int) -> float:
+        """Price per unit of work of `gpus` GPUs of a model at `hourly_usd`, by this cycle's throughput table."""
+        return unit_price(hourly_usd, self.throughput_of(gpu_model), gpus)
 
     @cached_property
     def active_gpus(self) -> int:

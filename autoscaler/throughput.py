@@ -7,6 +7,7 @@ users override them per model in configuration.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 
@@ -34,3 +35,11 @@ def vram_gb(gpu_model: str) -> int | None:
     """TensorDock model names end in the memory size (`...-24gb`)."""
     match = _VRAM.search(gpu_model)
     return int(match.group(1)) if match else None
+
+
+def unit_price(hourly_usd: float, throughput_per_gpu: float, gpus: int) -> float:
+    """USD per hour per unit of work: `$/h / (throughput * gpus)`, the one measure of "cheaper" that
+    every policy ranks offers and instances by. Infinite for something that does no work, so it is
+    never the cheapest."""
+    work = throughput_per_gpu * gpus
+    return hourly_usd / work if work > 0 else math.inf

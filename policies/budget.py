@@ -1,9 +1,11 @@
-"""Spend limits: an hourly ceiling, and daily and monthly budgets read from the ledger.
+"""Spend limits: the guards' hourly ceiling, and daily and monthly budgets read from the ledger.
 
 A budget allows the fleet the $/h its remainder can pay for `horizon_s` (or to the end of the
 period, if sooner). Trims capacity the plan would add, dearest per unit of work first; if the
 fleet is over the ceiling even so (prices rose, budget ran out), it stops running instances that
-are not busy, again dearest per unit first.
+are not busy, again dearest per unit first. The hourly ceiling is the guards' `max_hourly_spend`
+(the snapshot carries it): the guards refuse what would pass it, in plan order; this policy chooses
+what goes, and stops what is already over.
 
 Why a horizon and not the remainder spread evenly over the rest of the day: spreading held the
 fleet to budget/24 $/h at midnight, below one wide instance, and let it buy freely in the
@@ -22,14 +24,20 @@ from datetime import UTC, datetime
 from pydantic import Field
 
 from autoscaler.durations import Seconds
-from autoscaler.plan import Action, Plan, stop_action
+from autoscaler.money import Budgets
+from autoscaler.plan import Plan, stop_action
 from autoscaler.policy import BasePolicy, PolicyOptions
 from autoscaler.snapshot import Snapshot
 from autoscaler.tensordock import InstanceStatus
 
 
 class BudgetOptions(PolicyOptions):
-    max_hourly_spend: float | None = Field(default=None, ge=0, description="USD per hour, whole managed fleet")
+    max_hourly_spend: float | None = Field(
+        default=None,
+        ge=0,
+        description="deprecated: set guards.max_hourly_spend, the one hourly cap (the configuration moves this"
+        " there, and refuses a value that differs from it); never read by the policy",
+    )
     daily_budget_usd: float | None = Field(default=None, ge=0, description="USD per UTC day")
     monthly_budget_usd: float | None = Field(default=None, ge=0, description="USD per UTC month")
     horizon_s: Seconds = Field(
@@ -43,12 +51,15 @@ class Budget(BasePolicy[BudgetOptions]):
     name = "budget"
     Options = BudgetOptions
 
+    def spend_limits(self) -> Budgets:
+        return Budgets(daily_usd=self.options.daily_budget_usd, monthly_usd=self.options.monthly_budget_usd)
+
     def _ceiling(self, snapshot: Snapshot) -> tuple[float, str]:
-        """The $/h the fleet may run at now: the hourly cap, or what spreads a budget's rest to its end."""
+        """The $/h the fleet may run at now: the guards' hourly cap, or what spreads a budget's rest to its end."""
         o = self.options
         ceiling, why = math.inf, ""
-        if o.max_hourly_spend is not None:
-            ceiling, why = o.max_hourly_spend, f"max_hourly_spend ${o.max_hourly_spend:g}/h"
+        if snapshot.max_hourly_spend is not None:
+            ceiling, why = snapshot.max_hourly_spend, f"max_hourly_spend ${snapshot.max_hourly_spend:g}/h"
         now = datetime.fromtimestamp(snapshot.now, tz=UTC)
         hours_left_today = max((24 - now.hour - now.minute / 60 - now.second / 3600), 1 / 60)
         days_in_month = calendar.monthrange(now.year, now.month)[1]
@@ -71,9 +82,10 @@ class Budget(BasePolicy[BudgetOptions]):
         projected = snapshot.hourly_cost + sum(a.hourly_delta for a in plan.actions)
         if projected <= ceiling + 1e-9:
             return plan
+        actions = plan.actions
         adds = sorted(
-            (i for i, a in enumerate(plan.actions) if a.kind.adds_capacity),
-            key=lambda i: -self._unit_price(snapshot, plan.actions[i]),
+            (i for i, a in enumerate(actions) if a.kind.adds_capacity),
+            key=lambda i: -snapshot.unit_price(actions[i].hourly_delta, actions[i].gpu_model, max(actions[i].gpus, 1)),
         )
         dropped: set[int] = set()
         for index in adds:
@@ -93,7 +105,7 @@ class Budget(BasePolicy[BudgetOptions]):
                 for i in snapshot.instances
                 if i.status is InstanceStatus.RUNNING and i.busy is not True and i.id not in touched
             ),
-            key=lambda i: -(i.rate_hourly / max(snapshot.throughput_of(i.gpu_model) * i.gpus, 1e-9)),
+            key=lambda i: -snapshot.unit_price(i.rate_hourly, i.gpu_model, i.gpus),
         )
         stops = []
         for instance in running:
@@ -104,8 +116,3 @@ class Budget(BasePolicy[BudgetOptions]):
             stops.append(dataclasses.replace(stop, spend_limit=True))
             projected += delta
         return trimmed.with_actions(*stops)
-
-    @staticmethod
-    def _unit_price(snapshot: Snapshot, action: Action) -> float:
-        throughput = snapshot.throughput_of(action.gpu_model) * max(action.gpus, 1)
-        return action.hourly_delta / throughput if throughput > 0 else math.inf

@@ -1,12 +1,12 @@
 """Which GPUs fill the need: offers and stopped instances ranked by price per unit of work.
 
-Price per unit of work is `$/h / (throughput(model) * gpus)`. Instances are the smallest
-allowed size that fits the widest waiting job. Scale-up restarts an owned stopped instance when,
-counting only the GPUs the need can use, it is within `restart_margin` of the best offer (it
-boots faster and keeps its disk), else creates on the best offer, with the next best as
-fallbacks for when the listed capacity turns out to be gone. GPUs can add up while no instance
-is wide enough for the widest waiting job; then one that is gets added. Scale-down stops (or
-deletes) idle instances first, then the dearest per unit of work; a busy instance is never
+Price per unit of work is `$/h / (throughput(model) * gpus)` (`autoscaler.throughput.unit_price`).
+Instances are the smallest allowed size that fits the widest waiting job. Scale-up restarts an
+owned stopped instance when, counting only the GPUs the need can use, it is within `restart_margin`
+of the best offer (it boots faster and keeps its disk), else creates on the best offer, with the
+next best as fallbacks for when the listed capacity turns out to be gone. GPUs can add up while no
+instance is wide enough for the widest waiting job; then one that is gets added. Scale-down stops
+(or deletes) idle instances first, then the dearest per unit of work; a busy instance is never
 chosen, nor a wide one a waiting job needs, and one being replaced is left to `consolidate`.
 """
 
@@ -162,11 +162,10 @@ class CheapestThroughput(BasePolicy[CheapestThroughputOptions]):
         for offer in snapshot.offers:
             if not self._allowed(offer, snapshot) or not offer.fits(snapshot.shape, size):
                 continue
-            throughput = snapshot.throughput_of(offer.gpu_model) * size
-            if throughput <= 0:
-                continue
             price = offer.hourly_price(snapshot.shape, size)
-            unit = price / throughput
+            unit = snapshot.unit_price(price, offer.gpu_model, size)
+            if math.isinf(unit):  # does no work
+                continue
             if offer.location_id in self.options.preferred_locations:
                 unit *= 1 - self.options.preferred_discount
             ranked.append(_Candidate(offer, unit, price, offer.available_gpus))
@@ -177,8 +176,7 @@ class CheapestThroughput(BasePolicy[CheapestThroughputOptions]):
         """Price per unit of work; with `useful_gpus`, of the work it would do (a restart wider than
         the need pays for GPUs that sit idle)."""
         gpus = max(instance.gpus, 1) if useful_gpus is None else max(1, min(instance.gpus, useful_gpus))
-        throughput = snapshot.throughput_of(instance.gpu_model) * gpus
-        return instance.rate_hourly / throughput if throughput > 0 else math.inf
+        return snapshot.unit_price(instance.rate_hourly, instance.gpu_model, gpus)
 
     def _grow(self, snapshot: Snapshot, plan: Plan, deficit: int) -> Plan:
         size = self._size(snapshot)

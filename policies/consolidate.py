@@ -42,12 +42,12 @@ class Consolidate(BasePolicy[ConsolidateOptions]):
         ]
         best_swap: tuple[float, FleetInstance, Action] | None = None
         for instance in running:
-            unit_now = self._unit(snapshot, instance.rate_hourly, instance.gpu_model, instance.gpus)
+            unit_now = snapshot.unit_price(instance.rate_hourly, instance.gpu_model, instance.gpus)
             for offer in snapshot.offers:
                 if offer.key in snapshot.backed_off or not offer.fits(snapshot.shape, instance.gpus):
                     continue
                 price = offer.hourly_price(snapshot.shape, instance.gpus)
-                unit = self._unit(snapshot, price, offer.gpu_model, instance.gpus)
+                unit = snapshot.unit_price(price, offer.gpu_model, instance.gpus)
                 # the same work for less: scale the replacement's price to the old one's throughput
                 equivalent = instance.rate_hourly * unit / unit_now if unit_now > 0 else price
                 saving = instance.rate_hourly - equivalent
@@ -91,8 +91,3 @@ class Consolidate(BasePolicy[ConsolidateOptions]):
         at_start = [d for t, d in history if t <= start][-1]
         window = [at_start, *(d for t, d in history if t > start), plan.desired_gpus]
         return min(window) == max(window) > 0
-
-    @staticmethod
-    def _unit(snapshot: Snapshot, price: float, model: str | None, gpus: int) -> float:
-        throughput = snapshot.throughput_of(model) * gpus
-        return price / throughput if throughput > 0 else float("inf")

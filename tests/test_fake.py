@@ -63,6 +63,22 @@ def test_billing_charges_rate_while_up_and_storage_while_stopped(
     assert bill["balance_usd"] == pytest.approx(10_000 - before)
 
 
+@pytest.mark.parametrize("bill_storage", [True, False])
+def test_the_fakes_billing_rate_in_each_phase(make_fake: MakeFake, make_client: MakeClient, bill_storage: bool) -> None:
+    app = make_fake("spec")
+    app.state.bill_stopped_storage = bill_storage
+    inst = app.state.get(make_client(app).create_instance(create_request(location_of(app, "Chicago"))).id)
+    assert inst.rate_hourly > inst.storage_rate_hourly > 0
+    for phase, rate in (
+        ("starting", inst.rate_hourly),
+        ("running", inst.rate_hourly),
+        ("stopping", inst.rate_hourly),  # billed in full until it has stopped
+        ("stopped", inst.storage_rate_hourly if bill_storage else 0.0),
+    ):
+        inst.phase = phase  # type: ignore[assignment]
+        assert app.state.billing_rate(inst) == rate, phase
+
+
 def test_latency_delays_the_reply_not_the_work(
     make_fake: MakeFake, make_client: MakeClient, clock: ManualClock
 ) -> None:

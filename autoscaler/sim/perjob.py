@@ -27,6 +27,7 @@ from autoscaler.clock import ManualClock
 from autoscaler.config import Settings
 from autoscaler.snapshot import InstanceShape
 from autoscaler.tensordock.fake.state import FakeApiError, FakeTensorDock
+from autoscaler.throughput import unit_price
 
 from .market import Market, market_faults
 from .runner import ORIGIN, Run, Sample, SimOptions
@@ -58,7 +59,7 @@ def _candidates(
             speed = float(belief.get(model, 0.0))
             if speed > 0 and free.gpus.get(model, 0) >= job.gpus:
                 price = shape.hourly_price(host.pricing, gpu.price_per_hr, job.gpus)
-                found.append((price / speed, host.id, model))
+                found.append((unit_price(price, speed, job.gpus), host.id, model))
     return sorted(found)
 
 
@@ -87,6 +88,7 @@ def replay_per_job(jobs: list[Job], settings: Settings, options: SimOptions) -> 
     arrivals = iter(jobs)
     upcoming = next(arrivals, None)
     deadline = ORIGIN + max(job.submit for job in jobs) + options.drain_limit_s
+    interval = options.interval(settings)
     completed = calls = peak = 0
     now = ORIGIN
     while True:
@@ -125,7 +127,7 @@ def replay_per_job(jobs: list[Job], settings: Settings, options: SimOptions) -> 
             gpus: dict[str, int] = {}
             rate = 0.0
             for inst in state.instances():
-                rate += inst.rate_hourly
+                rate += state.billing_rate(inst)
                 if inst.gpu_model:
                     gpus[inst.gpu_model] = gpus.get(inst.gpu_model, 0) + inst.gpu_count
             peak = max(peak, sum(gpus.values()))
@@ -136,7 +138,7 @@ def replay_per_job(jobs: list[Job], settings: Settings, options: SimOptions) -> 
         if upcoming is not None:
             later.append(ORIGIN + upcoming.submit)
         if queue:
-            later.append(now + options.interval_s)
+            later.append(now + interval)
         now = min(min(later, default=deadline), deadline)
     with state.lock:
         state.settle()

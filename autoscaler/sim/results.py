@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 
 from autoscaler.snapshot import InstanceShape
 from autoscaler.tensordock.fake import Catalog
+from autoscaler.throughput import unit_price
 
 from .bound import LpBound
 from .runner import Run
@@ -30,8 +31,8 @@ def unit_prices(catalog: Catalog, shape: InstanceShape, throughput: Mapping[str,
                     host.ram_gb // shape.ram_gb_per_gpu,
                 )
                 if widest >= 1:  # the widest instance spreads its disk over the most GPUs: the lowest price
-                    per_gpu = shape.hourly_price(host.pricing, gpu.price_per_hr, widest) / widest
-                    prices.append((per_gpu / speed, widest))
+                    price = shape.hourly_price(host.pricing, gpu.price_per_hr, widest)
+                    prices.append((unit_price(price, speed, widest), widest))
     return prices
 
 

@@ -50,7 +50,7 @@ ORIGIN = 1_767_225_600.0  # 2026-01-01T00:00:00Z: day and month boundaries fall 
 
 @dataclass(frozen=True)
 class SimOptions:
-    interval_s: float = 30.0
+    interval_s: float | None = None  # seconds between cycles; None: the configuration's scheduler.interval_s
     seed: int = 0
     timings: Timings = field(default_factory=Timings)
     faults: Faults = field(default_factory=Faults)  # what the fake API gets wrong, as in the chaos suite
@@ -74,6 +74,10 @@ class SimOptions:
 
     def catalog(self) -> Catalog:
         return load_catalog(self.catalog_path).deepened(self.market_depth)
+
+    def interval(self, settings: Settings) -> float:
+        """Seconds between cycles: the daemon's (`scheduler.interval_s`), unless this run overrides it."""
+        return self.interval_s if self.interval_s is not None else settings.scheduler.interval_s
 
 
 @dataclass(frozen=True)
@@ -168,6 +172,7 @@ def replay(
     engine = runtime.engine
     offers = _OfferCadence(engine, fake, enabled=options.spare_listings and not _request_faults(options.faults))
     deadline = ORIGIN + max(job.submit for job in jobs) + options.drain_limit_s
+    interval = options.interval(settings)
     timeline: list[Sample] = []
     cycles = skipped = actions = 0
     reported_at = ORIGIN
@@ -190,9 +195,9 @@ def replay(
                 options.progress(at - ORIGIN, workload.completed, len(jobs))
             if at >= deadline:
                 break
-            step = options.interval_s
+            step = interval
             if options.fast_forward:
-                quiet = _quiet_cycles(engine, report, fake, workload, options)
+                quiet = _quiet_cycles(engine, report, fake, workload, interval=interval, max_skip_s=options.max_skip_s)
                 skipped += quiet
                 step *= 1 + quiet
             target = at + step
@@ -289,17 +294,22 @@ def _sample(fake: FakeTensorDockApp, workload: Workload, t: float) -> Sample:
     by_model: dict[str, int] = {}
     rate = 0.0
     for inst in fake.state.instances():
+        rate += fake.state.billing_rate(inst)
         if inst.phase == "stopped":
-            rate += inst.storage_rate_hourly
             continue
-        rate += inst.rate_hourly
         if inst.gpu_model:
             by_model[inst.gpu_model] = by_model.get(inst.gpu_model, 0) + inst.gpu_count
     return Sample(t, len(workload.queue), workload.running_gpus, by_model, rate)
 
 
 def _quiet_cycles(
-    engine: Engine, report: CycleReport, fake: FakeTensorDockApp, workload: Workload, options: SimOptions
+    engine: Engine,
+    report: CycleReport,
+    fake: FakeTensorDockApp,
+    workload: Workload,
+    *,
+    interval: float,
+    max_skip_s: float,
 ) -> int:
     """How many of the next cycles would do nothing; 0 unless that is certain from here."""
     snapshot = report.snapshot
@@ -313,8 +323,7 @@ def _quiet_cycles(
         return 0
     if any(w.ready_at > workload.now for w in workload.workers.values()):
         return 0
-    interval = options.interval_s
-    horizon = min(options.max_skip_s, (workload.next_event() or math.inf) - snapshot.now)
+    horizon = min(max_skip_s, (workload.next_event() or math.inf) - snapshot.now)
     limit = int(horizon // interval) - (1 if horizon % interval == 0 else 0)  # the event's cycle runs
     if limit <= 0:
         return 0

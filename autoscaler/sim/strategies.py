@@ -21,6 +21,7 @@ from pydantic import SecretStr
 from autoscaler.config import Settings
 from autoscaler.policy import PolicySpec
 from autoscaler.tensordock.fake import Catalog
+from autoscaler.throughput import unit_price
 
 from .trace import Job, mean_gpus, peak_gpus
 
@@ -80,7 +81,7 @@ def static_model(catalog: Catalog, settings: Settings, widest: int) -> str:
                 speed = speeds.get(model, 0.0)
                 fits = min(gpu.count, host.vcpu_count // shape.vcpu_per_gpu, host.ram_gb // shape.ram_gb_per_gpu)
                 if speed > 0 and fits >= widest:
-                    unit = shape.hourly_price(host.pricing, gpu.price_per_hr, widest) / widest / speed
+                    unit = unit_price(shape.hourly_price(host.pricing, gpu.price_per_hr, widest), speed, widest)
                     best = min(best or (unit, model), (unit, model))
     if best is None:
         raise StrategyError(f"static fleets: no host holds an instance of {widest} GPUs")

@@ -88,6 +88,7 @@ class Journal(Protocol):
     def fence(self, election: str, token: int | None) -> None:
         """From now on every intent carries this token and is refused (FencedError) once it is stale;
         None: no election (a single replica)."""
+
     def journal_intent(
         self,
         cycle_id: str,
@@ -133,11 +134,14 @@ class GuardMemoryStore(Protocol):
     def oldest_history(self) -> float | None: ...
     def last_scaled(self) -> tuple[float | None, float | None]:
         """When capacity was last added, and last removed."""
+
     def mark_scaled(self, *, up_at: float | None = None, down_at: float | None = None) -> None: ...
     def fleet_idle_since(self, now: float, idle: bool | None) -> float | None:
         """Since when queued + running has been zero; `idle` None leaves it as it is (demand unknown)."""
+
     def stop_seconds(self) -> list[float]:
         """How long the stops watched to their end took, newest last."""
+
     def keep_stop_seconds(self, samples: list[float]) -> None: ...
 
 

@@ -81,7 +81,7 @@ def check_invariants(world: World, report: CycleReport, unowned_id: str, busy: s
     ours = [i for i in instances if i.id != unowned_id]
     up = [i for i in ours if i.phase != "stopped"]
     assert len(up) <= MAX_INSTANCES and sum(i.gpu_count for i in up) <= MAX_GPUS, "bounds exceeded"
-    spend = sum(i.rate_hourly for i in up) + sum(i.storage_rate_hourly for i in ours if i.phase == "stopped")
+    spend = sum(world.fake.state.billing_rate(i) for i in ours)
     assert spend <= MAX_SPEND + 1e-6, f"max_hourly_spend exceeded: ${spend:.2f}/h"
     for result in report.results:
         if result.action.kind in ("stop", "delete") and result.outcome == "ok":

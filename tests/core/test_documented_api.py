@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from autoscaler.clock import ManualClock
-from autoscaler.config import Settings
+from autoscaler.config import DEFAULT_POLICIES, Settings
 from autoscaler.runtime import Runtime, build_runtime
 from autoscaler.signals.static import StaticSignal
 from autoscaler.store import SqliteStore
@@ -141,16 +141,22 @@ def test_three_gpus_of_demand_held_for_fifty_cycles_create_exactly_three_gpus(ri
     assert abs(spend.total_usd - bill) <= 0.01 * bill
 
 
-def test_max_hourly_spend_refuses_the_creates_that_would_pass_it(rig: Callable[..., Rig]) -> None:
-    r = rig(guards={"max_hourly_spend": 0.5})
+@pytest.mark.parametrize("with_budget", [True, False])
+def test_max_hourly_spend_refuses_the_creates_that_would_pass_it(rig: Callable[..., Rig], with_budget: bool) -> None:
+    """The cap is the guards' one value: the budget policy (in the default chain) trims to it
+    first; without it the guard refuses what would pass it."""
+    chain = None if with_budget else [{"name": p.name} for p in DEFAULT_POLICIES if p.name != "budget"]
+    r = rig(guards={"max_hourly_spend": 0.5}, **({} if chain is None else {"policies": chain}))
     r.signal.set(queued_jobs=3)
-    refused = 0
+    refused = trimmed = 0
     for _ in range(20):
         report = r.cycle()
         refused += sum(1 for d in (report.guarded.dropped if report.guarded else ()) if d.rule == "max_hourly_spend")
+        notes = report.plan.notes if report.plan else ()
+        trimmed += sum(1 for n in notes if n.startswith("budget: dropped") and "max_hourly_spend $0.5/h" in n)
         rate = sum(i.rate_hourly for i in r.provider_instances())
         assert rate <= 0.5
-    assert refused > 0
+    assert (trimmed > 0) if with_budget else (refused > 0 and trimmed == 0)
     assert r.provider_instances()  # something within the limit was bought
 
 

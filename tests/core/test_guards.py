@@ -86,9 +86,7 @@ def test_a_spending_limit_is_not_held_back_by_the_stabilization_window_whatever_
     for policy in ("budget", "a-third-party-cap"):
         kept, rules = guard(snapshot(*fleet), stop(fleet[0], policy), desired=2, memory=short_memory)
         assert kept == [] and rules == ["stabilization"]
-        kept, rules = guard(
-            snapshot(*fleet), stop(fleet[0], policy, spend_limit=True), desired=2, memory=short_memory
-        )
+        kept, rules = guard(snapshot(*fleet), stop(fleet[0], policy, spend_limit=True), desired=2, memory=short_memory)
         assert [a.kind for a in kept] == [ActionKind.STOP] and rules == []
 
 

@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 
+from autoscaler.money import Budgets
 from autoscaler.plan import Action, ActionKind, Plan
 from autoscaler.planner import PlanningError, run_chain
-from autoscaler.policy import PolicyConfigError, PolicySpec, available_policies, build_chain
+from autoscaler.policy import PolicyConfigError, PolicySpec, SpendLimits, available_policies, build_chain
 from autoscaler.replacement import Replacement
 from autoscaler.signals import Demand
 from autoscaler.snapshot import FleetInstance, Offer, Snapshot, Spend
@@ -253,16 +254,16 @@ def _create(gpu_model: str, price: float, gpus: int = 1) -> Action:
 
 def test_budget_trims_the_dearest_per_unit_of_work_first() -> None:
     plan = Plan(desired_gpus=3, actions=(_create(R3090, 0.5), _create(H100, 2.5), _create(R4090, 0.6)))
-    trimmed = Budget(BudgetOptions(max_hourly_spend=1.2)).decide(snapshot(), plan)
+    trimmed = Budget(BudgetOptions()).decide(snapshot(max_hourly_spend=1.2), plan)
     # per unit of work: 3090 0.5/0.45=1.11, H100 2.5/2.2=1.14, 4090 0.6/0.75=0.8: the H100 goes, $1.10/h remain
     assert [a.gpu_model for a in trimmed.actions] == [R3090, R4090]
-    tighter = Budget(BudgetOptions(max_hourly_spend=1.0)).decide(snapshot(), plan)
+    tighter = Budget(BudgetOptions()).decide(snapshot(max_hourly_spend=1.0), plan)
     assert [a.gpu_model for a in tighter.actions] == [R4090]
 
 
 def test_budget_stops_non_busy_instances_when_already_over() -> None:
     fleet = (instance("a", rate=1.0, busy=True), instance("b", rate=1.0), instance("c", rate=0.5))
-    plan = Budget(BudgetOptions(max_hourly_spend=1.6)).decide(snapshot(*fleet), Plan(desired_gpus=3))
+    plan = Budget(BudgetOptions()).decide(snapshot(*fleet, max_hourly_spend=1.6), Plan(desired_gpus=3))
     assert [a.instance_id for a in plan.actions] == ["id-b"]
 
 
@@ -465,3 +466,12 @@ def test_shaping_falls_back_to_a_gpu_count_when_workers_do_not_keep_to_the_conve
     assert not any("class" in a.reason for a in plan.actions)
     kept = _widths(snapshot(*fleet, offers=(offer(R3090, 0.3),)), {1: 1, 8: 1}, {8: 1})
     assert sorted(a.gpus for a in cheapest().decide(kept, Plan(desired_gpus=17)).actions) == [1, 8]
+
+
+def test_budget_says_its_budgets_and_takes_the_hourly_cap_from_the_guards_alone() -> None:
+    policy = Budget(BudgetOptions(daily_budget_usd=30.0, monthly_budget_usd=600.0, max_hourly_spend=0.1))
+    assert isinstance(policy, SpendLimits)
+    assert policy.spend_limits() == Budgets(daily_usd=30.0, monthly_usd=600.0)
+    plan = Plan(desired_gpus=1, actions=(_create(R3090, 0.5),))
+    assert policy.decide(snapshot(), plan).actions == plan.actions  # the deprecated option is no second cap
+    assert policy.decide(snapshot(max_hourly_spend=0.4), plan).actions == ()

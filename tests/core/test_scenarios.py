@@ -241,3 +241,15 @@ def test_a_consolidation_lives_its_whole_life_through_the_engine(make_world: Mak
     assert list(dict.fromkeys(stages)) == [Stage.BOOTING, Stage.DRAINING, Stage.STOPPING, Stage.RETIRED]
     assert world.runtime.store.owned()[old_id].retiring_for == create.name  # linked until either goes
     assert {i.name: i.phase for i in world.fake_instances()}[create.name] == "running"
+
+
+def test_the_budget_gauges_come_from_the_guards_cap_and_the_budget_policys_limits(make_world: MakeWorld) -> None:
+    from prometheus_client import generate_latest
+
+    budget = {"name": "budget", "options": {"daily_budget_usd": 30.0}}
+    world = make_world(guards={"max_hourly_spend": 1.5}, policies=[{"name": "queue_target"}, budget])
+    world.cycle()
+    text = generate_latest(world.runtime.metrics.registry).decode()
+    assert 'tensordock_autoscaler_budget_limit_usd{budget="hourly"} 1.5' in text
+    assert 'tensordock_autoscaler_budget_limit_usd{budget="daily"} 30.0' in text
+    assert 'budget="monthly"' not in text

@@ -90,3 +90,45 @@ def test_the_readme_configuration_example_is_valid(tmp_path: Path) -> None:
     assert settings.tensordock.resolved_token().get_secret_value() == TOKEN
     assert [p.name for p in settings.policies] == ["queue_target", "cheapest_throughput", "budget"]
     assert settings.signal.sources[0].kind == "redis"
+
+
+def test_the_engine_settings_are_defined_once_and_reach_the_engine() -> None:
+    from autoscaler.config import Settings
+    from autoscaler.engine import EngineConfig, EngineSettings
+    from autoscaler.runtime import build_runtime
+    from autoscaler.store import SqliteStore
+
+    for model in (Settings, EngineConfig):  # inherited, not copies that could drift apart
+        own = vars(model).get("__annotations__", {})
+        for key, field in EngineSettings.model_fields.items():
+            assert key not in own and repr(model.model_fields[key]) == repr(field), f"{model.__name__}.{key}"
+    chosen = {
+        "provision_timeout_s": 600.0,
+        "max_signal_age_s": 77.0,
+        "offer_refresh_s": 45.0,
+        "reap_orphans": True,
+        "unresolved_create_grace_s": 90.0,
+        "max_rate_multiple": 5.0,
+    }
+    assert set(chosen) == set(EngineSettings.model_fields)  # a new engine setting is tested here too
+    settings = Settings(tensordock={"token": "t" * 12}, fleet={"ssh_key": "k"}, **chosen)
+    runtime = build_runtime(settings, store=SqliteStore(":memory:"))
+    try:
+        assert {key: getattr(runtime.engine.config, key) for key in chosen} == chosen
+    finally:
+        runtime.close()
+
+
+def test_the_budgets_max_hourly_spend_is_a_deprecated_alias_of_the_guards(tmp_path: Path) -> None:
+    from autoscaler.config import ConfigError, Settings
+
+    budget = [{"name": "budget", "options": {"max_hourly_spend": 4.0}}]
+    with pytest.warns(FutureWarning, match=r"policies\[0\]\.options\.max_hourly_spend is deprecated"):
+        assert Settings(policies=budget).guards.max_hourly_spend == 4.0
+    assert Settings(policies=budget, guards={"max_hourly_spend": 4.0}).guards.max_hourly_spend == 4.0
+    config = tmp_path / "c.toml"
+    config.write_text(
+        '[guards]\nmax_hourly_spend = 3\n[[policies]]\nname = "budget"\noptions = { max_hourly_spend = 4 }\n'
+    )
+    with pytest.raises(ConfigError, match=r"max_hourly_spend \(4\) disagrees with guards\.max_hourly_spend \(3\)"):
+        load_settings(config)

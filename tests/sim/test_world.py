@@ -118,3 +118,29 @@ def test_simulate_cli_takes_market_world_and_boot_flags(tmp_path: Path, capsys: 
     assert "--cloud-init-s" in capsys.readouterr().err
     assert main([*args, "--world-throughput", "[1, 2]"]) == 2
     assert "--world-throughput" in capsys.readouterr().err
+
+
+def test_simulate_cycles_at_the_configurations_interval_unless_the_flag_overrides_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One job at 10 s to an empty fleet: the first cycle after it creates the instance (running
+    30 s later, its worker 60 s after that), so the wait shows the interval the replay used."""
+    trace = tmp_path / "t.csv"
+    trace.write_text("submit_time,duration,gpus\n10,600,1\n")
+    config = tmp_path / "c.toml"
+    config.write_text(
+        "[scheduler]\ninterval_s = 300\n"
+        '[[policies]]\nname = "queue_target"\noptions = { max_gpus = 1 }\n'
+        '[[policies]]\nname = "cheapest_throughput"\noptions = { gpus_per_instance = [1], place_widest_job = false }\n'
+    )
+    args = ["simulate", "--trace", str(trace), "--catalog", str(ONE_HOST), "--strategies", "ours", "--json"]
+    args += ["--cloud-init-s", "60", "--no-lp-cache"]
+
+    def wait(*extra: str) -> float:
+        assert main([*args, *extra]) == 0
+        (row,) = json.loads(capsys.readouterr().out)
+        return float(row["wait_p50_s"])
+
+    assert wait("--config", str(config)) == pytest.approx(300 + 30 + 60 - 10)  # the configuration's 300 s
+    assert wait("--config", str(config), "--interval-s", "30") == pytest.approx(30 + 30 + 60 - 10)
+    assert wait() == pytest.approx(30 + 30 + 60 - 10)  # no configuration: the default scheduler.interval_s

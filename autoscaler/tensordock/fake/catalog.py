@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from autoscaler.tensordock.models import Pricing
+from .pricing import HostPricing
 
 
 class _Strict(BaseModel):
@@ -30,7 +30,7 @@ class CatalogHostnode(_Strict):
     storage_gb: int = Field(ge=100)
     max_vcpus_per_gpu: int = Field(ge=1)
     max_ram_per_gpu: int = Field(ge=1)
-    pricing: Pricing
+    pricing: HostPricing
     public_ip: str
     dedicated_ips: int = Field(default=0, ge=0)
 

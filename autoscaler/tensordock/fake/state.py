@@ -259,16 +259,20 @@ class FakeTensorDock:
             self._maybe_reclaim(elapsed_h, now)
         return now
 
+    def billing_rate(self, inst: FakeInstance) -> float:
+        """USD per hour the instance is billed now: in full until it has stopped, then its storage.
+
+        The fake's own rule, as `pricing` is its own formula: the simulator and the demo measure
+        the world's cost with it, never with the daemon's belief (`autoscaler.money.billed_rate`).
+        """
+        if inst.phase in _BILLED_PHASES:
+            return inst.rate_hourly
+        return inst.storage_rate_hourly if self.bill_stopped_storage else 0.0
+
     def _accrue(self, inst: FakeInstance, until: float) -> None:
         if until <= inst.billed_until:
             return
-        if inst.phase in _BILLED_PHASES:
-            rate = inst.rate_hourly
-        elif self.bill_stopped_storage:
-            rate = inst.storage_rate_hourly
-        else:
-            rate = 0.0
-        cost = rate * (until - inst.billed_until) / 3600.0
+        cost = self.billing_rate(inst) * (until - inst.billed_until) / 3600.0
         inst.billed_usd += cost
         self.balance_usd -= cost
         inst.billed_until = until
