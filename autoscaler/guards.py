@@ -26,9 +26,9 @@ class GuardConfig(BaseModel):
     max_instances: int = Field(default=16, ge=0, description="instances running or on their way, never more")
     max_hourly_spend: float | None = Field(default=None, ge=0, description="USD/h of the managed fleet, never more")
     scale_up_cooldown_s: Seconds = Field(default=0.0, ge=0, description="after a scale-up, wait before the next")
-    scale_down_cooldown_s: Seconds = Field(default=300.0, ge=0, description="after a scale-down, wait before the next")
+    scale_down_cooldown_s: Seconds = Field(default=0.0, ge=0, description="after a scale-down, wait before the next")
     scale_down_delay_s: Seconds = Field(
-        default=600.0, ge=0, description="demand must stay low this long before capacity is stopped"
+        default=60.0, ge=0, description="demand must stay low this long before capacity is stopped"
     )
     max_actions_per_cycle: int = Field(default=10, ge=0, description="mutating calls per cycle, at most")
 

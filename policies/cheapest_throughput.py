@@ -43,7 +43,7 @@ class CheapestThroughputOptions(PolicyOptions):
         default=True, description="add an instance when no idle one is wide enough for the widest waiting job"
     )
     scale_down: Literal["stop", "delete"] = Field(
-        default="stop", description="stop (restarts fast, storage bills) or delete surplus instances"
+        default="delete", description="stop (restarts fast, storage bills) or delete surplus instances"
     )
     shape_to_jobs: bool = Field(
         default=True,
@@ -51,7 +51,7 @@ class CheapestThroughputOptions(PolicyOptions):
         "width class (workers follow the width convention, see README); off: provision a GPU count",
     )
     surplus_idle_s: Seconds = Field(
-        default=300.0,
+        default=60.0,
         ge=0,
         description="shaping: an idle instance of a width class with more places than waiting jobs is stopped "
         "after this long idle",

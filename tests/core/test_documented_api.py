@@ -245,7 +245,7 @@ def test_an_unknown_status_counts_in_full_and_is_left_alone(rig: Callable[..., R
     weird = r.provider_instances()[0].id
 
     def unknown(request: httpx.Request, body: Any) -> Any:
-        if request.url.path.endswith("/instances"):
+        if request.method == "GET" and request.url.path.endswith("/instances"):
             data = body["data"]
             items = data["instances"] if isinstance(data, dict) else data
             for item in items:

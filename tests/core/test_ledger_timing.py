@@ -14,7 +14,7 @@ from .conftest import MakeWorld, World
 STOP_S = 40.0  # long enough that a 30-s cycle misses the end of every stop
 SETTINGS: dict[str, Any] = {
     "guards": {"scale_down_delay_s": 0},
-    "policies": [{"name": "queue_target"}, {"name": "cheapest_throughput"}],
+    "policies": [{"name": "queue_target"}, {"name": "cheapest_throughput", "options": {"scale_down": "stop"}}],
 }
 
 

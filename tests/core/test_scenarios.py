@@ -44,7 +44,7 @@ def test_a_lull_stops_after_the_delay_and_deletes_after_retention(make_world: Ma
     world = make_world(
         policies=[
             {"name": "queue_target"},
-            {"name": "cheapest_throughput"},
+            {"name": "cheapest_throughput", "options": {"scale_down": "stop"}},
             {"name": "idle", "options": {"stopped_retention_s": 3600}},
         ]
     )
