@@ -44,4 +44,4 @@ clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
 
 docs: $(STAMP)
-	$(BIN)/python -m autoscaler.config_reference README.md
+	$(BIN)/python -m autoscaler.commands.config_reference README.md

@@ -25,14 +25,14 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
-from autoscaler.durations import Seconds
-from autoscaler.engine import NAME_PREFIX_PATTERN, EngineSettings
-from autoscaler.guards import GuardConfig
-from autoscaler.policy import PolicySpec
-from autoscaler.reconcile import DetailConfig
+from autoscaler.core.durations import Seconds
+from autoscaler.core.guards import GuardConfig
+from autoscaler.core.policy import PolicySpec
+from autoscaler.core.snapshot import InstanceShape
+from autoscaler.core.throughput import DEFAULT_THROUGHPUT
+from autoscaler.engine.cycle import NAME_PREFIX_PATTERN, EngineSettings
+from autoscaler.engine.reconcile import DetailConfig
 from autoscaler.signals.registry import SignalSettings
-from autoscaler.snapshot import InstanceShape
-from autoscaler.throughput import DEFAULT_THROUGHPUT
 
 
 class _Section(BaseModel):
@@ -304,7 +304,7 @@ class Settings(BaseSettings, EngineSettings):
     @field_validator("policies")
     @classmethod
     def _policy_options_valid(cls, value: list[PolicySpec]) -> list[PolicySpec]:
-        from autoscaler.policy import build_chain
+        from autoscaler.core.policy import build_chain
 
         build_chain(value)  # raises ValueError naming policies[i].options.field
         return value
@@ -381,7 +381,7 @@ def readable_errors(exc: ValidationError) -> list[str]:
 
 def register_config_secrets(settings: Settings) -> None:
     """Every credential of the configuration is masked from here on: token, store password, sources'."""
-    from autoscaler.secrets import register_secret, register_settings_secrets
+    from autoscaler.common.secrets import register_secret, register_settings_secrets
     from autoscaler.signals.registry import validate_signal_settings
 
     with contextlib.suppress(ValueError):  # no token yet: check-config and run report that themselves

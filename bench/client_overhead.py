@@ -16,8 +16,8 @@ from collections.abc import Callable
 
 import httpx
 
-from autoscaler.clock import ManualClock
-from autoscaler.logging import configure_logging
+from autoscaler.common.clock import ManualClock
+from autoscaler.common.logging import configure_logging
 from autoscaler.tensordock import CreateInstanceRequest, PortForward
 from autoscaler.tensordock.client import TensorDockClient
 from autoscaler.tensordock.fake import build_fake, in_process_transport

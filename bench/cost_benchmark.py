@@ -33,8 +33,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import traces as generator  # noqa: E402
 
+from autoscaler.common.logging import configure_logging  # noqa: E402
 from autoscaler.config import Settings  # noqa: E402
-from autoscaler.logging import configure_logging  # noqa: E402
 from autoscaler.sim import (  # noqa: E402
     STRATEGIES,
     SimOptions,

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import httpx
 
+from autoscaler.common.logging import configure_logging
 from autoscaler.config import Settings
-from autoscaler.logging import configure_logging
-from autoscaler.runtime import build_runtime
+from autoscaler.core.snapshot import OwnedShape
+from autoscaler.service.runtime import build_runtime
 from autoscaler.signals import StaticSignal
-from autoscaler.snapshot import OwnedShape
 from autoscaler.store import SqliteStore
 from autoscaler.tensordock import CreateInstanceRequest, PortForward
 

@@ -28,7 +28,7 @@ import redis
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Response
 
-from autoscaler.logging import configure_logging
+from autoscaler.common.logging import configure_logging
 from autoscaler.signals.base import Secret
 from autoscaler.signals.http_json import HttpJsonOptions, HttpJsonSignal
 from autoscaler.signals.nats_jetstream import NatsOptions, NatsSignal
@@ -38,7 +38,7 @@ from autoscaler.signals.rabbitmq import RabbitMqOptions, RabbitMqSignal
 from autoscaler.signals.redis_queue import RedisOptions, RedisSignal
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests/support.py
-from autoscaler.wsgi import QuietHandler
+from autoscaler.common.wsgi import QuietHandler
 from tests.support import LocalPrometheus
 
 

@@ -23,11 +23,11 @@ from datetime import UTC, datetime
 
 from pydantic import Field
 
-from autoscaler.durations import Seconds
-from autoscaler.money import Budgets
-from autoscaler.plan import Plan, stop_action
-from autoscaler.policy import BasePolicy, PolicyOptions
-from autoscaler.snapshot import Snapshot
+from autoscaler.core.durations import Seconds
+from autoscaler.core.money import Budgets
+from autoscaler.core.plan import Plan, stop_action
+from autoscaler.core.policy import BasePolicy, PolicyOptions
+from autoscaler.core.snapshot import Snapshot
 from autoscaler.tensordock import InstanceStatus
 
 

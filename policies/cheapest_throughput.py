@@ -1,29 +1,31 @@
 """Which GPUs fill the need: offers and stopped instances ranked by price per unit of work.
 
-Price per unit of work is `$/h / (throughput(model) * gpus)` (`autoscaler.throughput.unit_price`).
+Price per unit of work is `$/h / (throughput(model) * gpus)` (`autoscaler.core.throughput.unit_price`).
 Instances are the smallest allowed size that fits the widest waiting job. Scale-up restarts an
 owned stopped instance when, counting only the GPUs the need can use, it is within `restart_margin`
 of the best offer (it boots faster and keeps its disk), else creates on the best offer, with the
 next best as fallbacks for when the listed capacity turns out to be gone. GPUs can add up while no
-instance is wide enough for the widest waiting job; then one that is gets added. Scale-down stops
-(or deletes) idle instances first, then the dearest per unit of work; a busy instance is never
+instance is wide enough for the widest waiting job; then one that is gets added. Scale-down deletes
+(or stops, `scale_down`) idle instances first, then the dearest per unit of work; a busy instance is never
 chosen, nor a wide one a waiting job needs, and one being replaced is left to `consolidate`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import Field, model_validator
 
-from autoscaler.durations import Seconds
-from autoscaler.plan import Action, ActionKind, Plan, delete_action, start_action, stop_action
-from autoscaler.policy import BasePolicy, PolicyOptions
-from autoscaler.snapshot import FleetInstance, Offer, Snapshot
+from autoscaler.core.durations import Seconds
+from autoscaler.core.plan import Action, ActionKind, Plan, delete_action, start_action, stop_action
+from autoscaler.core.policy import BasePolicy, PolicyOptions
+from autoscaler.core.shape import InstanceShape
+from autoscaler.core.snapshot import FleetInstance, Offer, Snapshot
+from autoscaler.core.widths import width_class
 from autoscaler.tensordock import InstanceStatus
-from autoscaler.widths import width_class
 
 
 class CheapestThroughputOptions(PolicyOptions):
@@ -78,6 +80,54 @@ class _Candidate:
     unit_price: float
     price: float
     remaining: int
+
+
+class _HostRoom:
+    """What one plan leaves free on each host (vCPUs, RAM): the listing was read once, and two
+    instances the plan puts on one host must both fit there."""
+
+    def __init__(self, candidates: list[_Candidate], shape: InstanceShape, size: int) -> None:
+        self._vcpus, self._ram = shape.vcpu_per_gpu * size, shape.ram_gb_per_gpu * size
+        self._size = size
+        self._left: dict[str, list[float]] = {}
+        for c in candidates:
+            if c.offer.hostnode_id and c.offer.host_vcpus_free is not None and c.offer.host_ram_gb_free is not None:
+                self._left[c.offer.hostnode_id] = [c.offer.host_vcpus_free, c.offer.host_ram_gb_free]
+
+    def usable(self, candidates: list[_Candidate]) -> list[_Candidate]:
+        """The candidates with GPUs and host room left for one more instance, best first."""
+        return [c for c in candidates if c.remaining >= self._size and self._fits(c)]
+
+    def _fits(self, c: _Candidate) -> bool:
+        left = self._left.get(c.offer.hostnode_id or "")
+        return left is None or (left[0] >= self._vcpus and left[1] >= self._ram)
+
+    def take(self, c: _Candidate) -> None:
+        c.remaining -= self._size
+        if c.offer.hostnode_id in self._left:
+            self._left[c.offer.hostnode_id][0] -= self._vcpus
+            self._left[c.offer.hostnode_id][1] -= self._ram
+
+
+@dataclass(frozen=True)
+class _Ceiling:
+    """The wait-aware price ceiling: a unit price over `factor` x `reference` is bought only when
+    the oldest waiting job would otherwise wait past the target (`urgent`)."""
+
+    reference: float
+    factor: float
+    wait_s: float
+    urgent: bool
+
+    def too_dear(self, unit: float) -> bool:
+        return unit > self.reference * self.factor
+
+    def text(self, unit: float) -> str:
+        wait = "unknown" if math.isinf(self.wait_s) else f"{self.wait_s:.0f}s"
+        return (
+            f"{unit / self.reference:.2f}x the best ${self.reference:.3f}/h per unit (ceiling {self.factor:g}x); "
+            f"projected wait without it {wait}"
+        )
 
 
 class CheapestThroughput(BasePolicy[CheapestThroughputOptions]):
@@ -181,29 +231,11 @@ class CheapestThroughput(BasePolicy[CheapestThroughputOptions]):
     def _grow(self, snapshot: Snapshot, plan: Plan, deficit: int) -> Plan:
         size = self._size(snapshot)
         candidates = self._ranked(snapshot, size)
-        touched = plan.touched()
-        restartable = [
-            i
-            for i in snapshot.instances
-            if i.status is InstanceStatus.STOPPED
-            and not i.start_refused
-            and i.id not in touched
-            and i.gpus >= size
-            and (not self.options.allowed_models or i.gpu_model in self.options.allowed_models)
-        ]
+        restartable = self._stopped(snapshot, plan, lambda gpus: gpus >= size)
         actions: list[Action] = []
-        shape = snapshot.shape
-        host_left: dict[str, list[float]] = {}  # what this plan leaves free on each host: [vCPUs, RAM]
-        for c in candidates:
-            if c.offer.hostnode_id and c.offer.host_vcpus_free is not None and c.offer.host_ram_gb_free is not None:
-                host_left[c.offer.hostnode_id] = [c.offer.host_vcpus_free, c.offer.host_ram_gb_free]
-
-        def room(c: _Candidate) -> bool:
-            left = host_left.get(c.offer.hostnode_id or "")
-            return left is None or (left[0] >= shape.vcpu_per_gpu * size and left[1] >= shape.ram_gb_per_gpu * size)
-
+        room = _HostRoom(candidates, snapshot.shape, size)
         while deficit > 0:
-            usable = [c for c in candidates if c.remaining >= size and room(c)]
+            usable = room.usable(candidates)
             best = usable[0] if usable else None
             useful = max(deficit, size)
             restartable.sort(key=lambda i: (self._unit_price(snapshot, i, useful), i.id))
@@ -225,26 +257,35 @@ class CheapestThroughput(BasePolicy[CheapestThroughputOptions]):
                 continue
             if best is None:
                 return plan.with_actions(*actions).note(f"{self.name}: no offer fits {size} GPUs; {deficit} short")
-            best.remaining -= size
-            if best.offer.hostnode_id in host_left:
-                host_left[best.offer.hostnode_id][0] -= shape.vcpu_per_gpu * size
-                host_left[best.offer.hostnode_id][1] -= shape.ram_gb_per_gpu * size
-            fallbacks = self._fallbacks(best, usable[1:])
-            actions.append(
-                Action(
-                    ActionKind.CREATE,
-                    f"need {deficit} more GPUs; {best.offer.gpu_model} at ${best.unit_price:.3f}/h per unit of work "
-                    "is the cheapest",
-                    self.name,
-                    offer=best.offer,
-                    alternatives=fallbacks,
-                    gpus=size,
-                    gpu_model=best.offer.gpu_model,
-                    hourly_delta=best.price,
-                )
-            )
+            room.take(best)
+            actions.append(self._create(best, usable, size, f"need {deficit} more GPUs"))
             deficit -= size
         return plan.with_actions(*actions)
+
+    def _stopped(self, snapshot: Snapshot, plan: Plan, size_fits: Callable[[int], bool]) -> list[FleetInstance]:
+        """Owned stopped instances this plan may restart: not refused a start, of a fitting size and model."""
+        touched = plan.touched()
+        return [
+            i
+            for i in snapshot.instances
+            if i.status is InstanceStatus.STOPPED
+            and not i.start_refused
+            and i.id not in touched
+            and size_fits(i.gpus)
+            and (not self.options.allowed_models or i.gpu_model in self.options.allowed_models)
+        ]
+
+    def _create(self, best: _Candidate, usable: list[_Candidate], size: int, why: str, extra: str = "") -> Action:
+        return Action(
+            ActionKind.CREATE,
+            f"{why}; {best.offer.gpu_model} at ${best.unit_price:.3f}/h per unit of work is the cheapest{extra}",
+            self.name,
+            offer=best.offer,
+            alternatives=self._fallbacks(best, usable[1:]),
+            gpus=size,
+            gpu_model=best.offer.gpu_model,
+            hourly_delta=best.price,
+        )
 
     def _fallbacks(self, best: _Candidate, rest: list[_Candidate]) -> tuple[Offer, ...]:
         """Next-best offers on other hosts first: a host whose listing was stale fails for every model."""
@@ -359,99 +400,49 @@ class CheapestThroughput(BasePolicy[CheapestThroughputOptions]):
     def _grow_class(self, snapshot: Snapshot, plan: Plan, size: int, short: int, waiting: int) -> Plan:
         o = self.options
         candidates = self._ranked(snapshot, size)
-        reference = self._reference_unit(snapshot, size, candidates)
         wait = self._projected_wait(snapshot)
-        urgent = wait > o.target_wait_s
-        wait_text = "unknown" if math.isinf(wait) else f"{wait:.0f}s"
-        touched = plan.touched()
-        restartable = sorted(
-            (
-                i
-                for i in snapshot.instances
-                if i.status is InstanceStatus.STOPPED
-                and not i.start_refused
-                and i.id not in touched
-                and i.gpus == size
-                and (not o.allowed_models or i.gpu_model in o.allowed_models)
-            ),
-            key=lambda i: (self._unit_price(snapshot, i), i.id),
-        )
-        shape = snapshot.shape
-        host_left: dict[str, list[float]] = {}
-        for c in candidates:
-            if c.offer.hostnode_id and c.offer.host_vcpus_free is not None and c.offer.host_ram_gb_free is not None:
-                host_left[c.offer.hostnode_id] = [c.offer.host_vcpus_free, c.offer.host_ram_gb_free]
-
-        def room(c: _Candidate) -> bool:
-            left = host_left.get(c.offer.hostnode_id or "")
-            return left is None or (left[0] >= shape.vcpu_per_gpu * size and left[1] >= shape.ram_gb_per_gpu * size)
-
-        def too_dear(unit: float) -> bool:
-            return unit > reference * o.price_ceiling
-
-        def ceiling_text(unit: float) -> str:
-            return (
-                f"{unit / reference:.2f}x the best ${reference:.3f}/h per unit (ceiling {o.price_ceiling:g}x); "
-                f"projected wait without it {wait_text}"
-            )
-
+        reference = self._reference_unit(snapshot, size, candidates)
+        ceiling = _Ceiling(reference, o.price_ceiling, wait, urgent=wait > o.target_wait_s)
+        restartable = self._stopped(snapshot, plan, lambda gpus: gpus == size)
+        restartable.sort(key=lambda i: (self._unit_price(snapshot, i), i.id))
+        room = _HostRoom(candidates, snapshot.shape, size)
         actions: list[Action] = []
         notes: list[str] = []
         why = f"{waiting} waiting job(s) of the {size}-GPU class, {short} without a place"
         while short > 0:
-            usable = [c for c in candidates if c.remaining >= size and room(c)]
+            usable = room.usable(candidates)
             best = usable[0] if usable else None
             if restartable and (
                 best is None or self._unit_price(snapshot, restartable[0]) <= best.unit_price * (1 + o.restart_margin)
             ):
                 instance = restartable[0]
                 unit = self._unit_price(snapshot, instance)
-                if too_dear(unit) and not urgent:
-                    notes.append(f"{self.name}: not restarting {instance.name}: {ceiling_text(unit)}, under the target")
+                if ceiling.too_dear(unit) and not ceiling.urgent:
+                    notes.append(f"{self.name}: not restarting {instance.name}: {ceiling.text(unit)}, under the target")
                     break
                 restartable.pop(0)
-                extra = f"; {ceiling_text(unit)}, over the target" if too_dear(unit) else ""
-                actions.append(
-                    start_action(
-                        instance,
-                        f"{why}; restarting is within {o.restart_margin:.0%} of the best offer{extra}",
-                        self.name,
-                    )
-                )
+                extra = f"; {ceiling.text(unit)}, over the target" if ceiling.too_dear(unit) else ""
+                reason = f"{why}; restarting is within {o.restart_margin:.0%} of the best offer{extra}"
+                actions.append(start_action(instance, reason, self.name))
                 short -= 1
                 continue
             if best is None:
                 notes.append(f"{self.name}: no offer fits {size} GPUs; {short} waiting job(s) without a place")
                 break
-            if too_dear(best.unit_price) and not urgent:
+            if ceiling.too_dear(best.unit_price) and not ceiling.urgent:
                 notes.append(
                     f"{self.name}: not buying {best.offer.gpu_model} for the {size}-GPU class: "
-                    f"{ceiling_text(best.unit_price)}, within target_wait_s {o.target_wait_s:g}s"
+                    f"{ceiling.text(best.unit_price)}, within target_wait_s {o.target_wait_s:g}s"
                 )
                 break
-            best.remaining -= size
-            if best.offer.hostnode_id in host_left:
-                host_left[best.offer.hostnode_id][0] -= shape.vcpu_per_gpu * size
-                host_left[best.offer.hostnode_id][1] -= shape.ram_gb_per_gpu * size
+            room.take(best)
             extra = (
-                f"; bought over the price ceiling: {ceiling_text(best.unit_price)}, over target_wait_s "
+                f"; bought over the price ceiling: {ceiling.text(best.unit_price)}, over target_wait_s "
                 f"{o.target_wait_s:g}s"
-                if too_dear(best.unit_price)
+                if ceiling.too_dear(best.unit_price)
                 else ""
             )
-            actions.append(
-                Action(
-                    ActionKind.CREATE,
-                    f"{why}; {best.offer.gpu_model} at ${best.unit_price:.3f}/h per unit of work "
-                    f"is the cheapest{extra}",
-                    self.name,
-                    offer=best.offer,
-                    alternatives=self._fallbacks(best, usable[1:]),
-                    gpus=size,
-                    gpu_model=best.offer.gpu_model,
-                    hourly_delta=best.price,
-                )
-            )
+            actions.append(self._create(best, usable, size, why, extra))
             short -= 1
         out = plan.with_actions(*actions)
         for note in notes:

@@ -2,7 +2,7 @@
 
 When the desired capacity has not moved for `steady_window_s` and an offer does the same work
 for at least `min_saving_fraction` (and `min_saving_usd_hr`) less, plan a `Replacement`; once the
-new one runs, stop the old one when it is not busy (`autoscaler.replacement.step` decides). One
+new one runs, stop the old one when it is not busy (`autoscaler.core.replacement.step` decides). One
 replacement in flight at a time: a linked one, even retired, holds back the next.
 """
 
@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from autoscaler.durations import Seconds
-from autoscaler.plan import Action, ActionKind, Plan, stop_action
-from autoscaler.policy import BasePolicy, PolicyOptions
-from autoscaler.replacement import Effect, Replacement, Seen, step
-from autoscaler.snapshot import FleetInstance, Snapshot
+from autoscaler.core.durations import Seconds
+from autoscaler.core.plan import Action, ActionKind, Plan, stop_action
+from autoscaler.core.policy import BasePolicy, PolicyOptions
+from autoscaler.core.replacement import Effect, Replacement, Seen, step
+from autoscaler.core.snapshot import FleetInstance, Snapshot
 from autoscaler.tensordock import InstanceStatus
 
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from autoscaler.durations import Seconds
-from autoscaler.plan import Action, ActionKind, Plan, delete_action, stop_action
-from autoscaler.policy import BasePolicy, PolicyOptions
-from autoscaler.snapshot import FleetInstance, Snapshot
+from autoscaler.core.durations import Seconds
+from autoscaler.core.plan import Action, ActionKind, Plan, delete_action, stop_action
+from autoscaler.core.policy import BasePolicy, PolicyOptions
+from autoscaler.core.snapshot import FleetInstance, Snapshot
 from autoscaler.tensordock import InstanceStatus
 
 

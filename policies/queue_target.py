@@ -7,10 +7,10 @@ from dataclasses import replace
 
 from pydantic import Field, model_validator
 
-from autoscaler.plan import Plan
-from autoscaler.policy import BasePolicy, PolicyOptions
-from autoscaler.snapshot import Snapshot
-from autoscaler.widths import class_gpus
+from autoscaler.core.plan import Plan
+from autoscaler.core.policy import BasePolicy, PolicyOptions
+from autoscaler.core.snapshot import Snapshot
+from autoscaler.core.widths import class_gpus
 
 
 class QueueTargetOptions(PolicyOptions):
@@ -46,7 +46,7 @@ class QueueTarget(BasePolicy[QueueTargetOptions]):
             )
         needed = demand.gpus_needed if o.use_gpu_counts else None
         if o.use_gpu_counts and demand.queued_by_width is not None:
-            # each job on an instance of its width class (autoscaler/widths.py): a 3-GPU job holds 4
+            # each job on an instance of its width class (autoscaler/core/widths.py): a 3-GPU job holds 4
             needed = sum(class_gpus(width) * count for width, count in demand.queued_by_width.items())
             needed += max(0, demand.queued_jobs - sum(demand.queued_by_width.values()))  # unsampled: one each
             if demand.running_by_width is not None:

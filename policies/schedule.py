@@ -9,9 +9,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from apscheduler.triggers.cron import CronTrigger
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from autoscaler.plan import Plan
-from autoscaler.policy import BasePolicy, PolicyOptions
-from autoscaler.snapshot import Snapshot
+from autoscaler.core.plan import Plan
+from autoscaler.core.policy import BasePolicy, PolicyOptions
+from autoscaler.core.snapshot import Snapshot
 
 
 class Window(BaseModel):

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from autoscaler.clock import ManualClock
-from autoscaler.logging import configure_logging
+from autoscaler.common.clock import ManualClock
+from autoscaler.common.logging import configure_logging
 from autoscaler.tensordock import CreateInstanceRequest, PortForward
 from autoscaler.tensordock.client import TensorDockClient
 from autoscaler.tensordock.fake import FakeTensorDockApp, build_fake, in_process_transport

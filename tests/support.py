@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
-from autoscaler.wsgi import free_port
+from autoscaler.common.wsgi import free_port
 
 __all__ = ["LocalPrometheus", "free_port", "start_fake_api"]
 
@@ -106,7 +106,17 @@ def start_fake_api(token: str, *flags: str, timeout_s: float = 20.0) -> tuple[su
     log_path = Path(tempfile.mkstemp(prefix="tdas-fake-api-", suffix=".log")[1])
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "autoscaler.cli", "fake-api", "--port", str(port), "--token", token, *flags],
+            [
+                sys.executable,
+                "-m",
+                "autoscaler.commands.cli",
+                "fake-api",
+                "--port",
+                str(port),
+                "--token",
+                token,
+                *flags,
+            ],
             stdout=subprocess.DEVNULL,
             stderr=log,
             text=True,

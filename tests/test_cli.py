@@ -8,8 +8,8 @@ import time
 import httpx
 import pytest
 
-from autoscaler.cli import main
-from autoscaler.demo import run_walkthrough
+from autoscaler.commands.cli import main
+from autoscaler.commands.demo import run_walkthrough
 from autoscaler.tensordock import InstanceStatus
 from autoscaler.tensordock.client import TensorDockClient
 from tests.support import start_fake_api
@@ -67,7 +67,7 @@ def test_demo_walks_an_instance_through_its_life_and_prints_the_bill() -> None:
 
 
 def test_the_daemon_demo_serves_the_burst_and_prints_a_summary() -> None:
-    from autoscaler.demo import run_daemon_demo
+    from autoscaler.commands.demo import run_daemon_demo
 
     out = io.StringIO()
     summary = run_daemon_demo(out, wall_seconds=20, speed=420, metrics_port=0)

@@ -9,8 +9,8 @@ from collections import Counter
 
 import pytest
 
-from autoscaler.clock import ManualClock, SystemClock
-from autoscaler.logging import configure_logging, register_secret
+from autoscaler.common.clock import ManualClock, SystemClock
+from autoscaler.common.logging import configure_logging, register_secret
 from autoscaler.tensordock import (
     AuthenticationError,
     BadRequestError,

@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from autoscaler.clock import ManualClock, SystemClock
+from autoscaler.common.clock import ManualClock, SystemClock
 from autoscaler.tensordock import MalformedResponseError, RateLimitedError, RequestTimeoutError, ServerError
 from autoscaler.tensordock.client import CallNotSentError, TensorDockClient
 

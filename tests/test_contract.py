@@ -19,7 +19,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance
 from werkzeug.wrappers import Request
 
-from autoscaler.clock import ManualClock
+from autoscaler.common.clock import ManualClock
 from autoscaler.tensordock import ModifyInstanceRequest, NotFoundError
 from autoscaler.tensordock.client import TensorDockClient
 from autoscaler.tensordock.fake import FakeTensorDockApp, build_fake, in_process_transport

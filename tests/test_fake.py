@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 import pytest
 
-from autoscaler.clock import ManualClock
+from autoscaler.common.clock import ManualClock
 from autoscaler.tensordock import CapacityUnavailableError, InstanceStatus, ModifyInstanceRequest
 from autoscaler.tensordock.fake import FakeTensorDockApp, Faults, in_process_transport
 from autoscaler.tensordock.wire import create_body

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from autoscaler.clock import ManualClock
-from autoscaler.demo import (
+from autoscaler.commands.demo import (
     ARRIVALS_MIN,
     DemoWorkload,
     _PlainLines,
@@ -19,6 +18,7 @@ from autoscaler.demo import (
     fixed_fleet,
     fixed_fleet_waits,
 )
+from autoscaler.common.clock import ManualClock
 from autoscaler.store import SqliteStore
 from autoscaler.tensordock.fake import build_fake, in_process_transport
 
@@ -121,7 +121,7 @@ def test_the_summary_counts_arrived_jobs_and_the_fixed_fleets_waits() -> None:
 def test_simulate_warns_about_unfinished_jobs_and_shows_progress_on_a_terminal(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from autoscaler.cli import _compare_with_progress, unfinished_warnings
+    from autoscaler.commands.cli import _compare_with_progress, unfinished_warnings
 
     from .sim.test_simulator import EXACT, one_gpu_fleet, write_trace
 

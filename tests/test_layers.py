@@ -16,7 +16,7 @@ HEAVY = ("httpx", "tenacity", "psycopg", "redis", "pika", "nats", "werkzeug", "a
 def test_importing_the_core_and_the_policies_leaves_the_http_client_out() -> None:
     code = (
         "import json, sys\n"
-        "import autoscaler.snapshot, autoscaler.guards, autoscaler.planner, autoscaler.plan\n"
+        "import autoscaler.core.snapshot, autoscaler.core.guards, autoscaler.core.planner, autoscaler.core.plan\n"
         "import policies.queue_target, policies.schedule, policies.cheapest_throughput\n"
         "import policies.idle, policies.consolidate, policies.budget\n"
         f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))\n"

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import pytest
 
-from autoscaler.clock import ManualClock
-from autoscaler.shape import InstanceShape
-from autoscaler.snapshot import Offer, offers_from
+from autoscaler.common.clock import ManualClock
+from autoscaler.core.shape import InstanceShape
+from autoscaler.core.snapshot import Offer, offers_from
 from autoscaler.tensordock import PortForward
 from autoscaler.tensordock.client import TensorDockClient
 

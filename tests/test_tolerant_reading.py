@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from autoscaler.clock import ManualClock
-from autoscaler.metrics import CoreMetrics
+from autoscaler.common.clock import ManualClock
+from autoscaler.engine.metrics import CoreMetrics
 from autoscaler.tensordock import (
     AuthenticationError,
     BadRequestError,

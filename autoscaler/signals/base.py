@@ -12,8 +12,8 @@ from typing import ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from autoscaler.durations import Seconds
-from autoscaler.secrets import register_secret
+from autoscaler.common.secrets import register_secret
+from autoscaler.core.durations import Seconds
 
 
 class SignalError(Exception):

@@ -15,7 +15,7 @@ import redis
 import structlog
 from pydantic import Field, model_validator
 
-from autoscaler.durations import Seconds
+from autoscaler.core.durations import Seconds
 
 from .base import (
     Demand,

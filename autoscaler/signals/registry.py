@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from autoscaler.durations import Seconds
+from autoscaler.core.durations import Seconds
 
 from .base import DEFAULT_MAX_FUTURE_SKEW_S, SignalSource
 from .combined import CombinedSignal

@@ -65,7 +65,7 @@ import numpy as np
 from scipy.optimize import linprog
 from scipy.sparse import coo_matrix
 
-from autoscaler.snapshot import InstanceShape
+from autoscaler.core.snapshot import InstanceShape
 from autoscaler.tensordock.fake import Catalog
 
 from .trace import Job

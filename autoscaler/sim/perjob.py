@@ -23,11 +23,11 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from autoscaler.clock import ManualClock
+from autoscaler.common.clock import ManualClock
 from autoscaler.config import Settings
-from autoscaler.snapshot import InstanceShape
+from autoscaler.core.snapshot import InstanceShape
+from autoscaler.core.throughput import unit_price
 from autoscaler.tensordock.fake.state import FakeApiError, FakeTensorDock
-from autoscaler.throughput import unit_price
 
 from .market import Market, market_faults
 from .runner import ORIGIN, Run, Sample, SimOptions

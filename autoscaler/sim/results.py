@@ -7,9 +7,9 @@ import statistics
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
-from autoscaler.snapshot import InstanceShape
+from autoscaler.core.snapshot import InstanceShape
+from autoscaler.core.throughput import unit_price
 from autoscaler.tensordock.fake import Catalog
-from autoscaler.throughput import unit_price
 
 from .bound import LpBound
 from .runner import Run

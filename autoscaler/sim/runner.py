@@ -20,13 +20,13 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from autoscaler.actuator import default_names
-from autoscaler.clock import ManualClock
+from autoscaler.common.clock import ManualClock
 from autoscaler.config import Settings
-from autoscaler.engine import CycleReport, Engine
-from autoscaler.planner import PlanningError
-from autoscaler.runtime import build_runtime
-from autoscaler.snapshot import Snapshot, Spend
+from autoscaler.core.planner import PlanningError
+from autoscaler.core.snapshot import Snapshot, Spend
+from autoscaler.engine.actuator import default_names
+from autoscaler.engine.cycle import CycleReport, Engine
+from autoscaler.service.runtime import build_runtime
 from autoscaler.store import SqliteStore
 from autoscaler.tensordock.fake import (
     Catalog,
@@ -66,7 +66,7 @@ class SimOptions:
     lp_cache_dir: Path | None = None  # where LP bounds are kept between runs; None: solved every time
     market: MarketProfile = "calm"
     dialect: Dialect | None = None  # the fake's reply shapes; None: the settings' wire format
-    # workers follow the width convention (autoscaler/widths.py) when the policies shape the fleet
+    # workers follow the width convention (autoscaler/core/widths.py) when the policies shape the fleet
     # to it (cheapest_throughput's shape_to_jobs); off: every worker takes any job that fits
     width_classes: bool = True
     # told (simulated seconds, jobs done, jobs in all) every simulated hour: a terminal's bar

@@ -19,9 +19,9 @@ from typing import Any
 from pydantic import SecretStr
 
 from autoscaler.config import Settings
-from autoscaler.policy import PolicySpec
+from autoscaler.core.policy import PolicySpec
+from autoscaler.core.throughput import unit_price
 from autoscaler.tensordock.fake import Catalog
-from autoscaler.throughput import unit_price
 
 from .trace import Job, mean_gpus, peak_gpus
 

@@ -15,9 +15,9 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from autoscaler.core.widths import takes
 from autoscaler.signals import Demand
 from autoscaler.tensordock.fake import FakeTensorDock
-from autoscaler.widths import takes
 
 from .trace import Job
 

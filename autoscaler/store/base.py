@@ -7,8 +7,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
-from autoscaler.money import Spend
-from autoscaler.shape import OwnedShape
+from autoscaler.core.money import Spend
+from autoscaler.core.shape import OwnedShape
 
 
 @dataclass(frozen=True)
@@ -116,7 +116,7 @@ class Journal(Protocol):
 
 
 class SpendLedger(Protocol):
-    """Rates integrated over time, per UTC day (written only through `autoscaler.ledger.Ledger`)."""
+    """Rates integrated over time, per UTC day (written only through `autoscaler.engine.ledger.Ledger`)."""
 
     def accrue(self, instance_id: str, rate_hourly: float, now: float) -> None: ...
     def accrue_many(self, rates: dict[str, float], now: float) -> None: ...

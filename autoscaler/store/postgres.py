@@ -23,7 +23,7 @@ import structlog
 from psycopg import sql
 from psycopg.pq import TransactionStatus
 
-from autoscaler.logging import register_secret
+from autoscaler.common.logging import register_secret
 
 from .sql import SqlStore, schema
 

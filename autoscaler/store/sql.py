@@ -12,9 +12,9 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from autoscaler.money import Spend
-from autoscaler.secrets import mask_secrets
-from autoscaler.shape import OwnedShape
+from autoscaler.common.secrets import mask_secrets
+from autoscaler.core.money import Spend
+from autoscaler.core.shape import OwnedShape
 
 from .base import FencedError, JournalEntry, OwnedRecord
 

@@ -29,7 +29,7 @@ from pydantic import SecretStr
 from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponential_jitter
 
 from autoscaler import __version__
-from autoscaler.clock import Clock, SystemClock, real_seconds, sleep_unless
+from autoscaler.common.clock import Clock, SystemClock, real_seconds, sleep_unless
 
 from . import wire
 from .errors import (

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import threading
 
-from autoscaler.clock import Clock, sleep_unless
+from autoscaler.common.clock import Clock, sleep_unless
 
 
 class TokenBucket:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from autoscaler.core.snapshot import FleetInstance, Offer, Snapshot, Spend
 from autoscaler.signals import Demand
-from autoscaler.snapshot import FleetInstance, Offer, Snapshot, Spend
 from autoscaler.tensordock import GpuAllocation, Instance, InstanceStatus, Pricing
 
 NOW = 1_767_225_600.0 + 12 * 3600  # 2026-01-01 12:00 UTC, a Thursday

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from autoscaler.clock import ManualClock
+from autoscaler.common.clock import ManualClock
 from autoscaler.config import Settings
-from autoscaler.engine import CycleReport
-from autoscaler.runtime import Runtime, build_runtime
+from autoscaler.engine.cycle import CycleReport
+from autoscaler.service.runtime import Runtime, build_runtime
 from autoscaler.signals import StaticSignal
 from autoscaler.store import SqliteStore, open_store
 from autoscaler.tensordock.fake import FakeTensorDockApp, build_fake, in_process_transport

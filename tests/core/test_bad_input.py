@@ -12,9 +12,9 @@ import httpx
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from autoscaler.clock import ManualClock
+from autoscaler.common.clock import ManualClock
 from autoscaler.config import ConfigError, Settings, load_settings
-from autoscaler.runtime import build_runtime
+from autoscaler.service.runtime import build_runtime
 from autoscaler.signals import SignalError, StaticSignal
 from autoscaler.signals.static import FileSignal
 from autoscaler.store import SqliteStore

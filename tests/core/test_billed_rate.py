@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from autoscaler.snapshot import billed_rate
+from autoscaler.core.snapshot import billed_rate
 from autoscaler.tensordock import InstanceStatus
 
 FULL, STORAGE = 1.25, 0.01

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from autoscaler.engine import CycleReport
+from autoscaler.engine.cycle import CycleReport
 from autoscaler.tensordock.fake import Faults, Timings
 
 from ..conftest import create_request

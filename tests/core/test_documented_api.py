@@ -18,9 +18,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from autoscaler.clock import ManualClock
+from autoscaler.common.clock import ManualClock
 from autoscaler.config import DEFAULT_POLICIES, Settings
-from autoscaler.runtime import Runtime, build_runtime
+from autoscaler.service.runtime import Runtime, build_runtime
 from autoscaler.signals.static import StaticSignal
 from autoscaler.store import SqliteStore
 from autoscaler.tensordock.fake import FakeTensorDockApp, build_fake, in_process_transport
@@ -279,7 +279,7 @@ def test_a_lost_store_holds_instead_of_building_a_second_fleet(rig: Callable[...
 
 
 def test_after_adopt_the_fleet_is_managed_again_without_a_duplicate(rig: Callable[..., Rig], tmp_path: Path) -> None:
-    from autoscaler.adopt import orphans_to_adopt
+    from autoscaler.commands.adopt import orphans_to_adopt
 
     r = rig(guards={"max_gpus": 3})
     r.signal.set(queued_jobs=3)
@@ -475,7 +475,7 @@ def test_a_dedicated_ip_is_asked_for_where_the_offer_has_one_and_config_allows(r
 
 
 def test_location_offers_respect_their_limits_for_one_instance() -> None:
-    from autoscaler.snapshot import InstanceShape, Offer
+    from autoscaler.core.snapshot import InstanceShape, Offer
     from autoscaler.tensordock import Pricing
 
     offer = Offer("loc", "l4-pcie-24gb", 8, 0.2, Pricing(), max_vcpus=16, max_ram_gb=64, max_storage_gb=500)

@@ -7,9 +7,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from autoscaler.guards import GuardConfig, GuardMemory, apply_guards
-from autoscaler.plan import Action, ActionKind, Plan
-from autoscaler.snapshot import FleetInstance, PendingCreate, Snapshot
+from autoscaler.core.guards import GuardConfig, GuardMemory, apply_guards
+from autoscaler.core.plan import Action, ActionKind, Plan
+from autoscaler.core.snapshot import FleetInstance, PendingCreate, Snapshot
 from autoscaler.tensordock import Instance, InstanceStatus
 
 from .builders import NOW, instance, offer, snapshot

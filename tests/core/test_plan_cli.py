@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from autoscaler.cli import main
-from autoscaler.clock import SystemClock
+from autoscaler.commands.cli import main
+from autoscaler.common.clock import SystemClock
 from autoscaler.tensordock.fake import FakeServer, build_fake
 
 from ..conftest import TOKEN

@@ -7,13 +7,13 @@ from typing import Any
 
 import pytest
 
-from autoscaler.money import Budgets
-from autoscaler.plan import Action, ActionKind, Plan
-from autoscaler.planner import PlanningError, run_chain
-from autoscaler.policy import PolicyConfigError, PolicySpec, SpendLimits, available_policies, build_chain
-from autoscaler.replacement import Replacement
+from autoscaler.core.money import Budgets
+from autoscaler.core.plan import Action, ActionKind, Plan
+from autoscaler.core.planner import PlanningError, run_chain
+from autoscaler.core.policy import PolicyConfigError, PolicySpec, SpendLimits, available_policies, build_chain
+from autoscaler.core.replacement import Replacement
+from autoscaler.core.snapshot import FleetInstance, Offer, Snapshot, Spend
 from autoscaler.signals import Demand
-from autoscaler.snapshot import FleetInstance, Offer, Snapshot, Spend
 from autoscaler.tensordock import InstanceStatus
 from policies.budget import Budget, BudgetOptions
 from policies.cheapest_throughput import CheapestThroughput, CheapestThroughputOptions

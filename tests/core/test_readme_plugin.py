@@ -7,9 +7,9 @@ import sys
 import types
 from typing import Any
 
-from autoscaler.plan import Plan
-from autoscaler.planner import run_chain
-from autoscaler.policy import PolicySpec, available_policies, build_chain
+from autoscaler.core.plan import Plan
+from autoscaler.core.planner import run_chain
+from autoscaler.core.policy import PolicySpec, available_policies, build_chain
 
 from ..conftest import REPO
 from .builders import NOW, snapshot

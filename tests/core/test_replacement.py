@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from autoscaler.plan import Action, ActionKind
-from autoscaler.replacement import (
+from autoscaler.core.plan import Action, ActionKind
+from autoscaler.core.replacement import (
     LINKED,
     Created,
     Effect,

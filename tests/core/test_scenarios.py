@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from autoscaler.plan import ActionKind
-from autoscaler.replacement import Stage
+from autoscaler.core.plan import ActionKind
+from autoscaler.core.replacement import Stage
 from autoscaler.signals.static import FileSignal
 from autoscaler.tensordock.fake import Faults, Timings
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from autoscaler.cli import main
-from autoscaler.spend import render_spend, spend_report
+from autoscaler.commands.cli import main
+from autoscaler.commands.spend import render_spend, spend_report
 
 from ..conftest import TOKEN
 from .conftest import MakeWorld

@@ -1,5 +1,5 @@
 """Price per unit of work, in one table: the measure every policy (and the simulator's reference
-strategies) ranks offers and instances by (`autoscaler.throughput.unit_price`)."""
+strategies) ranks offers and instances by (`autoscaler.core.throughput.unit_price`)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from autoscaler.snapshot import Snapshot, Spend
-from autoscaler.throughput import unit_price
+from autoscaler.core.snapshot import Snapshot, Spend
+from autoscaler.core.throughput import unit_price
 
 
 @pytest.mark.parametrize(

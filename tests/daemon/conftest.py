@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from autoscaler.clock import SystemClock
+from autoscaler.common.clock import SystemClock
 from autoscaler.tensordock.fake import FakeServer, FakeTensorDockApp, Timings, build_fake
 from tests.support import free_port
 
@@ -37,7 +37,7 @@ def dies_with_the_test() -> None:
 def start_daemon_process(config: Path, env: dict[str, str], **popen: Any) -> subprocess.Popen[Any]:
     """`tensordock-autoscaler run` as a child that cannot outlive the test."""
     return subprocess.Popen(
-        [sys.executable, "-m", "autoscaler.cli", "run", "--config", str(config)],
+        [sys.executable, "-m", "autoscaler.commands.cli", "run", "--config", str(config)],
         env=env,
         preexec_fn=dies_with_the_test,  # noqa: PLW1509 - only prctl runs between fork and exec
         **popen,

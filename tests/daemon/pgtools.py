@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 from werkzeug.wrappers import Request, Response
 
-from autoscaler.wsgi import BackgroundServer
+from autoscaler.common.wsgi import BackgroundServer
 
 from ..core.conftest import PG_URL
 
@@ -115,12 +115,12 @@ _LAUNCH = (
     "import ctypes, runpy, signal, sys; "
     "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL); "  # PR_SET_PDEATHSIG
     "sys.argv[0] = 'tensordock-autoscaler'; "
-    "runpy.run_module('autoscaler.cli', run_name='__main__')"
+    "runpy.run_module('autoscaler.commands.cli', run_name='__main__')"
 )
 
 
 def daemon_command(*args: str) -> list[str]:
-    """`python -m autoscaler.cli ARGS`, except that the kernel SIGKILLs the daemon if the test
+    """`python -m autoscaler.commands.cli ARGS`, except that the kernel SIGKILLs the daemon if the test
     process dies first (a runner's timeout, a SIGKILL), so none outlives its test even when
     `finally` never runs. Set in the child itself: preexec_fn is unsafe in a threaded test."""
     return [sys.executable, "-c", _LAUNCH, *args]

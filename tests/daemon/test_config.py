@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from autoscaler.cli import main
+from autoscaler.commands.cli import main
+from autoscaler.commands.config_reference import END, START, render_reference
 from autoscaler.config import SchedulerSettings, load_settings
-from autoscaler.config_reference import END, START, render_reference
 
 from ..conftest import REPO, TOKEN
 
@@ -94,8 +94,8 @@ def test_the_readme_configuration_example_is_valid(tmp_path: Path) -> None:
 
 def test_the_engine_settings_are_defined_once_and_reach_the_engine() -> None:
     from autoscaler.config import Settings
-    from autoscaler.engine import EngineConfig, EngineSettings
-    from autoscaler.runtime import build_runtime
+    from autoscaler.engine.cycle import EngineConfig, EngineSettings
+    from autoscaler.service.runtime import build_runtime
     from autoscaler.store import SqliteStore
 
     for model in (Settings, EngineConfig):  # inherited, not copies that could drift apart

@@ -37,7 +37,7 @@ def test_durations_with_units_in_the_file_and_the_environment(tmp_path: Path, mo
     assert settings.guards.scale_down_cooldown_s == 5400
     assert settings.guards.scale_down_delay_s == 90
     assert settings.max_signal_age_s == 3600
-    from autoscaler.policy import build_chain
+    from autoscaler.core.policy import build_chain
 
     (idle,) = build_chain(settings.policies)
     assert idle.options.idle_timeout_s == 900  # type: ignore[attr-defined]

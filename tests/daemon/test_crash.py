@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from autoscaler.clock import SystemClock
+from autoscaler.common.clock import SystemClock
 from autoscaler.tensordock.fake import FakeServer, Faults, Timings, build_fake
 from autoscaler.tensordock.wire import create_body
 from tests.support import free_port
@@ -31,6 +31,14 @@ from ..conftest import TOKEN, create_request
 from .conftest import CONFIG, start_daemon_process
 
 KILLS = 20
+
+
+# The default chain deletes surplus; this test kills the daemon mid-stop too, so its chain stops it.
+STOP_SURPLUS = 'options = { scale_down = "stop" }\n'
+STOPPING_CHAIN = "".join(
+    f'\n[[policies]]\nname = "{name}"\n' + (STOP_SURPLUS if name == "cheapest_throughput" else "")
+    for name in ("queue_target", "schedule", "cheapest_throughput", "idle", "consolidate", "budget")
+)
 
 
 @pytest.mark.timeout(900)  # a loaded 2-core machine: waits below are generous, none is a margin
@@ -58,6 +66,7 @@ def test_twenty_sigkills_lose_no_instance_and_double_none(tmp_path: Path) -> Non
             .replace("scale_down_delay_s = 3", "scale_down_delay_s = 1")
             .replace("interval_s = 1\n", "interval_s = 1\ntransition_poll_s = 0.02\n")
             .replace("max_attempts = 2\n", "max_attempts = 2\nrate_window_s = 2\n")
+            + STOPPING_CHAIN
         )
         assert "transition_poll_s" in config.read_text() and "rate_window_s" in config.read_text()
 

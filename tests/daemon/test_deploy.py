@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import generate_latest
 
-from autoscaler.metrics import CoreMetrics
+from autoscaler.engine.metrics import CoreMetrics
 
 from ..conftest import REPO
 
@@ -105,8 +105,8 @@ def test_every_dashboard_query_follows_the_job_and_instance_variables() -> None:
 
 def test_labelled_counters_are_exported_at_zero_from_start_up() -> None:
     from autoscaler.config import Settings
-    from autoscaler.guards import GUARD_RULES
-    from autoscaler.runtime import build_runtime
+    from autoscaler.core.guards import GUARD_RULES
+    from autoscaler.service.runtime import build_runtime
 
     settings = Settings(tensordock={"token": "t" * 12}, fleet={"ssh_key": "k"}, store={"url": "sqlite:////tmp/x.db"})
     from autoscaler.store import SqliteStore
@@ -124,8 +124,8 @@ def test_labelled_counters_are_exported_at_zero_from_start_up() -> None:
 
 
 def test_the_guard_rule_list_names_every_rule_a_refusal_can_carry() -> None:
-    from autoscaler.guards import GUARD_RULES
+    from autoscaler.core.guards import GUARD_RULES
 
-    source = (REPO / "autoscaler/guards.py").read_text()
+    source = (REPO / "autoscaler/core/guards.py").read_text()
     used = set(re.findall(r'drop\(\s*action,\s*"([a-z_]+)"', source))
     assert used and used <= set(GUARD_RULES)  # a rule missing here would show "No data" until it fires

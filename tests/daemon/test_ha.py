@@ -15,8 +15,8 @@ import httpx
 import psycopg
 import pytest
 
-from autoscaler.clock import SystemClock
-from autoscaler.leader import LeaderElector, advisory_key, lock_ids
+from autoscaler.common.clock import SystemClock
+from autoscaler.engine.leader import LeaderElector, advisory_key, lock_ids
 from autoscaler.store import FencedError, open_store
 from autoscaler.store.postgres import PostgresStore, split_schema
 from autoscaler.tensordock.fake import FakeServer, Timings, build_fake
@@ -73,7 +73,7 @@ def replicas(tmp_path: Path, pg_store_url: str) -> Iterator[Callable[[int], list
             env = {k: v for k, v in os.environ.items() if not k.startswith("TDAS_")}
             processes.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "autoscaler.cli", "run", "--config", str(config)],
+                    [sys.executable, "-m", "autoscaler.commands.cli", "run", "--config", str(config)],
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.PIPE,
                     text=True,

@@ -15,8 +15,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from autoscaler.clock import SystemClock
-from autoscaler.leader import LeaderElector
+from autoscaler.common.clock import SystemClock
+from autoscaler.engine.leader import LeaderElector
 from autoscaler.store import FencedError, open_store
 from autoscaler.store.postgres import PostgresStore, split_schema
 from autoscaler.tensordock.fake import FakeServer, Timings, build_fake
@@ -187,10 +187,10 @@ def test_a_start_whose_leader_lost_its_lock_during_a_retry_after_wait_is_not_sen
     """Before: fencing was checked when the intent was written, and the 429 wait came after it."""
     import httpx
 
-    from autoscaler.actuator import Actuator, InstanceTemplate
-    from autoscaler.clock import ManualClock
-    from autoscaler.plan import Action, ActionKind
-    from autoscaler.snapshot import InstanceShape
+    from autoscaler.common.clock import ManualClock
+    from autoscaler.core.plan import Action, ActionKind
+    from autoscaler.core.snapshot import InstanceShape
+    from autoscaler.engine.actuator import Actuator, InstanceTemplate
     from autoscaler.tensordock.client import TensorDockClient
 
     store = pg_store(pg_store_url)

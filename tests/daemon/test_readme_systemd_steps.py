@@ -53,15 +53,16 @@ _AS_UNIT = """
 import os, sys
 import argparse, json, sqlite3, socket, ssl, tomllib, decimal, importlib.metadata, logging.handlers
 import concurrent.futures.thread
-import autoscaler.cli, autoscaler.config, autoscaler.daemon, autoscaler.preflight, autoscaler.runtime
-from autoscaler.policy import available_policies
+import autoscaler.commands.cli, autoscaler.config, autoscaler.service.daemon, autoscaler.commands.preflight
+import autoscaler.service.runtime
+from autoscaler.core.policy import available_policies
 from autoscaler.signals.registry import available_sources
 available_policies(), available_sources()
 uid = int(os.environ["AS_UID"])
 os.setgroups([])
 os.setresgid(uid, uid, uid)
 os.setresuid(uid, uid, uid)
-sys.exit(autoscaler.cli.main(sys.argv[1:]))
+sys.exit(autoscaler.commands.cli.main(sys.argv[1:]))
 """
 
 

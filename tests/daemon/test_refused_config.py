@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from autoscaler.cli import main
+from autoscaler.commands.cli import main
 from autoscaler.signals import SignalError
 from autoscaler.signals.static import FileSignal
 from tests.support import free_port

@@ -23,8 +23,8 @@ import httpx
 import psycopg
 import pytest
 
-from autoscaler.clock import SystemClock
-from autoscaler.secrets import MaskingStream, mask_secrets, register_secret
+from autoscaler.common.clock import SystemClock
+from autoscaler.common.secrets import MaskingStream, mask_secrets, register_secret
 from autoscaler.store import open_store
 from autoscaler.tensordock.fake import FakeServer, Timings, build_fake
 from tests.support import free_port
@@ -129,7 +129,7 @@ def _env() -> dict[str, str]:
 
 def _cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "autoscaler.cli", *args],
+        [sys.executable, "-m", "autoscaler.commands.cli", *args],
         capture_output=True,
         text=True,
         env=_env(),
@@ -200,7 +200,7 @@ def test_a_planted_secret_appears_in_no_output(tmp_path: Path, echo_server: str,
 
         log = (tmp_path / "run.log").open("w")  # a file, not a pipe: DEBUG lines must never block the daemon
         process = subprocess.Popen(
-            [sys.executable, "-m", "autoscaler.cli", "run", "--config", str(good)],
+            [sys.executable, "-m", "autoscaler.commands.cli", "run", "--config", str(good)],
             stdout=log,
             stderr=subprocess.STDOUT,
             text=True,

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from autoscaler.cli import main
-from autoscaler.clock import SystemClock
+from autoscaler.commands.cli import main
+from autoscaler.common.clock import SystemClock
 from autoscaler.config import load_settings
-from autoscaler.runtime import build_runtime
+from autoscaler.service.runtime import build_runtime
 from autoscaler.tensordock.fake import FakeServer, Timings, build_fake
 
 from ..conftest import TOKEN, create_request

@@ -15,8 +15,8 @@ import httpx
 import psycopg
 import pytest
 
-from autoscaler.clock import SystemClock
-from autoscaler.leader import LeaderElector
+from autoscaler.common.clock import SystemClock
+from autoscaler.engine.leader import LeaderElector
 from autoscaler.store import FencedError, open_store
 from autoscaler.store.postgres import PostgresStore, StoreUnavailableError
 from autoscaler.tensordock.fake import FakeServer, Timings, build_fake

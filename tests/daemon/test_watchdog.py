@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from autoscaler.clock import SystemClock
+from autoscaler.common.clock import SystemClock
 from autoscaler.tensordock.fake import FakeServer, build_fake
 from tests.support import free_port
 
@@ -96,7 +96,7 @@ def _start(tmp_path: Path, notify: Notify, watchdog_usec: int, **values: object)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TDAS_", "WATCHDOG_"))}
     env |= {"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": str(watchdog_usec)}
     return subprocess.Popen(
-        [sys.executable, "-m", "autoscaler.cli", "run", "--config", str(config)],
+        [sys.executable, "-m", "autoscaler.commands.cli", "run", "--config", str(config)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

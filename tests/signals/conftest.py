@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from prometheus_client import Gauge
 
-from autoscaler.wsgi import QuietHandler
+from autoscaler.common.wsgi import QuietHandler
 from tests.support import LocalPrometheus, free_port
 
 START_HINT = {

@@ -345,9 +345,9 @@ def test_sources_combine_by_sum_or_max_and_one_failure_makes_all_unknown() -> No
 
 
 def test_a_dead_source_makes_the_engine_hold_and_says_which(tmp_path: object) -> None:
-    from autoscaler.clock import ManualClock
+    from autoscaler.common.clock import ManualClock
     from autoscaler.config import Settings
-    from autoscaler.runtime import build_runtime
+    from autoscaler.service.runtime import build_runtime
     from autoscaler.store import SqliteStore
     from autoscaler.tensordock.fake import build_fake, in_process_transport
 

@@ -14,8 +14,8 @@ import pytest
 import redis
 import yaml
 
-from autoscaler.actuator import _with_name
-from autoscaler.runtime import _cloud_init
+from autoscaler.engine.actuator import _with_name
+from autoscaler.service.runtime import _cloud_init
 from autoscaler.signals.redis_queue import RedisOptions, RedisSignal
 
 from ..conftest import REPO
@@ -34,7 +34,7 @@ def test_cloud_init_is_a_mapping_and_gets_each_instance_name() -> None:
 
 
 def test_each_instance_is_told_its_width_and_the_worker_takes_only_its_class(tmp_path: Path) -> None:
-    from autoscaler.widths import takes
+    from autoscaler.core.widths import takes
 
     named = _with_name(_cloud_init(CLOUD_INIT), "tdas-w8", 8)
     gpus_file = next(f for f in named["write_files"] if f["path"] == "/etc/tdas/instance-gpus")

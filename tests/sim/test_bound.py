@@ -11,14 +11,14 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from autoscaler.config import Settings
+from autoscaler.core.snapshot import InstanceShape
+from autoscaler.core.throughput import DEFAULT_THROUGHPUT
 from autoscaler.sim import STRATEGIES, SimOptions, lp_for, replay_strategy
 from autoscaler.sim.bound import lp_bound, lp_offers
 from autoscaler.sim.runner import SIM_TOKEN
 from autoscaler.sim.strategies import sim_settings
 from autoscaler.sim.trace import Job
-from autoscaler.snapshot import InstanceShape
 from autoscaler.tensordock.fake import Catalog
-from autoscaler.throughput import DEFAULT_THROUGHPUT
 
 HERE = Path(__file__).parent
 FREE = {"per_vcpu_hr": 0.0, "per_gb_ram_hr": 0.0, "per_gb_storage_hr": 0.0}

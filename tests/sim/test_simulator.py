@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from autoscaler.cli import main
+from autoscaler.commands.cli import main
 from autoscaler.config import DEFAULT_POLICIES, Settings
-from autoscaler.engine import CycleReport
-from autoscaler.policy import PolicySpec
+from autoscaler.core.policy import PolicySpec
+from autoscaler.engine.cycle import CycleReport
 from autoscaler.sim import SimOptions, TraceError, compare, load_trace, replay
 from autoscaler.sim.results import lower_bound_usd, unit_prices, width_bound_usd
 from autoscaler.sim.runner import SIM_TOKEN
@@ -352,7 +352,7 @@ def test_a_budget_that_is_never_reached_costs_nothing_extra(tmp_path: Path) -> N
 
 
 def test_workers_of_a_width_class_never_hold_a_narrow_job_and_every_job_is_served(tmp_path: Path) -> None:
-    from autoscaler.widths import takes
+    from autoscaler.core.widths import takes
 
     trace = slice_of("philly-30d-b.csv", 2, tmp_path / "b2.csv")
     jobs = load_trace(trace)

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from autoscaler.cli import main
-from autoscaler.clock import ManualClock
+from autoscaler.commands.cli import main
+from autoscaler.common.clock import ManualClock
 from autoscaler.config import Settings
+from autoscaler.core.throughput import DEFAULT_THROUGHPUT
 from autoscaler.sim import SimOptions, perturbed, replay, replay_strategy
 from autoscaler.sim.market import Market
 from autoscaler.sim.runner import ORIGIN, SIM_TOKEN
@@ -19,7 +20,6 @@ from autoscaler.sim.trace import Job
 from autoscaler.sim.workload import WorkerTimings, Workload
 from autoscaler.tensordock.fake import Timings, load_catalog
 from autoscaler.tensordock.fake.state import FakeTensorDock
-from autoscaler.throughput import DEFAULT_THROUGHPUT
 
 HERE = Path(__file__).parent
 ONE_HOST = HERE / "one_host_catalog.json"

@@ -10,8 +10,8 @@ from typing import Any
 
 import httpx
 
-from autoscaler.clock import Clock, SystemClock
-from autoscaler.wsgi import BackgroundServer
+from autoscaler.common.clock import Clock, SystemClock
+from autoscaler.common.wsgi import BackgroundServer
 
 from .app import DroppedReplyError, FakeTensorDockApp
 from .catalog import Catalog, load_catalog

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from autoscaler.clock import Clock
+from autoscaler.common.clock import Clock
 
 from .catalog import Catalog, CatalogHostnode, CatalogLocation
 
@@ -263,7 +263,7 @@ class FakeTensorDock:
         """USD per hour the instance is billed now: in full until it has stopped, then its storage.
 
         The fake's own rule, as `pricing` is its own formula: the simulator and the demo measure
-        the world's cost with it, never with the daemon's belief (`autoscaler.money.billed_rate`).
+        the world's cost with it, never with the daemon's belief (`autoscaler.core.money.billed_rate`).
         """
         if inst.phase in _BILLED_PHASES:
             return inst.rate_hourly

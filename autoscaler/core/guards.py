@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from autoscaler.durations import Seconds
-from autoscaler.plan import Action, ActionKind, Plan
-from autoscaler.snapshot import GuardMemory, Snapshot
+from autoscaler.core.durations import Seconds
+from autoscaler.core.plan import Action, ActionKind, Plan
+from autoscaler.core.snapshot import GuardMemory, Snapshot
 
 __all__ = ["Dropped", "GuardConfig", "GuardMemory", "GuardedPlan", "apply_guards"]
 from autoscaler.tensordock import InstanceStatus

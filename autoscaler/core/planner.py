@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from autoscaler.plan import Action, ActionKind, Plan
-from autoscaler.policy import Policy
-from autoscaler.snapshot import Snapshot
+from autoscaler.core.plan import Action, ActionKind, Plan
+from autoscaler.core.policy import Policy
+from autoscaler.core.snapshot import Snapshot
 
 
 class PlanningError(Exception):

@@ -14,7 +14,7 @@ from typing import Any, TextIO
 
 import httpx
 
-from autoscaler.clock import SystemClock
+from autoscaler.common.clock import SystemClock
 from autoscaler.signals import Demand
 from autoscaler.tensordock import CreateInstanceRequest, Instance, InstanceStatus, ModifyInstanceRequest, PortForward
 from autoscaler.tensordock.client import TensorDockClient
@@ -280,10 +280,10 @@ def run_daemon_demo(
     import tempfile
     import threading
 
-    from autoscaler.clock import ScaledClock
+    from autoscaler.common.clock import ScaledClock
+    from autoscaler.common.wsgi import free_port
     from autoscaler.config import Settings
-    from autoscaler.daemon import Daemon
-    from autoscaler.wsgi import free_port
+    from autoscaler.service.daemon import Daemon
 
     clock = ScaledClock(speed)
     app = build_fake(DEMO_TOKEN, "documented", clock=clock)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from autoscaler.engine import CycleReport
-from autoscaler.plan import Action
+from autoscaler.core.plan import Action
+from autoscaler.engine.cycle import CycleReport
 
 
 def _action(action: Action) -> dict[str, Any]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from autoscaler.runtime import Runtime
-from autoscaler.snapshot import billed_rate
+from autoscaler.core.snapshot import billed_rate
+from autoscaler.service.runtime import Runtime
 from autoscaler.tensordock import TensorDockError
 
 UNOWNED_DETAILS = 50  # GETs one `status` may spend on instances this fleet does not own

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from autoscaler.settling import StopDurations
+from autoscaler.engine.settling import StopDurations
 from autoscaler.store import OwnedRecord, Store
 from autoscaler.tensordock import InstanceStatus
 

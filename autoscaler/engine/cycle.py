@@ -15,23 +15,23 @@ from dataclasses import dataclass, field
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
-from autoscaler.actuator import ActionResult, Actuator
-from autoscaler.clock import Clock
-from autoscaler.cycle_log import log_cycle
-from autoscaler.durations import Seconds
-from autoscaler.guards import GuardConfig, GuardedPlan, apply_guards
-from autoscaler.ledger import RateCheck
-from autoscaler.metrics import CoreMetrics
-from autoscaler.plan import Action, ActionKind, Plan, delete_action
-from autoscaler.planner import PlanningError, run_chain
-from autoscaler.policy import Policy, SpendLimits
-from autoscaler.reconcile import ABSENT, DetailConfig, Doubts, ReconcileConfig, Reconciled, Reconciler
+from autoscaler.common.clock import Clock
+from autoscaler.core.durations import Seconds
+from autoscaler.core.guards import GuardConfig, GuardedPlan, apply_guards
+from autoscaler.core.plan import Action, ActionKind, Plan, delete_action
+from autoscaler.core.planner import PlanningError, run_chain
+from autoscaler.core.policy import Policy, SpendLimits
+from autoscaler.core.snapshot import GuardMemory, InstanceShape, Offer, Snapshot, billed_rate, offers_from
+from autoscaler.core.throughput import DEFAULT_THROUGHPUT
+from autoscaler.engine.actuator import ActionResult, Actuator
+from autoscaler.engine.cycle_log import log_cycle
+from autoscaler.engine.ledger import RateCheck
+from autoscaler.engine.metrics import CoreMetrics
+from autoscaler.engine.reconcile import ABSENT, DetailConfig, Doubts, ReconcileConfig, Reconciled, Reconciler
 from autoscaler.signals import Demand, DemandSignal, SignalError
-from autoscaler.snapshot import GuardMemory, InstanceShape, Offer, Snapshot, billed_rate, offers_from
 from autoscaler.store import Store
 from autoscaler.tensordock import Instance, InstanceStatus, TensorDockError
 from autoscaler.tensordock.client import TensorDockClient
-from autoscaler.throughput import DEFAULT_THROUGHPUT
 
 _log = structlog.get_logger("autoscaler.cycle")
 
@@ -266,7 +266,7 @@ class Engine:
         if report.guarded is not None:
             for dropped in report.guarded.dropped:
                 m.refused.labels(dropped.rule).inc()
-        log_cycle(report)  # the summary line, one per action, one per refusal rule (autoscaler.cycle_log)
+        log_cycle(report)  # the summary line, one per action, one per refusal rule (autoscaler.engine.cycle_log)
         return report
 
     # -- before deciding ------------------------------------------------------------------------

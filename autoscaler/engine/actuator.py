@@ -17,11 +17,11 @@ from typing import Any
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from autoscaler.clock import Clock
-from autoscaler.ledger import Ledger
-from autoscaler.plan import Action, ActionKind
-from autoscaler.replacement import Created, Lost, Refused, Replacement, step
-from autoscaler.snapshot import InstanceShape, Offer, OwnedShape
+from autoscaler.common.clock import Clock
+from autoscaler.core.plan import Action, ActionKind
+from autoscaler.core.replacement import Created, Lost, Refused, Replacement, step
+from autoscaler.core.snapshot import InstanceShape, Offer, OwnedShape
+from autoscaler.engine.ledger import Ledger
 from autoscaler.store import FencedError, Store
 from autoscaler.tensordock import (
     BadRequestError,

@@ -11,14 +11,14 @@ from typing import Any
 
 import httpx
 
-from autoscaler.actuator import Actuator, InstanceTemplate
-from autoscaler.clock import Clock, SystemClock
+from autoscaler.common.clock import Clock, SystemClock
+from autoscaler.common.logging import register_secret
+from autoscaler.common.secrets import mask_url
 from autoscaler.config import ConfigError, Settings
-from autoscaler.engine import Engine, EngineConfig, EngineSettings
-from autoscaler.logging import register_secret
-from autoscaler.metrics import CoreMetrics
-from autoscaler.policy import PolicyConfigError, build_chain
-from autoscaler.secrets import mask_url
+from autoscaler.core.policy import PolicyConfigError, build_chain
+from autoscaler.engine.actuator import Actuator, InstanceTemplate
+from autoscaler.engine.cycle import Engine, EngineConfig, EngineSettings
+from autoscaler.engine.metrics import CoreMetrics
 from autoscaler.signals import DemandSignal, SignalError
 from autoscaler.signals.registry import SignalConfigError, build_signal
 from autoscaler.store import Store, open_store

@@ -9,7 +9,7 @@ from typing import Any, TextIO
 
 import structlog
 
-from autoscaler.secrets import mask_secrets, masked, register_secret
+from autoscaler.common.secrets import mask_secrets, masked, register_secret
 
 __all__ = ["configure_logging", "mask_secrets", "register_secret"]
 

@@ -18,11 +18,9 @@ from dataclasses import dataclass, field
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
-from autoscaler.durations import Seconds
-from autoscaler.ledger import Ledger, RateCheck, plausible_rate
-from autoscaler.replacement import Created, Effect, Replacement, Seen, Stage, step
-from autoscaler.signals import Demand
-from autoscaler.snapshot import (
+from autoscaler.core.durations import Seconds
+from autoscaler.core.replacement import Created, Effect, Replacement, Seen, Stage, step
+from autoscaler.core.snapshot import (
     FleetInstance,
     InstanceShape,
     Offer,
@@ -30,6 +28,8 @@ from autoscaler.snapshot import (
     PendingCreate,
     billed_rate,
 )
+from autoscaler.engine.ledger import Ledger, RateCheck, plausible_rate
+from autoscaler.signals import Demand
 from autoscaler.store import JournalEntry, OwnedRecord, Store
 from autoscaler.tensordock import GpuAllocation, Instance, InstanceStatus, NotFoundError, TensorDockError
 from autoscaler.tensordock.client import TensorDockClient

@@ -8,7 +8,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from werkzeug.wrappers import Request, Response
 
-from autoscaler.wsgi import BackgroundServer
+from autoscaler.common.wsgi import BackgroundServer
 
 
 class Endpoints:

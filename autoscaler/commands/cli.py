@@ -17,7 +17,7 @@ from autoscaler import __version__
 
 
 def _fake_api(args: argparse.Namespace) -> int:
-    from autoscaler.logging import configure_logging, register_secret
+    from autoscaler.common.logging import configure_logging, register_secret
     from autoscaler.tensordock.fake import Faults, Timings, build_fake, serve_forever
 
     token = args.token or os.environ.get("TDAS_FAKE_TOKEN")
@@ -49,8 +49,8 @@ def _fake_api(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from autoscaler.demo import run_daemon_demo, run_walkthrough
-    from autoscaler.logging import configure_logging
+    from autoscaler.commands.demo import run_daemon_demo, run_walkthrough
+    from autoscaler.common.logging import configure_logging
 
     configure_logging("WARNING")
     if args.walkthrough:
@@ -75,15 +75,15 @@ def _load(path: str | None, command: str) -> Any:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from autoscaler.common.logging import configure_logging
     from autoscaler.config import ConfigError
-    from autoscaler.daemon import Daemon
-    from autoscaler.logging import configure_logging
+    from autoscaler.service.daemon import Daemon
 
     settings = _load(args.config, "run")
     if settings is None:
         return 2
     configure_logging(settings.log.level, settings.log.json_lines)
-    from autoscaler import preflight
+    from autoscaler.commands import preflight
 
     found = preflight.check(settings)  # token, SSH key, cloud-init: every problem at once
     for warning in found.warnings:  # e.g. a token file every local user can read
@@ -102,7 +102,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    from autoscaler import preflight
+    from autoscaler.commands import preflight
 
     settings = _load(args.file, "check-config")
     if settings is None:
@@ -117,16 +117,16 @@ def _check_config(args: argparse.Namespace) -> int:
         for problem in found.problems:
             print(f"  - {problem}", file=sys.stderr)
         return 2
-    print(json.dumps(settings.model_dump(mode="json"), indent=2))  # every output is masked (autoscaler.secrets)
+    print(json.dumps(settings.model_dump(mode="json"), indent=2))  # every output is masked (autoscaler.common.secrets)
     return 0
 
 
 def _dry_runtime(config: str | None, command: str) -> Any:
     """The configured runtime, built never to mutate (`status`, `adopt`, `plan`); None, after saying
     why on stderr, when the configuration is bad."""
+    from autoscaler.common.logging import configure_logging
     from autoscaler.config import ConfigError
-    from autoscaler.logging import configure_logging
-    from autoscaler.runtime import build_runtime
+    from autoscaler.service.runtime import build_runtime
 
     configure_logging("WARNING")
     settings = _load(config, command)
@@ -140,7 +140,7 @@ def _dry_runtime(config: str | None, command: str) -> Any:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from autoscaler.status import fleet_status, render_status
+    from autoscaler.commands.status import fleet_status, render_status
 
     runtime = _dry_runtime(args.config, "status")
     if runtime is None:
@@ -154,7 +154,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _adopt(args: argparse.Namespace) -> int:
-    from autoscaler.adopt import orphans_to_adopt
+    from autoscaler.commands.adopt import orphans_to_adopt
     from autoscaler.tensordock import TensorDockError
 
     runtime = _dry_runtime(args.config, "adopt")
@@ -177,12 +177,12 @@ def _adopt(args: argparse.Namespace) -> int:
 def _spend(args: argparse.Namespace) -> int:
     import time
 
+    from autoscaler.commands.spend import render_spend, spend_report
+    from autoscaler.common.logging import configure_logging
     from autoscaler.config import ConfigError
-    from autoscaler.logging import configure_logging
-    from autoscaler.money import Budgets
-    from autoscaler.policy import SpendLimits, build_chain
-    from autoscaler.runtime import open_configured_store
-    from autoscaler.spend import render_spend, spend_report
+    from autoscaler.core.money import Budgets
+    from autoscaler.core.policy import SpendLimits, build_chain
+    from autoscaler.service.runtime import open_configured_store
 
     configure_logging("WARNING")
     if args.days < 1:
@@ -206,7 +206,7 @@ def _spend(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from autoscaler.report import cycle_as_dict, cycle_as_text
+    from autoscaler.commands.report import cycle_as_dict, cycle_as_text
 
     runtime = _dry_runtime(args.config, "plan")
     if runtime is None:
@@ -292,7 +292,7 @@ def _compare_with_progress(trace: str, settings: Any, strategies: tuple[str, ...
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from autoscaler.logging import configure_logging
+    from autoscaler.common.logging import configure_logging
     from autoscaler.sim import SimOptions, StrategyError, TraceError, default_cache_dir, markdown_table
     from autoscaler.sim.workload import WorkerTimings
     from autoscaler.tensordock.fake import Faults, Timings
@@ -528,7 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Every byte a command prints passes through one masking stream: no secret reaches a terminal or log."""
-    from autoscaler.secrets import masked
+    from autoscaler.common.secrets import masked
 
     saved = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = masked(sys.stdout), masked(sys.stderr)

@@ -128,8 +128,8 @@ class CoreMetrics:
         A counter child exists only once touched; before the first refusal or policy error a
         panel shows "No data" and `increase()` misses the first event. Called at start-up.
         """
-        from autoscaler.guards import GUARD_RULES
-        from autoscaler.plan import ActionKind
+        from autoscaler.core.guards import GUARD_RULES
+        from autoscaler.core.plan import ActionKind
 
         for rule in GUARD_RULES:
             self.refused.labels(rule)

@@ -68,7 +68,7 @@ def _token(settings: Settings, offline: bool, found: Findings) -> None:
 
 
 def _cloud_init(settings: Settings, found: Findings) -> None:
-    from autoscaler.runtime import _cloud_init
+    from autoscaler.service.runtime import _cloud_init
 
     try:
         _cloud_init(settings.fleet.cloud_init_file)
@@ -90,7 +90,7 @@ def check(settings: Settings, *, offline: bool = False) -> Findings:
 
 def connect(settings: Settings, found: Findings) -> None:
     """Try the store, the API and every demand source once; each failure is one line naming its field."""
-    from autoscaler.runtime import open_configured_store
+    from autoscaler.service.runtime import open_configured_store
     from autoscaler.signals.registry import SignalSettings, build_signal
     from autoscaler.tensordock import TensorDockError
     from autoscaler.tensordock.client import TensorDockClient

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
-from autoscaler.money import RUNNING_LIKE
+from autoscaler.core.money import RUNNING_LIKE
 from autoscaler.tensordock.models import InstanceStatus
 
 

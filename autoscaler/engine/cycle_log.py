@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 if TYPE_CHECKING:
-    from autoscaler.engine import CycleReport
-    from autoscaler.guards import Dropped
+    from autoscaler.core.guards import Dropped
+    from autoscaler.engine.cycle import CycleReport
 
 _log = structlog.get_logger("autoscaler.cycle")
 _TARGETS_SHOWN = 5

@@ -7,7 +7,7 @@
   within a poll of the stop, not an interval); never during a cycle, never on a follower.
 - SIGTERM/SIGINT: the call in flight finishes and is journaled, every wait (rate limit,
   Retry-After, back-off) is cut, no new call starts, exit 0 within `scheduler.shutdown_timeout_s`.
-- With a PostgreSQL store, leadership is a lock and a lease (see `leader.py`): the client checks
+- With a PostgreSQL store, leadership is a lock and a lease (see `engine/leader.py`): the client checks
   it right before each attempt; /readyz says 503 while the store cannot be reached.
 - SIGHUP: reload the configuration file; an invalid one is refused and the running one stays.
 - systemd Type=notify: READY once serving, STATUS with a one-line fleet summary, STOPPING on the way
@@ -29,14 +29,14 @@ from typing import Any
 import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from autoscaler.common.logging import configure_logging
 from autoscaler.config import ConfigError, Settings, load_settings
-from autoscaler.endpoints import Endpoints
-from autoscaler.engine import CycleReport
-from autoscaler.leader import LeaderElector
-from autoscaler.logging import configure_logging
-from autoscaler.metrics import CoreMetrics
-from autoscaler.runtime import Runtime, build_runtime
-from autoscaler.sdnotify import SystemdNotifier
+from autoscaler.engine.cycle import CycleReport
+from autoscaler.engine.leader import LeaderElector
+from autoscaler.engine.metrics import CoreMetrics
+from autoscaler.service.endpoints import Endpoints
+from autoscaler.service.runtime import Runtime, build_runtime
+from autoscaler.service.sdnotify import SystemdNotifier
 from autoscaler.store import FencedError
 from autoscaler.store.postgres import PostgresStore
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from autoscaler.reconcile import shape_from
-from autoscaler.runtime import Runtime
+from autoscaler.engine.reconcile import shape_from
+from autoscaler.service.runtime import Runtime
 from autoscaler.tensordock import TensorDockError
 
 
