@@ -44,8 +44,10 @@ class CheapestThroughputOptions(PolicyOptions):
     place_widest_job: bool = Field(
         default=True, description="add an instance when no idle one is wide enough for the widest waiting job"
     )
-    scale_down: Literal["stop", "delete"] = Field(
-        default="delete", description="stop (restarts fast, storage bills) or delete surplus instances"
+    scale_down: Literal["auto", "stop", "delete"] = Field(
+        default="auto",
+        description="delete surplus instances, or stop them (restarts fast, storage bills, the GPUs stay held); "
+        "auto: delete when a listed offer gives the same GPUs back as cheaply, else stop",
     )
     shape_to_jobs: bool = Field(
         default=True,
@@ -492,22 +494,34 @@ class CheapestThroughput(BasePolicy[CheapestThroughputOptions]):
         )
         extra = {size: n - waiting.get(size, 0) for size, n in places.items() if n > waiting.get(size, 0)}
         idle = self._idle(snapshot, plan, extra, o.surplus_idle_s)
-        remove = delete_action if o.scale_down == "delete" else stop_action
         actions = []
         for instance in idle:
             if extra[instance.gpus] <= 0 or instance.gpus > room:
                 continue
             extra[instance.gpus] -= 1
             room -= instance.gpus
+            idle_min = (snapshot.now - (instance.idle_since or snapshot.now)) / 60
             actions.append(
-                remove(
-                    instance,
-                    f"idle {(snapshot.now - (instance.idle_since or snapshot.now)) / 60:.0f} min and no waiting job "
-                    f"of its {instance.gpus}-GPU class",
-                    self.name,
+                self._remove(
+                    snapshot, instance, f"idle {idle_min:.0f} min and no waiting job of its {instance.gpus}-GPU class"
                 )
             )
         return plan.with_actions(*actions)
+
+    def _remove(self, snapshot: Snapshot, instance: FleetInstance, reason: str) -> Action:
+        """Delete surplus, or stop it where the GPUs would be hard to get back: `auto` deletes only
+        when a listed offer has the same number of GPUs at no worse a price per unit of work (within
+        `restart_margin`); a wide or cheap placement the listing cannot match is kept, stopped."""
+        how = self.options.scale_down
+        if how == "auto":
+            own = self._unit_price(snapshot, instance)
+            listed = any(
+                c.remaining >= instance.gpus and c.unit_price <= own * (1 + self.options.restart_margin)
+                for c in self._ranked(snapshot, instance.gpus)
+            )
+            how = "delete" if listed else "stop"
+            reason += "; a listed offer gives it back as cheaply" if listed else "; no listed offer gives it back"
+        return (delete_action if how == "delete" else stop_action)(instance, reason, self.name)
 
     # -- scale down --------------------------------------------------------------------------
 
@@ -524,12 +538,11 @@ class CheapestThroughput(BasePolicy[CheapestThroughputOptions]):
             running = [i for i in running if i.gpus < demand.max_job_gpus]
         running.sort(key=lambda i: (i.busy is not False, -self._unit_price(snapshot, i)))
         actions = []
-        remove = delete_action if self.options.scale_down == "delete" else stop_action
         for instance in running:
             if instance.gpus > surplus:
                 continue
             why = "idle" if instance.busy is False else "dearest per unit"
-            actions.append(remove(instance, f"surplus: desired {target} GPUs, have {active}; {why}", self.name))
+            actions.append(self._remove(snapshot, instance, f"surplus: desired {target} GPUs, have {active}; {why}"))
             surplus -= instance.gpus
             if surplus <= 0:
                 break

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from autoscaler.core.durations import Seconds
 from autoscaler.core.plan import Action, ActionKind, Plan
-from autoscaler.core.snapshot import GuardMemory, Snapshot
+from autoscaler.core.snapshot import FleetInstance, GuardMemory, Snapshot
 
 __all__ = ["Dropped", "GuardConfig", "GuardMemory", "GuardedPlan", "apply_guards"]
 from autoscaler.tensordock import InstanceStatus
@@ -79,22 +79,21 @@ def _removes_capacity(action: Action, snapshot: Snapshot) -> bool:
     return False
 
 
-def apply_guards(snapshot: Snapshot, plan: Plan, config: GuardConfig, memory: GuardMemory) -> GuardedPlan:
-    kept: list[Action] = []
-    dropped: list[Dropped] = []
+@dataclass
+class _Tally:
+    """The fleet as the actions kept so far leave it: what the next action's bounds are checked against."""
 
-    def drop(action: Action, rule: str, why: str) -> None:
-        dropped.append(Dropped(action, rule, why))
+    gpus: int
+    instances: int
+    cost: float
+    removable: int  # GPUs demand has not wanted for scale_down_delay_s (rule 6)
+    recent_peak: int | None  # the most GPUs demand wanted within it
 
-    owned = {i.id: i for i in snapshot.instances}
-    gpus = snapshot.active_gpus
-    instances = snapshot.active_instances
-    cost = snapshot.hourly_cost
-    floor = max(config.min_gpus, plan.floor_gpus)
-    now = snapshot.now
 
+def _tally(snapshot: Snapshot, plan: Plan, config: GuardConfig, memory: GuardMemory, floor: int) -> _Tally:
     # The history is a step function (changes only): the window holds the value in force when it
     # opened, every change since, and this cycle's.
+    now = snapshot.now
     window_start = now - config.scale_down_delay_s
     in_force = [d for t, d in snapshot.desired_history if t <= window_start][-1:]
     desired_window = in_force + [d for t, d in snapshot.desired_history if t > window_start]
@@ -104,80 +103,95 @@ def apply_guards(snapshot: Snapshot, plan: Plan, config: GuardConfig, memory: Gu
     recent_peak = max(desired_window) if desired_window else None
     removable = 0
     if snapshot.demand is not None and recent_peak is not None and history_covers_delay:
-        removable = max(0, gpus - max(recent_peak, floor))
-    scale_up_blocked = (
-        memory.last_scale_up_at is not None and now - memory.last_scale_up_at < config.scale_up_cooldown_s
-    )
-    scale_down_blocked = (
+        removable = max(0, snapshot.active_gpus - max(recent_peak, floor))
+    return _Tally(snapshot.active_gpus, snapshot.active_instances, snapshot.hourly_cost, removable, recent_peak)
+
+
+def _refusal_of_any(action: Action, instance: FleetInstance | None) -> tuple[str, str] | None:
+    # Rule 1: only what this fleet owns.
+    if action.kind is not ActionKind.CREATE and instance is None:
+        return "ownership", f"{action.instance_id} is not owned by this fleet"
+    if instance is None:
+        return None
+    # Rule 11: an instance whose status or shape the daemon cannot know is never acted on by a guess.
+    if instance.doubt or instance.status is InstanceStatus.UNKNOWN:
+        return "doubt", f"{instance.name}: {instance.doubt or 'its status is unknown'}; left alone until it resolves"
+    # Wait out transitional states instead of acting twice.
+    if instance.status.is_transitional:
+        return "transitional", f"{instance.name} is {instance.status.value}; waiting"
+    # Rule 5: never stop a busy instance.
+    if action.kind in (ActionKind.STOP, ActionKind.DELETE) and instance.busy is True:
+        return "busy", f"{instance.name} is running a job"
+    return None
+
+
+def _refusal_to_add(
+    action: Action, snapshot: Snapshot, config: GuardConfig, tally: _Tally, *, floor: int, blocked: bool
+) -> tuple[str, str] | None:
+    # Rule 4: with demand unknown, nothing beyond the minimum.
+    if snapshot.demand is None and tally.gpus + action.gpus > floor:
+        return "hold", f"demand unknown ({snapshot.demand_error or 'stale'}); holding at {floor} GPUs"
+    if blocked:
+        return "cooldown", f"scale-up cooldown {config.scale_up_cooldown_s:g}s"
+    # Rule 2: bounds, counting instances still being created or started.
+    if tally.gpus + action.gpus > config.max_gpus:
+        return "max_gpus", f"{tally.gpus}+{action.gpus} GPUs would exceed max_gpus {config.max_gpus}"
+    if tally.instances + 1 > config.max_instances:
+        return "max_instances", f"{tally.instances}+1 would exceed max_instances {config.max_instances}"
+    cap = config.max_hourly_spend
+    if cap is not None and tally.cost + action.hourly_delta > cap + 1e-9:
+        return "max_hourly_spend", f"${tally.cost:.2f}+${action.hourly_delta:.2f}/h would exceed ${cap:g}/h"
+    return None
+
+
+def _refusal_to_remove(
+    action: Action, snapshot: Snapshot, config: GuardConfig, tally: _Tally, *, blocked: bool
+) -> tuple[str, str] | None:
+    if snapshot.demand is None:
+        return "hold", f"demand unknown ({snapshot.demand_error or 'stale'}); no scale-down"
+    if blocked:
+        return "cooldown", f"scale-down cooldown {config.scale_down_cooldown_s:g}s"
+    # Rule 6: scale down only what demand has not wanted for scale_down_delay.
+    if action.gpus > tally.removable and not action.spend_limit:
+        return (
+            "stabilization",
+            f"demand wanted {tally.recent_peak} GPUs within {config.scale_down_delay_s:g}s "
+            f"(or history too short); {tally.removable} may go",
+        )
+    return None
+
+
+def apply_guards(snapshot: Snapshot, plan: Plan, config: GuardConfig, memory: GuardMemory) -> GuardedPlan:
+    """The plan's actions in order, each kept or dropped with the rule that refused it."""
+    now = snapshot.now
+    floor = max(config.min_gpus, plan.floor_gpus)
+    tally = _tally(snapshot, plan, config, memory, floor)
+    up_blocked = memory.last_scale_up_at is not None and now - memory.last_scale_up_at < config.scale_up_cooldown_s
+    down_blocked = (
         memory.last_scale_down_at is not None and now - memory.last_scale_down_at < config.scale_down_cooldown_s
     )
-
+    owned = {i.id: i for i in snapshot.instances}
+    kept: list[Action] = []
+    dropped: list[Dropped] = []
     for action in plan.actions:
         instance = owned.get(action.instance_id or "") if action.instance_id else None
-        # Rule 1: only what this fleet owns.
-        if action.kind is not ActionKind.CREATE and instance is None:
-            drop(action, "ownership", f"{action.instance_id} is not owned by this fleet")
-            continue
-        # Rule 11: an instance whose status or shape the daemon cannot know is never acted on by a guess.
-        if instance is not None and (instance.doubt or instance.status is InstanceStatus.UNKNOWN):
-            why = instance.doubt or "its status is unknown"
-            drop(action, "doubt", f"{instance.name}: {why}; left alone until it resolves")
-            continue
-        # Wait out transitional states instead of acting twice.
-        if instance is not None and instance.status.is_transitional:
-            drop(action, "transitional", f"{instance.name} is {instance.status.value}; waiting")
-            continue
-        # Rule 5: never stop a busy instance.
-        if action.kind in (ActionKind.STOP, ActionKind.DELETE) and instance is not None and instance.busy is True:
-            drop(action, "busy", f"{instance.name} is running a job")
-            continue
+        refusal = _refusal_of_any(action, instance)
         removes = _removes_capacity(action, snapshot)
-        if action.kind.adds_capacity:
-            # Rule 4: with demand unknown, nothing beyond the minimum.
-            if snapshot.demand is None and gpus + action.gpus > floor:
-                drop(action, "hold", f"demand unknown ({snapshot.demand_error or 'stale'}); holding at {floor} GPUs")
-                continue
-            if scale_up_blocked:
-                drop(action, "cooldown", f"scale-up cooldown {config.scale_up_cooldown_s:g}s")
-                continue
-            # Rule 2: bounds, counting instances still being created or started.
-            if gpus + action.gpus > config.max_gpus:
-                drop(action, "max_gpus", f"{gpus}+{action.gpus} GPUs would exceed max_gpus {config.max_gpus}")
-                continue
-            if instances + 1 > config.max_instances:
-                drop(action, "max_instances", f"{instances}+1 would exceed max_instances {config.max_instances}")
-                continue
-            if config.max_hourly_spend is not None and cost + action.hourly_delta > config.max_hourly_spend + 1e-9:
-                drop(
-                    action,
-                    "max_hourly_spend",
-                    f"${cost:.2f}+${action.hourly_delta:.2f}/h would exceed ${config.max_hourly_spend:g}/h",
-                )
-                continue
-        elif removes:
-            if snapshot.demand is None:
-                drop(action, "hold", f"demand unknown ({snapshot.demand_error or 'stale'}); no scale-down")
-                continue
-            if scale_down_blocked:
-                drop(action, "cooldown", f"scale-down cooldown {config.scale_down_cooldown_s:g}s")
-                continue
-            # Rule 6: scale down only what demand has not wanted for scale_down_delay.
-            if action.gpus > removable and not action.spend_limit:
-                drop(
-                    action,
-                    "stabilization",
-                    f"demand wanted {recent_peak} GPUs within {config.scale_down_delay_s:g}s "
-                    f"(or history too short); {removable} may go",
-                )
-                continue
-            removable -= action.gpus
+        if refusal is None and action.kind.adds_capacity:
+            refusal = _refusal_to_add(action, snapshot, config, tally, floor=floor, blocked=up_blocked)
+        elif refusal is None and removes:
+            refusal = _refusal_to_remove(action, snapshot, config, tally, blocked=down_blocked)
+            if refusal is None:
+                tally.removable -= action.gpus
         # Rule 7: bounded work per cycle.
-        if len(kept) >= config.max_actions_per_cycle:
-            drop(action, "max_actions_per_cycle", f"{config.max_actions_per_cycle} actions already this cycle")
+        if refusal is None and len(kept) >= config.max_actions_per_cycle:
+            refusal = "max_actions_per_cycle", f"{config.max_actions_per_cycle} actions already this cycle"
+        if refusal is not None:
+            dropped.append(Dropped(action, *refusal))
             continue
         kept.append(action)
         if action.kind.adds_capacity:  # a stop frees nothing this cycle: the instance bills until it is down
-            gpus += action.gpus
-            instances += 1
-            cost += action.hourly_delta
+            tally.gpus += action.gpus
+            tally.instances += 1
+            tally.cost += action.hourly_delta
     return GuardedPlan(plan, tuple(kept), tuple(dropped))

@@ -150,7 +150,7 @@ def test_cheapest_adds_a_wide_instance_when_the_gpus_add_up_but_none_is_wide_eno
     # an idle (or still booting) eight-GPU instance is a place for it: nothing is added, and the
     # surplus narrow ones may go
     for wide in (instance("w", gpus=8, busy=False), instance("b", InstanceStatus.STARTING, gpus=8)):
-        plan = cheapest().decide(wide_job_waiting(*narrow, wide), Plan(desired_gpus=8))
+        plan = cheapest(scale_down="delete").decide(wide_job_waiting(*narrow, wide), Plan(desired_gpus=8))
         assert plan.actions and all(a.kind is ActionKind.DELETE and a.gpus == 1 for a in plan.actions)
     # a fixed fleet opts out
     assert cheapest(place_widest_job=False).decide(snap, Plan(desired_gpus=8)).actions == ()
@@ -173,11 +173,25 @@ def test_cheapest_prices_a_restart_by_the_gpus_the_need_can_use() -> None:
     assert [a.kind for a in plan.actions] == [ActionKind.START]
 
 
-def test_cheapest_deletes_surplus_by_default_and_stops_it_when_asked() -> None:
-    idle = snapshot(instance("idle", busy=False))
-    assert [a.kind for a in cheapest().decide(idle, Plan(desired_gpus=0)).actions] == [ActionKind.DELETE]
-    plan = cheapest(scale_down="stop").decide(idle, Plan(desired_gpus=0))
-    assert [a.kind for a in plan.actions] == [ActionKind.STOP]
+@pytest.mark.parametrize(
+    ("how", "listed", "kind"),
+    [
+        ("auto", (), ActionKind.STOP),  # nothing listed gives it back: keep the GPUs, stopped
+        ("auto", ((R4090, 0.3, 1),), ActionKind.DELETE),  # the same GPUs listed for less: let it go
+        ("auto", ((R4090, 0.4, 1),), ActionKind.DELETE),  # $0.514/h all in: within restart_margin (10 %) of $0.50
+        ("auto", ((R4090, 0.55, 1),), ActionKind.STOP),  # $0.664/h all in: dearer per unit of work
+        ("auto", ((R4090, 0.3, 0),), ActionKind.STOP),  # listed, without a free GPU
+        ("delete", (), ActionKind.DELETE),
+        ("stop", ((R4090, 0.3, 1),), ActionKind.STOP),
+    ],
+)
+def test_cheapest_deletes_surplus_a_listed_offer_gives_back_and_stops_the_rest(
+    how: str, listed: tuple[tuple[str, float, int], ...], kind: ActionKind
+) -> None:
+    offers = tuple(offer(model, price, available=n) for model, price, n in listed)
+    idle = snapshot(instance("idle", busy=False, rate=0.5), offers=offers)
+    (action,) = cheapest(scale_down=how).decide(idle, Plan(desired_gpus=0)).actions
+    assert action.kind is kind
 
 
 def test_cheapest_scales_down_idle_then_dearest_and_never_busy() -> None:
@@ -187,7 +201,7 @@ def test_cheapest_scales_down_idle_then_dearest_and_never_busy() -> None:
         instance("idle-cheap", rate=0.3, busy=False),
         instance("cheap", rate=0.3, busy=None),
     )
-    plan = cheapest().decide(snapshot(*fleet), Plan(desired_gpus=2))
+    plan = cheapest(scale_down="delete").decide(snapshot(*fleet), Plan(desired_gpus=2))
     assert [a.instance_id for a in plan.actions] == ["id-idle-cheap", "id-dear"]
     assert all(a.kind is ActionKind.DELETE for a in plan.actions)
 
@@ -428,7 +442,7 @@ def test_shaping_stops_an_idle_wide_instance_no_waiting_job_needs_and_never_rest
     snap = _widths(snapshot(*fleet, offers=(offer(R3090, 0.3),)), {1: 2})
     plan = cheapest().decide(snap, Plan(desired_gpus=2))
     kinds = sorted((a.kind.value, a.gpus, a.instance_id or "") for a in plan.actions)
-    assert kinds == [("create", 1, ""), ("create", 1, ""), ("delete", 8, "id-idle8")]
+    assert kinds == [("create", 1, ""), ("create", 1, ""), ("stop", 8, "id-idle8")]  # no 8-GPU offer listed
     fresh = _widths(snapshot(replace(fleet[0], idle_since=NOW - 10), offers=(offer(R3090, 0.3),)), {1: 2})
     assert [a.kind for a in cheapest().decide(fresh, Plan(desired_gpus=2)).actions] == [ActionKind.CREATE] * 2
 
