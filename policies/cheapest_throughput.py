@@ -5,9 +5,10 @@ Instances are the smallest allowed size that fits the widest waiting job. Scale-
 owned stopped instance when, counting only the GPUs the need can use, it is within `restart_margin`
 of the best offer (it boots faster and keeps its disk), else creates on the best offer, with the
 next best as fallbacks for when the listed capacity turns out to be gone. GPUs can add up while no
-instance is wide enough for the widest waiting job; then one that is gets added. Scale-down deletes
-(or stops, `scale_down`) idle instances first, then the dearest per unit of work; a busy instance is never
-chosen, nor a wide one a waiting job needs, and one being replaced is left to `consolidate`.
+instance is wide enough for the widest waiting job; then one that is gets added. Scale-down takes
+idle instances first, then the dearest per unit of work, and deletes them where the listing gives
+the same GPUs back as cheaply, else stops them (`scale_down`); a busy instance is never chosen, nor
+a wide one a waiting job needs, and one being replaced is left to `consolidate`.
 """
 
 from __future__ import annotations

@@ -127,5 +127,6 @@ def test_the_guard_rule_list_names_every_rule_a_refusal_can_carry() -> None:
     from autoscaler.core.guards import GUARD_RULES
 
     source = (REPO / "autoscaler/core/guards.py").read_text()
-    used = set(re.findall(r'drop\(\s*action,\s*"([a-z_]+)"', source))
-    assert used and used <= set(GUARD_RULES)  # a rule missing here would show "No data" until it fires
+    # each refusal is a (rule, why) pair: `return "rule", ...` or `refusal = "rule", ...`
+    used = set(re.findall(r'(?:return|refusal =)\s*\(?\s*"([a-z_]+)",', source))
+    assert used == set(GUARD_RULES)  # a rule missing from the list would show "No data" until it fires
