@@ -240,6 +240,12 @@ class Settings(BaseSettings, EngineSettings):
     metrics: MetricsSettings = MetricsSettings()
     log: LogSettings = LogSettings()
     dry_run: bool = Field(default=False, description="plan, log and export metrics; never mutate")
+    offer_backoff_s: Seconds = Field(
+        default=900.0,
+        ge=0,
+        description="seconds an offer that refused a create (capacity gone, a port taken, over the host's limits)"
+        " is not tried again",
+    )
     leader_election: bool = Field(
         default=True, description="with a PostgreSQL store: one replica acts, the others stand by"
     )

@@ -130,6 +130,7 @@ def build_runtime(
         shape=fleet.shape,
         name_prefix=fleet.name_prefix,
         dry_run=settings.dry_run if dry_run is None else dry_run,
+        offer_backoff_s=settings.offer_backoff_s,
         stopping=stopping,
         name_factory=name_factory,
     )

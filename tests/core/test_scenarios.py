@@ -85,6 +85,19 @@ def test_a_capacity_failure_falls_back_to_the_next_offer(make_world: MakeWorld) 
     assert best.offer_key in world2.runtime.store.backed_off(world2.clock.now())
 
 
+@pytest.mark.parametrize("backoff_s", [120.0, 900.0])
+def test_a_refused_offer_is_skipped_for_offer_backoff_s(make_world: MakeWorld, backoff_s: float) -> None:
+    world = make_world(offer_backoff_s=backoff_s)
+    world.fake.state.faults = Faults(stale_create_rate=1.0)  # every listed offer refuses its create
+    world.signal.set(queued_jobs=1)
+    refused_at = world.clock.now()  # the cycle's calls; world.cycle() then moves on by an interval
+    (result,) = [r for r in world.cycle().results if r.action.kind == "create"]
+    refused = world.runtime.store.backed_off(refused_at)
+    assert result.outcome == "failed" and refused
+    assert world.runtime.store.backed_off(refused_at + backoff_s - 5) == refused
+    assert not world.runtime.store.backed_off(refused_at + backoff_s + 5)
+
+
 def test_a_budget_cap_holds(make_world: MakeWorld) -> None:
     world = make_world(guards={"max_hourly_spend": 1.5})
     world.signal.set(queued_jobs=20)
