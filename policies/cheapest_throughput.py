@@ -14,7 +14,7 @@ a wide one a waiting job needs, and one being replaced is left to `consolidate`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -133,6 +133,30 @@ class _Ceiling:
         )
 
 
+def _free_place(instance: FleetInstance, touched: set[str]) -> bool:
+    """Whether a waiting job can take the instance now or soon: running and not known busy, or
+    starting; not acted on by this plan and not being replaced."""
+    if instance.id in touched or instance.replacement:
+        return False
+    return instance.status is InstanceStatus.STARTING or (
+        instance.status is InstanceStatus.RUNNING and instance.busy is not True
+    )
+
+
+def _by_class(jobs_by_width: Mapping[int, int], sizes: Iterable[int]) -> dict[int, int]:
+    """Job counts by width, summed by the width class (instance size) each goes on."""
+    by_class: dict[int, int] = {}
+    for width, count in jobs_by_width.items():
+        size = width_class(width, sizes)
+        by_class[size] = by_class.get(size, 0) + count
+    return by_class
+
+
+def _beyond(places: Mapping[int, int], waiting: Mapping[int, int]) -> dict[int, int]:
+    """Places by size beyond the waiting jobs of that class."""
+    return {size: n - waiting.get(size, 0) for size, n in places.items() if n > waiting.get(size, 0)}
+
+
 class CheapestThroughput(BasePolicy[CheapestThroughputOptions]):
     name = "cheapest_throughput"
     Options = CheapestThroughputOptions
@@ -170,9 +194,7 @@ class CheapestThroughput(BasePolicy[CheapestThroughputOptions]):
     # -- scale up ----------------------------------------------------------------------------
 
     def _size(self, snapshot: Snapshot) -> int:
-        need = snapshot.demand.max_job_gpus if snapshot.demand else 1
-        fitting = [n for n in sorted(self.options.gpus_per_instance) if n >= need]
-        return fitting[0] if fitting else max(self.options.gpus_per_instance)
+        return width_class(snapshot.demand.max_job_gpus if snapshot.demand else 1, self.options.gpus_per_instance)
 
     def _widest_job_unplaceable(self, snapshot: Snapshot, plan: Plan) -> bool:
         """Enough GPUs in total, yet none of them together where the widest waiting job needs them.
@@ -189,14 +211,7 @@ class CheapestThroughput(BasePolicy[CheapestThroughputOptions]):
         if any(p.gpus >= wide for p in snapshot.pending_creates):
             return False
         touched = plan.touched()
-        for instance in snapshot.instances:
-            if instance.gpus < wide or instance.id in touched or instance.replacement:
-                continue
-            if instance.status is InstanceStatus.STARTING or (
-                instance.status is InstanceStatus.RUNNING and instance.busy is not True
-            ):
-                return False
-        return True
+        return not any(i.gpus >= wide and _free_place(i, touched) for i in snapshot.instances)
 
     def _allowed(self, offer: Offer, snapshot: Snapshot) -> bool:
         o = self.options
@@ -304,22 +319,18 @@ class CheapestThroughput(BasePolicy[CheapestThroughputOptions]):
 
     def _shape(self, snapshot: Snapshot, plan: Plan, target: int, active: int) -> Plan:
         """One place per waiting job, of its width class: an idle or coming instance of that size, else a
-        restart or a create of exactly that size; idle places beyond the waiting jobs are stopped after
+        restart or a create of exactly that size; idle places beyond the waiting jobs are let go after
         `surplus_idle_s`. Under the width convention each instance runs one job of its class at a time,
         so a narrow job never pins a wide instance and no wide job waits behind narrow ones."""
         demand = snapshot.demand
         assert demand is not None and demand.queued_by_width is not None
-        sizes = sorted(self.options.gpus_per_instance)
         mix = {w: n for w, n in demand.queued_by_width.items() if n}
         counted = sum(mix.values())
         if demand.queued_jobs and not counted:  # jobs waiting, none of their widths told: count GPUs
             return self._grow(snapshot, plan, target - active) if target > active else plan
         scale = demand.queued_jobs / counted if counted else 1.0  # a sample of the head stands for the queue
-        waiting: dict[int, int] = {}
-        for width, count in mix.items():
-            size = width_class(width, sizes)
-            waiting[size] = waiting.get(size, 0) + count
-        waiting = {size: math.ceil(count * scale - 1e-9) for size, count in waiting.items()}
+        by_class = _by_class(mix, self.options.gpus_per_instance)
+        waiting = {size: math.ceil(count * scale - 1e-9) for size, count in by_class.items()}
         places = self._places(snapshot, plan)
         # within the GPUs the chain wants (queue_target counts each job at its class's size): idle
         # instances of a class nobody waits for are on their way out and leave room
@@ -346,11 +357,7 @@ class CheapestThroughput(BasePolicy[CheapestThroughputOptions]):
         demand = snapshot.demand
         if demand is None or demand.running_by_width is None:
             return True
-        sizes = sorted(self.options.gpus_per_instance)
-        running: dict[int, int] = {}
-        for width, count in demand.running_by_width.items():
-            size = width_class(width, sizes)
-            running[size] = running.get(size, 0) + count
+        running = _by_class(demand.running_by_width, self.options.gpus_per_instance)
         busy: dict[int, int] = {}
         for instance in snapshot.instances:
             if instance.busy is True and instance.status is InstanceStatus.RUNNING:
@@ -369,11 +376,7 @@ class CheapestThroughput(BasePolicy[CheapestThroughputOptions]):
 
         touched = plan.touched()
         for instance in snapshot.instances:
-            if instance.id in touched or instance.replacement:
-                continue
-            if instance.status is InstanceStatus.STARTING or (
-                instance.status is InstanceStatus.RUNNING and instance.busy is not True
-            ):
+            if _free_place(instance, touched):
                 add(instance.gpus)
         for pending in snapshot.pending_creates:
             add(pending.gpus)
@@ -474,7 +477,7 @@ class CheapestThroughput(BasePolicy[CheapestThroughputOptions]):
         self, snapshot: Snapshot, plan: Plan, waiting: dict[int, int], places: dict[int, int], idle_s: float
     ) -> dict[int, int]:
         """GPUs by size of idle instances beyond the waiting jobs of their class."""
-        extra = {size: n - waiting.get(size, 0) for size, n in places.items() if n > waiting.get(size, 0)}
+        extra = _beyond(places, waiting)
         gpus: dict[int, int] = {}
         for instance in self._idle(snapshot, plan, extra, idle_s):
             if extra[instance.gpus] > 0:
@@ -493,7 +496,7 @@ class CheapestThroughput(BasePolicy[CheapestThroughputOptions]):
             - plan.floor_gpus
             - sum(a.gpus for a in plan.actions if a.kind in (ActionKind.STOP, ActionKind.DELETE))
         )
-        extra = {size: n - waiting.get(size, 0) for size, n in places.items() if n > waiting.get(size, 0)}
+        extra = _beyond(places, waiting)
         idle = self._idle(snapshot, plan, extra, o.surplus_idle_s)
         actions = []
         for instance in idle:
