@@ -97,12 +97,23 @@ class Demand:
         return self.queued_gpus + self.running_gpus
 
 
+MAX_JOB_GPUS = 64  # the widest job a source may report
+
+
+def job_width(value: object, what: str) -> int:
+    """A job's GPUs as a source reported them: a whole number from 1 to MAX_JOB_GPUS, nothing guessed."""
+    width = whole_count(value, what)
+    if not 1 <= width <= MAX_JOB_GPUS:
+        raise ValueError(f"{what} is {width}, not a job width (1 to {MAX_JOB_GPUS} GPUs)")
+    return width
+
+
 def _check_width_mix(what: str, mix: object, total: int) -> None:
     if not isinstance(mix, Mapping):
         raise ValueError(f"{what} must map GPUs per job to a job count")
     for width, count in mix.items():
-        if isinstance(width, bool) or not isinstance(width, int) or not 1 <= width <= 64:
-            raise ValueError(f"{what}: {width!r} is not a job width (1 to 64 GPUs)")
+        if isinstance(width, bool) or not isinstance(width, int) or not 1 <= width <= MAX_JOB_GPUS:
+            raise ValueError(f"{what}: {width!r} is not a job width (1 to {MAX_JOB_GPUS} GPUs)")
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
             raise ValueError(f"{what}: the count for {width} GPUs is {count!r}, not a whole number")
     if sum(mix.values()) > total:
@@ -121,9 +132,7 @@ def width_mix(value: object, what: str) -> dict[int, int]:
         raise ValueError(f"{what} is {value!r}, not a map of GPUs per job to job counts")
     mix: dict[int, int] = {}
     for key, count in pairs:
-        width = whole_count(int(key) if isinstance(key, str) and key.strip().isdigit() else key, f"{what} width")
-        if not 1 <= width <= 64:
-            raise ValueError(f"{what}: {width} is not a job width (1 to 64 GPUs)")
+        width = job_width(int(key) if isinstance(key, str) and key.strip().isdigit() else key, f"{what} width")
         mix[width] = mix.get(width, 0) + whole_count(count, f"{what}[{width}]")
     return mix
 

@@ -24,7 +24,7 @@ from .base import (
     SignalSource,
     SourceOptions,
     future_stamp_problem,
-    whole_count,
+    job_width,
     widest,
 )
 
@@ -149,7 +149,7 @@ class RedisSignal(SignalSource):
 
 def _payload_gpus(payload: object, field: str) -> int:
     """A job's GPUs from its JSON payload (dotted `field`); not JSON, or no such field: one GPU.
-    A field that is there but not a whole number from 1 to 64 fails the read: a producer bug."""
+    A field that is there but not a whole number from 1 to MAX_JOB_GPUS fails the read: a producer bug."""
     try:
         node: Any = json.loads(payload) if isinstance(payload, str | bytes) else None
     except ValueError:
@@ -158,7 +158,4 @@ def _payload_gpus(payload: object, field: str) -> int:
         if not isinstance(node, dict) or part not in node:
             return 1
         node = node[part]
-    gpus = whole_count(node, f"job field {field!r}")
-    if not 1 <= gpus <= 64:
-        raise ValueError(f"job field {field!r} is {gpus}, not a job width (1 to 64 GPUs)")
-    return gpus
+    return job_width(node, f"job field {field!r}")
