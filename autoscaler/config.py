@@ -183,20 +183,36 @@ class SchedulerSettings(_Section):
         description="while a stop settles, list the fleet this often so the ledger sees it end; 0: off",
     )
 
+    watch_s: Seconds = Field(
+        default=10.0,
+        ge=0,
+        description="between cycles, read the demand this often; new work in the queue runs the next cycle now; 0: off",
+    )
+
     @model_validator(mode="after")
     def _poll_between_cycles(self) -> SchedulerSettings:
-        explicit = "transition_poll_s" in self.model_fields_set
-        if explicit and self.transition_poll_s >= self.interval_s:
-            raise ValueError(
-                f"transition_poll_s ({self.transition_poll_s:g}) must be shorter than interval_s"
-                f" ({self.interval_s:g}), or 0 to turn following transitions off"
-            )
+        for key, what in (("transition_poll_s", "following transitions"), ("watch_s", "watching the queue")):
+            value = getattr(self, key)
+            if key in self.model_fields_set and value >= self.interval_s:
+                raise ValueError(
+                    f"{key} ({value:g}) must be shorter than interval_s ({self.interval_s:g}), or 0 to turn {what} off"
+                )
         return self
 
     @property
     def follows_transitions(self) -> bool:
         """The default poll is simply not used when cycles come as often; an explicit one was refused."""
-        return 0 < self.transition_poll_s < self.interval_s
+        return between_cycles(self.transition_poll_s, self.interval_s) > 0
+
+    @property
+    def watches_queue(self) -> bool:
+        """As with the transition poll: a default watch no shorter than the interval is simply not used."""
+        return between_cycles(self.watch_s, self.interval_s) > 0
+
+
+def between_cycles(period_s: float, interval_s: float) -> float:
+    """A job's period between cycles, or 0 when it is off (0) or would come no sooner than a cycle."""
+    return period_s if 0 < period_s < interval_s else 0.0
 
 
 class MetricsSettings(_Section):

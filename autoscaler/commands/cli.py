@@ -316,6 +316,7 @@ def _simulate(args: argparse.Namespace) -> int:
         world = _world_throughput(args, settings)
         options = SimOptions(
             interval_s=args.interval_s,
+            watch_s=args.watch_s,
             seed=args.seed,
             catalog_path=args.catalog,
             market_depth=args.market_depth,
@@ -481,6 +482,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sim.add_argument(
         "--interval-s", type=float, help="seconds between cycles (default: the configuration's scheduler.interval_s)"
+    )
+    sim.add_argument(
+        "--watch-s",
+        type=float,
+        help="the queue watch between cycles, seconds; 0: off (default: the configuration's scheduler.watch_s)",
     )
     sim.add_argument("--seed", type=int, default=0, help="seed for boot times and the fake (default: %(default)s)")
     sim.add_argument("--faults", help="the fake API's fault injection as JSON, e.g. '{\"lost_reply_rate\": 0.1}'")

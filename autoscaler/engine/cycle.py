@@ -144,7 +144,7 @@ class Engine:
             report.error = f"cannot list instances: {exc}"
             log.warning("cycle_skipped", reason=report.error)
             return self._finish(report, started)
-        demand, demand_error = self._read_demand(now)
+        demand, demand_error = self.read_demand(now)
         if demand is None:
             log.warning("demand_unknown", source=self.signal.name, error=demand_error)
         offers = self._current_offers(now)
@@ -271,7 +271,8 @@ class Engine:
 
     # -- before deciding ------------------------------------------------------------------------
 
-    def _read_demand(self, now: float) -> tuple[Demand | None, str | None]:
+    def read_demand(self, now: float) -> tuple[Demand | None, str | None]:
+        """The demand, or why it cannot be had (a failed or stale read): the cycle's and the queue watch's."""
         try:
             demand = self.signal.read(now)
         except SignalError as exc:

@@ -49,6 +49,11 @@ class CoreMetrics:
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
         )
         self.cycles = Counter(f"{PREFIX}_cycles", "Cycles by result", ["result"], registry=r)
+        self.early_cycles = Counter(
+            f"{PREFIX}_cycles_early",
+            "Cycles run before their interval because the queue watch saw new work (scheduler.watch_s)",
+            registry=r,
+        )
         self.fleet_cost = Gauge(
             f"{PREFIX}_fleet_cost_usd_per_hour",
             "What the fleet costs now ($/h): running at rateHourly, stopped at storage",

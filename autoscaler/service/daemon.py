@@ -5,6 +5,8 @@
 - Between cycles, while a stop settles, the fleet is listed every
   `scheduler.transition_poll_s` for the books only (the ledger stops charging the full rate
   within a poll of the stop, not an interval); never during a cycle, never on a follower.
+- Between cycles, every `scheduler.watch_s`, the leader reads the demand; new work in the queue
+  (see `core/queue_watch.py`) runs the next cycle now, so a job waits for a boot, not an interval.
 - SIGTERM/SIGINT: the call in flight finishes and is journaled, every wait (rate limit,
   Retry-After, back-off) is cut, no new call starts, exit 0 within `scheduler.shutdown_timeout_s`.
 - With a PostgreSQL store, leadership is a lock and a lease (see `engine/leader.py`): the client checks
@@ -22,28 +24,34 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
+from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from autoscaler.common.logging import configure_logging
 from autoscaler.config import ConfigError, Settings, load_settings
+from autoscaler.core.queue_watch import QueueWatch
 from autoscaler.engine.cycle import CycleReport
 from autoscaler.engine.leader import LeaderElector
 from autoscaler.engine.metrics import CoreMetrics
 from autoscaler.service.endpoints import Endpoints
 from autoscaler.service.runtime import Runtime, build_runtime
 from autoscaler.service.sdnotify import SystemdNotifier
+from autoscaler.signals.base import Demand
 from autoscaler.store import FencedError
 from autoscaler.store.postgres import PostgresStore
 
 _log = structlog.get_logger("autoscaler.daemon")
+_T = TypeVar("_T")
 _JOB_ID = "cycle"
 _FOLLOW_JOB_ID = "follow-transitions"
 _WATCHDOG_JOB_ID = "watchdog"
+_WATCH_JOB_ID = "watch-queue"
 _LIVENESS_SLACK_S = 10.0  # the scheduler's own lateness on a loaded machine
 _MIN_WATCHDOG_S = 3.0  # a third of it between pings: shorter cannot be pinged reliably
 
@@ -96,6 +104,7 @@ class Daemon:
         self._wire(self.runtime)
         self.notifier = SystemdNotifier()
         self._cycle_lock = threading.Lock()
+        self._watch = QueueWatch()
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._last_success: float | None = None
@@ -189,38 +198,82 @@ class Daemon:
                 self.notifier.notify(STATUS="standby: another replica leads")
                 return None
         with self._cycle_lock:
-            try:
-                report = self.runtime.engine.run_cycle()
-            except FencedError as exc:  # deposed during the cycle (lease lapsed, lock gone): nothing was sent
-                _log.warning("cycle_fenced", reason=str(exc))
-                self.metrics.leader.set(0)
-                return None
-            except Exception:  # a bug in a cycle must not end the daemon; the next one runs
-                _log.exception("cycle_crashed")
-                self.metrics.cycles.labels("crash").inc()
-                return None
+            report = self._run_engine_cycle()
+            # what the queue watch compares with: nothing after a cycle that failed to read or crashed,
+            # so a failure is retried by the regular cycle, not by every watch
+            self._watch.cycle_saw(report.snapshot.demand if report is not None and report.snapshot else None)
+        if report is None:
+            return None
         if report.error is None:
             self._last_success = time.time()
         self.notifier.notify(STATUS=summary(report))
         return report
 
-    def follow_transitions(self) -> None:
-        if self._stop.is_set() or (self.elector is not None and not self.elector.is_leader):
-            return
-        if not self.runtime.engine.following or not self._cycle_lock.acquire(blocking=False):
-            return  # nothing settling, or a cycle is running and lists the fleet itself
+    def _run_engine_cycle(self) -> CycleReport | None:
         try:
-            if self.elector is not None and not self.elector.ensure():  # deposed since the cycle: hands off
-                self.metrics.leader.set(0)
-                return
-            self.runtime.engine.follow_transitions()
-        except FencedError as exc:  # deposed since the check above: the listing was not sent
-            _log.warning("follow_fenced", reason=str(exc))
+            return self.runtime.engine.run_cycle()
+        except FencedError as exc:  # deposed during the cycle (lease lapsed, lock gone): nothing was sent
+            _log.warning("cycle_fenced", reason=str(exc))
             self.metrics.leader.set(0)
-        except Exception:  # the books are redone by the next cycle; the daemon goes on
-            _log.exception("follow_crashed")
+        except Exception:  # a bug in a cycle must not end the daemon; the next one runs
+            _log.exception("cycle_crashed")
+            self.metrics.cycles.labels("crash").inc()
+        return None
+
+    def watch_queue(self) -> bool:
+        """Between cycles: new work in the queue runs the next cycle now; returns whether it did.
+
+        Only the leader watches, never while a cycle runs (it reads the queue itself), and at most
+        once per `scheduler.watch_s`, so early cycles are bounded by the watch's own rate; a reading
+        that fails or is stale triggers nothing, so a failing source is read once per watch, no more.
+        """
+        demand = self._between_cycles(self._read_new_work, "watch")
+        if demand is None or self._stop.is_set():
+            return False
+        try:
+            self.scheduler.modify_job(_JOB_ID, next_run_time=_utcnow())
+        except JobLookupError:  # the scheduler shut down while the queue was read
+            return False
+        self.metrics.early_cycles.inc()
+        _log.info("queue_grew", queued_jobs=demand.queued_jobs, queued_gpus=demand.queued_gpus, cycle="now")
+        return True
+
+    def _read_new_work(self) -> Demand | None:
+        """The demand, if it shows work no cycle has seen."""
+        engine = self.runtime.engine
+        demand, _ = engine.read_demand(engine.clock.now())
+        return demand if demand is not None and self._watch.grew(demand) else None
+
+    def _between_cycles(self, work: Callable[[], _T], what: str) -> _T | None:
+        """Run a light job between cycles: on the leader only, never while a cycle runs or is about to
+        (it holds the cycle lock, so a cycle waits for it), never after a stop; its failure is logged,
+        not raised (the next cycle redoes what it would have done)."""
+        if self._stop.is_set() or self._cycle_started is not None:
+            return None
+        if self.elector is not None and not self.elector.is_leader:
+            return None
+        if not self._cycle_lock.acquire(blocking=False):
+            return None
+        try:
+            return work()
+        except FencedError as exc:  # deposed since the cycle: the call was not sent
+            _log.warning(f"{what}_fenced", reason=str(exc))
+            self.metrics.leader.set(0)
+        except Exception:  # the books and the queue are read again by the next cycle; the daemon goes on
+            _log.exception(f"{what}_crashed")
         finally:
             self._cycle_lock.release()
+        return None
+
+    def follow_transitions(self) -> None:
+        if self.runtime.engine.following:  # else nothing is settling
+            self._between_cycles(self._follow, "follow")
+
+    def _follow(self) -> None:
+        if self.elector is not None and not self.elector.ensure():  # deposed since the cycle: hands off
+            self.metrics.leader.set(0)
+            return
+        self.runtime.engine.follow_transitions()
 
     # -- reload -------------------------------------------------------------------------------
 
@@ -251,6 +304,7 @@ class Daemon:
             old = self.runtime
             self._wire(new_runtime)
             self.runtime, self.settings = new_runtime, new_settings
+            self._watch.cycle_saw(None)  # the source may have changed: the next cycle sets the marks
             old.client.close()
             signal_close = getattr(old.engine.signal, "close", None)
             if callable(signal_close):
@@ -261,7 +315,7 @@ class Daemon:
             seconds=new_settings.scheduler.interval_s,
             jitter=new_settings.scheduler.jitter_s,
         )
-        self._schedule_following()
+        self._schedule_polls()
         self.metrics.config_reloads.labels("ok").inc()
         if any(key.startswith("log.") for key in changed):  # the line goes out at the more verbose level
             quieter = _LEVELS.index(new_settings.log.level) > _LEVELS.index(old_level)
@@ -302,7 +356,7 @@ class Daemon:
             misfire_grace_time=int(s.interval_s),
             next_run_time=None,
         )
-        self._schedule_following()
+        self._schedule_polls()
         if self.watchdog_s is not None:
             self.scheduler.add_job(
                 self.watchdog_tick,
@@ -333,20 +387,25 @@ class Daemon:
                 self.notifier.notify(READY="1")
         return self.shutdown()
 
-    def _schedule_following(self) -> None:
-        if self.scheduler.get_job(_FOLLOW_JOB_ID) is not None:
-            self.scheduler.remove_job(_FOLLOW_JOB_ID)
+    def _schedule_polls(self) -> None:
+        """The light jobs between cycles, as the settings have them now (after a reload too)."""
         s = self.settings.scheduler
-        if s.follows_transitions:
-            self.scheduler.add_job(
-                self.follow_transitions,
-                "interval",
-                id=_FOLLOW_JOB_ID,
-                seconds=s.transition_poll_s,
-                max_instances=1,
-                coalesce=True,
-                misfire_grace_time=max(1, int(s.transition_poll_s)),
-            )
+        for job_id, poll, seconds, on in (
+            (_FOLLOW_JOB_ID, self.follow_transitions, s.transition_poll_s, s.follows_transitions),
+            (_WATCH_JOB_ID, self.watch_queue, s.watch_s, s.watches_queue),
+        ):
+            if self.scheduler.get_job(job_id) is not None:
+                self.scheduler.remove_job(job_id)
+            if on:
+                self.scheduler.add_job(
+                    poll,
+                    "interval",
+                    id=job_id,
+                    seconds=seconds,
+                    max_instances=1,
+                    coalesce=True,
+                    misfire_grace_time=max(1, int(seconds)),
+                )
 
     def shutdown(self) -> int:
         self.notifier.notify(STOPPING="1", STATUS="stopping: finishing the call in flight")

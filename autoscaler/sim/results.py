@@ -91,6 +91,7 @@ class StrategyResult:
     preempted_jobs: int
     cycles: int
     skipped_cycles: int
+    early_cycles: int  # run by the queue watch before their interval
     simulated_s: float
     replay_s: float
 
@@ -127,6 +128,7 @@ def summarize(
         preempted_jobs=run.preempted,
         cycles=run.cycles,
         skipped_cycles=run.skipped_cycles,
+        early_cycles=run.early_cycles,
         simulated_s=run.simulated_s,
         replay_s=run.wall_s,
     )

@@ -1,7 +1,8 @@
 """Replay one trace through the production engine against the fake API, in virtual time.
 
 The loop is the daemon's: every `interval_s` the engine runs a cycle (snapshot, policies,
-guards, actuator, store) over the in-process fake on a ManualClock. Between cycles the
+guards, actuator, store) over the in-process fake on a ManualClock, and sooner when the queue
+watch (`scheduler.watch_s`) reads new work in between. Between cycles the
 workload moves to the next cycle time event by event. Quiet stretches are skipped: when a
 cycle did nothing, nothing is in transition and the queue will not change before its next
 event, the engine's own `decide` is asked about the later cycle times on the same snapshot;
@@ -21,8 +22,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from autoscaler.common.clock import ManualClock
-from autoscaler.config import Settings
+from autoscaler.config import Settings, between_cycles
 from autoscaler.core.planner import PlanningError
+from autoscaler.core.queue_watch import QueueWatch
 from autoscaler.core.snapshot import Snapshot, Spend
 from autoscaler.engine.actuator import default_names
 from autoscaler.engine.cycle import CycleReport, Engine
@@ -51,6 +53,7 @@ ORIGIN = 1_767_225_600.0  # 2026-01-01T00:00:00Z: day and month boundaries fall 
 @dataclass(frozen=True)
 class SimOptions:
     interval_s: float | None = None  # seconds between cycles; None: the configuration's scheduler.interval_s
+    watch_s: float | None = None  # the queue watch between cycles; None: the configuration's, 0: off
     seed: int = 0
     timings: Timings = field(default_factory=Timings)
     faults: Faults = field(default_factory=Faults)  # what the fake API gets wrong, as in the chaos suite
@@ -78,6 +81,11 @@ class SimOptions:
     def interval(self, settings: Settings) -> float:
         """Seconds between cycles: the daemon's (`scheduler.interval_s`), unless this run overrides it."""
         return self.interval_s if self.interval_s is not None else settings.scheduler.interval_s
+
+    def watch(self, settings: Settings) -> float:
+        """Seconds between the queue watch's readings (`scheduler.watch_s`); 0 when it is off."""
+        watch = self.watch_s if self.watch_s is not None else settings.scheduler.watch_s
+        return between_cycles(watch, self.interval(settings))
 
 
 @dataclass(frozen=True)
@@ -109,6 +117,7 @@ class Run:
     simulated_s: float
     wall_s: float
     timeline: list[Sample]
+    early_cycles: int = 0  # cycles the queue watch ran before their interval
 
 
 CycleCheck = Callable[[CycleReport, FakeTensorDockApp, Workload], None]
@@ -172,9 +181,10 @@ def replay(
     engine = runtime.engine
     offers = _OfferCadence(engine, fake, enabled=options.spare_listings and not _request_faults(options.faults))
     deadline = ORIGIN + max(job.submit for job in jobs) + options.drain_limit_s
-    interval = options.interval(settings)
+    interval, watch_s = options.interval(settings), options.watch(settings)
+    watch = QueueWatch()
     timeline: list[Sample] = []
-    cycles = skipped = actions = 0
+    cycles = skipped = actions = early = 0
     reported_at = ORIGIN
     try:
         while True:
@@ -201,6 +211,11 @@ def replay(
                 skipped += quiet
                 step *= 1 + quiet
             target = at + step
+            if watch_s:
+                watch.cycle_saw(report.snapshot.demand if report.snapshot is not None else None)
+                woken = _watched_until(workload, watch, at, target, watch_s)
+                early += woken < target
+                target = woken
             workload.advance(target)
             if workload.finished_at is not None:  # the bill stops when the last job is done
                 clock.advance(max(0.0, workload.finished_at - clock.now()))
@@ -222,11 +237,36 @@ def replay(
         peak_gpus=max((sum(s.gpus_by_model.values()) for s in timeline), default=0),
         cycles=cycles,
         skipped_cycles=skipped,
+        early_cycles=early,
         preempted=workload.preempted,
         simulated_s=clock.now() - ORIGIN,
         wall_s=time.perf_counter() - wall,
         timeline=timeline,
     )
+
+
+def _watched_until(workload: Workload, watch: QueueWatch, at: float, target: float, watch_s: float) -> float:
+    """When the daemon's queue watch would run the next cycle after the one at `at`: at the first
+    reading that shows new work, or at `target` (the regular cycle).
+
+    The readings fall on a fixed grid (every `watch_s` from the trace's start), as the daemon's
+    watch job keeps its own schedule, so skipping quiet cycles moves no reading. Only readings
+    right after an arrival can show new work, so only those are taken, each with the reading
+    before it: between arrivals the queue only shrinks, so that one holds the low-water mark the
+    readings in between would have found. Decided on the same QueueWatch as the daemon.
+    """
+    last = at
+    while (arrival := workload.next_arrival) is not None and arrival < target:
+        tick = ORIGIN + math.ceil((arrival - ORIGIN) / watch_s) * watch_s
+        if tick >= target:
+            break
+        before = tick - watch_s  # after `last`, unless the arrival falls in the grid step after it
+        if before > last and watch.grew(workload.read(before)):
+            return before
+        last = tick  # after the arrival, so this reading moves past it: the loop ends
+        if watch.grew(workload.read(tick)):
+            return tick
+    return target
 
 
 def _request_faults(faults: Faults) -> bool:

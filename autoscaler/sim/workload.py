@@ -106,11 +106,16 @@ class Workload:
     def done(self) -> bool:
         return self.completed == len(self.jobs)
 
+    @property
+    def next_arrival(self) -> float | None:
+        """When the next job is submitted, if any is still to come."""
+        if self._next_arrival < len(self.jobs):
+            return self.origin + self.jobs[self._next_arrival].submit
+        return None
+
     def next_event(self) -> float | None:
         """The next arrival, completion or worker coming up, whichever is first."""
-        times: list[float] = []
-        if self._next_arrival < len(self.jobs):
-            times.append(self.origin + self.jobs[self._next_arrival].submit)
+        times = [arrival] if (arrival := self.next_arrival) is not None else []
         for worker in self.workers.values():
             times.extend(r.end for r in worker.jobs)
             if worker.ready_at > self.now:

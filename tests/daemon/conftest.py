@@ -141,7 +141,13 @@ class RunningDaemon:
 def daemon(tmp_path: Path) -> Iterator[Callable[..., RunningDaemon]]:
     started: list[RunningDaemon] = []
 
-    def start(fake_faults: Any = None, max_gpus: int = 8, env_extra: dict[str, str] | None = None) -> RunningDaemon:
+    def start(
+        fake_faults: Any = None,
+        max_gpus: int = 8,
+        env_extra: dict[str, str] | None = None,
+        interval_s: float = 1,
+        scheduler_extra: str = "",
+    ) -> RunningDaemon:
         fake = build_fake(
             TOKEN,
             "documented",
@@ -163,7 +169,8 @@ def daemon(tmp_path: Path) -> Iterator[Callable[..., RunningDaemon]]:
                 "max_gpus": max_gpus,
                 **overrides,
             }
-            config.write_text(CONFIG.format(**values))
+            scheduler = f"[scheduler]\ninterval_s = {interval_s:g}\n{scheduler_extra}\n"
+            config.write_text(CONFIG.format(**values).replace("[scheduler]\ninterval_s = 1\n", scheduler))
 
         write_config()
         signal_file.write_text(json.dumps({"queued": 0, "running": 0, "observed_at": time.time()}))

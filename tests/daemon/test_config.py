@@ -75,6 +75,19 @@ def test_transition_polls_must_come_between_cycles(tmp_path: Path, capsys: pytes
     assert SchedulerSettings().follows_transitions
 
 
+def test_queue_watches_must_come_between_cycles(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[tensordock]\ntoken = "t"\n[scheduler]\ninterval_s = 20\nwatch_s = 30\n')
+    assert main(["check-config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "watch_s (30) must be shorter than interval_s (20)" in err and "watching the queue off" in err
+    config.write_text('[tensordock]\ntoken = "t"\n[scheduler]\ninterval_s = 5\n')
+    assert not load_settings(config).scheduler.watches_queue  # the 10-s default is simply not used
+    config.write_text('[tensordock]\ntoken = "t"\n[scheduler]\nwatch_s = 0\n')
+    assert not load_settings(config).scheduler.watches_queue
+    assert SchedulerSettings().watches_queue
+
+
 def test_the_readme_configuration_example_is_valid(tmp_path: Path) -> None:
     import re
 

@@ -127,3 +127,24 @@ def test_every_decision_is_one_json_line_with_cycle_action_reason_and_cost(
     for key in ("cycle", "action", "instance", "reason", "usd_per_hour", "outcome", "timestamp"):
         assert key in decisions[0]
     assert decisions[0]["action"] == "create" and decisions[0]["usd_per_hour"] > 0
+
+
+def test_new_work_between_cycles_is_provisioned_without_waiting_for_the_interval(
+    daemon: Callable[..., RunningDaemon],
+) -> None:
+    d = daemon(interval_s=600, scheduler_extra="watch_s = 1")
+    # /readyz answered: the first cycle ran on an empty queue, and the next is 600 s away
+    d.set_demand(queued=1)
+    d.wait_until(lambda: len(d.phases()) == 1, "an instance long before the 600-s interval", timeout=120)
+    assert d.metric("tensordock_autoscaler_cycles_early_total") == 1
+    d.set_demand(queued=0)  # a queue that shrinks runs nothing early: scale-down waits for its cycle
+    time.sleep(3)
+    assert d.metric("tensordock_autoscaler_cycles_early_total") == 1
+    assert d.stop() == 0
+    lines = [
+        json.loads(line)
+        for line in (d.process.stderr.read() if d.process.stderr else "").splitlines()
+        if line.startswith("{")
+    ]
+    grew = [line for line in lines if line["event"] == "queue_grew"]
+    assert [(line["queued_jobs"], line["cycle"]) for line in grew] == [(1, "now")]

@@ -115,6 +115,7 @@ def test_skipping_quiet_cycles_changes_nothing_that_matters(tmp_path: Path) -> N
     assert skipping.cost_usd == pytest.approx(every.cost_usd, rel=1e-9)
     assert skipping.waits == every.waits
     assert skipping.actions == every.actions
+    assert skipping.early_cycles == every.early_cycles > 0  # the queue watch reads on its own grid either way
 
 
 MAX_GPUS, MAX_INSTANCES, MAX_SPEND = 12, 6, 6.0

@@ -11,10 +11,11 @@ import pytest
 from autoscaler.commands.cli import main
 from autoscaler.common.clock import ManualClock
 from autoscaler.config import Settings
+from autoscaler.core.queue_watch import QueueWatch
 from autoscaler.core.throughput import DEFAULT_THROUGHPUT
 from autoscaler.sim import SimOptions, perturbed, replay, replay_strategy
 from autoscaler.sim.market import Market
-from autoscaler.sim.runner import ORIGIN, SIM_TOKEN
+from autoscaler.sim.runner import ORIGIN, SIM_TOKEN, _watched_until
 from autoscaler.sim.strategies import sim_settings
 from autoscaler.sim.trace import Job
 from autoscaler.sim.workload import WorkerTimings, Workload
@@ -141,6 +142,63 @@ def test_simulate_cycles_at_the_configurations_interval_unless_the_flag_override
         (row,) = json.loads(capsys.readouterr().out)
         return float(row["wait_p50_s"])
 
-    assert wait("--config", str(config)) == pytest.approx(300 + 30 + 60 - 10)  # the configuration's 300 s
-    assert wait("--config", str(config), "--interval-s", "30") == pytest.approx(30 + 30 + 60 - 10)
-    assert wait() == pytest.approx(30 + 30 + 60 - 10)  # no configuration: the default scheduler.interval_s
+    off = ("--watch-s", "0")  # the queue watch would run a cycle 10 s after the job, whatever the interval
+    assert wait("--config", str(config), *off) == pytest.approx(300 + 30 + 60 - 10)  # the configuration's 300 s
+    assert wait("--config", str(config), "--interval-s", "30", *off) == pytest.approx(30 + 30 + 60 - 10)
+    assert wait(*off) == pytest.approx(30 + 30 + 60 - 10)  # no configuration: the default scheduler.interval_s
+
+
+def test_the_queue_watch_runs_a_cycle_when_new_work_arrives_between_cycles(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Cycles every 300 s; a job at 13 s is read by the watch's next reading (every watch_s from the
+    start) and its instance created then, not at 300 s. A second job at 1000 s goes to the same
+    instance's idle worker: it never waits in the queue, so no cycle is run early for it."""
+    trace = tmp_path / "t.csv"
+    trace.write_text("submit_time,duration,gpus\n13,600,1\n1000,100,1\n")
+    config = tmp_path / "c.toml"
+    config.write_text(
+        "[scheduler]\ninterval_s = 300\n"
+        "[guards]\nscale_down_delay_s = 600\n"
+        '[[policies]]\nname = "queue_target"\noptions = { max_gpus = 1 }\n'
+        '[[policies]]\nname = "cheapest_throughput"\noptions = { gpus_per_instance = [1], place_widest_job = false,'
+        " surplus_idle_s = 600 }\n"
+    )
+    args = ["simulate", "--trace", str(trace), "--catalog", str(ONE_HOST), "--strategies", "ours", "--json"]
+    args += ["--cloud-init-s", "60", "--no-lp-cache", "--config", str(config)]
+
+    def run(*extra: str) -> dict[str, float]:
+        assert main([*args, *extra]) == 0
+        (row,) = json.loads(capsys.readouterr().out)
+        return dict(row)
+
+    boot = 30 + 60
+    default, every_5s, off = run(), run("--watch-s", "5"), run("--watch-s", "0")
+    assert default["wait_p95_s"] == pytest.approx((20 - 13 + boot) * 0.95)  # p95 of [97, 0]: 0.95 of the way
+    assert every_5s["wait_p95_s"] == pytest.approx((15 - 13 + boot) * 0.95)
+    assert off["wait_p95_s"] == pytest.approx((300 - 13 + boot) * 0.95)
+    assert default["early_cycles"] == every_5s["early_cycles"] == 1
+    assert off["early_cycles"] == 0
+    assert default["jobs_completed"] == 2
+
+
+def test_the_modelled_watch_reads_after_arrivals_and_wakes_the_cycle_at_new_work() -> None:
+    """The simulator's model of the daemon's watch (`_watched_until`): a reading on the watch grid
+    right after each arrival, with the one before it (the low-water mark); the cycle is woken at the
+    first that shows new work, and never past the regular cycle."""
+    clock = ManualClock(ORIGIN)
+    state = FakeTensorDock(load_catalog(ONE_HOST), clock)
+    workload = Workload([Job(0, 13, 600, 1), Job(1, 47, 600, 1)], state, DEFAULT_THROUGHPUT, ORIGIN)
+    read_at: list[float] = []
+    original = workload.read
+    workload.read = lambda now: (read_at.append(now - ORIGIN), original(now))[1]  # type: ignore[method-assign]
+    watch = QueueWatch()
+    watch.cycle_saw(original(ORIGIN))
+    assert _watched_until(workload, watch, ORIGIN, ORIGIN + 300, 10.0) == ORIGIN + 20
+    assert read_at == [10.0, 20.0]
+    watch.cycle_saw(original(ORIGIN + 20))  # the early cycle: one job waits (no instance yet)
+    read_at.clear()
+    assert _watched_until(workload, watch, ORIGIN + 20, ORIGIN + 50, 10.0) == ORIGIN + 50  # 47's reading is 50
+    assert read_at == []
+    assert _watched_until(workload, watch, ORIGIN + 20, ORIGIN + 320, 10.0) == ORIGIN + 50
+    assert read_at == [40.0, 50.0] and workload.next_arrival is None

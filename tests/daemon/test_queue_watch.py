@@ -1,0 +1,100 @@
+"""The daemon's queue watch in process: when it stands aside, and that a failed cycle or a stopped
+scheduler leaves it nothing to trigger (the end-to-end case is in test_daemon.py)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from autoscaler.common.clock import SystemClock
+from autoscaler.config import load_settings
+from autoscaler.service.daemon import Daemon
+from autoscaler.tensordock.fake import FakeServer, Timings, build_fake
+
+from ..conftest import TOKEN
+from .conftest import CONFIG
+
+
+class Queue:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def holds(self, queued: int) -> None:
+        self.path.write_text(json.dumps({"queued": queued, "running": 0, "observed_at": time.time()}))
+
+
+@pytest.fixture
+def queue(tmp_path: Path) -> Queue:
+    made = Queue(tmp_path / "queue.json")
+    made.holds(0)
+    return made
+
+
+@pytest.fixture
+def daemon(tmp_path: Path, queue: Queue) -> Iterator[Daemon]:
+    server = FakeServer(build_fake(TOKEN, "documented", clock=SystemClock(), timings=Timings(create_s=1))).start()
+    text = CONFIG.format(url=server.url, token=TOKEN, signal=queue.path, store=tmp_path / "s.db", port=0, max_gpus=8)
+    config = tmp_path / "c.toml"
+    config.write_text(text.replace("interval_s = 1\n", "interval_s = 600\nwatch_s = 1\n"))
+    made = Daemon(load_settings(config), config)
+    made.scheduler.start(paused=True)  # the cycle job exists, as run() adds it, but nothing fires
+    made.scheduler.add_job(made.run_one_cycle, "interval", id="cycle", seconds=600, next_run_time=None)
+    try:
+        yield made
+    finally:
+        if made.scheduler.running:
+            made.scheduler.shutdown(wait=False)
+        made.runtime.close()
+        server.stop()
+
+
+def _next_cycle_set(daemon: Daemon) -> bool:
+    job = daemon.scheduler.get_job("cycle")
+    return job is not None and job.next_run_time is not None
+
+
+def _early(daemon: Daemon) -> float:
+    return daemon.metrics.early_cycles._value.get()  # type: ignore[attr-defined, no-any-return]
+
+
+def test_the_watch_stands_aside_while_a_cycle_runs_or_is_due_and_after_a_stop(daemon: Daemon, queue: Queue) -> None:
+    assert daemon.run_one_cycle() is not None  # marks: an empty queue
+    queue.holds(2)
+    daemon._cycle_started = time.monotonic()  # a cycle has begun (it takes the lock after the leader check)
+    assert not daemon.watch_queue()
+    daemon._cycle_started = None
+    with daemon._cycle_lock:  # a cycle holds the lock
+        assert not daemon.watch_queue()
+    assert not _next_cycle_set(daemon) and _early(daemon) == 0
+    assert daemon.watch_queue()  # free: the 2 new jobs run the next cycle now
+    assert _next_cycle_set(daemon) and _early(daemon) == 1
+    assert not daemon.watch_queue()  # the same 2 jobs are not new again
+    daemon.request_stop()
+    queue.holds(5)
+    assert not daemon.watch_queue() and _early(daemon) == 1
+
+
+def test_a_crashed_cycle_leaves_nothing_to_compare_with(
+    daemon: Daemon, queue: Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert daemon.run_one_cycle() is not None
+    monkeypatch.setattr(daemon.runtime.engine, "run_cycle", lambda: 1 / 0)
+    assert daemon.run_one_cycle() is None  # logged and counted as a crash
+    queue.holds(3)
+    assert not daemon.watch_queue()  # retried by the regular cycle, not by every watch
+    monkeypatch.undo()
+    assert daemon.run_one_cycle() is not None
+    queue.holds(4)
+    assert daemon.watch_queue()
+
+
+def test_new_work_read_as_the_scheduler_shuts_down_triggers_nothing(daemon: Daemon, queue: Queue) -> None:
+    assert daemon.run_one_cycle() is not None
+    daemon.scheduler.shutdown(wait=False)  # its jobs are gone: modify_job would raise JobLookupError
+    queue.holds(2)
+    assert not daemon.watch_queue()
+    assert _early(daemon) == 0
