@@ -184,7 +184,7 @@ class SchedulerSettings(_Section):
     )
 
     watch_s: Seconds = Field(
-        default=10.0,
+        default=5.0,
         ge=0,
         description="between cycles, read the demand this often; new work in the queue runs the next cycle now; 0: off",
     )
@@ -257,10 +257,13 @@ class Settings(BaseSettings, EngineSettings):
     log: LogSettings = LogSettings()
     dry_run: bool = Field(default=False, description="plan, log and export metrics; never mutate")
     offer_backoff_s: Seconds = Field(
-        default=900.0,
+        default=60.0,
         ge=0,
         description="seconds an offer that refused a create (capacity gone, a port taken, over the host's limits)"
-        " is not tried again",
+        " is not tried again; doubled for each refusal in a row, up to offer_backoff_max_s",
+    )
+    offer_backoff_max_s: Seconds = Field(
+        default=900.0, ge=0, description="the longest an offer that keeps refusing creates is skipped"
     )
     leader_election: bool = Field(
         default=True, description="with a PostgreSQL store: one replica acts, the others stand by"
@@ -292,6 +295,15 @@ class Settings(BaseSettings, EngineSettings):
                 " the leader renews its lease once a cycle"
             )
         return value
+
+    @model_validator(mode="after")
+    def _backoff_grows(self) -> Settings:
+        if self.offer_backoff_max_s < self.offer_backoff_s:
+            raise ValueError(
+                f"offer_backoff_max_s ({self.offer_backoff_max_s:g}) is shorter than offer_backoff_s"
+                f" ({self.offer_backoff_s:g}); raise it to at least offer_backoff_s"
+            )
+        return self
 
     @model_validator(mode="after")
     def _one_hourly_cap(self) -> Settings:

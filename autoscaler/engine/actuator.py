@@ -11,7 +11,7 @@ import random
 import threading
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -91,6 +91,28 @@ def default_names(prefix: str, rng: random.Random | None = None) -> Callable[[],
     return lambda: f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
+@dataclass
+class OfferBackoff:
+    """How long an offer that refused a create is skipped: `base_s`, doubled for each refusal in a
+    row, up to `max_s`; a create it accepts forgets its refusals. A stale listing's one-off refusal
+    (a noisy marketplace's common case) costs a minute; an offer that keeps refusing is left alone
+    for the longest. The count lives in the process: a restart starts again from `base_s` (the
+    store still holds each back-off's end)."""
+
+    base_s: float = 60.0
+    max_s: float = 900.0
+    _refusals: dict[str, int] = field(default_factory=dict)
+
+    def refused(self, offer_key: str) -> float:
+        """Seconds to skip the offer after this refusal."""
+        count = self._refusals.get(offer_key, 0) + 1
+        self._refusals[offer_key] = count
+        return min(self.max_s, self.base_s * 2.0 ** min(count - 1, 30))
+
+    def accepted(self, offer_key: str) -> None:
+        self._refusals.pop(offer_key, None)
+
+
 class Actuator:
     def __init__(
         self,
@@ -102,7 +124,7 @@ class Actuator:
         shape: InstanceShape,
         name_prefix: str,
         dry_run: bool = False,
-        offer_backoff_s: float = 900.0,
+        offer_backoff: OfferBackoff | None = None,
         name_factory: Callable[[], str] | None = None,
         stopping: threading.Event | None = None,
     ) -> None:
@@ -113,7 +135,7 @@ class Actuator:
         self.template = template
         self.shape = shape
         self.dry_run = dry_run
-        self.offer_backoff_s = offer_backoff_s
+        self.offer_backoff = offer_backoff or OfferBackoff()
         self.new_name = name_factory or default_names(name_prefix)
         self.stopping = stopping or threading.Event()
 
@@ -227,7 +249,7 @@ class Actuator:
                 # Capacity gone, a port taken, a shape over this host's limits: this offer, not the plan.
                 now = self.clock.now()
                 self.store.journal_outcome(entry, "failed", now, error=exc.message)
-                self.store.back_off(offer.key, now + self.offer_backoff_s, exc.message)
+                self.store.back_off(offer.key, now + self.offer_backoff.refused(offer.key), exc.message)
                 last_error = exc.message
                 _log.info("offer_backed_off", cycle=cycle_id, offer=offer.key, reason=exc.message)
                 continue
@@ -239,6 +261,7 @@ class Actuator:
                 self.store.journal_outcome(entry, "failed", self.clock.now(), error=str(exc))
                 return ActionResult(action, "failed", name=name, offer_key=offer.key, error=str(exc))
             now = self.clock.now()
+            self.offer_backoff.accepted(offer.key)
             self.store.journal_outcome(entry, "ok", now, instance_id=created.id)
             storage_rate = offer.pricing.storage_price(self.shape.storage_gb)
             self.store.adopt(created.id, name, now, offer.key, storage_rate, shape=shape, expected_rate=price)

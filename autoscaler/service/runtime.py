@@ -16,7 +16,7 @@ from autoscaler.common.logging import register_secret
 from autoscaler.common.secrets import mask_url
 from autoscaler.config import ConfigError, Settings
 from autoscaler.core.policy import PolicyConfigError, build_chain
-from autoscaler.engine.actuator import Actuator, InstanceTemplate
+from autoscaler.engine.actuator import Actuator, InstanceTemplate, OfferBackoff
 from autoscaler.engine.cycle import Engine, EngineConfig, EngineSettings
 from autoscaler.engine.metrics import CoreMetrics
 from autoscaler.signals import DemandSignal, SignalError
@@ -130,7 +130,7 @@ def build_runtime(
         shape=fleet.shape,
         name_prefix=fleet.name_prefix,
         dry_run=settings.dry_run if dry_run is None else dry_run,
-        offer_backoff_s=settings.offer_backoff_s,
+        offer_backoff=OfferBackoff(settings.offer_backoff_s, settings.offer_backoff_max_s),
         stopping=stopping,
         name_factory=name_factory,
     )

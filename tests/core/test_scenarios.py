@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from autoscaler.config import Settings
 from autoscaler.core.plan import ActionKind
 from autoscaler.core.replacement import Stage
+from autoscaler.engine.actuator import OfferBackoff
 from autoscaler.signals.static import FileSignal
 from autoscaler.tensordock.fake import Faults, Timings
 
@@ -96,6 +98,19 @@ def test_a_refused_offer_is_skipped_for_offer_backoff_s(make_world: MakeWorld, b
     assert result.outcome == "failed" and refused
     assert world.runtime.store.backed_off(refused_at + backoff_s - 5) == refused
     assert not world.runtime.store.backed_off(refused_at + backoff_s + 5)
+
+
+def test_an_offer_that_keeps_refusing_is_skipped_longer_each_time() -> None:
+    backoff = OfferBackoff(base_s=60, max_s=200)
+    assert [backoff.refused("a") for _ in range(4)] == [60, 120, 200, 200]
+    assert backoff.refused("b") == 60  # each offer counts its own refusals
+    backoff.accepted("a")  # a create it took: its next refusal is a one-off again
+    assert backoff.refused("a") == 60
+
+
+def test_a_back_off_ceiling_below_its_start_is_refused() -> None:
+    with pytest.raises(ValueError, match="offer_backoff_max_s \\(30\\) is shorter than offer_backoff_s \\(60\\)"):
+        Settings(offer_backoff_s=60, offer_backoff_max_s=30)
 
 
 def test_a_budget_cap_holds(make_world: MakeWorld) -> None:

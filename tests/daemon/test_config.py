@@ -82,7 +82,7 @@ def test_queue_watches_must_come_between_cycles(tmp_path: Path, capsys: pytest.C
     err = capsys.readouterr().err
     assert "watch_s (30) must be shorter than interval_s (20)" in err and "watching the queue off" in err
     config.write_text('[tensordock]\ntoken = "t"\n[scheduler]\ninterval_s = 5\n')
-    assert not load_settings(config).scheduler.watches_queue  # the 10-s default is simply not used
+    assert not load_settings(config).scheduler.watches_queue  # the 5-s default is simply not used
     config.write_text('[tensordock]\ntoken = "t"\n[scheduler]\nwatch_s = 0\n')
     assert not load_settings(config).scheduler.watches_queue
     assert SchedulerSettings().watches_queue
