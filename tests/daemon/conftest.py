@@ -132,6 +132,11 @@ class RunningDaemon:
         with sqlite3.connect(self.store) as db:
             return [row[0] for row in db.execute("SELECT outcome FROM journal ORDER BY id")]
 
+    def events(self) -> list[dict[str, Any]]:
+        """The JSON log lines the daemon wrote to stderr (read once it has stopped)."""
+        assert self.process.stderr is not None
+        return [json.loads(line) for line in self.process.stderr.read().splitlines() if line.startswith("{")]
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         self.process.send_signal(sig)
         return self.process.wait(timeout=timeout)

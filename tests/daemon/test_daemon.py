@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import shutil
 import signal
 import socket
@@ -117,11 +116,7 @@ def test_every_decision_is_one_json_line_with_cycle_action_reason_and_cost(
     d.set_demand(queued=1)
     d.wait_until(lambda: len(d.phases()) == 1, "one instance")
     assert d.stop() == 0
-    lines = [
-        json.loads(line)
-        for line in (d.process.stderr.read() if d.process.stderr else "").splitlines()
-        if line.startswith("{")
-    ]
+    lines = d.events()
     decisions = [line for line in lines if line["event"] == "decision"]
     assert decisions, "no decision lines logged"
     for key in ("cycle", "action", "instance", "reason", "usd_per_hour", "outcome", "timestamp"):
@@ -141,10 +136,6 @@ def test_new_work_between_cycles_is_provisioned_without_waiting_for_the_interval
     time.sleep(3)
     assert d.metric("tensordock_autoscaler_cycles_early_total") == 1
     assert d.stop() == 0
-    lines = [
-        json.loads(line)
-        for line in (d.process.stderr.read() if d.process.stderr else "").splitlines()
-        if line.startswith("{")
-    ]
+    lines = d.events()
     grew = [line for line in lines if line["event"] == "queue_grew"]
     assert [(line["queued_jobs"], line["cycle"]) for line in grew] == [(1, "now")]

@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Callable
 
 from .conftest import RunningDaemon
-
-
-def _events(d: RunningDaemon) -> list[dict[str, object]]:
-    assert d.process.stderr is not None
-    return [json.loads(line) for line in d.process.stderr.read().splitlines() if line.startswith("{")]
 
 
 def test_one_summary_per_cycle_one_line_per_action_and_per_refusal_rule(
@@ -24,7 +18,7 @@ def test_one_summary_per_cycle_one_line_per_action_and_per_refusal_rule(
         lambda: (d.metric("tensordock_autoscaler_cycles_total", result="ok") or 0) >= 4, "a few cycles at the cap"
     )
     assert d.stop() == 0
-    events = _events(d)
+    events = d.events()
 
     summaries = [e for e in events if e["event"] == "cycle"]
     per_cycle = Counter(str(e["cycle"]) for e in summaries)

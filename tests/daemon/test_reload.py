@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 from collections.abc import Callable
 
 from .conftest import RunningDaemon
-
-
-def _events(d: RunningDaemon) -> list[dict[str, object]]:
-    assert d.process.stderr is not None
-    return [json.loads(line) for line in d.process.stderr.read().splitlines() if line.startswith("{")]
 
 
 def test_sighup_applies_live_settings_and_refuses_restart_only_ones(daemon: Callable[..., RunningDaemon]) -> None:
@@ -31,7 +25,7 @@ def test_sighup_applies_live_settings_and_refuses_restart_only_ones(daemon: Call
     )
     assert d.get("/readyz").status_code == 200  # the old port still serves
     assert d.stop() == 0
-    events = _events(d)
+    events = d.events()
     reloaded = next(e for e in events if e["event"] == "reloaded")
     assert reloaded["changed"] == ["guards.max_gpus", "log.level"]
     after = events[events.index(reloaded) + 1 :]
