@@ -437,7 +437,7 @@ def test_a_port_taken_since_the_offers_were_listed_backs_that_offer_off(rig: Cal
 
     from ..conftest import create_request
 
-    r = rig(offer_refresh_s=3600)
+    r = rig(offer_refresh_s=3600, offer_backoff_s=900)  # the back-off still holds after the 4 cycles below
     r.cycle()  # offers listed: every host lists 20000 as free
     for _, host in r.fake.state.hosts():
         request = create_request(hostnode_id=host.id, gpu_model=None, gpu_count=0, name=f"other-{host.id[:6]}")
