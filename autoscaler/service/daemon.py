@@ -201,7 +201,8 @@ class Daemon:
             report = self._run_engine_cycle()
             # what the queue watch compares with: nothing after a cycle that failed to read or crashed,
             # so a failure is retried by the regular cycle, not by every watch
-            self._watch.cycle_saw(report.snapshot.demand if report is not None and report.snapshot else None)
+            snapshot = report.snapshot if report is not None else None
+            self._watch.cycle_saw(snapshot.demand if snapshot is not None else None)
         if report is None:
             return None
         if report.error is None:
