@@ -57,8 +57,8 @@ def _next_cycle_set(daemon: Daemon) -> bool:
     return job is not None and job.next_run_time is not None
 
 
-def _early(daemon: Daemon) -> float:
-    return daemon.metrics.early_cycles._value.get()  # type: ignore[attr-defined, no-any-return]
+def _early(daemon: Daemon) -> float | None:
+    return daemon.metrics.registry.get_sample_value("tensordock_autoscaler_cycles_early_total")
 
 
 def test_the_watch_stands_aside_while_a_cycle_runs_or_is_due_and_after_a_stop(daemon: Daemon, queue: Queue) -> None:
