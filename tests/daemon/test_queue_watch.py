@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import redis
 
 from autoscaler.common.clock import SystemClock
 from autoscaler.config import load_settings
@@ -16,6 +18,7 @@ from autoscaler.service.daemon import Daemon
 from autoscaler.tensordock.fake import FakeServer, Timings, build_fake
 
 from ..conftest import TOKEN
+from ..signals.conftest import require_server
 from .conftest import CONFIG
 
 
@@ -34,14 +37,18 @@ def queue(tmp_path: Path) -> Queue:
     return made
 
 
-@pytest.fixture
-def daemon(tmp_path: Path, queue: Queue) -> Iterator[Daemon]:
+@contextmanager
+def watching(tmp_path: Path, signal_file: Path, source: str | None = None) -> Iterator[Daemon]:
+    """A Daemon on 600-s cycles watching every second, its cycle job added as run() adds it but
+    paused, so nothing fires unless a test runs it; `source` replaces the file source's TOML."""
     server = FakeServer(build_fake(TOKEN, "documented", clock=SystemClock(), timings=Timings(create_s=1))).start()
-    text = CONFIG.format(url=server.url, token=TOKEN, signal=queue.path, store=tmp_path / "s.db", port=0, max_gpus=8)
+    text = CONFIG.format(url=server.url, token=TOKEN, signal=signal_file, store=tmp_path / "s.db", port=0, max_gpus=8)
+    if source is not None:
+        text = text.replace(f'kind = "file"\nname = "queue-file"\noptions = {{ path = "{signal_file}" }}', source)
     config = tmp_path / "c.toml"
     config.write_text(text.replace("interval_s = 1\n", "interval_s = 600\nwatch_s = 1\n"))
     made = Daemon(load_settings(config), config)
-    made.scheduler.start(paused=True)  # the cycle job exists, as run() adds it, but nothing fires
+    made.scheduler.start(paused=True)
     made.scheduler.add_job(made.run_one_cycle, "interval", id="cycle", seconds=600, next_run_time=None)
     try:
         yield made
@@ -50,6 +57,12 @@ def daemon(tmp_path: Path, queue: Queue) -> Iterator[Daemon]:
             made.scheduler.shutdown(wait=False)
         made.runtime.close()
         server.stop()
+
+
+@pytest.fixture
+def daemon(tmp_path: Path, queue: Queue) -> Iterator[Daemon]:
+    with watching(tmp_path, queue.path) as made:
+        yield made
 
 
 def _next_cycle_set(daemon: Daemon) -> bool:
@@ -98,3 +111,29 @@ def test_new_work_read_as_the_scheduler_shuts_down_triggers_nothing(daemon: Daem
     queue.holds(2)
     assert not daemon.watch_queue()
     assert _early(daemon) == 0
+
+
+def test_a_real_redis_queue_between_cycles_new_jobs_trigger_and_a_draining_sample_does_not(tmp_path: Path) -> None:
+    """Redis list with widths read from a 3-job head sample: as the head drains, 8-GPU jobs behind
+    it enter the sample (the 8-GPU class "rises") with no job added; one pushed job is new work."""
+    require_server("Redis", 6379)
+    key = f"tdas-watch-{tmp_path.name}"
+    client = redis.Redis.from_url("redis://127.0.0.1:6379/15", decode_responses=True)
+    source = (
+        'kind = "redis"\nname = "jobs"\n'
+        f'options = {{ url = "redis://127.0.0.1:6379/15", key = "{key}", width_field = "gpus", width_sample = 3 }}'
+    )
+    client.delete(key)
+    client.rpush(key, *[json.dumps({"gpus": 1})] * 3, *[json.dumps({"gpus": 8})] * 3)
+    try:
+        with watching(tmp_path, tmp_path / "unused.json", source) as daemon:
+            assert daemon.run_one_cycle() is not None  # 6 waiting, the sample shows three 1-GPU jobs
+            for _ in range(3):  # workers take the head: 8-GPU jobs enter the sample, none arrived
+                client.lpop(key)
+                assert not daemon.watch_queue()
+            client.rpush(key, json.dumps({"gpus": 1}))
+            assert daemon.watch_queue()
+            assert _early(daemon) == 1
+    finally:
+        client.delete(key)
+        client.close()
