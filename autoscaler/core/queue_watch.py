@@ -44,21 +44,18 @@ class QueueWatch:
         widths = _whole_histogram(demand)
         fresh = demand.queued_jobs > self._jobs or _rose(demand.queued_gpus, self._gpus)
         if widths is not None and self._by_width is not None:
-            marks = self._by_width
-            fresh = fresh or any(count > marks.get(width, 0) for width, count in widths.items())
+            fresh = fresh or any(count > self._by_width.get(width, 0) for width, count in widths.items())
         if fresh:
             self.cycle_saw(demand)
-        else:
-            self._lower(demand.queued_jobs, demand.queued_gpus, widths)
-        return fresh
-
-    def _lower(self, jobs: int, gpus: int | None, widths: Mapping[int, int] | None) -> None:
-        self._jobs = jobs if self._jobs is None else min(self._jobs, jobs)
-        if gpus is not None:
-            self._gpus = gpus if self._gpus is None else min(self._gpus, gpus)
+            return True
+        self._jobs = min(self._jobs, demand.queued_jobs)  # between arrivals: the low-water marks
+        if demand.queued_gpus is not None:
+            self._gpus = demand.queued_gpus if self._gpus is None else min(self._gpus, demand.queued_gpus)
         if widths is not None and self._by_width is not None:
-            for width in set(self._by_width) | set(widths):
-                self._by_width[width] = min(self._by_width.get(width, 0), widths.get(width, 0))
+            marks = self._by_width
+            for width in set(marks) | set(widths):
+                marks[width] = min(marks.get(width, 0), widths.get(width, 0))
+        return False
 
 
 def _rose(now: int | None, mark: int | None) -> bool:
