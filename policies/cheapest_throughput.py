@@ -62,7 +62,7 @@ class CheapestThroughputOptions(PolicyOptions):
         "after this long idle",
     )
     price_ceiling: float = Field(
-        default=2.0,
+        default=3.0,
         ge=1,
         description="an offer dearer per unit of work than the best fitting one by more than this factor is "
         "bought only when the oldest waiting job would otherwise wait past target_wait_s",
