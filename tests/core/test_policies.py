@@ -451,7 +451,10 @@ def test_the_price_ceiling_buys_a_dear_offer_only_past_the_target_wait() -> None
     offers = (offer(R3090, 0.3, available=1), offer(H100, 8.0))  # H100: four times the 3090 per unit
     soon = cheapest().decide(_widths(snapshot(offers=offers), {1: 2}, waited_s=30), Plan(desired_gpus=2))
     assert [a.gpu_model for a in soon.actions] == [R3090]
-    assert any("not buying" in n and "4.01x" in n and "ceiling 3x" in n and "projected wait without it 180s" in n for n in soon.notes)
+    assert any(
+        "not buying" in n and "4.01x" in n and "ceiling 3x" in n and "projected wait without it 180s" in n
+        for n in soon.notes
+    )
     late = cheapest().decide(_widths(snapshot(offers=offers), {1: 2}, waited_s=200), Plan(desired_gpus=2))
     assert [a.gpu_model for a in late.actions] == [R3090, H100]
     assert "bought over the price ceiling" in late.actions[1].reason and "350s" in late.actions[1].reason
