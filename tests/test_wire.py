@@ -134,15 +134,43 @@ def test_success_bodies_are_not_errors(body: object) -> None:
     [
         {"data": "nope"},
         {"data": {"instances": [{"id": ""}]}},
-        {"data": {"instances": [{"id": "x", "rateHourly": "expensive"}]}},
-        {"data": {"instances": [{"id": "x", "resources": {"gpus": "many"}}]}},
-        {"data": {"instances": [{"id": "x", "name": {"not": "a name"}}]}},
+        {"data": {"instances": [{"id": True, "rateHourly": "expensive"}]}},
+        {"data": {"instances": [{"name": "tdas-x", "resources": {"gpus": "many"}}]}},
         {"nothing": True},
     ],
 )
 def test_malformed_lists_raise_a_typed_error(body: object) -> None:
+    """No list, or an entry whose id cannot be read: it may be ours, so nothing is decided."""
     with pytest.raises(MalformedResponseError, match="list_instances"):
         parse_instance_list(body)
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        {"id": "x", "rateHourly": "expensive"},
+        {"id": "x", "resources": {"gpus": "many"}},
+        {"id": "x", "name": {"not": "a name"}},
+        {"type": "virtualmachine", "id": "x", "attributes": {"status": "Running", "portForwards": [{"x": "y"}]}},
+    ],
+)
+def test_an_entry_with_a_readable_id_and_odd_fields_counts_in_an_unknown_status(odd: dict[str, object]) -> None:
+    """Someone else's VM with an odd field must not blind the daemon to its own fleet."""
+    skipped: list[str] = []
+    good = {"id": "ours", "name": "tdas-a", "status": "running"}
+    listed = parse_instance_list({"data": {"instances": [good, odd]}}, on_skip=lambda _, why: skipped.append(why))
+    assert [(i.id, i.status) for i in listed] == [("ours", InstanceStatus.RUNNING), ("x", InstanceStatus.UNKNOWN)]
+    assert listed[1].gpus == () and listed[1].rate_hourly is None
+    assert len(skipped) == 1 and skipped[0].startswith("instance x: fields unreadable")
+
+
+def test_an_id_listed_twice_counts_once() -> None:
+    skipped: list[str] = []
+    first = {"id": "a", "name": "tdas-a", "status": "running", "resources": {"gpus": {"h100": {"count": 1}}}}
+    body = {"data": {"instances": [first, {**first, "status": "stopped"}, {"id": "b", "status": "running"}]}}
+    listed = parse_instance_list(body, on_skip=lambda _, why: skipped.append(why))
+    assert [(i.id, i.status) for i in listed] == [("a", InstanceStatus.RUNNING), ("b", InstanceStatus.RUNNING)]
+    assert skipped == ["instance a listed twice; the first entry counts"]
 
 
 JSON = st.recursive(

@@ -303,7 +303,8 @@ class TensorDockClient:
     # -- public operations -------------------------------------------------------------------
 
     def list_instances(self) -> list[Instance]:
-        return wire.parse_instance_list(self._call("list_instances", "GET", "/instances", idempotent=True))
+        body = self._call("list_instances", "GET", "/instances", idempotent=True)
+        return wire.parse_instance_list(body, on_skip=self._listing_entry_odd)
 
     def get_instance(self, instance_id: str) -> Instance:
         body = self._call("get_instance", "GET", f"/instances/{instance_id}", idempotent=True)
@@ -345,6 +346,10 @@ class TensorDockClient:
     def list_hostnodes(self) -> list[Hostnode]:
         body = self._call("list_hostnodes", "GET", "/hostnodes", idempotent=True)
         return wire.parse_hostnodes(body, on_skip=self._skipped)
+
+    @staticmethod
+    def _listing_entry_odd(endpoint: str, why: str) -> None:
+        _log.warning("listing_entry_odd", endpoint=endpoint, why=why)
 
     def _skipped(self, endpoint: str, why: str) -> None:
         """One odd discovery entry must not spoil the list: it is dropped, logged and counted."""
@@ -532,6 +537,8 @@ class TensorDockClient:
             ) from None
         except (httpx.TimeoutException, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
             raise RequestTimeoutError(operation, f"no reply from {self.base_url}: {type(exc).__name__}") from None
+        except httpx.DecodingError as exc:  # a Content-Encoding the body does not match: sent, reply unreadable
+            raise MalformedResponseError(operation, f"reply from {self.base_url} cannot be decoded: {exc}") from None
         except httpx.TransportError as exc:
             raise TransportError(operation, f"HTTP transport failed: {type(exc).__name__}") from None
 
@@ -544,6 +551,8 @@ class TensorDockClient:
             return None
         try:
             return jsonlib.loads(raw)
+        except RecursionError:  # nesting deeper than the parser's stack: no reply of ours looks like that
+            raise MalformedResponseError(operation, f"HTTP {response.status_code} reply is nested too deeply") from None
         except ValueError:
             text = raw.decode("utf-8", "replace")
             if response.is_success:

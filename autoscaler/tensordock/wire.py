@@ -18,6 +18,7 @@ from .models import (
     Hostnode,
     HostnodeGpu,
     Instance,
+    InstanceStatus,
     Location,
     LocationGpuOffer,
     ModifyInstanceRequest,
@@ -109,8 +110,16 @@ def _summarise(exc: Exception) -> str:
     return str(exc)[:200]
 
 
-def parse_instance_list(body: object, operation: str = "list_instances") -> list[Instance]:
-    """Every list variant: `data.instances`, flat `data`, `data.attributes.instances`."""
+def parse_instance_list(
+    body: object, operation: str = "list_instances", on_skip: SkipEntry | None = None
+) -> list[Instance]:
+    """Every list variant: `data.instances`, flat `data`, `data.attributes.instances`.
+
+    One odd entry (someone else's VM with a string GPU count) must not blind the daemon to its
+    whole fleet: an entry whose id can be read but whose other fields cannot is kept as that id
+    in an unknown status, so it counts in doubt and is never touched; an entry without a readable
+    id fails the listing, since it may be ours. An id listed twice (pages that overlap) counts
+    once: its first entry. Both are reported to `on_skip`."""
     items: object = None
     if isinstance(body, dict):
         data = body.get("data")
@@ -125,10 +134,33 @@ def parse_instance_list(body: object, operation: str = "list_instances") -> list
             items = body["instances"]
     if not isinstance(items, list):
         raise _malformed(operation, "no instance list found", body)
+    report = on_skip or _skip_nothing
+    flat = [_flatten(item) for item in items]
     try:
-        return _INSTANCE_LIST.validate_python([_flatten(item) for item in items])
+        instances = _INSTANCE_LIST.validate_python(flat)
+    except (ValidationError, ValueError, TypeError):
+        instances = [_instance_or_unknown(item, operation, report) for item in flat]
+    seen: set[str] = set()
+    unique = []
+    for instance in instances:
+        if instance.id in seen:
+            report(operation, f"instance {instance.id} listed twice; the first entry counts")
+            continue
+        seen.add(instance.id)
+        unique.append(instance)
+    return unique
+
+
+def _instance_or_unknown(item: object, operation: str, on_skip: SkipEntry) -> Instance:
+    try:
+        return Instance.model_validate(item)
     except (ValidationError, ValueError, TypeError) as exc:
-        raise _malformed(operation, f"instance fields are invalid ({_summarise(exc)})", body) from exc
+        raw_id = item.get("id") if isinstance(item, dict) else None
+        if isinstance(raw_id, bool) or not isinstance(raw_id, str | int) or not str(raw_id):
+            raise _malformed(operation, f"instance fields are invalid ({_summarise(exc)})", item) from exc
+        name = item.get("name") if isinstance(item, dict) else None
+        on_skip(operation, f"instance {raw_id}: fields unreadable ({_summarise(exc)}); counted in an unknown status")
+        return Instance(id=str(raw_id), name=name if isinstance(name, str) else None, status=InstanceStatus.UNKNOWN)
 
 
 def parse_instance_reply(body: object, operation: str) -> Instance:
