@@ -92,7 +92,7 @@ def connect(settings: Settings, found: Findings) -> None:
     """Try the store, the API and every demand source once; each failure is one line naming its field."""
     from autoscaler.service.runtime import open_configured_store
     from autoscaler.signals.registry import SignalSettings, build_signal
-    from autoscaler.tensordock import TensorDockError
+    from autoscaler.tensordock import AuthenticationError, TensorDockError
     from autoscaler.tensordock.client import TensorDockClient
 
     try:
@@ -115,6 +115,9 @@ def connect(settings: Settings, found: Findings) -> None:
                 max_attempts=1,
             ) as client:
                 client.list_instances()
+        except AuthenticationError as exc:  # the address answered; the token is what to fix
+            field = "tensordock.token_file" if td.token_file is not None else "tensordock.token"
+            found.problems.append(f"{field}: TensorDock at {td.base_url} refused the token: {exc}")
         except TensorDockError as exc:
             found.problems.append(f"tensordock.base_url: {td.base_url}: {exc}")
     for index, spec in enumerate(settings.signal.sources):

@@ -257,3 +257,15 @@ def test_run_names_every_missing_piece_at_once(tmp_path: Path, capsys: pytest.Ca
     assert main(["run", "--config", str(config)]) == 2
     problems = _problems(capsys.readouterr().err)
     assert [p.split(":")[0] for p in problems] == ["tensordock.token", "fleet.ssh_key"]
+
+
+def test_a_refused_token_is_blamed_on_the_token_not_the_address(run: Run) -> None:
+    from autoscaler.tensordock.fake import FakeServer, build_fake
+
+    with FakeServer(build_fake("the-real-token", "documented")) as server:
+        code, _, err = run("check-config", "--connect", base_url=server.url)
+    problems = _problems(err)
+    assert code == 2
+    assert any(p.startswith("tensordock.token: TensorDock at") and "refused the token" in p for p in problems), err
+    assert not any(p.startswith("tensordock.base_url") for p in problems), err
+    assert TOKEN not in err and "Traceback" not in err
