@@ -79,7 +79,7 @@ class Budget(BasePolicy[BudgetOptions]):
         ceiling, why = self._ceiling(snapshot)
         if math.isinf(ceiling):
             return plan
-        projected = snapshot.hourly_cost + sum(a.hourly_delta for a in plan.actions)
+        projected = snapshot.hourly_cost + sum(snapshot.priced(a) for a in plan.actions)
         if projected <= ceiling + 1e-9:
             return plan
         actions = plan.actions
@@ -92,7 +92,7 @@ class Budget(BasePolicy[BudgetOptions]):
             if projected <= ceiling + 1e-9:
                 break
             dropped.add(index)
-            projected -= plan.actions[index].hourly_delta
+            projected -= snapshot.priced(plan.actions[index])
         trimmed = plan.without(dropped)
         if dropped:
             trimmed = trimmed.note(f"budget: dropped {len(dropped)} scale-up actions to stay under {why}")

@@ -162,7 +162,7 @@ class CheapestThroughput(BasePolicy[CheapestThroughputOptions]):
     Options = CheapestThroughputOptions
 
     def decide(self, snapshot: Snapshot, plan: Plan) -> Plan:
-        active = snapshot.active_gpus + sum(a.gpus for a in plan.actions if a.kind.adds_capacity)
+        active = snapshot.serving_gpus + sum(a.gpus for a in plan.actions if a.kind.adds_capacity)
         active -= sum(a.gpus for a in plan.actions if a.kind in (ActionKind.STOP, ActionKind.DELETE))
         # an instance being replaced is on its way out; `consolidate` stops it once its successor runs
         active -= sum(i.gpus for i in snapshot.instances if i.replacement and i.status is InstanceStatus.RUNNING)

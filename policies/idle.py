@@ -41,7 +41,7 @@ class Idle(BasePolicy[IdleOptions]):
         touched = plan.touched()
         actions: list[Action] = []
         floor = max(plan.floor_gpus, plan.desired_gpus or 0)
-        spare = snapshot.active_gpus - floor - sum(a.gpus for a in plan.actions if a.kind is ActionKind.STOP)
+        spare = snapshot.serving_gpus - floor - sum(a.gpus for a in plan.actions if a.kind is ActionKind.STOP)
         nothing_queued = snapshot.demand is not None and snapshot.demand.queued_jobs == 0
         for instance in snapshot.instances:
             if instance.id in touched:

@@ -55,7 +55,7 @@ class QueueTarget(BasePolicy[QueueTargetOptions]):
                 needed += demand.running_gpus if demand.running_gpus is not None else demand.running_jobs
         if needed is None:
             needed = math.ceil((demand.queued_jobs + demand.running_jobs) / o.jobs_per_gpu)
-        current = snapshot.active_gpus
+        current = snapshot.serving_gpus
         if current == 0 and demand.queued_jobs < o.activation_jobs:
             needed = 0
         target = max(needed, o.min_gpus)

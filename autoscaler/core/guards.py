@@ -103,7 +103,7 @@ def _tally(snapshot: Snapshot, plan: Plan, config: GuardConfig, memory: GuardMem
     recent_peak = max(desired_window) if desired_window else None
     removable = 0
     if snapshot.demand is not None and recent_peak is not None and history_covers_delay:
-        removable = max(0, snapshot.active_gpus - max(recent_peak, floor))
+        removable = max(0, snapshot.serving_gpus - max(recent_peak, floor))  # orphans serve nothing
     return _Tally(snapshot.active_gpus, snapshot.active_instances, snapshot.hourly_cost, removable, recent_peak)
 
 
@@ -139,8 +139,8 @@ def _refusal_to_add(
     if tally.instances + 1 > config.max_instances:
         return "max_instances", f"{tally.instances}+1 would exceed max_instances {config.max_instances}"
     cap = config.max_hourly_spend
-    if cap is not None and tally.cost + action.hourly_delta > cap + 1e-9:
-        return "max_hourly_spend", f"${tally.cost:.2f}+${action.hourly_delta:.2f}/h would exceed ${cap:g}/h"
+    if cap is not None and tally.cost + snapshot.priced(action) > cap + 1e-9:
+        return "max_hourly_spend", f"${tally.cost:.2f}+${snapshot.priced(action):.2f}/h would exceed ${cap:g}/h"
     return None
 
 
@@ -193,5 +193,5 @@ def apply_guards(snapshot: Snapshot, plan: Plan, config: GuardConfig, memory: Gu
         if action.kind.adds_capacity:  # a stop frees nothing this cycle: the instance bills until it is down
             tally.gpus += action.gpus
             tally.instances += 1
-            tally.cost += action.hourly_delta
+            tally.cost += snapshot.priced(action)
     return GuardedPlan(plan, tuple(kept), tuple(dropped))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 from autoscaler.core.money import BILLED_IN_FULL, COUNTED_AS_ACTIVE, RUNNING_LIKE, Spend, billed_rate
 from autoscaler.core.replacement import Replacement
@@ -12,6 +13,9 @@ from autoscaler.core.shape import InstanceShape, OwnedShape
 from autoscaler.core.throughput import DEFAULT_THROUGHPUT, unit_price, vram_gb
 from autoscaler.signals import Demand
 from autoscaler.tensordock import Hostnode, Instance, InstanceStatus, Location, Pricing
+
+if TYPE_CHECKING:
+    from autoscaler.core.plan import Action
 
 __all__ = [  # the shape and money values are re-exported: the snapshot is what policies read
     "BILLED_IN_FULL",
@@ -212,6 +216,8 @@ class Snapshot:
     orphans: tuple[PendingCreate, ...] = ()  # prefix-named, unknown to the store: counted, never touched
     memory: GuardMemory = field(default_factory=GuardMemory)
     max_hourly_spend: float | None = None  # the guards' cap, USD/h: policies plan under it (budget)
+    # how many times its offer's listed price the worst-mispriced instance of ours is billed (>= 1)
+    listed_price_factor: float = 1.0
 
     def instance(self, instance_id: str) -> FleetInstance | None:
         return self._by_id.get(instance_id)
@@ -230,13 +236,26 @@ class Snapshot:
         """Price per unit of work of `gpus` GPUs of a model at `hourly_usd`, by this cycle's throughput table."""
         return unit_price(hourly_usd, self.throughput_of(gpu_model), gpus)
 
+    def priced(self, action: Action) -> float:
+        """An action's $/h as the spending limits count it: a create's listed price times
+        `listed_price_factor`, so offers listed far below what our instances are billed cannot buy
+        past max_hourly_spend or a budget over and over (the bill is learned only after a create)."""
+        return action.hourly_delta * self.listed_price_factor if action.offer is not None else action.hourly_delta
+
     @cached_property
     def active_gpus(self) -> int:
-        """GPUs running or on their way, in doubt, or on orphans, including creates not yet listed."""
-        return (
-            sum(i.gpus for i in self.instances if i.status in COUNTED_AS_ACTIVE)
-            + sum(p.gpus for p in self.pending_creates)
-            + sum(o.gpus for o in self.orphans)
+        """GPUs running or on their way, in doubt, or on orphans, including creates not yet listed:
+        what every bound counts (rule 11)."""
+        return self.serving_gpus + sum(o.gpus for o in self.orphans)
+
+    @cached_property
+    def serving_gpus(self) -> int:
+        """The fleet's own GPUs, running, on their way or in doubt, and its creates not yet listed:
+        the capacity policies weigh against demand. An orphan counts against the bounds but serves
+        nothing of ours: counted as capacity, a stranger's prefix-named instance would make our
+        own workers look surplus."""
+        return sum(i.gpus for i in self.instances if i.status in COUNTED_AS_ACTIVE) + sum(
+            p.gpus for p in self.pending_creates
         )
 
     @cached_property

@@ -8,6 +8,7 @@ demand holds (DESIGN rule 4).
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -49,8 +50,10 @@ class EngineSettings(BaseModel):
     max_signal_age_s: Seconds = Field(default=120.0, gt=0, description="older demand counts as unknown, seconds")
     offer_refresh_s: Seconds = Field(default=300.0, ge=0, description="seconds listed offers are reused")
     reap_orphans: bool = Field(default=False, description="delete prefix-named instances the store never created")
+    # As long as a create's own reply may take (create_timeout_s, 120 s) plus a minute: a server that
+    # finishes a create it failed to answer must not be answered with a second one (a duplicate).
     unresolved_create_grace_s: Seconds = Field(
-        default=60.0,
+        default=180.0,
         gt=0,
         description="a create with no reply that no listing shows by name after this long never happened",
     )
@@ -324,6 +327,7 @@ class Engine:
             orphans=fleet.orphan_load,
             memory=self._memory(),
             max_hourly_spend=self.config.guards.max_hourly_spend,
+            listed_price_factor=fleet.listed_price_factor,
         )
 
     def _safety_actions(self, snapshot: Snapshot, orphans: tuple[Instance, ...]) -> tuple[Action, ...]:
@@ -359,7 +363,7 @@ class Engine:
         assert snap is not None
         m.fleet_cost.labels("true").set(snap.hourly_cost)
         # what we are not told of a foreign instance (its storage price) costs nothing here
-        m.fleet_cost.labels("false").set(sum(billed_rate(i.status, i.rate_hourly or 0.0, 0.0) for i in snap.unowned))
+        m.fleet_cost.labels("false").set(sum(billed_rate(i.status, _finite(i.rate_hourly), 0.0) for i in snap.unowned))
         counts: dict[tuple[str, str, str, str], int] = {}
         for fleet_instance in snap.instances:
             i = fleet_instance.instance
@@ -424,3 +428,9 @@ class Engine:
         if report.snapshot is not None:
             desired = report.plan.desired_gpus if report.plan is not None else None
             self.store.record_cycle(now, desired, report.snapshot.active_gpus)
+
+
+def _finite(rate: float | None) -> float:
+    """A foreign instance's rate as the unmanaged-cost gauge may sum it: a NaN, infinite or negative
+    one (rule 11: not believed) counts as nothing, so one odd listing cannot turn the series NaN."""
+    return rate if rate is not None and math.isfinite(rate) and rate >= 0 else 0.0

@@ -37,6 +37,17 @@ def plausible_rate(rate: float | None, expected: float | None, dearest_offer: fl
     return ceiling is None or rate <= check.max_multiple * ceiling
 
 
+def disbelieved_charge(rate: float | None, fallback: float, dearest_offer: float | None, check: RateCheck) -> float:
+    """What an instance whose reported rate is too far from its own offer's price is charged: the
+    last believable rate (`fallback`), or the reported one where it is higher and still within
+    `max_multiple` of the dearest listed offer of its width. Then a listing that underprices every
+    offer cannot hide a real bill from max_hourly_spend and the budgets (rule 2), while a 1e300 or
+    an infinite rate is not believed at all (rule 11)."""
+    if rate is None or not math.isfinite(rate) or dearest_offer is None or rate > check.max_multiple * dearest_offer:
+        return fallback
+    return max(fallback, rate)
+
+
 class Ledger:
     def __init__(self, store: Store) -> None:
         self.store = store

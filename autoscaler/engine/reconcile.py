@@ -28,7 +28,7 @@ from autoscaler.core.snapshot import (
     PendingCreate,
     billed_rate,
 )
-from autoscaler.engine.ledger import Ledger, RateCheck, plausible_rate
+from autoscaler.engine.ledger import Ledger, RateCheck, disbelieved_charge, plausible_rate
 from autoscaler.signals import Demand
 from autoscaler.store import JournalEntry, OwnedRecord, Store
 from autoscaler.tensordock import GpuAllocation, Instance, InstanceStatus, NotFoundError, TensorDockError
@@ -83,6 +83,7 @@ class Reconciled:
     watched: dict[str, InstanceStatus]
     doubts: Doubts = field(default_factory=Doubts)
     hold: str | None = None  # the fleet cannot be trusted enough to act on this cycle
+    listed_price_factor: float = 1.0  # the snapshot's: how far over their offers' price ours are billed
 
 
 class Reconciler:
@@ -95,6 +96,9 @@ class Reconciler:
         self._detail_due: set[str] = set()  # started or modified: a GET tells the new rate
         self._last_refresh_at: float | None = None
         self._views: dict[str, tuple[tuple[object, ...], Instance, dict[str, int]]] = {}  # the last cycle's belief
+        # a reported rate charged though it is far from its offer's price (`disbelieved_charge`): it
+        # stands between the GETs that report it, until one reports a believable rate
+        self._charged: dict[str, float] = {}
 
     def detail_due(self, instance_id: str) -> None:
         """A start or modify went through: its rate may have changed."""
@@ -193,11 +197,15 @@ class Reconciler:
         if not candidates:
             return False
         names = self.store.created_names()
+        taken = {record.name for record in owned.values()}  # a second id under one of our names is not ours
         adopted = False
         for instance in candidates:
-            if instance.name in names:
+            if instance.name in names and instance.name not in taken:
                 self.store.adopt(instance.id, instance.name or instance.id, now, None, self.storage_rate(None, None))
+                taken.add(instance.name or instance.id)
                 adopted = True
+            elif instance.name in names:
+                _log.warning("listing_name_conflict", instance=instance.id, name=instance.name)
         return adopted
 
     # -- absence: forgotten only on a 404 -------------------------------------------------------
@@ -361,6 +369,7 @@ class Reconciler:
             self.ledger.charge(rates, now)
             since = store.observe_many(observations, now)
         self._views = {k: v for k, v in self._views.items() if k in owned}
+        self._charged = {k: v for k, v in self._charged.items() if k in owned}
         fleet = self._fleet(believed, since, unresolved, by_name)
         watched = {v.id: v.status for v, *_ in believed if v.id in listed_ids}
         pending = tuple(
@@ -377,6 +386,14 @@ class Reconciler:
             watched=watched,
             doubts=Doubts(**doubts),
             hold=hold,
+            listed_price_factor=max(
+                [1.0]
+                + [
+                    charged / expected
+                    for instance_id, charged in self._charged.items()
+                    if (expected := owned[instance_id].expected_rate)
+                ]
+            ),
         )
 
     def _foreign_views(
@@ -432,16 +449,20 @@ class Reconciler:
         gpus = shape.gpus if shape is not None else MAX_GPUS_PER_INSTANCE
         if shape is None:
             counts["unknown_shape"] = 1
-        fallback = record.seen_rate or record.expected_rate or dearest.get(gpus, 0.0)
+        fallback = self._charged.get(record.id) or record.seen_rate or record.expected_rate or dearest.get(gpus, 0.0)
         rate = fallback
         for reported in (detail.rate_hourly if detail else None, listed.rate_hourly):
             if reported is None:
                 continue
             if self._rate_believable(reported, record, dearest.get(gpus)):
                 rate = reported
+                self._charged.pop(record.id, None)
                 break
             counts["implausible_rates"] = counts.get("implausible_rates", 0) + 1
-            self.ledger.rejected_rate(record.id, record.name, reported, fallback)
+            charged = disbelieved_charge(reported, fallback, dearest.get(gpus), self.config.rate_check)
+            self.ledger.rejected_rate(record.id, record.name, reported, charged)
+            if charged > rate:
+                rate = self._charged[record.id] = charged
         update: dict[str, object] = {"status": status, "rate_hourly": rate, "name": listed.name or record.name}
         if shape is not None:
             update.update(

@@ -37,11 +37,15 @@ class LyingTransport(httpx.BaseTransport):
         self.inner = in_process_transport(fake)
         self.lie: Rewrite | None = None
         self.fail: Callable[[httpx.Request], bool] | None = None  # answer 502 without passing it on
+        # pass the call on, then answer with this reply instead (None: the fake's own)
+        self.swap: Callable[[httpx.Request], httpx.Response | None] | None = None
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         if self.fail is not None and self.fail(request):
             return httpx.Response(502, content=b"<html>502 Bad Gateway</html>", headers={"content-type": "text/html"})
         response = self.inner.handle_request(request)
+        if self.swap is not None and (swapped := self.swap(request)) is not None:
+            return swapped
         if self.lie is None:
             return response
         response.read()
@@ -319,6 +323,173 @@ def test_orphans_count_against_the_bounds(rig: Callable[..., Rig]) -> None:
     assert r.provider_gpus() == 3  # ours (1) + the orphan (2): nothing more bought
 
 
+def _hand_made(r: Rig, name: str, gpus: int = 1) -> str:
+    """An instance created behind the daemon's back, as someone with the same token would."""
+    from autoscaler.tensordock.wire import create_body
+
+    from ..conftest import create_request
+
+    chicago = next(loc.id for loc in r.fake.state.catalog.locations if loc.city == "Chicago")
+    body = create_body(create_request(chicago, name=name, gpu_count=gpus), "documented")
+    return str(r.fake.state.create(body["data"]["attributes"]).id)
+
+
+def _removals(report: Any) -> list[str]:
+    return [res.action.instance_id for res in report.results if res.action.kind.value in ("stop", "delete")]
+
+
+def test_an_orphan_counts_against_the_bounds_but_never_makes_our_workers_surplus(rig: Callable[..., Rig]) -> None:
+    """Before: the orphan's GPU counted as capacity, and two needed instances were deleted as surplus."""
+    r = rig(guards={"scale_down_delay_s": 60})
+    r.signal.set(queued_jobs=2)
+    for _ in range(4):
+        r.cycle()
+    _hand_made(r, "tdas-stray")
+    for _ in range(8):
+        report = r.cycle()
+        assert _removals(report) == []
+    # the thin listing does not say the orphan's GPUs: it counts against the bounds as the widest, 8
+    assert report.snapshot.active_gpus == 2 + 8 and report.snapshot.serving_gpus == 2
+
+
+def _listing_items(body: Any) -> list[Any]:
+    data = body["data"]
+    return data["instances"] if isinstance(data, dict) else data
+
+
+def test_an_id_listed_twice_counts_once(rig: Callable[..., Rig]) -> None:
+    """Pages that overlap: before, the repeated instance counted twice and a needed one was deleted."""
+    r = rig(guards={"scale_down_delay_s": 60})
+    r.signal.set(queued_jobs=3)
+    for _ in range(4):
+        r.cycle()
+
+    def twice(request: httpx.Request, body: Any) -> Any:
+        if request.method == "GET" and request.url.path.endswith("/instances"):
+            items = _listing_items(body)
+            items.append(dict(items[0]))
+        return body
+
+    r.transport.lie = twice
+    for _ in range(6):
+        report = r.cycle()
+        assert report.snapshot.active_gpus == 3 and _removals(report) == []
+
+
+def test_a_second_id_under_one_of_our_names_is_not_adopted(rig: Callable[..., Rig]) -> None:
+    r = rig(guards={"scale_down_delay_s": 60})
+    r.signal.set(queued_jobs=2)
+    for _ in range(4):
+        r.cycle()
+    ours = sorted(r.runtime.store.owned())
+    name = r.runtime.store.owned()[ours[0]].name
+
+    def impostor(request: httpx.Request, body: Any) -> Any:
+        if request.method == "GET" and request.url.path.endswith("/instances"):
+            _listing_items(body).append(
+                {"type": "virtualmachine", "id": "impostor", "attributes": {"name": name, "status": "Running"}}
+            )
+        return body
+
+    r.transport.lie = impostor
+    for _ in range(6):
+        report = r.cycle()
+        assert _removals(report) == []
+    assert sorted(r.runtime.store.owned()) == ours
+
+
+def test_a_create_reply_naming_another_instance_adopts_neither(rig: Callable[..., Rig]) -> None:
+    """Rule 1: the reply's id is someone else's; ours is found by its name, theirs is never touched."""
+    r = rig()
+    theirs = _hand_made(r, "someone-elses")
+
+    def wrong_reply(request: httpx.Request, body: Any) -> Any:
+        if request.method == "POST" and request.url.path.endswith("/instances"):
+            return {"data": {"type": "virtualmachine", "id": theirs, "name": "someone-elses", "status": "running"}}
+        return body
+
+    r.transport.lie = wrong_reply
+    r.signal.set(queued_jobs=1)
+    report = r.cycle()
+    assert [res.outcome for res in report.results] == ["unknown"]
+    r.transport.lie = None
+    r.cycle()
+    owned = r.runtime.store.owned()
+    assert theirs not in owned and len(owned) == 1  # ours, adopted by name: no second create
+    r.signal.set(queued_jobs=0)
+    for _ in range(20):
+        r.cycle(advance=60)
+    assert [i.id for i in r.provider_instances()] == [theirs]
+
+
+def test_one_unreadable_stranger_in_the_listing_blinds_nothing(rig: Callable[..., Rig]) -> None:
+    """Before: a foreign VM with a string GPU count failed every listing, so no cycle ran at all."""
+    r = rig()
+    r.signal.set(queued_jobs=1)
+    for _ in range(3):
+        r.cycle()
+
+    def odd_stranger(request: httpx.Request, body: Any) -> Any:
+        if request.method == "GET" and request.url.path.endswith("/instances"):
+            _listing_items(body).append(
+                {"type": "virtualmachine", "id": "odd", "attributes": {"name": "theirs", "resources": {"gpus": "x"}}}
+            )
+        return body
+
+    r.transport.lie = odd_stranger
+    r.signal.set(queued_jobs=3)
+    for _ in range(4):
+        report = r.cycle()
+        assert report.error is None
+    assert r.provider_gpus() == 3
+
+
+@pytest.mark.parametrize("kind", ["nested listing", "corrupt gzip create"])
+def test_a_reply_no_parser_survives_is_a_failed_call_not_a_crash(rig: Callable[..., Rig], kind: str) -> None:
+    r = rig()
+    r.signal.set(queued_jobs=1)
+    if kind == "nested listing":  # deeper than the JSON parser's stack
+        r.transport.swap = lambda req: (
+            httpx.Response(200, content=b"[" * 100_000, headers={"content-type": "application/json"})
+            if req.method == "GET" and req.url.path.endswith("/instances")
+            else None
+        )
+        report = r.cycle()
+        assert report.error is not None and "nested too deeply" in report.error
+        assert r.provider_instances() == []
+        return
+    r.transport.swap = lambda req: (  # the create happened; its reply cannot be decoded
+        httpx.Response(200, content=b"not gzip", headers={"content-encoding": "gzip"}) if req.method == "POST" else None
+    )
+    report = r.cycle()
+    assert [res.outcome for res in report.results] == ["unknown"]
+    r.transport.swap = None
+    for _ in range(3):
+        r.cycle()
+    assert len(r.provider_instances()) == 1 and len(r.runtime.store.owned()) == 1  # found by name, no duplicate
+
+
+def test_a_stranger_priced_nan_leaves_the_unmanaged_cost_a_number(rig: Callable[..., Rig]) -> None:
+    r = rig()
+    _hand_made(r, "theirs")
+
+    def nan_rate(request: httpx.Request, body: Any) -> Any:
+        if request.method == "GET" and request.url.path.endswith("/instances"):
+            for item in _listing_items(body):
+                item["attributes"]["rateHourly"] = "NaN"
+        elif request.method == "GET" and "/instances/" in request.url.path:  # the rate read by id
+            item = body.get("data", body)
+            item.get("attributes", item)["rateHourly"] = "NaN"
+        return body
+
+    r.transport.lie = nan_rate
+    r.cycle()
+    value = r.runtime.engine.metrics.registry.get_sample_value(
+        "tensordock_autoscaler_fleet_cost_usd_per_hour", {"managed": "false"}
+    )
+    assert value == 0.0
+
+
 VARIANT = st.fixed_dictionaries(
     {
         "list": st.sampled_from(["thin", "rich"]),
@@ -424,7 +595,7 @@ def test_a_create_answered_with_a_5xx_blocks_capacity_only_for_the_grace(rig: Ca
         if r.provider_gpus() == 1:
             served_after = n * 30
             break
-    assert served_after is not None and served_after <= 120  # grace 60 s, then the next cycle creates
+    assert served_after is not None and served_after <= 240  # grace 180 s, then the next cycle creates
     for _ in range(5):
         r.cycle()
     assert r.provider_gpus() == 1
@@ -517,3 +688,48 @@ def test_port_forwards_silently_dropped_at_a_location_are_what_the_fake_bills(ri
     (ours,) = r.provider_instances()
     assert ours.port_forwards == []
     assert r.runtime.store.owned()[ours.id].shape is not None
+
+
+def test_offers_listed_far_below_their_bill_cannot_hide_it_from_the_cap(rig: Callable[..., Rig]) -> None:
+    """Discovery lists every offer at 5 % of its price; TensorDock then bills, and reports, the true
+    rateHourly, over 3x the offer's. Before: the true rate was disbelieved, the fleet was charged at
+    5 % and ran at $0.98/h against a $0.60/h cap. Now the reported rate, within 3x of the dearest
+    listed offer, is charged; the cap trims to it, and new creates are priced at the listing times
+    what ours turned out to cost, so nothing is bought past it again."""
+    r = rig(guards={"max_hourly_spend": 0.6, "max_gpus": 16})
+
+    def cheap(request: httpx.Request, body: Any) -> Any:
+        path = request.url.path
+        if request.method != "GET" or not (path.endswith("/locations") or path.endswith("/hostnodes")):
+            return body
+        data = body["data"]
+        zero = {"per_vcpu_hr": 0, "per_gb_ram_hr": 0, "per_gb_storage_hr": 0}
+        for location in data.get("locations", []):
+            for gpu in location.get("gpus", []):
+                gpu["price_per_hr"], gpu["pricing"] = round(gpu["price_per_hr"] * 0.05, 4), zero
+        for host in data.get("hostnodes", []):
+            host["pricing"] = zero
+            for gpu in host["available_resources"]["gpus"]:
+                gpu["price_per_hr"] = round(gpu["price_per_hr"] * 0.05, 4)
+        return body
+
+    def billed() -> float:
+        return sum(i.rate_hourly for i in r.provider_instances() if i.phase != "stopped")
+
+    r.transport.lie = cheap
+    r.signal.set(queued_jobs=4)
+    r.cycle()
+    assert billed() > 0.6  # the first buys, on the listed prices, passed the cap: nothing could tell
+    for _ in range(3):
+        report = r.cycle()
+    assert billed() <= 0.6 and report.snapshot.listed_price_factor > 10
+    bought = len(r.provider_instances())
+    r.signal.set(queued_jobs=12)
+    for _ in range(6):
+        r.cycle()
+        assert billed() <= 0.6
+    assert len(r.provider_instances()) == bought  # priced as ours are billed, no offer fits under the cap
+    r.cycle(advance=0)
+    # the ledger charges what is billed once it is reported (before: 5 % of the bill); only the
+    # first cycle, before any GET, went at the listed price
+    assert r.runtime.store.spend(r.clock.now()).total_usd >= 0.8 * r.fake.state.bill().total_usd
