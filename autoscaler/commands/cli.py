@@ -15,6 +15,8 @@ from typing import Any
 
 from autoscaler import __version__
 
+MAX_SPEND_DAYS = 3660  # a longer look back is a typo; past year 9999 it would not even be a date
+
 
 def _fake_api(args: argparse.Namespace) -> int:
     from autoscaler.common.logging import configure_logging, register_secret
@@ -185,8 +187,8 @@ def _spend(args: argparse.Namespace) -> int:
     from autoscaler.service.runtime import open_configured_store
 
     configure_logging("WARNING")
-    if args.days < 1:
-        print("spend: --days must be at least 1", file=sys.stderr)
+    if not 1 <= args.days <= MAX_SPEND_DAYS:
+        print(f"spend: --days must be from 1 to {MAX_SPEND_DAYS} (ten years)", file=sys.stderr)
         return 2
     settings = _load(args.config, "spend")
     if settings is None:

@@ -85,7 +85,21 @@ def check(settings: Settings, *, offline: bool = False) -> Findings:
     if not settings.fleet.ssh_key:
         found.problems.append("fleet.ssh_key: required; TensorDock refuses instances without an SSH public key")
     _cloud_init(settings, found)
+    if not offline:
+        _sources_build(settings, found)
     return found
+
+
+def _sources_build(settings: Settings, found: Findings) -> None:
+    """Build the sources without reading them: what `run` would refuse at start (a URL its client
+    library cannot parse, a credential's unset environment variable) is refused here too."""
+    from autoscaler.signals import SignalError
+    from autoscaler.signals.registry import SignalConfigError, build_signal
+
+    try:
+        build_signal(settings.signal).close()
+    except (SignalConfigError, SignalError) as exc:
+        found.problems.extend(line for line in str(exc).splitlines() if line.strip())
 
 
 def connect(settings: Settings, found: Findings) -> None:
@@ -122,6 +136,8 @@ def connect(settings: Settings, found: Findings) -> None:
             found.problems.append(f"tensordock.base_url: {td.base_url}: {exc}")
     for index, spec in enumerate(settings.signal.sources):
         label = f"signal.sources[{index}] ({spec.name or spec.kind})"
+        if any(p.startswith(f"signal.sources[{index}] ") for p in found.problems):
+            continue  # already refused when it was built
         try:
             source = build_signal(SignalSettings(sources=[spec]))
             try:

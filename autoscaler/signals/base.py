@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -62,6 +62,14 @@ class Demand:
     def __post_init__(self) -> None:
         if self.queued_jobs < 0 or self.running_jobs < 0:
             raise ValueError("job counts cannot be negative")
+        for what, count, ceiling in (
+            ("queued_jobs", self.queued_jobs, MAX_JOB_COUNT),
+            ("running_jobs", self.running_jobs, MAX_JOB_COUNT),
+            ("queued_gpus", self.queued_gpus, MAX_JOB_COUNT * MAX_JOB_GPUS),
+            ("running_gpus", self.running_gpus, MAX_JOB_COUNT * MAX_JOB_GPUS),
+        ):
+            if count is not None and count > ceiling:
+                raise ValueError(f"{what} is {_short(count)}, more than any queue holds")
         if self.max_job_gpus < 1:
             raise ValueError("max_job_gpus must be at least 1")
         if self.busy is not None and not (
@@ -98,6 +106,9 @@ class Demand:
 
 
 MAX_JOB_GPUS = 64  # the widest job a source may report
+# More jobs than any GPU queue holds: a count past it is garbage (a unit or overflow bug upstream),
+# never a reason to scale a real fleet, and past float range it would crash the cycle's arithmetic.
+MAX_JOB_COUNT = 10_000_000
 
 
 def job_width(value: object, what: str) -> int:
@@ -120,9 +131,11 @@ def _check_width_mix(what: str, mix: object, total: int) -> None:
         raise ValueError(f"{what} counts {sum(mix.values())} jobs, more than the {total} reported")
 
 
-def width_mix(value: object, what: str) -> dict[int, int]:
+def width_mix(value: object, what: str, skipped: list[str] | None = None) -> dict[int, int]:
     """A width histogram as a source gave it: `{"1": 12, "8": 2}` (JSON keys are strings) or a list
-    of `[width, count]` pairs; widths and counts must be whole numbers, nothing is guessed."""
+    of `[width, count]` pairs; widths and counts must be whole numbers, nothing is guessed. With
+    `skipped`, an entry whose width cannot be read is left out (and said there) instead of failing:
+    its jobs still count in the queue, as jobs of unknown width."""
     pairs: list[tuple[object, object]]
     if isinstance(value, Mapping):
         pairs = list(value.items())
@@ -132,9 +145,28 @@ def width_mix(value: object, what: str) -> dict[int, int]:
         raise ValueError(f"{what} is {value!r}, not a map of GPUs per job to job counts")
     mix: dict[int, int] = {}
     for key, count in pairs:
-        width = job_width(int(key) if isinstance(key, str) and key.strip().isdigit() else key, f"{what} width")
+        try:
+            width = job_width(int(key) if isinstance(key, str) and key.strip().isdigit() else key, f"{what} width")
+        except ValueError as exc:
+            if skipped is None:
+                raise
+            skipped.append(str(exc))
+            continue
         mix[width] = mix.get(width, 0) + whole_count(count, f"{what}[{width}]")
     return mix
+
+
+def busy_flags(pairs: Iterable[tuple[object, object]]) -> dict[str, bool]:
+    """Instance name -> busy, from what a source returned. Only true/false (or 1/0) is a state: a
+    null or anything else is unknown, left out, so a worker in doubt never reads as idle (rule 5);
+    a string is not guessed ('f' and 'false' are both truthy)."""
+    flags = {}
+    for name, flag in pairs:
+        if isinstance(flag, bool):
+            flags[str(name)] = flag
+        elif isinstance(flag, int) and flag in (0, 1):
+            flags[str(name)] = bool(flag)
+    return flags
 
 
 def widest(mix: Mapping[int, int] | None) -> int:
@@ -159,7 +191,14 @@ def whole_count(value: object, what: str) -> int:
         raise ValueError(f"{what} is {value!r}, {kind}not a count (a whole number)")
     if count < 0:
         raise ValueError(f"{what} is {count}, a negative count")
+    if count > MAX_JOB_COUNT:
+        raise ValueError(f"{what} is {_short(count)}, more jobs than any queue holds (over {MAX_JOB_COUNT:,})")
     return count
+
+
+def _short(count: int) -> str:
+    digits = len(str(count))
+    return str(count) if digits <= 20 else f"a {digits}-digit number"
 
 
 class DemandSignal(Protocol):

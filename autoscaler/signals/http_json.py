@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 from pydantic import Field
 
-from .base import Demand, Secret, SignalError, SignalSource, SourceOptions, whole_count, widest, width_mix
+from .base import Demand, Secret, SignalError, SignalSource, SourceOptions, busy_flags, whole_count, widest, width_mix
 
 
 class HttpJsonOptions(SourceOptions):
@@ -81,7 +81,7 @@ class HttpJsonSignal(SignalSource):
                 raise SignalError(f"{self.name}: {o.busy_path!r} not found") from None
             if not isinstance(raw, dict):
                 raise SignalError(f"{self.name}: {o.busy_path!r} is not an object of instance -> busy")
-            busy = {str(k): bool(v) for k, v in raw.items()}
+            busy = busy_flags(raw.items())
         queued_mix = self._mix(document, o.queued_by_width_path)
         try:
             return Demand(

@@ -6,9 +6,22 @@ The transaction is READ ONLY, so a query that would write is refused by the serv
 from __future__ import annotations
 
 import psycopg
+import structlog
 from pydantic import Field
 
-from .base import Demand, Secret, SignalError, SignalSource, SourceOptions, whole_count, widest, width_mix
+from .base import (
+    Demand,
+    Secret,
+    SignalError,
+    SignalSource,
+    SourceOptions,
+    busy_flags,
+    whole_count,
+    widest,
+    width_mix,
+)
+
+_log = structlog.get_logger("autoscaler.signals")
 
 
 class PostgresOptions(SourceOptions):
@@ -35,8 +48,13 @@ class PostgresSignal(SignalSource):
 
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
+            # read-only for the whole session, not only this transaction: a COMMIT inside the user's
+            # SQL would otherwise end the read-only transaction and let what follows write
             self._conn = psycopg.connect(
-                self._dsn, connect_timeout=max(1, round(self.options.timeout_s)), autocommit=False
+                self._dsn,
+                connect_timeout=max(1, round(self.options.timeout_s)),
+                autocommit=False,
+                options="-c default_transaction_read_only=on",
             )
             self._conn.read_only = True
         return self._conn
@@ -48,15 +66,15 @@ class PostgresSignal(SignalSource):
             try:
                 with conn.cursor() as cur:
                     cur.execute(f"SET LOCAL statement_timeout = {timeout_ms}")
-                    cur.execute(self.options.query)  # the user's own SQL, in a read-only transaction
+                    cur.execute(self.options.query, prepare=True)  # the user's SQL: read-only, one statement (prepared)
                     row = cur.fetchone()
                     busy = None
                     if self.options.busy_query:
-                        cur.execute(self.options.busy_query)
-                        busy = {str(name): bool(flag) for name, flag in cur.fetchall()}
+                        cur.execute(self.options.busy_query, prepare=True)
+                        busy = busy_flags(cur.fetchall())
                     widths = None
                     if self.options.width_query:
-                        cur.execute(self.options.width_query)
+                        cur.execute(self.options.width_query, prepare=True)
                         widths = cur.fetchall()
             finally:
                 conn.rollback()
@@ -79,9 +97,12 @@ class PostgresSignal(SignalSource):
             if widths is not None:
                 if any(len(w) < 2 for w in widths):
                     raise ValueError("width_query rows must be (gpus, queued [, running])")
-                queued_mix = width_mix([[w[0], w[1]] for w in widths], "width_query queued")
+                skipped: list[str] = []  # a NULL or fractional width: those jobs count, of unknown width
+                queued_mix = width_mix([[w[0], w[1]] for w in widths], "width_query queued", skipped)
                 if all(len(w) > 2 for w in widths):
-                    running_mix = width_mix([[w[0], w[2]] for w in widths], "width_query running")
+                    running_mix = width_mix([[w[0], w[2]] for w in widths], "width_query running", [])
+                if skipped:
+                    _log.warning("job_widths_unreadable", source=self.name, rows=len(skipped), first=skipped[0])
             return Demand(
                 queued_jobs=queued,
                 running_jobs=running,

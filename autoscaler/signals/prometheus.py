@@ -7,7 +7,7 @@ import math
 import httpx
 from pydantic import Field
 
-from .base import Demand, Secret, SignalError, SignalSource, SourceOptions
+from .base import MAX_JOB_COUNT, Demand, Secret, SignalError, SignalSource, SourceOptions
 
 
 class PrometheusOptions(SourceOptions):
@@ -60,7 +60,10 @@ class PrometheusSignal(SignalSource):
         samples = self._query(query)
         if not samples:
             raise SignalError(f"{self.name}: query {query!r} returned no series (is the exporter scraped?)")
-        return round(sum(v for _, v in samples))
+        total = sum(v for _, v in samples)
+        if total > MAX_JOB_COUNT:  # past float range, `round` would give an int no cycle can use
+            raise SignalError(f"{self.name}: query {query!r} gave {total:g}, more jobs than any queue holds")
+        return round(total)
 
     def read(self, now: float) -> Demand:
         o = self.options

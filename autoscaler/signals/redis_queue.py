@@ -119,9 +119,16 @@ class RedisSignal(SignalSource):
         else:
             payloads = self._redis.lrange(o.key, 0, o.width_sample - 1)
         mix: dict[int, int] = {}
+        unreadable: list[str] = []
         for payload in payloads[:queued]:
-            gpus = _payload_gpus(payload, o.width_field)
+            try:
+                gpus = _payload_gpus(payload, o.width_field)
+            except ValueError as exc:  # one producer's bug must not blind the whole queue
+                unreadable.append(str(exc))
+                continue
             mix[gpus] = mix.get(gpus, 0) + 1
+        if unreadable:  # those jobs still count in the queue, as jobs of unknown width
+            _log.warning("job_widths_unreadable", source=self.name, jobs=len(unreadable), first=unreadable[0])
         return mix
 
     def read(self, now: float) -> Demand:
@@ -149,11 +156,14 @@ class RedisSignal(SignalSource):
 
 def _payload_gpus(payload: object, field: str) -> int:
     """A job's GPUs from its JSON payload (dotted `field`); not JSON, or no such field: one GPU.
-    A field that is there but not a whole number from 1 to MAX_JOB_GPUS fails the read: a producer bug."""
+    A field that is there but not a whole number from 1 to MAX_JOB_GPUS is a ValueError: a producer
+    bug, that job's width unknown."""
     try:
         node: Any = json.loads(payload) if isinstance(payload, str | bytes) else None
     except ValueError:
         return 1
+    except RecursionError:
+        raise ValueError("job payload nested too deeply to read") from None
     for part in field.split("."):
         if not isinstance(node, dict) or part not in node:
             return 1

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from autoscaler.core.durations import Seconds
 
-from .base import DEFAULT_MAX_FUTURE_SKEW_S, SignalSource
+from .base import DEFAULT_MAX_FUTURE_SKEW_S, SignalError, SignalSource
 from .combined import CombinedSignal
 from .static import FileSignal, StaticSignal
 
@@ -68,12 +68,23 @@ def validate_signal_settings(settings: SignalSettings) -> list[tuple[type[Signal
 
 
 def build_signal(settings: SignalSettings) -> CombinedSignal:
+    """Every source, built but not yet read. A client library's refusal of an option (a Redis URL
+    with an http:// scheme, a port that is not a number) is a configuration error naming the
+    source, so a reload refuses it and `check-config` reports it, instead of a traceback."""
     sources: list[SignalSource] = []
-    for cls, options, name in validate_signal_settings(settings):
-        if cls is StaticSignal:
-            sources.append(StaticSignal.from_options(options, name))
-        elif cls is FileSignal:
-            sources.append(FileSignal(options, name))
-        else:
-            sources.append(cls(options, name))
+    for index, (cls, options, name) in enumerate(validate_signal_settings(settings)):
+        try:
+            if cls is StaticSignal:
+                sources.append(StaticSignal.from_options(options, name))
+            elif cls is FileSignal:
+                sources.append(FileSignal(options, name))
+            else:
+                sources.append(cls(options, name))
+        except (SignalConfigError, SignalError):
+            raise
+        except Exception as exc:  # whatever a client library raises for an option it cannot use
+            kind = settings.sources[index].kind
+            raise SignalConfigError(
+                f"signal.sources[{index}] ({kind}): {str(exc).strip() or type(exc).__name__}"
+            ) from None
     return CombinedSignal(sources, settings.combine, max_future_skew_s=settings.max_future_skew_s)

@@ -269,3 +269,24 @@ def test_a_refused_token_is_blamed_on_the_token_not_the_address(run: Run) -> Non
     assert any(p.startswith("tensordock.token: TensorDock at") and "refused the token" in p for p in problems), err
     assert not any(p.startswith("tensordock.base_url") for p in problems), err
     assert TOKEN not in err and "Traceback" not in err
+
+
+BAD_REDIS_URL = """
+[[signal.sources]]
+kind = "redis"
+options = { url = "http://127.0.0.1:6379/0", key = "k" }
+"""
+
+
+@pytest.mark.parametrize("command", ["check-config", "plan", "status"])
+def test_an_address_the_source_library_refuses_is_one_line_naming_the_source(run: Run, command: str) -> None:
+    """Before: check-config passed it, and plan, status and run died with the library's traceback."""
+    code, _, err = run(command, end=BAD_REDIS_URL)
+    assert code == 2, err
+    assert "signal.sources[0] (redis): Redis URL must specify" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) <= 2, err
+
+
+def test_spend_over_ten_years_back_is_a_usage_error(run: Run) -> None:
+    code, _, err = run("spend", "--days", "100000000")
+    assert code == 2 and "--days must be from 1 to 3660" in err and "Traceback" not in err

@@ -32,3 +32,22 @@ def test_sighup_applies_live_settings_and_refuses_restart_only_ones(daemon: Call
     assert not [e for e in after if e["level"] == "info"], after[:5]  # WARNING applied live
     refused = next(e for e in events if e["event"] == "reload_refused")
     assert str(refused["reason"]).startswith("metrics.port: cannot change while running")
+
+
+def test_a_reload_whose_source_address_cannot_be_parsed_is_refused_not_fatal(
+    daemon: Callable[..., RunningDaemon],
+) -> None:
+    """Before: the Redis client's ValueError escaped the reload and the daemon died."""
+    d = daemon(max_gpus=2)
+    text = d.config.read_text()
+    start, end = text.index("[[signal.sources]]"), text.index("[store]")
+    bad = '[[signal.sources]]\nkind = "redis"\noptions = { url = "http://127.0.0.1:6379/0", key = "k" }\n\n'
+    d.config.write_text(text[:start] + bad + text[end:])
+    d.process.send_signal(signal.SIGHUP)
+    d.wait_until(
+        lambda: d.metric("tensordock_autoscaler_config_reloads_total", result="refused") == 1, "the refused reload"
+    )
+    assert d.process.poll() is None and d.get("/readyz").status_code == 200
+    assert d.stop() == 0
+    refused = next(e for e in d.events() if e["event"] == "reload_refused")
+    assert str(refused["reason"]).startswith("signal.sources[0] (redis): Redis URL must specify")

@@ -1,0 +1,133 @@
+"""What a queue's producers, its operators or a careless endpoint get wrong, against the real servers.
+
+Each case was found by probing a running daemon; each failed before its fix.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import psycopg
+import pytest
+import redis
+
+from autoscaler.signals import SignalError
+from autoscaler.signals.base import MAX_JOB_COUNT, whole_count
+from autoscaler.signals.http_json import HttpJsonOptions, HttpJsonSignal
+from autoscaler.signals.registry import SignalConfigError, SignalSettings, SignalSpec, build_signal
+
+from .conftest import JsonEndpoint, require_server
+from .test_sources import PG_DSN, REDIS_URL, secret
+
+
+@pytest.mark.parametrize(
+    ("kind", "options", "field"),
+    [
+        ("redis", {"url": "http://127.0.0.1:6379/0", "key": "k"}, "signal.sources[0] (redis)"),
+        ("rabbitmq", {"url": "amqp://guest:guest@127.0.0.1:notaport/", "queue": "q"}, "signal.sources[0] (rabbitmq)"),
+        ("prometheus", {"url": "http://[::bad", "queued_query": "q"}, "signal.sources[0] (prometheus)"),
+    ],
+)
+def test_an_address_the_client_library_refuses_is_a_configuration_error(
+    kind: str, options: dict[str, object], field: str
+) -> None:
+    """Before: the library's own ValueError escaped, and a SIGHUP with it killed the daemon."""
+    with pytest.raises(SignalConfigError) as refused:
+        build_signal(SignalSettings(sources=[SignalSpec(kind=kind, options=options)]))
+    assert str(refused.value).startswith(f"{field}: ")
+
+
+@pytest.mark.parametrize("count", [MAX_JOB_COUNT + 1, 10**18, 10**400])
+def test_a_count_no_queue_holds_is_refused(count: int) -> None:
+    with pytest.raises(ValueError, match="more jobs than any queue holds"):
+        whole_count(count, "queued")
+    assert whole_count(MAX_JOB_COUNT, "queued") == MAX_JOB_COUNT
+
+
+def test_a_count_past_float_range_fails_the_read_instead_of_every_cycle(json_endpoint: JsonEndpoint) -> None:
+    """Before: a 401-digit count was believed, and every cycle then crashed converting it to a float."""
+    json_endpoint.document = {"queue": {"waiting": 10**400}, "workers": {"tdas-a": None, "tdas-b": False}}
+    source = HttpJsonSignal(
+        HttpJsonOptions(url=json_endpoint.url, queued_path="queue.waiting", bearer_token=secret("s3cret-token"))
+    )
+    with pytest.raises(SignalError, match="a 401-digit number, more jobs than any queue holds"):
+        source.read(time.time())
+
+
+def test_a_null_busy_flag_is_unknown_not_idle(json_endpoint: JsonEndpoint, unique: str) -> None:
+    """Rule 5: a worker whose state is unknown must not read as idle (stoppable)."""
+    json_endpoint.document = {"queue": {"waiting": 1}, "workers": {"tdas-a": None, "tdas-b": False, "tdas-c": 1}}
+    source = HttpJsonSignal(
+        HttpJsonOptions(
+            url=json_endpoint.url, queued_path="queue.waiting", busy_path="workers", bearer_token=secret("s3cret-token")
+        )
+    )
+    assert source.read(time.time()).busy == {"tdas-b": False, "tdas-c": True}
+    require_server("PostgreSQL", 5432)
+    postgres = build_signal(
+        SignalSettings(
+            sources=[
+                SignalSpec(
+                    kind="postgres",
+                    options={
+                        "dsn": {"value": PG_DSN},
+                        "query": "SELECT 1, 0",
+                        "busy_query": "SELECT * FROM (VALUES ('w1', NULL::boolean), ('w2', true)) AS t",
+                    },
+                )
+            ]
+        )
+    )
+    try:
+        assert postgres.read(time.time()).busy == {"w2": True}
+    finally:
+        postgres.close()
+
+
+def test_a_query_that_commits_its_own_transaction_still_cannot_write(unique: str) -> None:
+    """Before: `SELECT 1, 0; COMMIT; INSERT ...` ended the read-only transaction and wrote the row."""
+    require_server("PostgreSQL", 5432)
+    table = unique.replace("-", "_")
+    with psycopg.connect(PG_DSN, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE {table} (x int)")
+    source = build_signal(
+        SignalSettings(
+            sources=[
+                SignalSpec(
+                    kind="postgres",
+                    options={"dsn": {"value": PG_DSN}, "query": f"SELECT 1, 0; COMMIT; INSERT INTO {table} VALUES (1)"},
+                )
+            ]
+        )
+    )
+    try:
+        with pytest.raises(SignalError, match="multiple commands"):
+            source.read(time.time())
+        with psycopg.connect(PG_DSN, autocommit=True) as conn:
+            assert conn.execute(f"SELECT count(*) FROM {table}").fetchone() == (0,)
+    finally:
+        source.close()
+        with psycopg.connect(PG_DSN, autocommit=True) as conn:
+            conn.execute(f"DROP TABLE IF EXISTS {table}")
+
+
+def test_one_job_with_an_unreadable_width_does_not_blind_the_queue(unique: str) -> None:
+    """Before: one producer's `{"gpus": "2"}` at the head failed every read, so with no worker up
+    nothing ever took it off the queue and the fleet never scaled. Its width is now unknown."""
+    require_server("Redis", 6379)
+    client = redis.Redis.from_url(REDIS_URL)
+    bad = [json.dumps({"gpus": "2"}), json.dumps({"gpus": 2.5}), "[" * 100_000]
+    client.rpush(unique, *bad, *[json.dumps({"gpus": 8})] * 2, *[json.dumps({"gpus": 1})] * 5)
+    source = build_signal(
+        SignalSettings(
+            sources=[SignalSpec(kind="redis", options={"url": REDIS_URL, "key": unique, "width_field": "gpus"})]
+        )
+    )
+    try:
+        demand = source.read(time.time())
+        assert demand.queued_jobs == 10
+        assert demand.queued_by_width == {8: 2, 1: 5} and demand.max_job_gpus == 8
+    finally:
+        source.close()
+        client.delete(unique)
