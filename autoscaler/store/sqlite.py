@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+import structlog
 
 from .sql import SqlStore, schema
+
+_log = structlog.get_logger("autoscaler.store")
+_WRITES = ("BEGIN", "INSERT")  # a transaction's start, and the journal's lone writes outside one
+
+
+class StoreFileLostError(sqlite3.OperationalError):
+    """The store's path no longer names the file that was opened (deleted or replaced)."""
 
 
 class SqliteStore(SqlStore):
@@ -24,7 +35,32 @@ class SqliteStore(SqlStore):
         connection.execute("PRAGMA journal_mode=WAL")
         connection.execute("PRAGMA synchronous=FULL")
         super().__init__(connection)
+        self.problem: str | None = None  # for /readyz, as the PostgreSQL store's
+        self._identity = self._file_identity()
         self._migrate()
+
+    def _file_identity(self) -> tuple[int, int] | None:
+        if self.path == ":memory:":
+            return None
+        try:
+            found = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return found.st_dev, found.st_ino
+
+    def _x(self, sql: str, params: Sequence[object] = ()) -> Any:
+        """Before a write: the path must still name the file we opened. A file deleted (or replaced)
+        under an open connection takes every later write into an inode no restart will see, so
+        the daemon would act on state it then loses; it stops instead, and /readyz says why."""
+        if self._identity is not None and sql.startswith(_WRITES) and self._file_identity() != self._identity:
+            if self.problem is None:
+                self.problem = (
+                    f"{self.path} was deleted or replaced while open; restore it and restart the daemon "
+                    "(without it, the new empty store holds until `adopt`)"
+                )
+                _log.error("store_lost", where=self.where, problem=self.problem)
+            raise StoreFileLostError(f"{self.where}: {self.problem}")
+        return super()._x(sql, params)
 
     def _in_transaction(self) -> bool:
         return bool(self._db.in_transaction)

@@ -23,6 +23,7 @@ from autoscaler.config import DEFAULT_POLICIES, Settings
 from autoscaler.service.runtime import Runtime, build_runtime
 from autoscaler.signals.static import StaticSignal
 from autoscaler.store import SqliteStore
+from autoscaler.store.sqlite import StoreFileLostError
 from autoscaler.tensordock.fake import FakeTensorDockApp, build_fake, in_process_transport
 
 from ..conftest import TOKEN
@@ -733,3 +734,20 @@ def test_offers_listed_far_below_their_bill_cannot_hide_it_from_the_cap(rig: Cal
     # the ledger charges what is billed once it is reported (before: 5 % of the bill); only the
     # first cycle, before any GET, went at the listed price
     assert r.runtime.store.spend(r.clock.now()).total_usd >= 0.8 * r.fake.state.bill().total_usd
+
+
+def test_a_store_file_deleted_under_the_daemon_stops_it_acting(rig: Callable[..., Rig], tmp_path: Path) -> None:
+    """Before: cycles went on 'ok' and journaled new creates into the deleted inode, lost at restart."""
+    r = rig()
+    r.signal.set(queued_jobs=1)
+    for _ in range(3):
+        r.cycle()
+    store_file = tmp_path / "state.db"
+    for path in (store_file, tmp_path / "state.db-wal", tmp_path / "state.db-shm"):
+        path.unlink(missing_ok=True)
+    r.signal.set(queued_jobs=3)
+    for _ in range(3):  # the daemon's loop logs each as a crashed cycle, and /readyz says why
+        with pytest.raises(StoreFileLostError, match="deleted or replaced"):
+            r.cycle()
+    assert r.provider_gpus() == 1  # nothing bought that no restart would remember
+    assert r.runtime.store.problem is not None and "restart" in r.runtime.store.problem
