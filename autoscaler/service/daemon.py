@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import socket
 import threading
@@ -54,6 +55,24 @@ _WATCHDOG_JOB_ID = "watchdog"
 _WATCH_JOB_ID = "watch-queue"
 _LIVENESS_SLACK_S = 10.0  # the scheduler's own lateness on a loaded machine
 _MIN_WATCHDOG_S = 3.0  # a third of it between pings: shorter cannot be pinged reliably
+
+
+class _QuietPollSkips(logging.Filter):
+    """Drop APScheduler's "skipped: maximum number of running instances" warning for the light
+    polls between cycles: while a source is slow, the next watch finds the last one still reading,
+    and skipping it is the point, not news. The cycle's own skips (a cycle longer than its
+    interval) still warn."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        job = record.args[0] if isinstance(record.args, tuple) and record.args else None
+        return not (
+            "maximum number of running instances" in str(record.msg)
+            and getattr(job, "id", None) in (_WATCH_JOB_ID, _FOLLOW_JOB_ID)
+        )
+
+
+_POLL_SKIPS = _QuietPollSkips()
+logging.getLogger("apscheduler.scheduler").addFilter(_POLL_SKIPS)
 
 
 def summary(report: CycleReport) -> str:
@@ -190,6 +209,8 @@ class Daemon:
         if self.elector is not None:
             leading = self.elector.ensure()
             self.metrics.leader.set(1 if leading else 0)
+            if not leading:
+                self.metrics.forget_fleet()
             if not leading and self.elector.problem is not None:  # cut off from the store: not ready to lead
                 self.notifier.notify(STATUS=f"standby: {self.elector.problem}")
                 return None

@@ -27,9 +27,16 @@ class NatsSignal(SignalSource):
         super().__init__(options, name)
         self._url = options.url.resolve(f"{self.name}.url") or "nats://127.0.0.1:4222"
 
-    async def _consumer_counts(self) -> tuple[int, int]:
+    async def _consumer_counts(self, problems: list[str]) -> tuple[int, int]:
+        async def note(exc: Exception) -> None:  # instead of the library's own ERROR line on every read
+            problems.append(f"{type(exc).__name__}: {str(exc).strip() or 'no detail'}")
+
         nc = await nats.connect(
-            self._url, connect_timeout=self.options.timeout_s, allow_reconnect=False, max_reconnect_attempts=0
+            servers=[self._url],
+            connect_timeout=self.options.timeout_s,
+            allow_reconnect=False,
+            max_reconnect_attempts=0,
+            error_cb=note,
         )
         try:
             info = await nc.jetstream(timeout=self.options.timeout_s).consumer_info(
@@ -40,12 +47,14 @@ class NatsSignal(SignalSource):
             await nc.close()
 
     def read(self, now: float) -> Demand:
+        problems: list[str] = []  # what the client met while connecting: the cause behind a timeout
         try:
-            queued, running = asyncio.run(asyncio.wait_for(self._consumer_counts(), self.options.timeout_s))
+            queued, running = asyncio.run(asyncio.wait_for(self._consumer_counts(problems), self.options.timeout_s))
         except nats.js.errors.NotFoundError:
             raise SignalError(
                 f"{self.name}: no consumer {self.options.consumer!r} on stream {self.options.stream!r}"
             ) from None
         except (nats.errors.Error, OSError, TimeoutError) as exc:
-            raise SignalError(f"{self.name}: {type(exc).__name__}: {exc}") from None
+            cause = f" ({problems[-1]})" if problems else ""
+            raise SignalError(f"{self.name}: {type(exc).__name__}: {str(exc).strip() or 'no reply'}{cause}") from None
         return Demand(queued_jobs=queued, running_jobs=running, observed_at=now, source=self.name)

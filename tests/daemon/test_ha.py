@@ -94,19 +94,22 @@ def replicas(tmp_path: Path, pg_store_url: str) -> Iterator[Callable[[int], list
     server.stop()
 
 
-def leader_flags(ports: list[int]) -> list[float | None]:
-    flags: list[float | None] = []
+def gauge_of_each(ports: list[int], name: str) -> list[float | None]:
+    """An unlabelled gauge as each replica exports it (None: no answer)."""
+    values: list[float | None] = []
     for port in ports:
         try:
             text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
         except httpx.HTTPError:
-            flags.append(None)
+            values.append(None)
             continue
-        value = next(
-            (line.split()[-1] for line in text.splitlines() if line.startswith("tensordock_autoscaler_leader ")), None
-        )
-        flags.append(float(value) if value is not None else None)
-    return flags
+        value = next((line.split()[-1] for line in text.splitlines() if line.startswith(f"{name} ")), None)
+        values.append(float(value) if value is not None else None)
+    return values
+
+
+def leader_flags(ports: list[int]) -> list[float | None]:
+    return gauge_of_each(ports, "tensordock_autoscaler_leader")
 
 
 def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
@@ -159,6 +162,10 @@ def test_a_leader_cut_off_from_the_database_stops_acting_and_another_takes_over(
     fake = replicas.fake  # type: ignore[attr-defined]
     wait_for(lambda: sorted(f or 0 for f in leader_flags(ports)) == [0, 1], "one leader of two")
     old_leader = leader_flags(ports).index(1.0)
+    replicas.signal_file.write_text(json.dumps({"queued": 1, "running": 0, "observed_at": time.time()}))  # type: ignore[attr-defined]
+    wait_for(
+        lambda: gauge_of_each(ports, "tensordock_autoscaler_gpus_active")[old_leader] == 1.0, "the first leader's fleet"
+    )
     dsn, schema = split_schema(pg_store_url)
     with psycopg.connect(dsn, autocommit=True) as admin:
         (holder,) = admin.execute(  # this fleet's lock only: other runs share the database
@@ -172,7 +179,11 @@ def test_a_leader_cut_off_from_the_database_stops_acting_and_another_takes_over(
     wait_for(lambda: len(fake.state.instances()) == 2, "the new leader's scale-up")
     time.sleep(2)
     assert len(fake.state.instances()) == 2
+    # the replica that stands by describes no fleet: a sum over replicas is the leader's alone
+    gpus = gauge_of_each(ports, "tensordock_autoscaler_gpus_active")
+    assert gpus[old_leader] == 0.0 and gpus[1 - old_leader] == 2.0, gpus
     with psycopg.connect(dsn) as conn:
         conn.execute(f"SET search_path TO {schema}")
         rows = conn.execute("SELECT fencing_token FROM journal ORDER BY id").fetchall()
-    assert rows and {r[0] for r in rows} == {2}  # every action carried the new leader's token
+    tokens = [r[0] for r in rows]
+    assert set(tokens) == {1, 2} and tokens == sorted(tokens)  # the first leader's, then only the new one's

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from collections import Counter
 from collections.abc import Callable
+
+import pytest
+from apscheduler.schedulers.background import BackgroundScheduler
 
 from .conftest import RunningDaemon
 
@@ -38,3 +44,27 @@ def test_one_summary_per_cycle_one_line_per_action_and_per_refusal_rule(
 
     per_call = [e for e in events if str(e.get("logger", "")).startswith(("apscheduler", "httpx", "httpcore"))]
     assert not per_call, per_call[:3]
+
+
+def test_a_poll_still_running_when_the_next_is_due_is_not_warned_about_but_a_cycle_is(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A slow source keeps the queue watch reading past its next run: APScheduler skipped it with a
+    WARNING every watch_s. The daemon's filter drops that for the polls and keeps it for the cycle."""
+    import autoscaler.service.daemon  # noqa: F401 - installs the filter on APScheduler's logger
+
+    release = threading.Event()
+    scheduler = BackgroundScheduler()
+    for job_id in ("watch-queue", "cycle"):
+        scheduler.add_job(release.wait, "interval", id=job_id, name=job_id, seconds=0.05, max_instances=1, args=(30,))
+    with caplog.at_level(logging.WARNING, logger="apscheduler.scheduler"):
+        scheduler.start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any('job "cycle' in r.getMessage() for r in caplog.records):
+            time.sleep(0.05)
+        time.sleep(0.3)  # more due runs of both
+        release.set()
+        scheduler.shutdown(wait=True)
+    skipped = [r.getMessage() for r in caplog.records if "maximum number of running instances" in r.getMessage()]
+    assert any('job "cycle' in m for m in skipped)
+    assert not any('job "watch-queue' in m for m in skipped), skipped

@@ -257,11 +257,15 @@ def test_nats_consumer_pending_and_ack_pending(unique: str) -> None:
         asyncio.run(teardown())
 
 
-def test_nats_dead_server_is_unknown() -> None:
+def test_nats_dead_server_is_unknown(caplog: pytest.LogCaptureFixture) -> None:
     source = NatsSignal(
         NatsOptions(url=secret(f"nats://127.0.0.1:{dead_port()}"), stream="s", consumer="c", timeout_s=1)
     )
-    expect_unknown(lambda: source.read(time.time()))
+    with caplog.at_level("DEBUG", logger="nats"):
+        reason = expect_unknown(lambda: source.read(time.time()))
+    # the cause, not a bare "TimeoutError: ", and no library ERROR line with a traceback object per read
+    assert "refused" in reason.lower() or "connect call failed" in reason.lower(), reason
+    assert not [r for r in caplog.records if r.name.startswith("nats") and r.levelname == "ERROR"]
 
 
 # -- Prometheus ----------------------------------------------------------------------------------
@@ -496,8 +500,8 @@ def test_redis_width_field_reads_a_bounded_sample_of_the_head(redis_client: redi
         # the first four only: 8, 1, and two without the field (one GPU each); the fifth is not read
         assert (demand.queued_jobs, demand.queued_by_width, demand.max_job_gpus) == (5, {8: 1, 1: 3}, 8)
         redis_client.lset(unique, 0, json.dumps({"spec": {"gpus": "eight"}}))
-        with pytest.raises(SignalError, match="not a count"):
-            source.read(time.time())
+        odd = source.read(time.time())  # a producer's bug: that job's width is unknown, the rest still count
+        assert (odd.queued_jobs, odd.queued_by_width, odd.max_job_gpus) == (5, {1: 3}, 1)
         redis_client.delete(unique)
         assert source.read(time.time()).queued_by_width == {}
     finally:
