@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -62,6 +63,9 @@ def open_configured_store(url: str) -> Store:
         return open_store(url)
     except Exception as exc:  # sqlite3, psycopg and OS errors alike: the operator fixes the URL or the path
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError):
+            # the URL is right and the file is not: a damaged store, or another program's file
+            reason += "; the file is damaged or not a store: restore it from a backup, or move it aside and run `adopt`"
         raise ConfigError(f"store.url: cannot open {mask_url(url)}: {reason}") from None
 
 

@@ -8,6 +8,7 @@ import httpx
 from pydantic import Field
 
 from .base import Demand, Secret, SignalError, SignalSource, SourceOptions, busy_flags, whole_count, widest, width_mix
+from .http_reading import ReplyError, get_json
 
 
 class HttpJsonOptions(SourceOptions):
@@ -68,9 +69,10 @@ class HttpJsonSignal(SignalSource):
     def read(self, now: float) -> Demand:
         o = self.options
         try:
-            response = self._http.get(o.url)
+            response, document = get_json(self._http, o.url, timeout_s=o.timeout_s)
             response.raise_for_status()
-            document = response.json()
+        except ReplyError as exc:
+            raise SignalError(f"{self.name}: {o.url}: {exc}") from None
         except (httpx.HTTPError, ValueError) as exc:
             raise SignalError(f"{self.name}: {o.url}: {type(exc).__name__}") from None
         busy = None

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import httpx
 from pydantic import Field
 
 from .base import MAX_JOB_COUNT, Demand, Secret, SignalError, SignalSource, SourceOptions
+from .http_reading import ReplyError, get_json
 
 
 class PrometheusOptions(SourceOptions):
@@ -32,25 +34,31 @@ class PrometheusSignal(SignalSource):
 
     def _query(self, query: str) -> list[tuple[dict[str, str], float]]:
         try:
-            response = self._http.get("/api/v1/query", params={"query": query})
-            body = response.json()
-        except (httpx.HTTPError, ValueError) as exc:
-            raise SignalError(
-                f"{self.name}: {self.options.url} unreachable or not JSON: {type(exc).__name__}"
-            ) from None
+            response, body = get_json(
+                self._http, "/api/v1/query", timeout_s=self.options.timeout_s, params={"query": query}
+            )
+        except ReplyError as exc:
+            raise SignalError(f"{self.name}: {self.options.url}: {exc}") from None
+        except httpx.HTTPError as exc:
+            raise SignalError(f"{self.name}: {self.options.url} unreachable: {type(exc).__name__}") from None
+        if not isinstance(body, dict):
+            raise SignalError(f"{self.name}: query {query!r}: the reply is not a Prometheus API object")
         if response.status_code != 200 or body.get("status") != "success":
             raise SignalError(f"{self.name}: query {query!r} failed: {body.get('error', response.status_code)}")
-        data = body.get("data", {})
-        kind, result = data.get("resultType"), data.get("result")
+        data = body.get("data")
+        if not isinstance(data, dict):
+            raise SignalError(f"{self.name}: query {query!r}: the reply has no data object")
+        kind = data.get("resultType")
+        result: Any = data.get("result")  # its shape is checked as it is read
         try:
             samples: list[tuple[dict[str, str], float]]
             if kind == "scalar":
                 samples = [({}, float(result[1]))]
             elif kind == "vector":
-                samples = [(item.get("metric", {}), float(item["value"][1])) for item in result]
+                samples = [(item.get("metric") or {}, float(item["value"][1])) for item in result]
             else:
                 raise SignalError(f"{self.name}: query {query!r} gave a {kind}, not a vector or scalar")
-        except (TypeError, KeyError, IndexError, ValueError) as exc:
+        except (TypeError, KeyError, IndexError, ValueError, AttributeError) as exc:
             raise SignalError(f"{self.name}: malformed result for {query!r}: {exc}") from None
         if any(math.isnan(v) or math.isinf(v) or v < 0 for _, v in samples):
             raise SignalError(f"{self.name}: query {query!r} gave a NaN, infinite or negative value")

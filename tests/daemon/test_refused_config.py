@@ -290,3 +290,11 @@ def test_an_address_the_source_library_refuses_is_one_line_naming_the_source(run
 def test_spend_over_ten_years_back_is_a_usage_error(run: Run) -> None:
     code, _, err = run("spend", "--days", "100000000")
     assert code == 2 and "--days must be from 1 to 3660" in err and "Traceback" not in err
+
+
+def test_a_store_file_that_is_not_a_database_says_how_to_recover(run: Run, tmp_path: Path) -> None:
+    damaged = tmp_path / "damaged.db"
+    damaged.write_bytes(b"\x00not a sqlite database\xff" * 500)
+    code, _, err = run("plan", store_url=f"sqlite:///{damaged}")
+    assert code == 2 and "store.url: cannot open" in err and "restore it from a backup" in err, err
+    assert "Traceback" not in err

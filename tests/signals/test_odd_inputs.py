@@ -15,6 +15,7 @@ import redis
 from autoscaler.signals import SignalError
 from autoscaler.signals.base import MAX_JOB_COUNT, whole_count
 from autoscaler.signals.http_json import HttpJsonOptions, HttpJsonSignal
+from autoscaler.signals.prometheus import PrometheusOptions, PrometheusSignal
 from autoscaler.signals.registry import SignalConfigError, SignalSettings, SignalSpec, build_signal
 
 from .conftest import JsonEndpoint, require_server
@@ -131,3 +132,37 @@ def test_one_job_with_an_unreadable_width_does_not_blind_the_queue(unique: str) 
     finally:
         source.close()
         client.delete(unique)
+
+
+def test_an_endless_reply_fails_the_read_instead_of_filling_memory(json_endpoint: JsonEndpoint) -> None:
+    json_endpoint.document = {"queue": {"waiting": 1}, "padding": "x" * (9 * 1024 * 1024)}
+    source = HttpJsonSignal(
+        HttpJsonOptions(url=json_endpoint.url, queued_path="queue.waiting", bearer_token=secret("s3cret-token"))
+    )
+    with pytest.raises(SignalError, match="reply larger than 8388608 bytes"):
+        source.read(time.time())
+    json_endpoint.document = {"queue": {"waiting": 1}}
+    assert source.read(time.time()).queued_jobs == 1
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        ([], "the reply is not a Prometheus API object"),
+        ({"status": "success", "data": None}, "the reply has no data object"),
+        ({"status": "success", "data": {"resultType": "vector", "result": [{"metric": None, "value": [0, "3"]}]}}, 3),
+    ],
+)
+def test_a_prometheus_reply_of_another_shape_is_a_failed_read_not_a_plugin_bug(
+    json_endpoint: JsonEndpoint, reply: object, expected: object
+) -> None:
+    """Before: a list, or a null `metric`, raised AttributeError/TypeError (the plugin-bug path)."""
+    json_endpoint.document = reply  # type: ignore[assignment]
+    source = PrometheusSignal(
+        PrometheusOptions(url=json_endpoint.url, queued_query="q", bearer_token=secret("s3cret-token"))
+    )
+    if isinstance(expected, int):
+        assert source.read(time.time()).queued_jobs == expected
+        return
+    with pytest.raises(SignalError, match=str(expected)):
+        source.read(time.time())

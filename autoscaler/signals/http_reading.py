@@ -1,0 +1,48 @@
+"""One bounded JSON GET for the sources that read over HTTP (the HTTP and Prometheus sources).
+
+A demand endpoint is not TensorDock, but the same rule holds (rule 14): a reply is read streamed,
+at most `max_bytes` and within `timeout_s` in all, so a huge or trickling reply fails the read
+instead of holding memory or the source's reader.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import httpx
+
+MAX_REPLY_BYTES = 8 * 1024 * 1024  # far over any queue document or instant-query reply
+
+
+class ReplyError(ValueError):
+    """The reply was too large, too slow to finish, or not JSON."""
+
+
+def get_json(
+    client: httpx.Client,
+    url: str,
+    *,
+    timeout_s: float,
+    params: dict[str, str] | None = None,
+    max_bytes: int = MAX_REPLY_BYTES,
+) -> tuple[httpx.Response, Any]:
+    """The response and its JSON body; httpx's errors pass through, a bad body is a ReplyError."""
+    deadline = time.monotonic() + timeout_s
+    with client.stream("GET", url, params=params) as response:
+        chunks: list[bytes] = []
+        size = 0
+        for chunk in response.iter_bytes():
+            size += len(chunk)
+            if size > max_bytes:
+                raise ReplyError(f"reply larger than {max_bytes} bytes")
+            if time.monotonic() > deadline:
+                raise ReplyError(f"reply not complete within {timeout_s:g}s")
+            chunks.append(chunk)
+    try:
+        return response, json.loads(b"".join(chunks))
+    except RecursionError:
+        raise ReplyError("reply nested too deeply to read") from None
+    except ValueError:
+        raise ReplyError("reply is not JSON") from None
