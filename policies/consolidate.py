@@ -46,7 +46,8 @@ class Consolidate(BasePolicy[ConsolidateOptions]):
             for offer in snapshot.offers:
                 if offer.key in snapshot.backed_off or not offer.fits(snapshot.shape, instance.gpus):
                     continue
-                price = offer.hourly_price(snapshot.shape, instance.gpus)
+                # priced as the guards price a create: a listing found to underprice ours is scaled up
+                price = offer.hourly_price(snapshot.shape, instance.gpus) * snapshot.listed_price_factor
                 unit = snapshot.unit_price(price, offer.gpu_model, instance.gpus)
                 # the same work for less: scale the replacement's price to the old one's throughput
                 equivalent = instance.rate_hourly * unit / unit_now if unit_now > 0 else price

@@ -164,13 +164,18 @@ def test_an_entry_with_a_readable_id_and_odd_fields_counts_in_an_unknown_status(
     assert len(skipped) == 1 and skipped[0].startswith("instance x: fields unreadable")
 
 
-def test_an_id_listed_twice_counts_once() -> None:
+def test_an_id_listed_twice_counts_once_and_in_doubt_when_its_entries_differ() -> None:
     skipped: list[str] = []
     first = {"id": "a", "name": "tdas-a", "status": "running", "resources": {"gpus": {"h100": {"count": 1}}}}
-    body = {"data": {"instances": [first, {**first, "status": "stopped"}, {"id": "b", "status": "running"}]}}
+    other = {"id": "b", "status": "running"}
+    body = {"data": {"instances": [first, {**first, "status": "stopped"}, other, dict(other)]}}
     listed = parse_instance_list(body, on_skip=lambda _, why: skipped.append(why))
-    assert [(i.id, i.status) for i in listed] == [("a", InstanceStatus.RUNNING), ("b", InstanceStatus.RUNNING)]
-    assert skipped == ["instance a listed twice; the first entry counts"]
+    assert [(i.id, i.status) for i in listed] == [("a", InstanceStatus.UNKNOWN), ("b", InstanceStatus.RUNNING)]
+    assert listed[0].gpu_count == 1  # its shape as first listed is kept
+    assert skipped == [
+        "instance a listed twice, differently; counted in an unknown status",
+        "instance b listed twice; counted once",
+    ]
 
 
 JSON = st.recursive(

@@ -50,7 +50,7 @@ class EngineSettings(BaseModel):
     max_signal_age_s: Seconds = Field(default=120.0, gt=0, description="older demand counts as unknown, seconds")
     offer_refresh_s: Seconds = Field(default=300.0, ge=0, description="seconds listed offers are reused")
     reap_orphans: bool = Field(default=False, description="delete prefix-named instances the store never created")
-    # As long as a create's own reply may take (create_timeout_s, 120 s) plus a minute: a server that
+    # Counted from when the create gave up on its reply (after create_timeout_s): a server that
     # finishes a create it failed to answer must not be answered with a second one (a duplicate).
     unresolved_create_grace_s: Seconds = Field(
         default=180.0,

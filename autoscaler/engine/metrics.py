@@ -148,15 +148,23 @@ class CoreMetrics:
         for result in ("ok", "refused"):
             self.config_reloads.labels(result)
 
-    # ApiObserver: the client reports each call here
     def forget_fleet(self) -> None:
-        """A replica that stands by describes no fleet: what it last saw as leader would be counted
-        twice by a dashboard that sums, or maxes, over replicas. Counters keep their history."""
-        for labelled in (self.fleet_cost, self.instances, self.in_doubt, self.budget_remaining, self.queue_depth):
+        """A replica that stands by describes no fleet and reads no queue: what it last saw as leader
+        would be counted twice by a dashboard that sums over replicas, and a source it no longer
+        reads would stay "down". Counters keep their history."""
+        for labelled in (
+            self.fleet_cost,
+            self.instances,
+            self.in_doubt,
+            self.budget_remaining,
+            self.queue_depth,
+            self.signal_up,
+        ):
             labelled.clear()
         for plain in (self.gpus_active, self.gpus_desired, self.orphans, self.stuck_starting, self.spend_today):
             plain.set(0)
 
+    # ApiObserver: the client reports each call here
     def request_finished(self, operation: str, outcome: str, seconds: float) -> None:
         self.api_requests.labels(operation, outcome).inc()
         self.api_latency.labels(operation).observe(seconds)

@@ -12,6 +12,7 @@ cannot be true is not believed.
 from __future__ import annotations
 
 import functools
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -21,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from autoscaler.core.durations import Seconds
 from autoscaler.core.replacement import Created, Effect, Replacement, Seen, Stage, step
 from autoscaler.core.snapshot import (
+    RUNNING_LIKE,
     FleetInstance,
     InstanceShape,
     Offer,
@@ -96,9 +98,6 @@ class Reconciler:
         self._detail_due: set[str] = set()  # started or modified: a GET tells the new rate
         self._last_refresh_at: float | None = None
         self._views: dict[str, tuple[tuple[object, ...], Instance, dict[str, int]]] = {}  # the last cycle's belief
-        # a reported rate charged though it is far from its offer's price (`disbelieved_charge`): it
-        # stands between the GETs that report it, until one reports a believable rate
-        self._charged: dict[str, float] = {}
 
     def detail_due(self, instance_id: str) -> None:
         """A start or modify went through: its rate may have changed."""
@@ -122,10 +121,10 @@ class Reconciler:
         listed = {i.id for i in listing}
         suspect = bool(owned) and not (listed & owned.keys())
         unresolved = store.unresolved_creates()
-        by_name = {i.name: i for i in listing if i.name}
+        by_name = self._by_unique_name(listing)
         offer_by_key = {o.key: o for o in offers}
         changed = self._resolve_creates(now, unresolved, by_name, owned, offer_by_key, trust_absence=not suspect)
-        changed |= self._adopt_created_names(now, listing, owned)
+        changed |= self._adopt_created_names(now, [i for i in listing if i.name in by_name], owned)
         budget = self.config.detail.gets_per_cycle if may_call else 0
         absent = [i for i in owned if i not in listed]
         budget, forgotten = self._confirm_absent(now, absent, owned, budget)
@@ -189,6 +188,16 @@ class Reconciler:
             elif trust_absence and now - (entry.outcome_at or entry.at) > self.config.unresolved_create_grace_s:
                 self.store.journal_outcome(entry.id, "lost", now, error="never appeared in the listing")
         return adopted
+
+    @staticmethod
+    def _by_unique_name(listing: list[Instance]) -> dict[str, Instance]:
+        """Listed instances by name, leaving out a name listed under two ids: which one a create of
+        ours made cannot be told, so neither is taken for ours (rule 1); both count as orphans."""
+        counts = Counter(i.name for i in listing if i.name)
+        for name, n in counts.items():
+            if n > 1:
+                _log.warning("listing_name_conflict", name=name, ids=[i.id for i in listing if i.name == name])
+        return {i.name: i for i in listing if i.name and counts[i.name] == 1}
 
     def _adopt_created_names(self, now: float, listing: list[Instance], owned: Mapping[str, OwnedRecord]) -> bool:
         """A prefix-named instance whose create we journaled (say, marked lost too early) is ours."""
@@ -348,7 +357,7 @@ class Reconciler:
                 record = owned.get(instance.id)
                 if record is None:
                     continue
-                view, counts = self._owned_view(instance, record, details.get(instance.id), dearest)
+                view, counts = self._owned_view(now, instance, record, details.get(instance.id), dearest)
                 for key, n in counts.items():
                     doubts[key] += n
                 busy = busy_map.get(view.name or "") if busy_known else None
@@ -369,7 +378,6 @@ class Reconciler:
             self.ledger.charge(rates, now)
             since = store.observe_many(observations, now)
         self._views = {k: v for k, v in self._views.items() if k in owned}
-        self._charged = {k: v for k, v in self._charged.items() if k in owned}
         fleet = self._fleet(believed, since, unresolved, by_name)
         watched = {v.id: v.status for v, *_ in believed if v.id in listed_ids}
         pending = tuple(
@@ -386,15 +394,23 @@ class Reconciler:
             watched=watched,
             doubts=Doubts(**doubts),
             hold=hold,
-            listed_price_factor=max(
-                [1.0]
-                + [
-                    charged / expected
-                    for instance_id, charged in self._charged.items()
-                    if (expected := owned[instance_id].expected_rate)
-                ]
-            ),
+            listed_price_factor=self._listed_price_factor(believed),
         )
+
+    def _listed_price_factor(self, believed: list[tuple[Instance, OwnedRecord, bool | None, str | None]]) -> float:
+        """How many times its offer's listed price the worst-mispriced instance of ours, up or on its
+        way, is charged: 1 unless one is over `max_rate_multiple` (a listing that underprices). Read
+        from what the store keeps, so a restart, a reload or a new leader knows it at once."""
+        multiple = self.config.rate_check.max_multiple
+        ratios = [
+            view.rate_hourly / record.expected_rate
+            for view, record, _, _ in believed
+            if view.status in RUNNING_LIKE
+            and record.expected_rate
+            and view.rate_hourly is not None
+            and view.rate_hourly > multiple * record.expected_rate
+        ]
+        return max([1.0, *ratios])
 
     def _foreign_views(
         self,
@@ -411,7 +427,7 @@ class Reconciler:
         return unowned, orphans, tuple(self._load_of(o, dearest) for o in orphans)
 
     def _owned_view(
-        self, listed: Instance, record: OwnedRecord, detail: Instance | None, dearest: Mapping[int, float]
+        self, now: float, listed: Instance, record: OwnedRecord, detail: Instance | None, dearest: Mapping[int, float]
     ) -> tuple[Instance, dict[str, int]]:
         """The instance as decisions see it, reused while nothing it is made of changed (a steady
         fleet of thousands would otherwise be rebuilt every cycle)."""
@@ -420,12 +436,12 @@ class Reconciler:
             cached = self._views.get(record.id)
             if cached is not None and cached[0] == key and not cached[2]:
                 return cached[1], cached[2]
-        view, counts = self._build_view(listed, record, detail, dearest)
+        view, counts = self._build_view(now, listed, record, detail, dearest)
         self._views[record.id] = (key, view, counts)
         return view, counts
 
     def _build_view(
-        self, listed: Instance, record: OwnedRecord, detail: Instance | None, dearest: Mapping[int, float]
+        self, now: float, listed: Instance, record: OwnedRecord, detail: Instance | None, dearest: Mapping[int, float]
     ) -> tuple[Instance, dict[str, int]]:
         """Listed status; shape from our record; a believable rate."""
         counts: dict[str, int] = {}
@@ -449,20 +465,20 @@ class Reconciler:
         gpus = shape.gpus if shape is not None else MAX_GPUS_PER_INSTANCE
         if shape is None:
             counts["unknown_shape"] = 1
-        fallback = self._charged.get(record.id) or record.seen_rate or record.expected_rate or dearest.get(gpus, 0.0)
+        fallback = record.seen_rate or record.expected_rate or dearest.get(gpus, 0.0)
         rate = fallback
         for reported in (detail.rate_hourly if detail else None, listed.rate_hourly):
             if reported is None:
                 continue
             if self._rate_believable(reported, record, dearest.get(gpus)):
                 rate = reported
-                self._charged.pop(record.id, None)
                 break
             counts["implausible_rates"] = counts.get("implausible_rates", 0) + 1
             charged = disbelieved_charge(reported, fallback, dearest.get(gpus), self.config.rate_check)
             self.ledger.rejected_rate(record.id, record.name, reported, charged)
-            if charged > rate:
-                rate = self._charged[record.id] = charged
+            if charged > rate:  # kept as the last rate to charge: between GETs, and after a restart
+                rate = charged
+                self.store.refine(record.id, now, seen_rate=charged)
         update: dict[str, object] = {"status": status, "rate_hourly": rate, "name": listed.name or record.name}
         if shape is not None:
             update.update(

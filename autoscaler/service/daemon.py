@@ -216,6 +216,7 @@ class Daemon:
                 return None
             if not leading:  # a follower: ready to take over, acting on nothing
                 self._last_success = time.time()
+                self.metrics.last_success.set(self._last_success)  # a standby check, as /readyz counts it
                 self.notifier.notify(STATUS="standby: another replica leads")
                 return None
         with self._cycle_lock:

@@ -1,7 +1,7 @@
 """One bounded JSON GET for the sources that read over HTTP (the HTTP and Prometheus sources).
 
 A demand endpoint is not TensorDock, but the same rule holds (rule 14): a reply is read streamed,
-at most `max_bytes` and within `timeout_s` in all, so a huge or trickling reply fails the read
+at most `max_bytes` and within `timeout_s`, so a huge or trickling reply fails the read
 instead of holding memory or the source's reader.
 """
 
@@ -45,4 +45,4 @@ def get_json(
     except RecursionError:
         raise ReplyError("reply nested too deeply to read") from None
     except ValueError:
-        raise ReplyError("reply is not JSON") from None
+        raise ReplyError(f"HTTP {response.status_code} reply is not JSON") from None

@@ -48,13 +48,12 @@ class PostgresSignal(SignalSource):
 
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
-            # read-only for the whole session, not only this transaction: a COMMIT inside the user's
-            # SQL would otherwise end the read-only transaction and let what follows write
+            # no startup options and no named prepared statements: both break behind PgBouncer
             self._conn = psycopg.connect(
                 self._dsn,
                 connect_timeout=max(1, round(self.options.timeout_s)),
                 autocommit=False,
-                options="-c default_transaction_read_only=on",
+                prepare_threshold=None,
             )
             self._conn.read_only = True
         return self._conn
@@ -66,15 +65,17 @@ class PostgresSignal(SignalSource):
             try:
                 with conn.cursor() as cur:
                     cur.execute(f"SET LOCAL statement_timeout = {timeout_ms}")
-                    cur.execute(self.options.query, prepare=True)  # the user's SQL: read-only, one statement (prepared)
+                    # the user's SQL, in a read-only transaction; binary forces the extended protocol,
+                    # which refuses a second statement (a COMMIT that would end the read-only one)
+                    cur.execute(self.options.query, binary=True)
                     row = cur.fetchone()
                     busy = None
                     if self.options.busy_query:
-                        cur.execute(self.options.busy_query, prepare=True)
+                        cur.execute(self.options.busy_query, binary=True)
                         busy = busy_flags(cur.fetchall())
                     widths = None
                     if self.options.width_query:
-                        cur.execute(self.options.width_query, prepare=True)
+                        cur.execute(self.options.width_query, binary=True)
                         widths = cur.fetchall()
             finally:
                 conn.rollback()

@@ -29,7 +29,7 @@ from .base import (
 )
 
 _log = structlog.get_logger("autoscaler.signals")
-_UNREAD_COUNT_MAX = 100_000  # entries a stream read counts one by one when Redis cannot give the lag
+_UNREAD_COUNT_MAX = 10_000  # entries a stream read counts one by one when Redis cannot give the lag
 
 
 class RedisOptions(SourceOptions):

@@ -119,7 +119,7 @@ def parse_instance_list(
     whole fleet: an entry whose id can be read but whose other fields cannot is kept as that id
     in an unknown status, so it counts in doubt and is never touched; an entry without a readable
     id fails the listing, since it may be ours. An id listed twice (pages that overlap) counts
-    once: its first entry. Both are reported to `on_skip`."""
+    once; listed twice differently, it is in an unknown status. Each is reported to `on_skip`."""
     items: object = None
     if isinstance(body, dict):
         data = body.get("data")
@@ -140,14 +140,18 @@ def parse_instance_list(
         instances = _INSTANCE_LIST.validate_python(flat)
     except (ValidationError, ValueError, TypeError):
         instances = [_instance_or_unknown(item, operation, report) for item in flat]
-    seen: set[str] = set()
-    unique = []
+    at: dict[str, int] = {}
+    unique: list[Instance] = []
     for instance in instances:
-        if instance.id in seen:
-            report(operation, f"instance {instance.id} listed twice; the first entry counts")
-            continue
-        seen.add(instance.id)
-        unique.append(instance)
+        first = at.get(instance.id)
+        if first is None:
+            at[instance.id] = len(unique)
+            unique.append(instance)
+        elif unique[first] == instance:
+            report(operation, f"instance {instance.id} listed twice; counted once")
+        else:  # which entry is true cannot be known: rule 11, counted in full and never touched
+            unique[first] = unique[first].model_copy(update={"status": InstanceStatus.UNKNOWN})
+            report(operation, f"instance {instance.id} listed twice, differently; counted in an unknown status")
     return unique
 
 

@@ -691,6 +691,22 @@ def test_port_forwards_silently_dropped_at_a_location_are_what_the_fake_bills(ri
     assert r.runtime.store.owned()[ours.id].shape is not None
 
 
+def _listed_at_5_percent(request: httpx.Request, body: Any) -> Any:
+    path = request.url.path
+    if request.method != "GET" or not (path.endswith("/locations") or path.endswith("/hostnodes")):
+        return body
+    data = body["data"]
+    zero = {"per_vcpu_hr": 0, "per_gb_ram_hr": 0, "per_gb_storage_hr": 0}
+    for location in data.get("locations", []):
+        for gpu in location.get("gpus", []):
+            gpu["price_per_hr"], gpu["pricing"] = round(gpu["price_per_hr"] * 0.05, 4), zero
+    for host in data.get("hostnodes", []):
+        host["pricing"] = zero
+        for gpu in host["available_resources"]["gpus"]:
+            gpu["price_per_hr"] = round(gpu["price_per_hr"] * 0.05, 4)
+    return body
+
+
 def test_offers_listed_far_below_their_bill_cannot_hide_it_from_the_cap(rig: Callable[..., Rig]) -> None:
     """Discovery lists every offer at 5 % of its price; TensorDock then bills, and reports, the true
     rateHourly, over 3x the offer's. Before: the true rate was disbelieved, the fleet was charged at
@@ -699,25 +715,10 @@ def test_offers_listed_far_below_their_bill_cannot_hide_it_from_the_cap(rig: Cal
     what ours turned out to cost, so nothing is bought past it again."""
     r = rig(guards={"max_hourly_spend": 0.6, "max_gpus": 16})
 
-    def cheap(request: httpx.Request, body: Any) -> Any:
-        path = request.url.path
-        if request.method != "GET" or not (path.endswith("/locations") or path.endswith("/hostnodes")):
-            return body
-        data = body["data"]
-        zero = {"per_vcpu_hr": 0, "per_gb_ram_hr": 0, "per_gb_storage_hr": 0}
-        for location in data.get("locations", []):
-            for gpu in location.get("gpus", []):
-                gpu["price_per_hr"], gpu["pricing"] = round(gpu["price_per_hr"] * 0.05, 4), zero
-        for host in data.get("hostnodes", []):
-            host["pricing"] = zero
-            for gpu in host["available_resources"]["gpus"]:
-                gpu["price_per_hr"] = round(gpu["price_per_hr"] * 0.05, 4)
-        return body
-
     def billed() -> float:
         return sum(i.rate_hourly for i in r.provider_instances() if i.phase != "stopped")
 
-    r.transport.lie = cheap
+    r.transport.lie = _listed_at_5_percent
     r.signal.set(queued_jobs=4)
     r.cycle()
     assert billed() > 0.6  # the first buys, on the listed prices, passed the cap: nothing could tell
@@ -730,6 +731,29 @@ def test_offers_listed_far_below_their_bill_cannot_hide_it_from_the_cap(rig: Cal
         r.cycle()
         assert billed() <= 0.6
     assert len(r.provider_instances()) == bought  # priced as ours are billed, no offer fits under the cap
+    creates = r.fake.requests["create_instance"]
+    r.restart_with_store(r.tmp_path / "state.db")  # a restart (or a reload, or a new leader) knows it at once
+    report = r.cycle()
+    assert report.snapshot.listed_price_factor > 10 and report.snapshot.hourly_cost >= 0.9 * billed()
+    hide_one = r.provider_instances()[0].id
+
+    def cheap_and_one_missing(request: httpx.Request, body: Any) -> Any:
+        body = _listed_at_5_percent(request, body)
+        if request.method == "GET" and request.url.path.endswith("/instances"):
+            items = _listing_items(body)
+            items[:] = [i for i in items if i["id"] != hide_one]
+        return body
+
+    r.transport.lie = cheap_and_one_missing  # an instance left out of one listing still counts in full
+    r.cycle()
+    r.transport.lie = _listed_at_5_percent
+    created: list[str] = []
+    for _ in range(120):  # two hours at the cap: consolidate sees no saving in offers that only look cheap
+        report = r.cycle(advance=60)
+        created += [res.action.reason for res in report.results if res.action.kind.value == "create"]
+        assert billed() <= 0.6
+    assert not [reason for reason in created if reason.startswith("consolidate")], created
+    assert r.fake.requests["create_instance"] - creates <= 2, created  # at most what the cap affords
     r.cycle(advance=0)
     # the ledger charges what is billed once it is reported (before: 5 % of the bill); only the
     # first cycle, before any GET, went at the listed price
@@ -751,3 +775,42 @@ def test_a_store_file_deleted_under_the_daemon_stops_it_acting(rig: Callable[...
             r.cycle()
     assert r.provider_gpus() == 1  # nothing bought that no restart would remember
     assert r.runtime.store.problem is not None and "restart" in r.runtime.store.problem
+
+
+def test_offers_listed_below_their_bill_are_no_saving_to_consolidate_into(rig: Callable[..., Rig]) -> None:
+    """Before: ours were charged their true rate while offers kept their 5 % listing, so consolidate
+    saw a saving every steady window and replaced an instance with one billed the same, forever."""
+    r = rig(guards={"scale_down_delay_s": 60})
+    r.transport.lie = _listed_at_5_percent
+    r.signal.set(queued_jobs=2)
+    created: list[str] = []
+    for _ in range(240):  # four hours of steady demand: eight consolidate windows
+        report = r.cycle(advance=60)
+        created += [res.action.reason for res in report.results if res.action.kind.value == "create"]
+    assert len(created) == 2 and not [c for c in created if c.startswith("consolidate")], created
+
+
+def test_a_lost_create_whose_name_is_listed_under_two_ids_adopts_neither(rig: Callable[..., Rig]) -> None:
+    """Which of the two our create made cannot be told: both count against the bounds, neither is ours."""
+    r = rig()
+    r.transport.swap = lambda req: (  # the create happens; its reply is lost
+        httpx.Response(502, content=b"<html>502</html>") if req.method == "POST" else None
+    )
+    r.signal.set(queued_jobs=1)
+    assert [res.outcome for res in r.cycle().results] == ["unknown"]
+    r.transport.swap = None
+    (ours,) = r.provider_instances()
+
+    def twin(request: httpx.Request, body: Any) -> Any:
+        if request.method == "GET" and request.url.path.endswith("/instances"):
+            _listing_items(body).append(
+                {"type": "virtualmachine", "id": "twin", "attributes": {"name": ours.name, "status": "Running"}}
+            )
+        return body
+
+    r.transport.lie = twin
+    for _ in range(10):
+        report = r.cycle()
+        assert report.snapshot.active_gpus >= 1 + 8  # ours, and the twin counted as the widest
+    assert r.runtime.store.owned() == {}
+    assert [i.id for i in r.provider_instances()] == [ours.id]  # never touched
