@@ -189,13 +189,13 @@ class Reconciler:
                 self.store.journal_outcome(entry.id, "lost", now, error="never appeared in the listing")
         return adopted
 
-    @staticmethod
-    def _by_unique_name(listing: list[Instance]) -> dict[str, Instance]:
+    def _by_unique_name(self, listing: list[Instance]) -> dict[str, Instance]:
         """Listed instances by name, leaving out a name listed under two ids: which one a create of
-        ours made cannot be told, so neither is taken for ours (rule 1); both count as orphans."""
+        ours made cannot be told, so neither is taken for ours (rule 1); both count as orphans.
+        Only our prefix's names are said: others' VMs may share a name as they like."""
         counts = Counter(i.name for i in listing if i.name)
         for name, n in counts.items():
-            if n > 1:
+            if n > 1 and name.startswith(f"{self.config.name_prefix}-"):
                 _log.warning("listing_name_conflict", name=name, ids=[i.id for i in listing if i.name == name])
         return {i.name: i for i in listing if i.name and counts[i.name] == 1}
 
