@@ -46,6 +46,7 @@ from autoscaler.service.sdnotify import SystemdNotifier
 from autoscaler.signals.base import Demand
 from autoscaler.store import FencedError
 from autoscaler.store.postgres import PostgresStore
+from autoscaler.store.sqlite import StoreFileLostError
 
 _log = structlog.get_logger("autoscaler.daemon")
 _T = TypeVar("_T")
@@ -238,6 +239,9 @@ class Daemon:
         except FencedError as exc:  # deposed during the cycle (lease lapsed, lock gone): nothing was sent
             _log.warning("cycle_fenced", reason=str(exc))
             self.metrics.leader.set(0)
+        except StoreFileLostError as exc:  # known and said (store_lost, /readyz): one line a cycle, no traceback
+            _log.error("cycle_skipped", reason=str(exc))
+            self.metrics.cycles.labels("error").inc()
         except Exception:  # a bug in a cycle must not end the daemon; the next one runs
             _log.exception("cycle_crashed")
             self.metrics.cycles.labels("crash").inc()

@@ -80,9 +80,11 @@ def build_signal(settings: SignalSettings) -> CombinedSignal:
                 sources.append(FileSignal(options, name))
             else:
                 sources.append(cls(options, name))
-        except (SignalConfigError, SignalError):
-            raise
         except Exception as exc:  # whatever a client library raises for an option it cannot use
+            for built in sources:  # what was built before it holds clients and threads
+                built.close()
+            if isinstance(exc, SignalConfigError | SignalError):
+                raise
             kind = settings.sources[index].kind
             raise SignalConfigError(
                 f"signal.sources[{index}] ({kind}): {str(exc).strip() or type(exc).__name__}"

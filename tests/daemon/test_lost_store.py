@@ -83,3 +83,25 @@ def test_a_lost_store_creates_no_second_fleet(
     assert orphans is not None and orphans >= 1
     active = running.metric("tensordock_autoscaler_gpus_active")
     assert active is not None and active >= 3  # the orphans count against the bounds
+
+
+def test_a_store_file_deleted_under_the_running_daemon_stops_it_acting_and_says_why(
+    daemon: Callable[..., RunningDaemon],
+) -> None:
+    """Before: cycles went on `ok`, /readyz said 200, and new creates were journaled into the deleted
+    file, lost at the next start. Now: nothing more is bought, /readyz says why, one line a cycle."""
+    d = daemon(max_gpus=4)
+    d.set_demand(queued=1)
+    d.wait_until(lambda: d.phases() == ["running"], "the first instance")
+    for path in (d.store, d.store.with_name(d.store.name + "-wal"), d.store.with_name(d.store.name + "-shm")):
+        path.unlink(missing_ok=True)
+    d.set_demand(queued=3)
+    d.wait_until(lambda: d.get("/readyz").status_code == 503, "/readyz to turn 503")
+    assert "deleted or replaced" in d.get("/readyz").text
+    time.sleep(3)  # several cycles at interval 1 s
+    assert d.phases() == ["running"]  # nothing bought that no restart would remember
+    assert d.stop() == 0
+    events = d.events()
+    assert [e for e in events if e["event"] == "store_lost"]
+    assert [e for e in events if e["event"] == "cycle_skipped" and "deleted or replaced" in str(e.get("reason"))]
+    assert not [e for e in events if e["event"] == "cycle_crashed"]
