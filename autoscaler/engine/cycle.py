@@ -8,7 +8,6 @@ demand holds (DESIGN rule 4).
 from __future__ import annotations
 
 import itertools
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from autoscaler.core.snapshot import GuardMemory, InstanceShape, Offer, Snapshot
 from autoscaler.core.throughput import DEFAULT_THROUGHPUT
 from autoscaler.engine.actuator import ActionResult, Actuator
 from autoscaler.engine.cycle_log import log_cycle
-from autoscaler.engine.ledger import RateCheck
+from autoscaler.engine.ledger import RateCheck, plausible_rate
 from autoscaler.engine.metrics import CoreMetrics
 from autoscaler.engine.reconcile import ABSENT, DetailConfig, Doubts, ReconcileConfig, Reconciled, Reconciler
 from autoscaler.signals import Demand, DemandSignal, SignalError
@@ -363,7 +362,16 @@ class Engine:
         assert snap is not None
         m.fleet_cost.labels("true").set(snap.hourly_cost)
         # what we are not told of a foreign instance (its storage price) costs nothing here
-        m.fleet_cost.labels("false").set(sum(billed_rate(i.status, _finite(i.rate_hourly), 0.0) for i in snap.unowned))
+        # a NaN, infinite or negative rate of theirs (rule 11: not believed) counts as nothing, so one
+        # odd listing cannot turn the series NaN
+        check = self.reconciler.config.rate_check
+        m.fleet_cost.labels("false").set(
+            sum(
+                billed_rate(i.status, i.rate_hourly or 0.0, 0.0)
+                for i in snap.unowned
+                if plausible_rate(i.rate_hourly, None, None, check)
+            )
+        )
         counts: dict[tuple[str, str, str, str], int] = {}
         for fleet_instance in snap.instances:
             i = fleet_instance.instance
@@ -428,9 +436,3 @@ class Engine:
         if report.snapshot is not None:
             desired = report.plan.desired_gpus if report.plan is not None else None
             self.store.record_cycle(now, desired, report.snapshot.active_gpus)
-
-
-def _finite(rate: float | None) -> float:
-    """A foreign instance's rate as the unmanaged-cost gauge may sum it: a NaN, infinite or negative
-    one (rule 11: not believed) counts as nothing, so one odd listing cannot turn the series NaN."""
-    return rate if rate is not None and math.isfinite(rate) and rate >= 0 else 0.0
