@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 from pydantic import Field
 
-from .base import MAX_JOB_COUNT, Demand, Secret, SignalError, SignalSource, SourceOptions
+from .base import Demand, Secret, SignalError, SignalSource, SourceOptions, whole_count
 from .http_reading import ReplyError, get_json
 
 
@@ -68,10 +68,10 @@ class PrometheusSignal(SignalSource):
         samples = self._query(query)
         if not samples:
             raise SignalError(f"{self.name}: query {query!r} returned no series (is the exporter scraped?)")
-        total = sum(v for _, v in samples)
-        if total > MAX_JOB_COUNT:  # past float range, `round` would give an int no cycle can use
-            raise SignalError(f"{self.name}: query {query!r} gave {total:g}, more jobs than any queue holds")
-        return round(total)
+        try:  # samples are finite (checked above), so round() gives an int for the one count ceiling
+            return whole_count(round(sum(v for _, v in samples)), f"query {query!r}")
+        except ValueError as exc:
+            raise SignalError(f"{self.name}: {exc}") from None
 
     def read(self, now: float) -> Demand:
         o = self.options
