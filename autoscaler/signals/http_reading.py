@@ -1,8 +1,8 @@
 """One bounded JSON GET for the sources that read over HTTP (the HTTP and Prometheus sources).
 
-A demand endpoint is not TensorDock, but the same rule holds (rule 14): a reply is read streamed,
-at most `max_bytes` and within `timeout_s`, so a huge or trickling reply fails the read
-instead of holding memory or the source's reader.
+A demand endpoint is not TensorDock, but the same rule holds (rule 14), with the client's own
+bounded read: a huge or trickling reply fails the read instead of holding memory or the source's
+reader.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import time
 from typing import Any
 
 import httpx
+
+from autoscaler.common.bounded_read import ReplyTooLargeError, ReplyTooSlowError, read_bounded
 
 MAX_REPLY_BYTES = 8 * 1024 * 1024  # far over any queue document or instant-query reply
 
@@ -31,17 +33,14 @@ def get_json(
     """The response and its JSON body; httpx's errors pass through, a bad body is a ReplyError."""
     deadline = time.monotonic() + timeout_s
     with client.stream("GET", url, params=params) as response:
-        chunks: list[bytes] = []
-        size = 0
-        for chunk in response.iter_bytes():
-            size += len(chunk)
-            if size > max_bytes:
-                raise ReplyError(f"reply larger than {max_bytes} bytes")
-            if time.monotonic() > deadline:
-                raise ReplyError(f"reply not complete within {timeout_s:g}s")
-            chunks.append(chunk)
+        try:
+            body = read_bounded(response, max_bytes=max_bytes, deadline=deadline)
+        except ReplyTooLargeError:
+            raise ReplyError(f"reply larger than {max_bytes} bytes") from None
+        except ReplyTooSlowError:
+            raise ReplyError(f"reply not complete within {timeout_s:g}s") from None
     try:
-        return response, json.loads(b"".join(chunks))
+        return response, json.loads(body)
     except RecursionError:
         raise ReplyError("reply nested too deeply to read") from None
     except ValueError:

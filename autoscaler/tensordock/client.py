@@ -29,6 +29,7 @@ from pydantic import SecretStr
 from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponential_jitter
 
 from autoscaler import __version__
+from autoscaler.common.bounded_read import ReplyTooLargeError, ReplyTooSlowError, read_bounded
 from autoscaler.common.clock import Clock, SystemClock, real_seconds, sleep_unless
 
 from . import wire
@@ -516,21 +517,14 @@ class TensorDockClient:
         timeout = httpx.Timeout(min(read, left), connect=min(self._connect_timeout_s, left))
         try:
             with self._http.stream(method, path, json=json, timeout=timeout) as response:
-                declared = response.headers.get("Content-Length", "")
-                if declared.isdigit() and int(declared) > self.max_reply_bytes:
-                    raise MalformedResponseError(operation, self._too_large(response, f"{int(declared)} bytes"))
-                chunks: list[bytes] = []
-                size = 0
-                for chunk in response.iter_bytes():
-                    size += len(chunk)
-                    if size > self.max_reply_bytes:
-                        raise MalformedResponseError(operation, self._too_large(response, "more"))
-                    if time.monotonic() > deadline:
-                        raise RequestTimeoutError(
-                            operation, f"reply from {self.base_url} not complete within {self.call_deadline_s:g}s"
-                        )
-                    chunks.append(chunk)
-                return response, b"".join(chunks)
+                try:
+                    return response, read_bounded(response, max_bytes=self.max_reply_bytes, deadline=deadline)
+                except ReplyTooLargeError as exc:
+                    raise MalformedResponseError(operation, self._too_large(response, str(exc))) from None
+                except ReplyTooSlowError:
+                    raise RequestTimeoutError(
+                        operation, f"reply from {self.base_url} not complete within {self.call_deadline_s:g}s"
+                    ) from None
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             raise ConnectionFailedError(
                 operation, f"could not connect to {self.base_url}: {type(exc).__name__}"
