@@ -7,8 +7,10 @@ the token as `TDAS_TENSORDOCK__TOKEN` (or a `token_file` for systemd credentials
 from __future__ import annotations
 
 import contextlib
+import difflib
 import os
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
@@ -62,6 +64,11 @@ class TensorDockSettings(_Section):
     max_attempts: int = Field(default=4, ge=1, description="tries per call, retries only where safe")
     backoff_initial_s: Seconds = Field(default=2.0, ge=0, description="first back-off; doubles, jittered")
 
+    @property
+    def longest_call_s(self) -> float:
+        """The longest one call may take on the wire: a create, or any call's deadline."""
+        return max(self.call_deadline_s, self.create_timeout_s) + self.connect_timeout_s
+
     @field_validator("base_url")
     @classmethod
     def _an_http_url(cls, value: str) -> str:
@@ -94,6 +101,7 @@ class TensorDockSettings(_Section):
                 raise ValueError(f"tensordock.token_file: cannot read {self.token_file}: {exc.strerror}") from None
             if text:
                 return SecretStr(text)
+            raise ValueError(f"tensordock.token_file: {self.token_file} is empty; write the API token into it")
         raise ValueError(
             "tensordock.token: no API token; set TDAS_TENSORDOCK__TOKEN, tensordock.token or tensordock.token_file"
         )
@@ -175,7 +183,7 @@ class SchedulerSettings(_Section):
     cycle_stall_s: Seconds = Field(
         default=900.0,
         gt=0,
-        description="a cycle running longer than this is wedged: the systemd watchdog is no longer pinged",
+        description="a cycle that sends no API call for this long is wedged: the systemd watchdog is no longer pinged",
     )
     transition_poll_s: Seconds = Field(
         default=5.0,
@@ -273,7 +281,8 @@ class Settings(BaseSettings, EngineSettings):
         gt=0,
         allow_inf_nan=False,
         description="seconds a leader's lease lasts unrenewed; a frozen leader is replaced after it lapses."
-        " Default: 3 x (scheduler.interval_s + jitter_s), at least 10",
+        " Default: 3 x (scheduler.interval_s + jitter_s), and at least the longest call (a create's"
+        " tensordock.create_timeout_s) plus a cycle",
     )
     detail: DetailConfig = DetailConfig()
 
@@ -283,7 +292,7 @@ class Settings(BaseSettings, EngineSettings):
         if self.leader_lease_s is not None:
             return self.leader_lease_s
         s = self.scheduler
-        return max(10.0, 3 * (s.interval_s + s.jitter_s))
+        return max(10.0, 3 * (s.interval_s + s.jitter_s), self.tensordock.longest_call_s + s.interval_s + s.jitter_s)
 
     @field_validator("leader_lease_s")
     @classmethod
@@ -293,6 +302,12 @@ class Settings(BaseSettings, EngineSettings):
             raise ValueError(
                 f"{value:g} is not longer than scheduler.interval_s + jitter_s ({s.interval_s + s.jitter_s:g});"
                 " the leader renews its lease once a cycle"
+            )
+        api = info.data.get("tensordock")
+        if value is not None and isinstance(api, TensorDockSettings) and value <= api.longest_call_s:
+            raise ValueError(
+                f"{value:g} is not longer than the longest call ({api.longest_call_s:g}s, tensordock.create_timeout_s"
+                " or call_deadline_s): the lease would lapse during a slow create and leadership change hands"
             )
         return value
 
@@ -380,14 +395,38 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
     class _FromFile(Settings):
         _toml_path: ClassVar[Path | None] = Path(path) if path is not None else None
 
+    misspelt = misspelt_environment(os.environ)
     try:
         loaded = _FromFile(**overrides)
     except ValidationError as exc:
-        raise ConfigError("\n".join(readable_errors(exc))) from None
+        raise ConfigError("\n".join(misspelt + readable_errors(exc))) from None
     except ValueError as exc:  # TOML syntax
         raise ConfigError(f"{path}: {exc}") from None
+    if misspelt:
+        raise ConfigError("\n".join(misspelt))
     register_config_secrets(loaded)
     return loaded
+
+
+def misspelt_environment(environ: Mapping[str, str]) -> list[str]:
+    """One line per `TDAS_` variable that looks like a setting misspelt (`TDAS_DRYRUN`,
+    `TDAS_GUARD__MAX_GPUS`): pydantic-settings reads only the names it knows, so an operator who
+    believes dry_run is on would otherwise get a live daemon. Other `TDAS_` names (a source's
+    credential, say `TDAS_REDIS_URL`) are none of the settings' business."""
+    known = {name.lower(): name for name in Settings.model_fields}
+    squeezed = {name.replace("_", ""): name for name in known}
+    lines = []
+    for variable in sorted(environ):
+        if not variable.upper().startswith("TDAS_"):
+            continue
+        head, _, rest = variable[len("TDAS_") :].lower().partition("__")
+        if head in known:
+            continue
+        match = squeezed.get(head.replace("_", "")) or next(iter(difflib.get_close_matches(head, known, 1, 0.8)), None)
+        if match is not None:
+            fix = "TDAS_" + "__".join(part for part in (match, rest) if part).upper()
+            lines.append(f"environment: {variable} is not a setting; did you mean {fix}? (rename or unset it)")
+    return lines
 
 
 def _path(loc: tuple[int | str, ...]) -> str:

@@ -3,7 +3,8 @@
 Stops running instances idle past `idle_timeout_s` while nothing is queued (and the fleet keeps
 its floor), deletes stopped instances once the storage they bill outweighs the faster restart
 they offer (at most `stopped_retention_s`), and deletes instances whose GPUs were reclaimed or
-that report an error, so that `cheapest_throughput` replaces them with working capacity.
+that have reported an error for `errored_for_s`, so that `cheapest_throughput` replaces them with
+working capacity.
 """
 
 from __future__ import annotations
@@ -29,7 +30,13 @@ class IdleOptions(PolicyOptions):
         "storage costs less than that time at its running rate (0: keep for stopped_retention_s)",
     )
     replace_reclaimed: bool = Field(default=True, description="delete instances whose GPUs were taken")
-    delete_errored: bool = True
+    delete_errored: bool = Field(default=True, description="delete instances TensorDock reports in error")
+    errored_for_s: Seconds = Field(
+        default=300.0,
+        ge=0,
+        description="seconds an instance must stay in error, listing after listing, before it is deleted:"
+        " one listing's word is no proof, and its worker may still be running a job",
+    )
 
 
 class Idle(BasePolicy[IdleOptions]):
@@ -51,15 +58,16 @@ class Idle(BasePolicy[IdleOptions]):
             )
             if reclaimed and o.replace_reclaimed:
                 actions.append(self._delete(instance, "its GPUs were reclaimed by another renter; replacing it"))
-            elif instance.status is InstanceStatus.ERROR and o.delete_errored:
-                actions.append(self._delete(instance, "TensorDock reports it in error"))
-            elif instance.status is InstanceStatus.STOPPED and self._stopped_for(
-                snapshot, instance
-            ) > self._retention_s(instance):
+            elif instance.status is InstanceStatus.ERROR and o.delete_errored and self._broken(snapshot, instance):
+                minutes = self._status_for(snapshot, instance) / 60
+                actions.append(self._delete(instance, f"TensorDock has reported it in error for {minutes:.0f} min"))
+            elif instance.status is InstanceStatus.STOPPED and self._status_for(snapshot, instance) > self._retention_s(
+                instance
+            ):
                 actions.append(
                     self._delete(
                         instance,
-                        f"stopped {self._stopped_for(snapshot, instance) / 3600:.1f} h; its storage "
+                        f"stopped {self._status_for(snapshot, instance) / 3600:.1f} h; its storage "
                         f"(${instance.storage_rate_hourly:.3f}/h) now outweighs the faster restart it buys",
                     )
                 )
@@ -88,8 +96,17 @@ class Idle(BasePolicy[IdleOptions]):
             return o.stopped_retention_s
         return min(o.stopped_retention_s, o.restart_saving_s * instance.rate_hourly / instance.storage_rate_hourly)
 
+    def _broken(self, snapshot: Snapshot, instance: FleetInstance) -> bool:
+        """In error long enough to be believed, with demand known (rule 4) and no job known on it (rule 5)."""
+        return (
+            self._status_for(snapshot, instance) >= self.options.errored_for_s
+            and snapshot.demand is not None
+            and instance.busy is not True
+        )
+
     @staticmethod
-    def _stopped_for(snapshot: Snapshot, instance: FleetInstance) -> float:
+    def _status_for(snapshot: Snapshot, instance: FleetInstance) -> float:
+        """Seconds in its present status (0 when the store has not seen it change)."""
         return snapshot.now - (instance.status_since if instance.status_since is not None else snapshot.now)
 
     def _delete(self, instance: FleetInstance, reason: str) -> Action:

@@ -115,6 +115,9 @@ def test_create_reply_without_ip_or_resources_reads() -> None:
         ({"errors": [{"status": "404", "title": "Not Found", "detail": "gone"}]}, 404, "gone"),
         ([{"code": "too_small", "message": "too small", "path": ["resources", "storage_gb"]}], 400, "storage_gb"),
         ({"success": False, "message": "nope"}, None, "nope"),
+        ({"status": 400, "message": "Instance is locked", "data": None}, 400, "Instance is locked"),
+        ({"status": "error", "message": "Instance is locked"}, None, "Instance is locked"),
+        ({"status": "fail", "code": 409, "message": "busy", "data": {}}, 409, "busy"),
     ],
 )
 def test_error_bodies_are_found(body: object, status: int | None, text: str) -> None:
@@ -124,7 +127,19 @@ def test_error_bodies_are_found(body: object, status: int | None, text: str) -> 
     assert text in found[1]
 
 
-@pytest.mark.parametrize("body", [{"data": {"instances": []}}, FLAT, {"data": ENVELOPE}, [], None, "ok"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"data": {"instances": []}},
+        FLAT,
+        {"data": ENVELOPE},
+        [],
+        None,
+        "ok",
+        {"id": "x", "name": "tdas-x", "status": "error"},  # a flat GET of an instance in error is no error reply
+        {"status": "success", "data": {"type": "success"}},
+    ],
+)
 def test_success_bodies_are_not_errors(body: object) -> None:
     assert find_error(body) is None
 
@@ -146,22 +161,43 @@ def test_malformed_lists_raise_a_typed_error(body: object) -> None:
 
 
 @pytest.mark.parametrize(
-    "odd",
+    ("odd", "status", "why"),
     [
-        {"id": "x", "rateHourly": "expensive"},
-        {"id": "x", "resources": {"gpus": "many"}},
-        {"id": "x", "name": {"not": "a name"}},
-        {"type": "virtualmachine", "id": "x", "attributes": {"status": "Running", "portForwards": [{"x": "y"}]}},
+        ({"id": "x", "rateHourly": "expensive"}, InstanceStatus.UNKNOWN, "instance x: rateHourly unreadable"),
+        ({"id": "x", "resources": {"gpus": "many"}}, InstanceStatus.UNKNOWN, "instance x: resources unreadable"),
+        ({"id": "x", "name": {"not": "a name"}}, InstanceStatus.UNKNOWN, "instance x: fields unreadable"),
+        (
+            {"type": "virtualmachine", "id": "x", "attributes": {"status": "Running", "portForwards": [{"x": "y"}]}},
+            InstanceStatus.RUNNING,
+            "instance x: portForwards unreadable",
+        ),
+        ({"id": "x", "name": "tdas-x", "status": "running", "rateHourly": "$0.396"}, InstanceStatus.RUNNING, ""),
+        ({"id": "x", "status": "stopped", "rateHourly": "0,396", "ram_gb": "lots"}, InstanceStatus.STOPPED, ""),
     ],
 )
-def test_an_entry_with_a_readable_id_and_odd_fields_counts_in_an_unknown_status(odd: dict[str, object]) -> None:
-    """Someone else's VM with an odd field must not blind the daemon to its own fleet."""
+def test_an_entry_with_a_readable_id_and_odd_fields_is_read_without_them(
+    odd: dict[str, object], status: InstanceStatus, why: str
+) -> None:
+    """Someone else's VM with an odd field must not blind the daemon to its own fleet, and a price
+    written as "$0.396" must not hide a readable status: the odd optional fields are left out (the
+    daemon's record stands in for them); an unreadable name or status leaves the id alone, in doubt."""
     skipped: list[str] = []
     good = {"id": "ours", "name": "tdas-a", "status": "running"}
     listed = parse_instance_list({"data": {"instances": [good, odd]}}, on_skip=lambda _, why: skipped.append(why))
-    assert [(i.id, i.status) for i in listed] == [("ours", InstanceStatus.RUNNING), ("x", InstanceStatus.UNKNOWN)]
-    assert listed[1].gpus == () and listed[1].rate_hourly is None
-    assert len(skipped) == 1 and skipped[0].startswith("instance x: fields unreadable")
+    assert [(i.id, i.status) for i in listed] == [("ours", InstanceStatus.RUNNING), ("x", status)]
+    assert listed[1].gpus == () and listed[1].rate_hourly is None and listed[1].port_forwards == ()
+    assert len(skipped) == 1 and skipped[0].startswith(why or "instance x: ")
+    assert listed[1].name == odd.get("name") or status is InstanceStatus.UNKNOWN
+
+
+def test_a_single_instance_reply_is_read_without_its_odd_optional_fields() -> None:
+    skipped: list[str] = []
+    body = {"data": {"id": "a", "name": "tdas-a", "status": "running", "rateHourly": "$1.20", "ipAddress": "1.2.3.4"}}
+    read = parse_instance_reply(body, "get_instance", on_skip=lambda _, why: skipped.append(why))
+    assert (read.status, read.rate_hourly, read.ip_address) == (InstanceStatus.RUNNING, None, "1.2.3.4")
+    assert skipped == ["instance a: rateHourly unreadable; left out"]
+    with pytest.raises(MalformedResponseError, match="get_instance"):
+        parse_instance_reply({"data": {"id": "a", "name": ["x"], "status": "running"}}, "get_instance")
 
 
 def test_an_id_listed_twice_counts_once_and_in_doubt_when_its_entries_differ() -> None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from autoscaler.core.durations import Seconds
+from autoscaler.core.money import RUNNING_LIKE
 from autoscaler.core.plan import Action, ActionKind, Plan
 from autoscaler.core.snapshot import FleetInstance, GuardMemory, Snapshot
 
@@ -70,13 +71,21 @@ class GuardedPlan:
 
 
 def _removes_capacity(action: Action, snapshot: Snapshot) -> bool:
-    """Stopping or deleting a running instance reduces capacity; deleting a stopped one does not."""
+    """Stopping or deleting a running instance reduces capacity, and so may deleting one listed in
+    error (its worker may still be running jobs); deleting a stopped one does not."""
     if action.kind is ActionKind.STOP:
         return True
     if action.kind is ActionKind.DELETE:
         instance = snapshot.instance(action.instance_id or "")
-        return instance is not None and instance.status in (InstanceStatus.RUNNING, InstanceStatus.STARTING)
+        return instance is not None and instance.status in (*RUNNING_LIKE, InstanceStatus.ERROR)
     return False
+
+
+def _replaces_broken(action: Action, snapshot: Snapshot) -> bool:
+    """A delete of an instance in error: capacity that does not serve, so no stabilization window
+    keeps it (rule 4 still holds it while demand is unknown)."""
+    instance = snapshot.instance(action.instance_id or "")
+    return action.kind is ActionKind.DELETE and instance is not None and instance.status is InstanceStatus.ERROR
 
 
 @dataclass
@@ -152,7 +161,7 @@ def _refusal_to_remove(
     if blocked:
         return "cooldown", f"scale-down cooldown {config.scale_down_cooldown_s:g}s"
     # Rule 6: scale down only what demand has not wanted for scale_down_delay.
-    if action.gpus > tally.removable and not action.spend_limit:
+    if action.gpus > tally.removable and not action.spend_limit and not _replaces_broken(action, snapshot):
         return (
             "stabilization",
             f"demand wanted {tally.recent_peak} GPUs within {config.scale_down_delay_s:g}s "
@@ -181,7 +190,7 @@ def apply_guards(snapshot: Snapshot, plan: Plan, config: GuardConfig, memory: Gu
             refusal = _refusal_to_add(action, snapshot, config, tally, floor=floor, blocked=up_blocked)
         elif refusal is None and removes:
             refusal = _refusal_to_remove(action, snapshot, config, tally, blocked=down_blocked)
-            if refusal is None:
+            if refusal is None and not _replaces_broken(action, snapshot):
                 tally.removable -= action.gpus
         # Rule 7: bounded work per cycle.
         if refusal is None and len(kept) >= config.max_actions_per_cycle:

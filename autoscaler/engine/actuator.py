@@ -260,9 +260,10 @@ class Actuator:
             except TensorDockError as exc:
                 self.store.journal_outcome(entry, "failed", self.clock.now(), error=str(exc))
                 return ActionResult(action, "failed", name=name, offer_key=offer.key, error=str(exc))
-            if created.name and created.name != name:
-                # A reply about another instance (a proxy's or the API's mix-up): ours may exist under
-                # our name, so it is an unknown outcome the next cycle looks up; never adopt theirs (rule 1).
+            if created.name != name:
+                # A reply about another instance (a proxy's or the API's mix-up), or one that names
+                # none (every documented reply names it): ours may exist under our name, so it is an
+                # unknown outcome the next cycle looks up by name; never adopt the id (rule 1).
                 error = f"create reply names {created.name!r} (id {created.id}), not {name!r}"
                 self.store.journal_outcome(entry, "unknown", self.clock.now(), error=error)
                 _log.warning("create_reply_mismatch", cycle=cycle_id, name=name, replied=created.name)

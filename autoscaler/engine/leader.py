@@ -36,6 +36,11 @@ _DB_NOW = "EXTRACT(EPOCH FROM clock_timestamp())::float8"
 _TAKEOVER_WAIT_S = 2.0  # for the ended session's lock to be released
 
 
+def _renewal_margin(lease_s: float) -> float:
+    """What must be left of a lease just renewed for a call to go out on it."""
+    return min(5.0, 0.1 * lease_s)
+
+
 def advisory_key(schema: str, election: str) -> int:
     """The advisory lock's key. Advisory locks are database-wide, so the schema is part of it:
     fleets (and test runs) keeping their state in separate schemas never wait on each other."""
@@ -147,6 +152,14 @@ class LeaderElector:
         ).fetchone()
         if row is None:
             raise FencedError(f"{why}: not sent: token {self.token} of {self.election!r} is no longer current")
+        # The reply may come late (a stalled network, a freeze): the lease runs from before the
+        # UPDATE, so one that lapsed while we waited for its answer is no lease to call on.
+        waited = time.monotonic() - now
+        if waited >= self.lease_s - _renewal_margin(self.lease_s):
+            raise FencedError(
+                f"{why}: not sent: renewing the lease of {self.election!r} took {waited:.1f}s of its"
+                f" {self.lease_s:g}s; another replica may lead by now"
+            )
         self._renewed_at = now  # taken before the UPDATE: our idea of the expiry is never later than the database's
 
     def _acquire(self, conn: psycopg.Connection[Any]) -> bool:

@@ -29,9 +29,17 @@ class RateCheck:
     max_multiple: float = 3.0  # of the instance's offer price, or of the dearest offer when that is unknown
 
 
-def plausible_rate(rate: float | None, expected: float | None, dearest_offer: float | None, check: RateCheck) -> bool:
-    """A reported rate is believed only when finite, not negative, and not absurd for its offer."""
+def plausible_rate(
+    rate: float | None, expected: float | None, dearest_offer: float | None, check: RateCheck, *, running: bool = False
+) -> bool:
+    """A reported rate is believed only when finite, not negative, and not absurd for its offer:
+    above `max_multiple` times its offer's price, or, while it runs, $0 or below its offer's price
+    divided by `max_multiple` (a per-GPU rate given as the instance's, or a placeholder 0, would
+    let the fleet past max_hourly_spend and the budgets). A stopped instance bills its storage:
+    a low rate is no lie there."""
     if rate is None or not math.isfinite(rate) or rate < 0:
+        return False
+    if running and (rate == 0 or (expected and rate * check.max_multiple < expected)):
         return False
     ceiling = expected if expected else dearest_offer
     return ceiling is None or rate <= check.max_multiple * ceiling

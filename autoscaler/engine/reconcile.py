@@ -124,7 +124,7 @@ class Reconciler:
         by_name = self._by_unique_name(listing)
         offer_by_key = {o.key: o for o in offers}
         changed = self._resolve_creates(now, unresolved, by_name, owned, offer_by_key, trust_absence=not suspect)
-        changed |= self._adopt_created_names(now, [i for i in listing if i.name in by_name], owned)
+        changed |= self._adopt_created_names(now, [i for i in listing if i.name in by_name], owned, offer_by_key)
         budget = self.config.detail.gets_per_cycle if may_call else 0
         absent = [i for i in owned if i not in listed]
         budget, forgotten = self._confirm_absent(now, absent, owned, budget)
@@ -199,7 +199,9 @@ class Reconciler:
                 _log.warning("listing_name_conflict", name=name, ids=[i.id for i in listing if i.name == name])
         return {i.name: i for i in listing if i.name and counts[i.name] == 1}
 
-    def _adopt_created_names(self, now: float, listing: list[Instance], owned: Mapping[str, OwnedRecord]) -> bool:
+    def _adopt_created_names(
+        self, now: float, listing: list[Instance], owned: Mapping[str, OwnedRecord], offer_by_key: Mapping[str, Offer]
+    ) -> bool:
         """A prefix-named instance whose create we journaled (say, marked lost too early) is ours."""
         prefix = f"{self.config.name_prefix}-"
         candidates = [i for i in listing if i.id not in owned and (i.name or "").startswith(prefix)]
@@ -210,12 +212,32 @@ class Reconciler:
         adopted = False
         for instance in candidates:
             if instance.name in names and instance.name not in taken:
-                self.store.adopt(instance.id, instance.name or instance.id, now, None, self.storage_rate(None, None))
+                self._adopt_late(now, instance, offer_by_key)
                 taken.add(instance.name or instance.id)
                 adopted = True
             elif instance.name in names:
                 _log.warning("listing_name_conflict", instance=instance.id, name=instance.name)
         return adopted
+
+    def _adopt_late(self, now: float, instance: Instance, offer_by_key: Mapping[str, Offer]) -> None:
+        """Rule 12: what it is comes from the create we journaled under its name (shape, offer,
+        price), as for a create resolved in time; billed from that call."""
+        entry = self.store.create_of(instance.name or "")
+        if entry is None:  # the journal was trimmed: adopted as found, its shape still to learn
+            self.store.adopt(instance.id, instance.name or instance.id, now, None, self.storage_rate(None, None))
+            return
+        self.store.adopt(
+            instance.id,
+            instance.name or instance.id,
+            entry.at,
+            entry.offer_key,
+            self.storage_rate(offer_by_key.get(entry.offer_key or ""), entry.shape),
+            shape=entry.shape,
+            expected_rate=entry.hourly_price or None,
+        )
+        self.ledger.opened(instance.id, entry.hourly_price, entry.at)
+        self.store.journal_outcome(entry.id, "ok", now, instance_id=instance.id)
+        _log.warning("late_create_adopted", instance=instance.id, name=instance.name, created_at=entry.at)
 
     # -- absence: forgotten only on a 404 -------------------------------------------------------
 
@@ -317,15 +339,18 @@ class Reconciler:
         if record is None:
             self._foreign[instance_id] = (detail, now)
             return
-        seen = detail.rate_hourly if self._rate_believable(detail.rate_hourly, record) else None
+        running = detail.status in RUNNING_LIKE
+        seen = detail.rate_hourly if self._rate_believable(detail.rate_hourly, record, running=running) else None
         learned_shape = None if record.shape is not None else shape_from(detail)
         self.store.refine(instance_id, now, seen_rate=seen, shape=learned_shape)
 
     # -- belief -----------------------------------------------------------------------------
 
-    def _rate_believable(self, rate: float | None, record: OwnedRecord | None, dearest: float | None = None) -> bool:
+    def _rate_believable(
+        self, rate: float | None, record: OwnedRecord | None, dearest: float | None = None, *, running: bool
+    ) -> bool:
         expected = record.expected_rate if record is not None else None
-        return plausible_rate(rate, expected, dearest, self.config.rate_check)
+        return plausible_rate(rate, expected, dearest, self.config.rate_check, running=running)
 
     def _believe(
         self,
@@ -364,7 +389,7 @@ class Reconciler:
                 storage_rate = record.storage_rate or self.storage_rate(None, record.shape)
                 rates[instance.id] = billed_rate(view.status, view.rate_hourly or 0.0, storage_rate)
                 observations.append((instance.id, view.status.value, busy))
-                believed.append((view, record, busy, _doubt(counts)))
+                believed.append((view, record, busy, _doubt(counts) or _renamed(view, record)))
                 if view.status.is_stopped:
                     self.ledger.settle_stopped(record, rates[instance.id], now, watched_before.get(instance.id))
             for instance_id, record in owned.items():  # missing from this listing: kept, in doubt, in full
@@ -456,6 +481,9 @@ class Reconciler:
                     listed=f"{source.gpu_count}x {source.gpu_model}",
                     recorded=f"{shape.gpus}x {shape.gpu_model}",
                 )
+        if listed.name and listed.name != record.name:
+            counts["contradicted"] = counts.get("contradicted", 0) + 1
+            _log.warning("listing_name_differs", instance=record.id, listed=listed.name, recorded=record.name)
         status = listed.status
         if detail is not None and detail.status is not InstanceStatus.UNKNOWN:
             status = detail.status  # the later, and fuller, word
@@ -470,7 +498,7 @@ class Reconciler:
         for reported in (detail.rate_hourly if detail else None, listed.rate_hourly):
             if reported is None:
                 continue
-            if self._rate_believable(reported, record, dearest.get(gpus)):
+            if self._rate_believable(reported, record, dearest.get(gpus), running=status in RUNNING_LIKE):
                 rate = reported
                 break
             counts["implausible_rates"] = counts.get("implausible_rates", 0) + 1
@@ -519,9 +547,9 @@ class Reconciler:
         """An orphan counts in full: what it is, if known; else the widest and dearest it could be."""
         gpus = orphan.gpu_count or MAX_GPUS_PER_INSTANCE
         rate = orphan.rate_hourly
-        if not plausible_rate(rate, None, dearest.get(gpus), self.config.rate_check):
-            rate = dearest.get(gpus, 0.0)
         billing = orphan.status not in (InstanceStatus.STOPPED, InstanceStatus.STOPPED_DISASSOCIATED)
+        if not plausible_rate(rate, None, dearest.get(gpus), self.config.rate_check, running=billing):
+            rate = dearest.get(gpus, 0.0)
         return PendingCreate(orphan.name or orphan.id, gpus if billing else 0, (rate or 0.0) if billing else 0.0, 0.0)
 
     def _fleet(
@@ -572,6 +600,14 @@ class Reconciler:
         if offer is not None:
             return offer.pricing.storage_price(storage)
         return storage * self.config.stopped_storage_usd_per_gb_hr
+
+
+def _renamed(view: Instance, record: OwnedRecord) -> str | None:
+    """Rule 1: an id listed under a name that is not the one we created it with may not be ours
+    (a create reply that gave another VM's id): it counts in full and is never touched."""
+    if view.name == record.name:
+        return None
+    return f"listed as {view.name!r}, created as {record.name!r}; not touched until the names agree"
 
 
 def _doubt(counts: Mapping[str, int]) -> str | None:

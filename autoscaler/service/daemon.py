@@ -108,6 +108,14 @@ def changed_settings(old: Settings, new: Settings) -> list[str]:
     return sorted(key for key in before.keys() | after.keys() if before.get(key) != after.get(key))
 
 
+def token_of(settings: Settings) -> str | None:
+    """The token these settings resolve to now (a token_file is read at each call)."""
+    try:
+        return settings.tensordock.resolved_token().get_secret_value()
+    except ValueError:
+        return None
+
+
 class Daemon:
     def __init__(self, settings: Settings, config_path: str | Path | None = None, **runtime_options: Any) -> None:
         self.settings = settings
@@ -115,6 +123,7 @@ class Daemon:
         self.metrics = CoreMetrics()
         self.metrics.leader.set(1)
         self._runtime_options = runtime_options
+        self._token_in_use = token_of(settings)  # what the running client sends
         self.runtime: Runtime = build_runtime(settings, metrics=self.metrics, **runtime_options)
         self.elector: LeaderElector | None = None
         if isinstance(self.runtime.store, PostgresStore) and settings.leader_election:
@@ -130,6 +139,7 @@ class Daemon:
         self._last_success: float | None = None
         self._started = time.time()
         self._cycle_started: float | None = None  # monotonic; None while no cycle runs
+        self._cycle_moved = 0.0  # monotonic: when the last API call went out
         self._cycle_ended = time.monotonic()  # start-up counts as the end of a cycle
         self._watchdog_withheld = False
         self.watchdog_s = self.notifier.watchdog_interval_s
@@ -143,9 +153,17 @@ class Daemon:
         self.endpoints = Endpoints(self.metrics.registry, self.readiness, settings.metrics.host, settings.metrics.port)
 
     def _wire(self, runtime: Runtime) -> None:
-        """Every attempt the client puts on the wire is first checked against the lease and fencing."""
-        if self.elector is not None:
-            runtime.client.before_attempt = self.elector.check_before_call
+        """Every attempt the client puts on the wire shows the cycle is moving (what the watchdog
+        measures: a cycle of many slow creates is busy, not wedged), and is first checked against
+        the lease and fencing."""
+        elector = self.elector
+
+        def before_attempt(operation: str) -> None:
+            self._cycle_moved = time.monotonic()
+            if elector is not None:
+                elector.check_before_call(operation)
+
+        runtime.client.before_attempt = before_attempt
 
     # -- health -------------------------------------------------------------------------------
 
@@ -174,9 +192,12 @@ class Daemon:
         s = self.settings.scheduler
         started = self._cycle_started
         if started is not None:
-            running = now - started
-            if running > s.cycle_stall_s:
-                return False, f"a cycle has run {running:.0f}s, more than scheduler.cycle_stall_s"
+            running, still = now - started, now - max(started, self._cycle_moved)
+            if still > s.cycle_stall_s:
+                return False, (
+                    f"a cycle has run {running:.0f}s, {still:.0f}s of it without a call going out:"
+                    " more than scheduler.cycle_stall_s"
+                )
             return True, f"a cycle is running ({running:.0f}s)"
         since = now - self._cycle_ended
         if since > s.interval_s + s.jitter_s + _LIVENESS_SLACK_S:
@@ -315,7 +336,10 @@ class Daemon:
             return False
         try:
             new_settings = load_settings(self.config_path)
+            new_token = token_of(new_settings)
             changed = changed_settings(self.settings, new_settings)
+            if new_token != self._token_in_use:  # a token_file rewritten in place changes no setting
+                changed = sorted({*changed, "tensordock.token"})
             frozen = [key for key in changed if key.startswith(RESTART_ONLY)]
             if frozen:
                 raise ConfigError(f"{', '.join(frozen)}: cannot change while running; restart to apply")
@@ -330,7 +354,7 @@ class Daemon:
         with self._cycle_lock:
             old = self.runtime
             self._wire(new_runtime)
-            self.runtime, self.settings = new_runtime, new_settings
+            self.runtime, self.settings, self._token_in_use = new_runtime, new_settings, new_token
             self._watch.cycle_saw(None)  # the source may have changed: the next cycle sets the marks
             old.client.close()
             signal_close = getattr(old.engine.signal, "close", None)

@@ -366,6 +366,16 @@ class SqlStore:
             rows = self._x("SELECT DISTINCT name FROM journal WHERE kind = 'create'").fetchall()
         return {row[0] for row in rows if row[0]}
 
+    def create_of(self, name: str) -> JournalEntry | None:
+        """The last create journaled under this name: what it was asked to be."""
+        with self._lock:
+            row = self._x(
+                f"SELECT {self._JOURNAL_COLUMNS} FROM journal WHERE kind = 'create' AND name = ?"  # noqa: S608
+                " ORDER BY id DESC LIMIT 1",
+                (name,),
+            ).fetchone()
+        return _entry(row) if row is not None else None
+
     def journal(self, limit: int = 100) -> list[JournalEntry]:
         with self._lock:
             rows = self._x(

@@ -31,6 +31,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponent
 from autoscaler import __version__
 from autoscaler.common.bounded_read import ReplyTooLargeError, ReplyTooSlowError, read_bounded
 from autoscaler.common.clock import Clock, SystemClock, real_seconds, sleep_unless
+from autoscaler.common.secrets import mask_secrets
 
 from . import wire
 from .errors import (
@@ -309,7 +310,7 @@ class TensorDockClient:
 
     def get_instance(self, instance_id: str) -> Instance:
         body = self._call("get_instance", "GET", f"/instances/{instance_id}", idempotent=True)
-        return wire.parse_instance_reply(body, "get_instance")
+        return wire.parse_instance_reply(body, "get_instance", on_skip=self._listing_entry_odd)
 
     def create_instance(self, request: CreateInstanceRequest) -> Instance:
         """Create; never repeated after an unknown outcome: the caller lists the fleet and matches the name."""
@@ -321,7 +322,7 @@ class TensorDockClient:
             idempotent=False,
             read_timeout_s=self._create_timeout_s,  # creates are slow at TensorDock; a 30 s read orphans many
         )
-        return wire.parse_instance_reply(body, "create_instance")
+        return wire.parse_instance_reply(body, "create_instance", on_skip=self._listing_entry_odd)
 
     def start_instance(self, instance_id: str) -> InstanceStatus:
         return self._transition("start_instance", instance_id, "start", InstanceStatus.STARTING)
@@ -548,7 +549,7 @@ class TensorDockClient:
         except RecursionError:  # nesting deeper than the parser's stack: no reply of ours looks like that
             raise MalformedResponseError(operation, f"HTTP {response.status_code} reply is nested too deeply") from None
         except ValueError:
-            text = raw.decode("utf-8", "replace")
+            text = mask_secrets(raw.decode("utf-8", "replace"))  # before any cut: a page echoing headers
             if response.is_success:
                 raise MalformedResponseError(
                     operation, f"HTTP {response.status_code} reply is not JSON: {text[:120]!r}"

@@ -12,6 +12,8 @@ from typing import Any, TypeVar
 
 from pydantic import TypeAdapter, ValidationError
 
+from autoscaler.common.secrets import mask_secrets
+
 from .errors import MalformedResponseError
 from .models import (
     CreateInstanceRequest,
@@ -39,7 +41,7 @@ def _first(mapping: Mapping[str, Any], *keys: str) -> Any:
 
 
 def _malformed(operation: str, what: str, body: object) -> MalformedResponseError:
-    excerpt = json.dumps(body, default=str)[:200]
+    excerpt = mask_secrets(json.dumps(body, default=str))[:200]  # masked before the cut: no half token
     return MalformedResponseError(operation, f"{what}; reply began {excerpt}")
 
 
@@ -67,9 +69,17 @@ def find_error(body: object) -> tuple[int | None, str] | None:
     if body.get("success") is False:
         return _as_status(body.get("status")), str(body.get("message") or "request failed")
     status = _as_status(body.get("status"))
-    if status is not None and status >= 400 and "data" not in body:  # `{"status": 400, "message": ...}`
+    no_data = body.get("data") in (None, {}, [])  # `"data": null` beside an error carries nothing
+    if status is not None and status >= 400 and no_data:  # `{"status": 400, "message": ...}`
         return status, str(_first(body, "message", "detail", "title") or f"status {status}")
+    word = body.get("status")
+    if isinstance(word, str) and word.lower() in _ERROR_WORDS and no_data and "id" not in body:
+        # JSend's `{"status": "error", "message": ...}`; an instance's own `status: error` has its id
+        return _as_status(body.get("code")), str(_first(body, "message", "detail", "title") or f"status {word}")
     return None
+
+
+_ERROR_WORDS = frozenset({"error", "fail", "failed", "failure"})
 
 
 def _as_status(value: object) -> int | None:
@@ -94,14 +104,48 @@ def _flatten(item: object) -> object:
     return item
 
 
-def parse_instance(item: object, operation: str) -> Instance:
-    """One instance, flat or `{type, id, attributes}`; the model itself reads every wire shape."""
+def parse_instance(item: object, operation: str, on_skip: SkipEntry | None = None) -> Instance:
+    """One instance, flat or `{type, id, attributes}`; the model itself reads every wire shape.
+    An optional field it cannot read (a price as "$0.39") is left out and reported to `on_skip`:
+    the daemon's own record stands in for it, and the id, name and status still count."""
     if not isinstance(item, dict):
         raise _malformed(operation, "instance is not an object", item)
+    flat = _flatten(item)
     try:
-        return Instance.model_validate(_flatten(item))
+        return Instance.model_validate(flat)
     except (ValidationError, ValueError, TypeError) as exc:
-        raise _malformed(operation, f"instance fields are invalid ({_summarise(exc)})", item) from exc
+        read = _without_unreadable(flat, exc)
+        if read is None:
+            raise _malformed(operation, f"instance fields are invalid ({_summarise(exc)})", item) from exc
+        instance, dropped = read
+        (on_skip or _skip_nothing)(operation, f"instance {instance.id}: {', '.join(dropped)} unreadable; left out")
+        return instance
+
+
+# What an instance is to the daemon; without any of these an entry cannot be read at all.
+_ESSENTIAL_FIELDS = frozenset({"id", "name", "status", "type", "attributes"})
+
+
+def _without_unreadable(item: object, exc: Exception) -> tuple[Instance, list[str]] | None:
+    """The instance read without the optional fields that failed validation, and their names;
+    None when an essential field failed or the failure names no field."""
+    if not isinstance(item, dict):
+        return None
+    current, dropped = dict(item), []
+    for _ in range(len(current)):
+        if not isinstance(exc, ValidationError):
+            return None
+        keys = {str(error["loc"][0]) for error in exc.errors() if error["loc"]}
+        if not keys or keys & _ESSENTIAL_FIELDS or not keys <= set(current):
+            return None
+        for key in sorted(keys):
+            del current[key]
+            dropped.append(key)
+        try:
+            return Instance.model_validate(current), dropped
+        except (ValidationError, ValueError, TypeError) as again:
+            exc = again
+    return None
 
 
 def _summarise(exc: Exception) -> str:
@@ -159,6 +203,11 @@ def _instance_or_unknown(item: object, operation: str, on_skip: SkipEntry) -> In
     try:
         return Instance.model_validate(item)
     except (ValidationError, ValueError, TypeError) as exc:
+        read = _without_unreadable(item, exc)
+        if read is not None:
+            instance, dropped = read
+            on_skip(operation, f"instance {instance.id}: {', '.join(dropped)} unreadable; left out")
+            return instance
         raw_id = item.get("id") if isinstance(item, dict) else None
         if isinstance(raw_id, bool) or not isinstance(raw_id, str | int) or not str(raw_id):
             raise _malformed(operation, f"instance fields are invalid ({_summarise(exc)})", item) from exc
@@ -167,11 +216,11 @@ def _instance_or_unknown(item: object, operation: str, on_skip: SkipEntry) -> In
         return Instance(id=str(raw_id), name=name if isinstance(name, str) else None, status=InstanceStatus.UNKNOWN)
 
 
-def parse_instance_reply(body: object, operation: str) -> Instance:
+def parse_instance_reply(body: object, operation: str, on_skip: SkipEntry | None = None) -> Instance:
     """A single instance: wrapped in `data` or flat at the top level."""
     if isinstance(body, dict) and isinstance(body.get("data"), dict):
-        return parse_instance(body["data"], operation)
-    return parse_instance(body, operation)
+        return parse_instance(body["data"], operation, on_skip)
+    return parse_instance(body, operation, on_skip)
 
 
 def _pricing(raw: object) -> Pricing:

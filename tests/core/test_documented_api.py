@@ -399,14 +399,17 @@ def test_a_second_id_under_one_of_our_names_is_not_adopted(rig: Callable[..., Ri
     assert sorted(r.runtime.store.owned()) == ours
 
 
-def test_a_create_reply_naming_another_instance_adopts_neither(rig: Callable[..., Rig]) -> None:
-    """Rule 1: the reply's id is someone else's; ours is found by its name, theirs is never touched."""
+@pytest.mark.parametrize("named", [True, False])
+def test_a_create_reply_naming_another_instance_adopts_neither(rig: Callable[..., Rig], named: bool) -> None:
+    """Rule 1: the reply's id is someone else's; ours is found by its name, theirs is never touched.
+    Before, a reply that named nothing (only another VM's id) was adopted, and that VM deleted."""
     r = rig()
     theirs = _hand_made(r, "someone-elses")
 
     def wrong_reply(request: httpx.Request, body: Any) -> Any:
         if request.method == "POST" and request.url.path.endswith("/instances"):
-            return {"data": {"type": "virtualmachine", "id": theirs, "name": "someone-elses", "status": "running"}}
+            named_as = {"name": "someone-elses"} if named else {}
+            return {"data": {"type": "virtualmachine", "id": theirs, **named_as, "status": "running"}}
         return body
 
     r.transport.lie = wrong_reply
@@ -814,3 +817,145 @@ def test_a_lost_create_whose_name_is_listed_under_two_ids_adopts_neither(rig: Ca
         assert report.snapshot.active_gpus >= 1 + 8  # ours, and the twin counted as the widest
     assert r.runtime.store.owned() == {}
     assert [i.id for i in r.provider_instances()] == [ours.id]  # never touched
+
+
+def _rates_told(scale: float) -> Rewrite:
+    """Every rateHourly in every reply times `scale`: 0 (a placeholder) or 1/8 (a per-GPU rate)."""
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {
+                k: (v * scale if k == "rateHourly" and isinstance(v, int | float) else walk(v))
+                for k, v in value.items()
+            }
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        return value
+
+    return lambda request, body: walk(body)
+
+
+@pytest.mark.parametrize("scale", [0.0, 1 / 8])
+@pytest.mark.parametrize("dialect", ["observed", "spec"])
+def test_a_running_instance_reported_far_below_its_price_cannot_pass_the_cap(
+    rig: Callable[..., Rig], scale: float, dialect: str
+) -> None:
+    """Before: $0/h (or the per-GPU rate of an 8-GPU machine) was believed for running instances,
+    the fleet looked nearly free, and creates went on to $1.54/h and more against a $1.00/h cap."""
+    r = rig(dialect=dialect, guards={"max_hourly_spend": 1.0, "max_gpus": 16})
+    r.transport.lie = _rates_told(scale)
+    r.signal.set(queued_jobs=12)
+    for _ in range(20):
+        r.cycle()
+        assert sum(i.rate_hourly for i in r.provider_instances() if i.phase != "stopped") <= 1.0
+    assert r.provider_instances()
+    r.cycle(advance=0)
+    assert r.runtime.store.spend(r.clock.now()).total_usd >= 0.9 * r.fake.state.bill().total_usd
+
+
+def test_an_id_of_ours_listed_under_another_name_is_never_touched(rig: Callable[..., Rig]) -> None:
+    """Rule 1 (the name carries the fleet's): an id we recorded, listed under a name that is not the
+    one we created it with, may be someone else's VM; it counts in full and is left alone."""
+    r = rig(guards={"scale_down_delay_s": 60})
+    r.signal.set(queued_jobs=1)
+    for _ in range(3):
+        r.cycle()
+    (ours,) = r.provider_instances()
+
+    def renamed(request: httpx.Request, body: Any) -> Any:
+        if request.method == "GET" and request.url.path.endswith("/instances"):
+            for item in _listing_items(body):
+                if item["id"] == ours.id:
+                    item.setdefault("attributes", item)["name"] = "prod-db-1"
+        return body
+
+    r.transport.lie = renamed
+    r.signal.set(queued_jobs=0)
+    for _ in range(30):
+        report = r.cycle(advance=60)
+        assert not _removals(report)
+        assert report.snapshot.active_gpus == 1
+    assert [i.id for i in r.provider_instances()] == [ours.id]
+    r.transport.lie = None
+    for _ in range(10):
+        r.cycle(advance=60)
+    assert r.provider_instances() == []  # the names agree again: ours to scale down
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        {"status": 400, "message": "Instance is locked", "data": None},
+        {"status": "error", "message": "Instance is locked"},
+    ],
+)
+def test_a_delete_refused_inside_a_200_is_not_taken_as_done(rig: Callable[..., Rig], refusal: Any) -> None:
+    """Field notes: errors arrive as `{"status": 400, "message": ...}` in a 200. Before, one with
+    `"data": null` (or JSend's `"status": "error"`) was a deletion done: the instance was forgotten
+    and its bill left the ledger while it kept running."""
+    r = rig(guards={"scale_down_delay_s": 60})
+    r.signal.set(queued_jobs=1)
+    for _ in range(3):
+        r.cycle()
+    (ours,) = r.provider_instances()
+    r.transport.inner = _Refusing(r.transport.inner, ours.id, refusal)
+    r.signal.set(queued_jobs=0)
+    outcomes = []
+    for _ in range(12):
+        report = r.cycle(advance=60)
+        outcomes += [res.outcome for res in report.results]
+    assert outcomes and "ok" not in outcomes and "failed" in outcomes
+    assert ours.id in r.runtime.store.owned()  # still ours, still charged
+    r.cycle(advance=0)
+    assert r.runtime.store.spend(r.clock.now()).total_usd >= 0.95 * r.fake.state.bill().total_usd
+
+
+class _Refusing(httpx.BaseTransport):
+    """Every stop, start or delete of one instance refused in a 200: the instance stays as it was."""
+
+    def __init__(self, inner: httpx.BaseTransport, instance_id: str, refusal: Any) -> None:
+        self.inner, self.instance_id, self.refusal = inner, instance_id, refusal
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method in ("DELETE", "POST") and self.instance_id in request.url.path:
+            return httpx.Response(200, json=self.refusal)
+        return self.inner.handle_request(request)
+
+
+def test_a_create_listed_after_its_grace_keeps_the_shape_it_was_created_with(rig: Callable[..., Rig]) -> None:
+    """Rule 12. Before: a create whose reply was lost and which TensorDock listed only after
+    `unresolved_create_grace_s` was adopted with no shape, counted as 8 GPUs, and its correctly
+    shaped sibling was deleted as surplus."""
+    r = rig(unresolved_create_grace_s=60, guards={"scale_down_delay_s": 60})
+    r.signal.set(queued_jobs=1)
+    for _ in range(3):
+        r.cycle()
+    hidden: set[str] = set()
+
+    def lost_then_late(request: httpx.Request) -> httpx.Response | None:
+        return httpx.Response(502, content=b"<html>502</html>") if request.method == "POST" else None
+
+    def hide(request: httpx.Request, body: Any) -> Any:
+        if request.method == "GET" and request.url.path.endswith("/instances"):
+            items = _listing_items(body)
+            items[:] = [i for i in items if i["id"] not in hidden]
+        elif request.method == "GET" and any(h in request.url.path for h in hidden):
+            raise AssertionError("not asked")
+        return body
+
+    before = {i.id for i in r.provider_instances()}
+    r.transport.swap = lost_then_late
+    r.signal.set(queued_jobs=2)
+    r.cycle()
+    r.transport.swap = None
+    hidden |= {i.id for i in r.provider_instances()} - before
+    assert len(hidden) == 1
+    r.transport.lie = hide
+    for _ in range(8):  # past the grace: the create is marked lost
+        r.cycle()
+    r.transport.lie = None  # listed at last, beside the create that replaced it: one is surplus
+    for _ in range(12):
+        report = r.cycle(advance=60)
+    late = r.runtime.store.owned().get(next(iter(hidden)))
+    assert late is None or (late.shape is not None and late.shape.gpus == 1 and late.expected_rate)
+    assert report.snapshot.active_gpus == 2 == r.provider_gpus()  # before: 9 believed, 8 of them in doubt

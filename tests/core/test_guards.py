@@ -90,6 +90,20 @@ def test_a_spending_limit_is_not_held_back_by_the_stabilization_window_whatever_
         assert [a.kind for a in kept] == [ActionKind.STOP] and rules == []
 
 
+def test_an_instance_in_error_is_deleted_only_with_demand_known_and_never_while_busy() -> None:
+    """Rule 4 holds for it (a listing said `error` while the signal was down: it was deleted), yet no
+    stabilization window keeps a broken instance that demand still counts on."""
+    broken = instance("a", InstanceStatus.ERROR)
+    delete = Action(ActionKind.DELETE, "t", "idle", instance_id=broken.id, gpus=1, hourly_delta=-0.5)
+    kept, rules = guard(snapshot(broken, queued=None), delete, desired=None)
+    assert kept == [] and rules == ["hold"]
+    kept, rules = guard(snapshot(broken, queued=3), delete, desired=1, scale_down_delay_s=600)
+    assert kept == [delete] and rules == []
+    busy = instance("b", InstanceStatus.ERROR, busy=True)
+    kept, rules = guard(snapshot(busy, queued=3), Action(ActionKind.DELETE, "t", "idle", instance_id=busy.id))
+    assert kept == [] and rules == ["busy"]
+
+
 def test_transitional_instances_are_waited_out() -> None:
     stopping = instance("a", InstanceStatus.STOPPING)
     kept, rules = guard(snapshot(stopping), Action(ActionKind.DELETE, "t", "x", instance_id=stopping.id))

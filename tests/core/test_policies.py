@@ -231,11 +231,26 @@ def test_idle_deletes_after_retention_and_replaces_reclaimed_or_errored() -> Non
         instance("young", InstanceStatus.STOPPED, status_since=NOW - 100),
         instance("taken", InstanceStatus.STOPPED_DISASSOCIATED, status_since=NOW - 10),
         instance("refused", InstanceStatus.STOPPED, status_since=NOW - 10, start_refused=True),
-        instance("broken", InstanceStatus.ERROR),
+        instance("broken", InstanceStatus.ERROR, status_since=NOW - 400),
     )
     plan = policy.decide(snapshot(*fleet), Plan(desired_gpus=0))
     assert sorted(a.instance_id or "" for a in plan.actions) == ["id-broken", "id-old", "id-refused", "id-taken"]
     assert {a.kind for a in plan.actions} == {ActionKind.DELETE}
+
+
+def test_idle_believes_an_error_only_once_it_has_lasted_with_demand_known_and_no_job_on_it() -> None:
+    """One listing that says `error` is no proof: a serving instance was deleted on it at once."""
+    policy = Idle(IdleOptions(errored_for_s=300))
+
+    def deletes(fleet_instance: FleetInstance, **kwargs: Any) -> bool:
+        return bool(policy.decide(snapshot(fleet_instance, **kwargs), Plan(desired_gpus=0)).actions)
+
+    assert not deletes(instance("blip", InstanceStatus.ERROR, status_since=NOW - 30))
+    assert not deletes(instance("blip", InstanceStatus.ERROR, status_since=None))
+    assert not deletes(instance("serving", InstanceStatus.ERROR, status_since=NOW - 400, busy=True))
+    assert not deletes(instance("blind", InstanceStatus.ERROR, status_since=NOW - 400), queued=None)
+    assert deletes(instance("broken", InstanceStatus.ERROR, status_since=NOW - 400))
+    assert deletes(instance("broken", InstanceStatus.ERROR, status_since=NOW - 400, busy=False))
 
 
 def test_idle_keeps_a_stopped_instance_only_while_its_storage_is_worth_the_faster_restart() -> None:

@@ -145,3 +145,33 @@ def test_the_budgets_max_hourly_spend_is_a_deprecated_alias_of_the_guards(tmp_pa
     )
     with pytest.raises(ConfigError, match=r"max_hourly_spend \(4\) disagrees with guards\.max_hourly_spend \(3\)"):
         load_settings(config)
+
+
+def test_a_misspelt_environment_variable_is_refused_by_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: TDAS_DRYRUN=true was ignored, and an operator who believed dry_run on got a live daemon."""
+    config = tmp_path / "c.toml"
+    config.write_text(f'[tensordock]\ntoken = "{TOKEN}"\n[fleet]\nssh_key = "k"\n')
+    monkeypatch.setenv("TDAS_DRYRUN", "true")
+    monkeypatch.setenv("TDAS_GUARD__MAX_GPUS", "3")
+    monkeypatch.setenv("TDAS_REDIS_URL", "redis://localhost:6379/0")  # a source's credential: not a setting
+    for command in (["check-config", str(config)], ["run", "--config", str(config)]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert "TDAS_DRYRUN is not a setting; did you mean TDAS_DRY_RUN?" in err
+        assert "TDAS_GUARD__MAX_GPUS is not a setting; did you mean TDAS_GUARDS__MAX_GPUS?" in err
+        assert "TDAS_REDIS_URL" not in err
+    monkeypatch.delenv("TDAS_DRYRUN")
+    monkeypatch.delenv("TDAS_GUARD__MAX_GPUS")
+    monkeypatch.setenv("TDAS_DRY_RUN", "true")
+    assert load_settings(config).dry_run is True
+
+
+def test_an_empty_token_file_is_named_as_empty(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("\n")
+    config = tmp_path / "c.toml"
+    config.write_text(f'[tensordock]\ntoken_file = "{token_file}"\n[fleet]\nssh_key = "k"\n')
+    assert main(["check-config", str(config)]) == 2
+    assert f"tensordock.token_file: {token_file} is empty" in capsys.readouterr().err

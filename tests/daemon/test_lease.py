@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -120,6 +121,11 @@ def cluster(tmp_path: Path, pg_store_url: str) -> Iterator[Cluster]:  # noqa: F8
                 url=proxy.url, token=TOKEN, signal=running.signal_file, store="unused", port=port, max_gpus=8
             )
             text = "leader_lease_s = 3\n" + text.replace('url = "sqlite:///unused"', f'url = "{pg_store_url}"')
+            # a lease of 3 s must outlast the longest call: these calls to a local fake are short
+            text = text.replace(
+                "read_timeout_s = 5\n", "read_timeout_s = 1\ncreate_timeout_s = 1\ncall_deadline_s = 1\n"
+            )
+            text = text.replace("[tensordock]\n", "[tensordock]\nconnect_timeout_s = 0.5\n")
             config = tmp_path / f"replica-{n}.toml"
             config.write_text(text)
             env = {k: v for k, v in os.environ.items() if not k.startswith("TDAS_")}
@@ -239,11 +245,48 @@ def test_a_start_whose_leader_lost_its_lock_during_a_retry_after_wait_is_not_sen
 def test_the_lease_defaults_from_the_interval_and_must_outlast_a_cycle() -> None:
     from autoscaler.config import ConfigError, load_settings
 
-    assert load_settings(None).lease_s == 96.0  # 3 x (30 s + 2 s jitter)
-    assert load_settings(None, scheduler={"interval_s": 1, "jitter_s": 0}).lease_s == 10.0  # at least 10 s
-    assert load_settings(None, leader_lease_s=45).lease_s == 45.0
+    # the longest call (a create: 120 s, connecting 5 s) and a cycle (30 s + 2 s jitter) go by unrenewed
+    assert load_settings(None).lease_s == 157.0
+    quick = {"create_timeout_s": 20, "call_deadline_s": 20, "connect_timeout_s": 1}
+    assert load_settings(None, tensordock=quick).lease_s == 96.0  # 3 x (30 s + 2 s jitter)
+    short = {"interval_s": 1, "jitter_s": 0}
+    assert load_settings(None, scheduler=short, tensordock=quick).lease_s == 22.0
+    quicker = {**quick, "create_timeout_s": 2, "call_deadline_s": 2}
+    assert load_settings(None, scheduler=short, tensordock=quicker).lease_s == 10.0  # at least 10 s
+    assert load_settings(None, leader_lease_s=45, tensordock=quick).lease_s == 45.0
     with pytest.raises(ConfigError, match=r"^leader_lease_s: .*not longer than scheduler.interval_s"):
         load_settings(None, leader_lease_s=20)
+    # before: a lease shorter than a slow create lapsed during it, and leadership changed hands after each
+    with pytest.raises(ConfigError, match=r"^leader_lease_s: 100 is not longer than the longest call \(125s"):
+        load_settings(None, leader_lease_s=100)
+
+
+def test_a_renewal_answered_after_its_lease_could_lapse_lets_no_call_out(
+    pg_store_url: str,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Before: the renewal's UPDATE ran, its reply was held (a stalled network) past the lease, a
+    follower took over, and the old leader's DELETE still went out on the late `RETURNING token`."""
+    store = pg_store(pg_store_url)
+    leader = LeaderElector(pg_store_url, "fleet", store, lease_s=1.0)
+    try:
+        assert leader.ensure()
+        leader.check_before_call("list_instances")
+        conn = leader._connection()
+        execute = conn.execute
+
+        def answered_late(*args: Any, **kwargs: Any) -> Any:
+            cursor = execute(*args, **kwargs)  # the UPDATE runs on the server at once...
+            time.sleep(1.2)  # ...its reply is held past the lease
+            return cursor
+
+        monkeypatch.setattr(conn, "execute", answered_late)
+        with pytest.raises(FencedError, match=r"renewing the lease of 'fleet' took 1\.\ds of its 1s"):
+            leader.check_before_call("delete_instance")
+        assert not leader.is_leader
+    finally:
+        leader.step_down()
+        store.close()
 
 
 def test_a_leader_cut_off_from_its_store_stands_down_before_the_follower_calls(

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 
-from .conftest import RunningDaemon
+import pytest
+
+from autoscaler.common.clock import SystemClock
+from autoscaler.common.logging import configure_logging
+from autoscaler.config import load_settings
+from autoscaler.service.daemon import Daemon
+from autoscaler.tensordock.fake import FakeServer, build_fake
+
+from ..conftest import TOKEN
+from .conftest import CONFIG, RunningDaemon
 
 
 def test_sighup_applies_live_settings_and_refuses_restart_only_ones(daemon: Callable[..., RunningDaemon]) -> None:
@@ -51,3 +62,32 @@ def test_a_reload_whose_source_address_cannot_be_parsed_is_refused_not_fatal(
     assert d.stop() == 0
     refused = next(e for e in d.events() if e["event"] == "reload_refused")
     assert str(refused["reason"]).startswith("signal.sources[0] (redis): Redis URL must specify")
+
+
+def test_a_token_file_rewritten_in_place_is_reported_as_a_changed_token(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Before: the new token was applied but the reload said `changed: nothing`; never its value."""
+    server = FakeServer(build_fake(TOKEN, "documented", clock=SystemClock())).start()
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    text = CONFIG.format(
+        url=server.url, token=TOKEN, signal=tmp_path / "q.json", store=tmp_path / "s.db", port=0, max_gpus=2
+    )
+    config = tmp_path / "c.toml"
+    config.write_text(text.replace(f'token = "{TOKEN}"', f'token_file = "{token_file}"'))
+    configure_logging("INFO", json_lines=True)
+    made = Daemon(load_settings(config), config)
+    made.scheduler.add_job(made.run_one_cycle, "interval", id="cycle", seconds=600, next_run_time=None)
+    try:
+        assert made.reload()
+        token_file.write_text("a-rotated-token-5678\n")
+        assert made.reload()
+        assert made.reload()
+    finally:
+        made.runtime.close()
+        server.stop()
+    err = capfd.readouterr().err
+    events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert [e["changed"] for e in events if e["event"] == "reloaded"] == ["nothing", ["tensordock.token"], "nothing"]
+    assert "a-rotated-token-5678" not in err

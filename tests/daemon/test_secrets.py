@@ -257,6 +257,16 @@ def test_the_journal_stores_errors_masked(tmp_path: Path) -> None:
     assert "journal-token-4411" not in dump and "pw-not-registered" not in dump
 
 
+def test_a_secret_cut_short_by_an_excerpt_is_masked_too() -> None:
+    """Before: an error page echoing `Bearer <token>` was cut to 120 characters before masking, and
+    the token's first half went to the logs unmasked."""
+    register_secret("tok-SECRET-abcdef-123456")
+    excerpt = "reply is not JSON: '<html>Authorization: Bearer tok-SECRET-ab"
+    assert mask_secrets(excerpt) == "reply is not JSON: '<html>Authorization: Bearer ***"
+    assert mask_secrets(excerpt + "'") == "reply is not JSON: '<html>Authorization: Bearer ***'"
+    assert mask_secrets("tok-SECRET-abcdef-123456 and tok-SEC") == "*** and tok-SEC"  # 7 characters tell nothing
+
+
 def test_url_passwords_are_masked_registered_or_not() -> None:
     assert mask_secrets("redis://:hunter22@h:6379/0 and amqp://guest:pa@ss@q/%2F") == (
         "redis://:***@h:6379/0 and amqp://guest:***@q/%2F"

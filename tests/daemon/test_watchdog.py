@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from autoscaler.common.clock import SystemClock
-from autoscaler.tensordock.fake import FakeServer, build_fake
+from autoscaler.tensordock.fake import FakeServer, Faults, build_fake
 from tests.support import free_port
 
 from ..conftest import TOKEN
@@ -146,6 +146,23 @@ def test_a_stuck_cycle_stops_the_pings(tmp_path: Path, notify: Notify, silent_se
     assert notify.pings() >= 1  # pinged while the cycle was young
     assert notify.pings(since=quiet_from) == 0, notify.messages
     assert "watchdog_withheld" in err and "cycle_stall_s" in err
+
+
+def test_a_long_cycle_of_slow_calls_is_busy_not_wedged(tmp_path: Path, notify: Notify) -> None:
+    """Before: a cycle of creates each answered slowly ran past cycle_stall_s in all, and the pings
+    stopped, so systemd killed a healthy daemon mid-create. Each call that goes out shows it moves."""
+    fake = build_fake(TOKEN, "observed", clock=SystemClock(), faults=Faults(latency_s=0.8))
+    server = FakeServer(fake).start()
+    process = _start(tmp_path, notify, 3_000_000, api=server.url, stall=3, options="{ queued = 8 }")
+    try:
+        notify.drain(12)  # one cycle: three listings and eight creates, 0.8 s each
+    finally:
+        err = _stop(process)
+        server.stop()
+    assert fake.requests["create_instance"] >= 4  # the cycle ran well past cycle_stall_s
+    assert "watchdog_withheld" not in err
+    gaps = [b - a for (a, _), (b, _) in zip(notify.messages, notify.messages[1:], strict=False)]
+    assert notify.pings() >= 8 and max(gaps) < 3, notify.messages
 
 
 def test_a_watchdog_too_short_to_ping_is_refused_at_start(tmp_path: Path, notify: Notify) -> None:
