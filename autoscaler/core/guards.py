@@ -170,15 +170,18 @@ def _refusal_to_remove(
     return None
 
 
+def _cooling(now: float, last: float | None, cooldown_s: float) -> bool:
+    """Within a cooldown of the last scaling; no cooldown is never one (whatever a clock says)."""
+    return cooldown_s > 0 and last is not None and now - last < cooldown_s
+
+
 def apply_guards(snapshot: Snapshot, plan: Plan, config: GuardConfig, memory: GuardMemory) -> GuardedPlan:
     """The plan's actions in order, each kept or dropped with the rule that refused it."""
     now = snapshot.now
     floor = max(config.min_gpus, plan.floor_gpus)
     tally = _tally(snapshot, plan, config, memory, floor)
-    up_blocked = memory.last_scale_up_at is not None and now - memory.last_scale_up_at < config.scale_up_cooldown_s
-    down_blocked = (
-        memory.last_scale_down_at is not None and now - memory.last_scale_down_at < config.scale_down_cooldown_s
-    )
+    up_blocked = _cooling(now, memory.last_scale_up_at, config.scale_up_cooldown_s)
+    down_blocked = _cooling(now, memory.last_scale_down_at, config.scale_down_cooldown_s)
     owned = {i.id: i for i in snapshot.instances}
     kept: list[Action] = []
     dropped: list[Dropped] = []

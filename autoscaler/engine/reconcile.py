@@ -117,6 +117,9 @@ class Reconciler:
     ) -> Reconciled:
         store = self.store
         store.close_interrupted_changes(now)
+        ahead = store.rewind_future(now)
+        if ahead:
+            _log.warning("clock_behind_store", ahead_s=round(ahead, 1), fix="remembered times brought back to now")
         owned = store.owned()
         listed = {i.id for i in listing}
         suspect = bool(owned) and not (listed & owned.keys())

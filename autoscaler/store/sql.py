@@ -498,6 +498,40 @@ class SqlStore:
 
     # -- memory between cycles ------------------------------------------------------------------
 
+    # Times this store remembers that a clock set back (NTP correcting a fast clock) or a replica
+    # whose clock ran ahead left in the future: cooldowns would hold, the ledger stop charging and
+    # every "since" wait until the clock caught up. Back-offs end in the future by design.
+    _REMEMBERED_TIMES = (
+        ("instances", "created_at", ""),
+        ("instances", "status_since", ""),
+        ("instances", "idle_since", ""),
+        ("instances", "last_accrued_at", ""),
+        ("instances", "start_refused_at", ""),
+        ("instances", "detail_at", ""),
+        ("instances", "absent_since", ""),
+        ("history", "at", ""),
+        ("journal", "at", " AND kind = 'create' AND (outcome IS NULL OR outcome = 'unknown')"),
+        ("journal", "outcome_at", " AND kind = 'create' AND (outcome IS NULL OR outcome = 'unknown')"),
+    )
+    _REMEMBERED_KEYS = ("last_scale_up_at", "last_scale_down_at", "fleet_idle_since")
+    _CLOCK_SLACK_S = 5.0  # replicas' clocks a few seconds apart are not a step
+
+    def rewind_future(self, now: float) -> float:
+        limit = now + self._CLOCK_SLACK_S
+        ahead = 0.0
+        with self._lock:
+            for table, column, only in self._REMEMBERED_TIMES:
+                row = self._x(f"SELECT MAX({column}) FROM {table} WHERE {column} > ?{only}", (limit,)).fetchone()  # noqa: S608
+                if row is not None and row[0] is not None:
+                    ahead = max(ahead, float(row[0]) - now)
+                    self._x(f"UPDATE {table} SET {column} = ? WHERE {column} > ?{only}", (now, limit))  # noqa: S608
+        for key in self._REMEMBERED_KEYS:
+            value = self._float(key)
+            if value is not None and value > limit:
+                ahead = max(ahead, value - now)
+                self._set(key, repr(now))
+        return ahead
+
     def back_off(self, offer_key: str, until: float, reason: str) -> None:
         with self._lock:
             self._x(

@@ -959,3 +959,28 @@ def test_a_create_listed_after_its_grace_keeps_the_shape_it_was_created_with(rig
     late = r.runtime.store.owned().get(next(iter(hidden)))
     assert late is None or (late.shape is not None and late.shape.gpus == 1 and late.expected_rate)
     assert report.snapshot.active_gpus == 2 == r.provider_gpus()  # before: 9 believed, 8 of them in doubt
+
+
+def test_times_remembered_from_a_clock_that_ran_ahead_hold_nothing_back(rig: Callable[..., Rig]) -> None:
+    """A clock that ran 2 h fast (or a replica whose clock did) left every stamp in the future.
+    Before: every create was refused by a 0-s cooldown and the ledger stopped charging until the
+    clock caught up; now they are brought back to the present at the next cycle."""
+    r = rig()
+    r.signal.set(queued_jobs=1)
+    for _ in range(3):
+        r.cycle()
+    db = r.runtime.store._db  # type: ignore[attr-defined]
+    ahead = 7200.0
+    for column in ("created_at", "status_since", "idle_since", "last_accrued_at"):
+        db.execute(f"UPDATE instances SET {column} = {column} + ? WHERE {column} IS NOT NULL", (ahead,))
+    db.execute("UPDATE history SET at = at + ?", (ahead,))
+    db.execute("UPDATE kv SET value = ? WHERE key = 'last_scale_up_at'", (repr(r.clock.now() + ahead),))
+    db.commit()
+    spent = r.runtime.store.spend(r.clock.now()).total_usd
+    r.signal.set(queued_jobs=3)
+    for _ in range(3):
+        report = r.cycle()
+    assert r.provider_gpus() == 3, [d.why for d in report.guarded.dropped]
+    for _ in range(20):
+        r.cycle(advance=60)
+    assert r.runtime.store.spend(r.clock.now()).total_usd > spent + 0.5 * 3 * 0.2 * 20 / 60

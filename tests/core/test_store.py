@@ -131,3 +131,23 @@ def test_a_transaction_commits_together_or_not_at_all(store: Store) -> None:
 def test_unsupported_store_urls_are_refused() -> None:
     with pytest.raises(ValueError, match="unsupported store url"):
         open_store("mysql://x")
+
+
+def test_times_from_a_clock_that_ran_ahead_come_back_to_now_and_back_offs_stay(store: Store) -> None:
+    ahead = T0 + 7200
+    store.adopt("i1", "tdas-1", ahead, "k")
+    store.accrue("i1", 1.0, ahead)
+    store.observe_many([("i1", "running", False)], ahead)
+    store.record_cycle(ahead, 2, 2)
+    store.mark_scaled(up_at=ahead, down_at=T0 - 60)
+    entry = store.journal_intent("c1", ahead, "create", name="tdas-2", offer_key="k", gpus=1, hourly_price=0.4)
+    store.back_off("offer-1", T0 + 600, "refused")
+    assert store.rewind_future(T0) == pytest.approx(7200)
+    (record,) = store.owned().values()
+    assert (record.created_at, record.idle_since, record.status_since) == (T0, T0, T0)
+    assert store.last_scaled() == (T0, T0 - 60) and store.oldest_history() == T0
+    assert [e.at for e in store.unresolved_creates()] == [T0] and entry
+    assert store.backed_off(T0 + 300) == {"offer-1"}  # a back-off ends in the future by design
+    store.accrue("i1", 1.0, T0 + 3600)
+    assert store.spend(T0 + 3600).total_usd == pytest.approx(1.0)  # charged again from now
+    assert store.rewind_future(T0 + 3600) == 0.0
