@@ -71,6 +71,13 @@ class LeaderElector:
         self.token: int | None = None
         self.problem: str | None = None  # why this replica cannot lead (store unreachable); for /readyz
 
+    def set_lease(self, lease_s: float) -> None:
+        """A reload's lease: the local check uses it at once, the database from the next renewal."""
+        if not lease_s > 0:
+            raise ValueError(f"lease_s must be positive, not {lease_s!r}")
+        with self._mutex:
+            self.lease_s = lease_s
+
     @property
     def is_leader(self) -> bool:
         return self.token is not None

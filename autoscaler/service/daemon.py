@@ -355,6 +355,8 @@ class Daemon:
             old = self.runtime
             self._wire(new_runtime)
             self.runtime, self.settings, self._token_in_use = new_runtime, new_settings, new_token
+            if self.elector is not None:  # a new interval (or leader_lease_s) is a new lease
+                self.elector.set_lease(new_settings.lease_s)
             self._watch.cycle_saw(None)  # the source may have changed: the next cycle sets the marks
             old.client.close()
             signal_close = getattr(old.engine.signal, "close", None)

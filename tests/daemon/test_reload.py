@@ -17,6 +17,7 @@ from autoscaler.service.daemon import Daemon
 from autoscaler.tensordock.fake import FakeServer, build_fake
 
 from ..conftest import TOKEN
+from ..core.conftest import pg_store_url  # noqa: F401 - the fixture
 from .conftest import CONFIG, RunningDaemon
 
 
@@ -91,3 +92,32 @@ def test_a_token_file_rewritten_in_place_is_reported_as_a_changed_token(
     events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     assert [e["changed"] for e in events if e["event"] == "reloaded"] == ["nothing", ["tensordock.token"], "nothing"]
     assert "a-rotated-token-5678" not in err
+
+
+def test_a_reload_that_changes_the_interval_gives_the_leader_the_new_lease(
+    tmp_path: Path,
+    pg_store_url: str,  # noqa: F811
+) -> None:
+    """Before: the lease stayed as derived from the old interval: after `interval_s` 2 -> 15 a lone
+    replica lost leadership every other cycle, its 10-s lease lapsing between cycles."""
+    server = FakeServer(build_fake(TOKEN, "documented", clock=SystemClock())).start()
+    text = CONFIG.format(url=server.url, token=TOKEN, signal=tmp_path / "q.json", store="unused", port=0, max_gpus=2)
+    text = text.replace('url = "sqlite:///unused"', f'url = "{pg_store_url}"')
+    text = text.replace("read_timeout_s = 5\n", "read_timeout_s = 1\ncreate_timeout_s = 1\ncall_deadline_s = 1\n")
+    config = tmp_path / "c.toml"
+    config.write_text(text.replace("interval_s = 1\n", "interval_s = 2\n"))
+    made = Daemon(load_settings(config), config)
+    made.scheduler.add_job(made.run_one_cycle, "interval", id="cycle", seconds=600, next_run_time=None)
+    try:
+        assert made.elector is not None and made.elector.lease_s == 10.0
+        config.write_text(text.replace("interval_s = 1\n", "interval_s = 15\n"))
+        assert made.reload()
+        assert made.elector.lease_s == 45.0  # 3 x (15 s + 0 jitter)
+        config.write_text("leader_lease_s = 90\n" + text.replace("interval_s = 1\n", "interval_s = 15\n"))
+        assert made.reload()
+        assert made.elector.lease_s == 90.0
+    finally:
+        if made.elector is not None:
+            made.elector.step_down()
+        made.runtime.close()
+        server.stop()
