@@ -156,7 +156,14 @@ class Engine:
         snapshot = self._snapshot(now, fleet, demand, demand_error, offers)
         report.snapshot, report.orphans, report.doubts = snapshot, fleet.orphans, fleet.doubts
         for orphan in fleet.orphans:
-            log.warning("orphan_instance", instance=orphan.id, name=orphan.name, rate_hourly=orphan.rate_hourly)
+            log.warning(
+                "orphan_instance",
+                instance=orphan.id,
+                name=orphan.name,
+                rate_hourly=orphan.rate_hourly,
+                fix="if it is this fleet's (a store restored from an older backup), `tensordock-autoscaler adopt`"
+                " takes it over; else delete it, or set reap_orphans = true",
+            )
         report.safety = self._safety_actions(snapshot, fleet.orphans)
         report.hold = fleet.hold or self._lost_store_hold(fresh_store, fleet)
         if report.hold is None:

@@ -984,3 +984,18 @@ def test_times_remembered_from_a_clock_that_ran_ahead_hold_nothing_back(rig: Cal
     for _ in range(20):
         r.cycle(advance=60)
     assert r.runtime.store.spend(r.clock.now()).total_usd > spent + 0.5 * 3 * 0.2 * 20 / 60
+
+
+def test_an_orphan_is_reported_with_how_to_take_it_over(
+    rig: Callable[..., Rig], capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A store restored from an older backup meets the instances it no longer remembers as orphans:
+    before, the log line said nothing of `adopt`, the one command that takes them back."""
+    r = rig()
+    r.signal.set(queued_jobs=1)
+    r.cycle()
+    _hand_made(r, "tdas-from-after-the-backup")
+    r.cycle()
+    captured = capfd.readouterr()
+    line = next(x for x in (captured.out + captured.err).splitlines() if "orphan_instance" in x)
+    assert "tdas-from-after-the-backup" in line and "tensordock-autoscaler adopt" in line
