@@ -77,9 +77,11 @@ class Ledger:
 
     # -- from reconciliation: what the listing shows ----------------------------------------------
 
-    def charge(self, rates: Mapping[str, float], now: float) -> None:
-        """The whole fleet's rates from now on, in one write."""
+    def charge(self, rates: Mapping[str, float], now: float, orphans: Mapping[str, float] | None = None) -> None:
+        """The whole fleet's rates from now on, in one write; orphans' too (rule 11: counted in
+        full), so a daily budget counts what a lost or restored store no longer knows."""
         self.store.accrue_many(dict(rates), now)
+        self.store.accrue_orphans(dict(orphans or {}), now)
 
     def settle_stopped(
         self,

@@ -403,7 +403,7 @@ class Reconciler:
                 believed.append((view, record, None, "absent from the last listing; a GET must confirm it is gone"))
                 if record.last_rate is not None:
                     rates[instance_id] = record.last_rate
-            self.ledger.charge(rates, now)
+            self.ledger.charge(rates, now, self._orphan_rates(orphans, dearest))
             since = store.observe_many(observations, now)
         self._views = {k: v for k, v in self._views.items() if k in owned}
         fleet = self._fleet(believed, since, unresolved, by_name)
@@ -545,6 +545,19 @@ class Reconciler:
         return listed.model_copy(
             update={"rate_hourly": detail.rate_hourly, "gpus": detail.gpus, "ip_address": detail.ip_address}
         )
+
+    def _orphan_rates(self, orphans: tuple[Instance, ...], dearest: Mapping[int, float]) -> dict[str, float]:
+        """What each orphan is charged in the ledger: its reported rate where believed, nothing
+        while stopped. One whose rate no reply told is left out: a dearest-case guess would spend
+        a budget on a stranger's VM (the bounds still count it in full)."""
+        rates = {}
+        for orphan in orphans:
+            gpus = orphan.gpu_count or MAX_GPUS_PER_INSTANCE
+            if orphan.status in (InstanceStatus.STOPPED, InstanceStatus.STOPPED_DISASSOCIATED):
+                rates[orphan.id] = 0.0
+            elif plausible_rate(orphan.rate_hourly, None, dearest.get(gpus), self.config.rate_check, running=True):
+                rates[orphan.id] = orphan.rate_hourly or 0.0
+        return rates
 
     def _load_of(self, orphan: Instance, dearest: Mapping[int, float]) -> PendingCreate:
         """An orphan counts in full: what it is, if known; else the widest and dearest it could be."""

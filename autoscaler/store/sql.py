@@ -18,7 +18,7 @@ from autoscaler.core.shape import OwnedShape
 
 from .base import FencedError, JournalEntry, OwnedRecord
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 def schema(float_type: str, serial: str) -> dict[int, list[str]]:
@@ -56,6 +56,9 @@ def schema(float_type: str, serial: str) -> dict[int, list[str]]:
         4: [  # leadership is a lease (DESIGN rule 15): renewed by the leader, lapsed when it freezes
             f"ALTER TABLE leadership ADD COLUMN expires_at {f}",
             "ALTER TABLE leadership ADD COLUMN holder TEXT",
+        ],
+        5: [  # orphans bill too: the budgets count them (a store restored from an older backup)
+            f"CREATE TABLE orphan_accrual (id TEXT PRIMARY KEY, last_rate {f} NOT NULL, last_accrued_at {f} NOT NULL)",
         ],
     }
 
@@ -100,6 +103,16 @@ def _day_name(day_index: int) -> str:
 def _day(ts: float) -> str:
     """The UTC date of a time; cached per day, since a cycle charges a thousand instances at once."""
     return _day_name(int(ts // 86400))
+
+
+def _charge(charges: dict[tuple[str, str], float], instance_id: str, rate: float, since: float, now: float) -> None:
+    """`rate` from `since` to `now` added to `charges`, split at UTC midnights."""
+    start = since
+    while start < now:
+        end = min(now, _next_midnight(start))
+        key = (_day(start), instance_id)
+        charges[key] = charges.get(key, 0.0) + rate * (end - start) / 3600.0
+        start = end
 
 
 def _next_midnight(ts: float) -> float:
@@ -420,13 +433,8 @@ class SqlStore:
             updates = []
             same_rate: list[str] = []
             for instance_id, last_rate, since in rows:
-                if last_rate is not None and since is not None and now > since:
-                    start = since
-                    while start < now:
-                        end = min(now, _next_midnight(start))
-                        key = (_day(start), instance_id)
-                        charges[key] = charges.get(key, 0.0) + last_rate * (end - start) / 3600.0
-                        start = end
+                if last_rate is not None and since is not None:
+                    _charge(charges, instance_id, last_rate, since, now)
                 if last_rate == rates[instance_id] and since is not None:
                     same_rate.append(instance_id)
                 else:
@@ -447,6 +455,38 @@ class SqlStore:
                         f" WHERE id IN {self.ids_sql}",
                         (now, self._ids(same_rate)),
                     )
+                if own_transaction:
+                    self._x("COMMIT")
+            except Exception:
+                if own_transaction:
+                    self._x("ROLLBACK")
+                raise
+
+    def accrue_orphans(self, rates: dict[str, float], now: float) -> None:
+        """Prefix-named instances the store does not own, charged to the ledger like ours (so the
+        budgets count what a lost or restored store no longer knows); an id no longer given, gone
+        or adopted, is charged up to now and dropped."""
+        with self._lock:
+            rows = self._x("SELECT id, last_rate, last_accrued_at FROM orphan_accrual").fetchall()
+            charges: dict[tuple[str, str], float] = {}
+            for instance_id, last_rate, since in rows:
+                _charge(charges, instance_id, last_rate, since, now)
+            if not rows and not rates:
+                return
+            own_transaction = not self._in_transaction()
+            if own_transaction:
+                self._x(self.begin_sql)
+            try:
+                self._xmany(
+                    "INSERT INTO ledger (day, instance_id, usd) VALUES (?, ?, ?)"
+                    " ON CONFLICT(day, instance_id) DO UPDATE SET usd = ledger.usd + excluded.usd",
+                    [(day, instance_id, usd) for (day, instance_id), usd in charges.items()],
+                )
+                self._x("DELETE FROM orphan_accrual")
+                self._xmany(
+                    "INSERT INTO orphan_accrual VALUES (?, ?, ?)",
+                    [(instance_id, rate, now) for instance_id, rate in rates.items()],
+                )
                 if own_transaction:
                     self._x("COMMIT")
             except Exception:
@@ -509,6 +549,7 @@ class SqlStore:
         ("instances", "start_refused_at", ""),
         ("instances", "detail_at", ""),
         ("instances", "absent_since", ""),
+        ("orphan_accrual", "last_accrued_at", ""),
         ("history", "at", ""),
         ("journal", "at", " AND kind = 'create' AND (outcome IS NULL OR outcome = 'unknown')"),
         ("journal", "outcome_at", " AND kind = 'create' AND (outcome IS NULL OR outcome = 'unknown')"),

@@ -999,3 +999,18 @@ def test_an_orphan_is_reported_with_how_to_take_it_over(
     captured = capfd.readouterr()
     line = next(x for x in (captured.out + captured.err).splitlines() if "orphan_instance" in x)
     assert "tdas-from-after-the-backup" in line and "tensordock-autoscaler adopt" in line
+
+
+def test_an_orphan_is_charged_so_the_budgets_count_it(rig: Callable[..., Rig]) -> None:
+    """Before: an instance a restored store no longer knew billed outside the ledger, and the daily
+    budget did not see it."""
+    r = rig()
+    r.signal.set(queued_jobs=1)
+    for _ in range(3):
+        r.cycle()
+    _hand_made(r, "tdas-from-after-the-backup")
+    for _ in range(60):
+        r.cycle(advance=60)
+    r.cycle(advance=0)
+    bill = r.fake.state.bill().total_usd
+    assert 0.9 * bill <= r.runtime.store.spend(r.clock.now()).total_usd <= 1.3 * bill

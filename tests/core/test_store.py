@@ -151,3 +151,14 @@ def test_times_from_a_clock_that_ran_ahead_come_back_to_now_and_back_offs_stay(s
     store.accrue("i1", 1.0, T0 + 3600)
     assert store.spend(T0 + 3600).total_usd == pytest.approx(1.0)  # charged again from now
     assert store.rewind_future(T0 + 3600) == 0.0
+
+
+def test_orphans_are_charged_until_they_go_or_are_adopted(store: Store) -> None:
+    store.accrue_orphans({"o1": 1.0, "o2": 2.0}, T0)
+    store.accrue_orphans({"o1": 1.0, "o2": 2.0}, T0 + 1800)
+    store.accrue_orphans({"o1": 1.0}, T0 + 3600)  # o2 gone (or adopted): charged up to now, then not
+    store.accrue_orphans({}, T0 + 7200)
+    store.accrue_orphans({}, T0 + 9000)
+    assert store.spend(T0 + 9000).total_usd == pytest.approx(2 * 1.0 + 1 * 2.0)
+    days = {(instance_id, round(usd, 6)) for _, instance_id, usd in store.ledger_since("1970-01-01")}
+    assert days == {("o1", 2.0), ("o2", 2.0)}
