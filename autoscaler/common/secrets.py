@@ -49,28 +49,7 @@ def mask_secrets(text: str) -> str:
     for secret in secrets:
         if secret in text:
             text = text.replace(secret, MASK)
-        text = _mask_cut(text, secret)
     return text
-
-
-_CUT_MIN = 8  # a secret's first characters from this many on are masked where the text cut it short
-
-
-def _mask_cut(text: str, secret: str) -> str:
-    """The first `_CUT_MIN` or more characters of a secret, where an excerpt cut it short (a page
-    echoing the request's headers, cut to fit a message), masked as the whole would be. URLs are
-    left to the password rule: their scheme and host are no secret."""
-    head = secret[:_CUT_MIN]
-    if len(secret) <= _CUT_MIN or "://" in secret or head not in text:
-        return text
-    parts, at = [], 0
-    while (found := text.find(head, at)) != -1:
-        end = found + _CUT_MIN
-        while end < len(text) and end - found < len(secret) and text[end] == secret[end - found]:
-            end += 1
-        parts += [text[at:found], MASK]
-        at = end
-    return "".join(parts) + text[at:]
 
 
 def mask_url(url: str) -> str:

@@ -35,6 +35,7 @@ from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from autoscaler.common.logging import configure_logging
+from autoscaler.common.secrets import mask_secrets
 from autoscaler.config import ConfigError, Settings, load_settings
 from autoscaler.core.queue_watch import QueueWatch
 from autoscaler.engine.cycle import CycleReport
@@ -84,7 +85,8 @@ def summary(report: CycleReport) -> str:
     demand = "unknown" if snap.demand is None else f"{snap.demand.queued_jobs}q/{snap.demand.running_jobs}r"
     return (
         f"{len(snap.instances)} instances, {snap.active_gpus} GPUs, ${snap.hourly_cost:.2f}/h, "
-        f"today ${snap.spend.today_usd:.2f}, demand {demand}" + (f", HOLD: {report.hold[:60]}" if report.hold else "")
+        f"today ${snap.spend.today_usd:.2f}, demand {demand}"
+        + (f", HOLD: {mask_secrets(report.hold)[:60]}" if report.hold else "")
     )
 
 

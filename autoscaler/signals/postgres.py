@@ -9,6 +9,8 @@ import psycopg
 import structlog
 from pydantic import Field
 
+from autoscaler.common.secrets import mask_secrets
+
 from .base import (
     Demand,
     Secret,
@@ -87,7 +89,7 @@ class PostgresSignal(SignalSource):
             ) from None
         except psycopg.Error as exc:
             self.close()
-            raise SignalError(f"{self.name}: {type(exc).__name__}: {str(exc).strip()[:200]}") from None
+            raise SignalError(f"{self.name}: {type(exc).__name__}: {mask_secrets(str(exc).strip())[:200]}") from None
         if row is None or len(row) < 2:
             raise SignalError(f"{self.name}: the query must return one row with queued and running")
         try:

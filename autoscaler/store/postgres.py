@@ -24,6 +24,7 @@ from psycopg import sql
 from psycopg.pq import TransactionStatus
 
 from autoscaler.common.logging import register_secret
+from autoscaler.common.secrets import mask_secrets
 
 from .sql import SqlStore, schema
 
@@ -46,7 +47,7 @@ def split_schema(url: str) -> tuple[str, str]:
 def first_line(exc: BaseException) -> str:
     """psycopg's messages run to several lines (DETAIL, HINT); logs and /readyz want the first."""
     text = str(exc).strip()
-    return text.splitlines()[0][:160] if text else type(exc).__name__
+    return mask_secrets(text.splitlines()[0])[:160] if text else type(exc).__name__
 
 
 def session_options(role: str, connect_timeout_s: float) -> dict[str, Any]:

@@ -151,7 +151,7 @@ def _without_unreadable(item: object, exc: Exception) -> tuple[Instance, list[st
 def _summarise(exc: Exception) -> str:
     if isinstance(exc, ValidationError):
         return "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()[:3])
-    return str(exc)[:200]
+    return mask_secrets(str(exc))[:200]  # masked before the cut: no half secret
 
 
 def parse_instance_list(
