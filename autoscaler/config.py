@@ -415,6 +415,11 @@ def misspelt_environment(environ: Mapping[str, str]) -> list[str]:
     credential, say `TDAS_REDIS_URL`) are none of the settings' business."""
     known = {name.lower(): name for name in Settings.model_fields}
     squeezed = {name.replace("_", ""): name for name in known}
+    sections = {  # a section's own setting names: `TDAS_STORE_URL` is store.url misspelt, `TDAS_STORE_X` no one's
+        name: set(type(field.default).model_fields)
+        for name, field in Settings.model_fields.items()
+        if isinstance(field.default, BaseModel)
+    }
     lines = []
     for variable in sorted(environ):
         if not variable.upper().startswith("TDAS_"):
@@ -423,6 +428,11 @@ def misspelt_environment(environ: Mapping[str, str]) -> list[str]:
         if head in known:
             continue
         match = squeezed.get(head.replace("_", "")) or next(iter(difflib.get_close_matches(head, known, 1, 0.8)), None)
+        section = next(
+            (name for name, fields in sections.items() if not rest and head.removeprefix(f"{name}_") in fields), None
+        )
+        if match is None and section is not None:  # one underscore where the level needs two
+            match, rest = section, head[len(section) + 1 :]
         if match is not None:
             fix = "TDAS_" + "__".join(part for part in (match, rest) if part).upper()
             lines.append(f"environment: {variable} is not a setting; did you mean {fix}? (rename or unset it)")

@@ -118,6 +118,7 @@ def test_create_reply_without_ip_or_resources_reads() -> None:
         ({"status": 400, "message": "Instance is locked", "data": None}, 400, "Instance is locked"),
         ({"status": "error", "message": "Instance is locked"}, None, "Instance is locked"),
         ({"status": "fail", "code": 409, "message": "busy", "data": {}}, 409, "busy"),
+        ({"status": "fail", "data": {"instance": "is locked"}}, None, "status fail"),
     ],
 )
 def test_error_bodies_are_found(body: object, status: int | None, text: str) -> None:
@@ -137,6 +138,7 @@ def test_error_bodies_are_found(body: object, status: int | None, text: str) -> 
         None,
         "ok",
         {"id": "x", "name": "tdas-x", "status": "error"},  # a flat GET of an instance in error is no error reply
+        {"status": "error", "data": {"id": "x", "name": "tdas-x", "status": "error"}},
         {"status": "success", "data": {"type": "success"}},
     ],
 )

@@ -6,8 +6,6 @@ import threading
 import time
 from typing import Protocol
 
-import structlog
-
 
 class Clock(Protocol):
     """Seconds since the epoch, and a way to let time pass."""
@@ -17,44 +15,11 @@ class Clock(Protocol):
     def sleep(self, seconds: float) -> None: ...
 
 
-_ELAPSED_CLOCK = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)  # counts a suspended machine's sleep
-
-
 class SystemClock:
-    """The wall clock without its steps. NTP setting a clock that was minutes off, or `date -s`,
-    would age every remembered time at once: a booting instance past provision_timeout_s, idle
-    timers, cooldowns. So time here advances with the elapsed-time clock and converges on the
-    wall clock at most `SLEW` faster or slower than real time, as NTP's own slewing does; within
-    `SNAP_S` of the wall clock it is the wall clock. It never goes backwards. Every instance shares
-    one reckoning, so all parts of the process agree on the time."""
-
-    SLEW = 0.05
-    SNAP_S = 1.0
-    _lock = threading.Lock()
-    _reckoned: float | None = None  # the time last returned
-    _reckoned_at = 0.0  # the elapsed-time clock then
-    _stepped = False  # a step is being slewed out: said once, in the log
+    """The real clock."""
 
     def now(self) -> float:
-        elapsed_clock, wall = time.clock_gettime(_ELAPSED_CLOCK), time.time()
-        cls = type(self)
-        with cls._lock:
-            if cls._reckoned is None:
-                cls._reckoned, cls._reckoned_at = wall, elapsed_clock
-                return wall
-            elapsed = max(0.0, elapsed_clock - cls._reckoned_at)
-            reckoned = cls._reckoned + elapsed
-            error = wall - reckoned
-            if abs(error) <= cls.SNAP_S:
-                value, cls._stepped = wall, False
-            else:
-                value = reckoned + max(-cls.SLEW * elapsed, min(cls.SLEW * elapsed, error))
-                if not cls._stepped:
-                    cls._stepped = True
-                    _step_noticed(error)
-            value = max(value, cls._reckoned)
-            cls._reckoned, cls._reckoned_at = value, elapsed_clock
-            return value
+        return time.time()
 
     def sleep(self, seconds: float) -> None:
         if seconds > 0:
@@ -98,15 +63,6 @@ class ManualClock:
             raise ValueError("time cannot go backwards")
         with self._lock:
             self._now += seconds
-
-
-def _step_noticed(error: float) -> None:
-    structlog.get_logger("autoscaler.clock").warning(
-        "wall_clock_stepped",
-        by_s=round(error, 1),
-        converging_in_s=round(abs(error) / SystemClock.SLEW),
-        why="times are kept step-free: the daemon's clock converges on the wall clock instead of jumping",
-    )
 
 
 def real_seconds(clock: Clock, seconds: float) -> float:

@@ -158,7 +158,7 @@ def _refusal_to_remove(
 ) -> tuple[str, str] | None:
     if snapshot.demand is None:
         return "hold", f"demand unknown ({snapshot.demand_error or 'stale'}); no scale-down"
-    if blocked:
+    if blocked and not _replaces_broken(action, snapshot):  # broken capacity waits for no cooldown
         return "cooldown", f"scale-down cooldown {config.scale_down_cooldown_s:g}s"
     # Rule 6: scale down only what demand has not wanted for scale_down_delay.
     if action.gpus > tally.removable and not action.spend_limit and not _replaces_broken(action, snapshot):
@@ -170,9 +170,13 @@ def _refusal_to_remove(
     return None
 
 
+_CLOCK_SLACK_S = 5.0  # replicas' clocks this far apart are not a clock that ran ahead
+
+
 def _cooling(now: float, last: float | None, cooldown_s: float) -> bool:
-    """Within a cooldown of the last scaling; no cooldown is never one (whatever a clock says)."""
-    return cooldown_s > 0 and last is not None and now - last < cooldown_s
+    """Within a cooldown of the last scaling. A last scaling later than now (by a clock that ran
+    ahead, set back since) is not believed: it would hold every scaling until the clock caught up."""
+    return cooldown_s > 0 and last is not None and now - last + _CLOCK_SLACK_S >= 0 and now - last < cooldown_s
 
 
 def apply_guards(snapshot: Snapshot, plan: Plan, config: GuardConfig, memory: GuardMemory) -> GuardedPlan:

@@ -117,9 +117,6 @@ class Reconciler:
     ) -> Reconciled:
         store = self.store
         store.close_interrupted_changes(now)
-        ahead = store.rewind_future(now)
-        if ahead:
-            _log.warning("clock_behind_store", ahead_s=round(ahead, 1), fix="remembered times brought back to now")
         owned = store.owned()
         listed = {i.id for i in listing}
         suspect = bool(owned) and not (listed & owned.keys())
@@ -181,7 +178,7 @@ class Reconciler:
                     shape=entry.shape,
                     expected_rate=entry.hourly_price or None,
                 )
-                self.ledger.opened(found.id, entry.hourly_price, entry.at)
+                self.ledger.opened(found.id, entry.hourly_price, self._billed_from(found.id, entry.at))
                 adopted = True
                 if entry.replaces and entry.name:  # a consolidation's lost reply: its replacement exists
                     lost = Replacement(entry.replaces, entry.name, Stage.CREATING)
@@ -222,6 +219,11 @@ class Reconciler:
                 _log.warning("listing_name_conflict", instance=instance.id, name=instance.name)
         return adopted
 
+    def _billed_from(self, instance_id: str, created_at: float) -> float:
+        """Billed from its create's call, or from where its charges as an orphan end: never twice."""
+        orphan_until = self.store.take_orphan_accrual(instance_id)
+        return created_at if orphan_until is None else max(created_at, orphan_until)
+
     def _adopt_late(self, now: float, instance: Instance, offer_by_key: Mapping[str, Offer]) -> None:
         """Rule 12: what it is comes from the create we journaled under its name (shape, offer,
         price), as for a create resolved in time; billed from that call."""
@@ -238,7 +240,7 @@ class Reconciler:
             shape=entry.shape,
             expected_rate=entry.hourly_price or None,
         )
-        self.ledger.opened(instance.id, entry.hourly_price, entry.at)
+        self.ledger.opened(instance.id, entry.hourly_price, self._billed_from(instance.id, entry.at))
         self.store.journal_outcome(entry.id, "ok", now, instance_id=instance.id)
         _log.warning("late_create_adopted", instance=instance.id, name=instance.name, created_at=entry.at)
 
@@ -486,7 +488,13 @@ class Reconciler:
                 )
         if listed.name and listed.name != record.name:
             counts["contradicted"] = counts.get("contradicted", 0) + 1
-            _log.warning("listing_name_differs", instance=record.id, listed=listed.name, recorded=record.name)
+            _log.warning(
+                "listing_name_differs",
+                instance=record.id,
+                listed=listed.name,
+                recorded=record.name,
+                fix="not touched and counted in full until the names agree: rename it back, or delete it by hand",
+            )
         status = listed.status
         if detail is not None and detail.status is not InstanceStatus.UNKNOWN:
             status = detail.status  # the later, and fuller, word

@@ -126,6 +126,9 @@ class SpendLedger(Protocol):
     def accrue_orphans(self, rates: dict[str, float], now: float) -> None:
         """Prefix-named instances the store does not own, charged so the budgets count them."""
 
+    def take_orphan_accrual(self, instance_id: str) -> float | None:
+        """An adopted orphan: until when it was charged as one; no longer charged as one."""
+
 
 class GuardMemoryStore(Protocol):
     """What the guards and the ledger remember between cycles, each a typed value."""
@@ -151,5 +154,3 @@ class GuardMemoryStore(Protocol):
 class Store(Ownership, Journal, SpendLedger, GuardMemoryStore, Protocol):
     def transaction(self) -> AbstractContextManager[None]: ...
     def close(self) -> None: ...
-    def rewind_future(self, now: float) -> float:
-        """Every remembered time later than `now` brought back to it; how far ahead the furthest was."""

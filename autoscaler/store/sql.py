@@ -105,6 +105,9 @@ def _day(ts: float) -> str:
     return _day_name(int(ts // 86400))
 
 
+_CLOCK_SLACK_S = 5.0  # replicas' clocks this far apart are not a clock that ran ahead
+
+
 def _charge(charges: dict[tuple[str, str], float], instance_id: str, rate: float, since: float, now: float) -> None:
     """`rate` from `since` to `now` added to `charges`, split at UTC midnights."""
     start = since
@@ -433,6 +436,11 @@ class SqlStore:
             updates = []
             same_rate: list[str] = []
             for instance_id, last_rate, since in rows:
+                if since is not None and since > now + _CLOCK_SLACK_S:
+                    # Accrued by a clock that ran ahead (set back since, or a replica's that leads):
+                    # charged from now on, or nothing would be charged until the clock caught up.
+                    updates.append((rates[instance_id], now, instance_id))
+                    continue
                 if last_rate is not None and since is not None:
                     _charge(charges, instance_id, last_rate, since, now)
                 if last_rate == rates[instance_id] and since is not None:
@@ -470,7 +478,7 @@ class SqlStore:
             rows = self._x("SELECT id, last_rate, last_accrued_at FROM orphan_accrual").fetchall()
             charges: dict[tuple[str, str], float] = {}
             for instance_id, last_rate, since in rows:
-                _charge(charges, instance_id, last_rate, since, now)
+                _charge(charges, instance_id, last_rate, min(since, now), now)
             if not rows and not rates:
                 return
             own_transaction = not self._in_transaction()
@@ -493,6 +501,16 @@ class SqlStore:
                 if own_transaction:
                     self._x("ROLLBACK")
                 raise
+
+    def take_orphan_accrual(self, instance_id: str) -> float | None:
+        """An orphan now adopted: until when it was charged as one (its own billing goes on from
+        there, never twice), and no longer charged as an orphan."""
+        with self._lock:
+            row = self._x("SELECT last_accrued_at FROM orphan_accrual WHERE id = ?", (instance_id,)).fetchone()
+            if row is None:
+                return None
+            self._x("DELETE FROM orphan_accrual WHERE id = ?", (instance_id,))
+        return float(row[0])
 
     def observe_many(
         self, observations: list[tuple[str, str, bool | None]], now: float
@@ -537,41 +555,6 @@ class SqlStore:
         return Spend(today_usd=day_usd, month_usd=month_usd, total_usd=total)
 
     # -- memory between cycles ------------------------------------------------------------------
-
-    # Times this store remembers that a clock set back (NTP correcting a fast clock) or a replica
-    # whose clock ran ahead left in the future: cooldowns would hold, the ledger stop charging and
-    # every "since" wait until the clock caught up. Back-offs end in the future by design.
-    _REMEMBERED_TIMES = (
-        ("instances", "created_at", ""),
-        ("instances", "status_since", ""),
-        ("instances", "idle_since", ""),
-        ("instances", "last_accrued_at", ""),
-        ("instances", "start_refused_at", ""),
-        ("instances", "detail_at", ""),
-        ("instances", "absent_since", ""),
-        ("orphan_accrual", "last_accrued_at", ""),
-        ("history", "at", ""),
-        ("journal", "at", " AND kind = 'create' AND (outcome IS NULL OR outcome = 'unknown')"),
-        ("journal", "outcome_at", " AND kind = 'create' AND (outcome IS NULL OR outcome = 'unknown')"),
-    )
-    _REMEMBERED_KEYS = ("last_scale_up_at", "last_scale_down_at", "fleet_idle_since")
-    _CLOCK_SLACK_S = 5.0  # replicas' clocks a few seconds apart are not a step
-
-    def rewind_future(self, now: float) -> float:
-        limit = now + self._CLOCK_SLACK_S
-        ahead = 0.0
-        with self._lock:
-            for table, column, only in self._REMEMBERED_TIMES:
-                row = self._x(f"SELECT MAX({column}) FROM {table} WHERE {column} > ?{only}", (limit,)).fetchone()  # noqa: S608
-                if row is not None and row[0] is not None:
-                    ahead = max(ahead, float(row[0]) - now)
-                    self._x(f"UPDATE {table} SET {column} = ? WHERE {column} > ?{only}", (now, limit))  # noqa: S608
-        for key in self._REMEMBERED_KEYS:
-            value = self._float(key)
-            if value is not None and value > limit:
-                ahead = max(ahead, value - now)
-                self._set(key, repr(now))
-        return ahead
 
     def back_off(self, offer_key: str, until: float, reason: str) -> None:
         with self._lock:

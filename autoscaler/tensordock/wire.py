@@ -72,9 +72,11 @@ def find_error(body: object) -> tuple[int | None, str] | None:
     no_data = body.get("data") in (None, {}, [])  # `"data": null` beside an error carries nothing
     if status is not None and status >= 400 and no_data:  # `{"status": 400, "message": ...}`
         return status, str(_first(body, "message", "detail", "title") or f"status {status}")
-    word = body.get("status")
-    if isinstance(word, str) and word.lower() in _ERROR_WORDS and no_data and "id" not in body:
-        # JSend's `{"status": "error", "message": ...}`; an instance's own `status: error` has its id
+    word, data = body.get("status"), body.get("data")
+    about_an_instance = "id" in body or isinstance(data, list) or (isinstance(data, dict) and "id" in data)
+    if isinstance(word, str) and word.lower() in _ERROR_WORDS and not about_an_instance:
+        # JSend's `{"status": "error", "message": ...}` and `{"status": "fail", "data": {why}}`; an
+        # instance's own `status: error` comes with its id
         return _as_status(body.get("code")), str(_first(body, "message", "detail", "title") or f"status {word}")
     return None
 

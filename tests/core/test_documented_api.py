@@ -817,6 +817,16 @@ def test_a_lost_create_whose_name_is_listed_under_two_ids_adopts_neither(rig: Ca
         assert report.snapshot.active_gpus >= 1 + 8  # ours, and the twin counted as the widest
     assert r.runtime.store.owned() == {}
     assert [i.id for i in r.provider_instances()] == [ours.id]  # never touched
+    for _ in range(120):  # an hour: ours is charged as an orphan
+        r.cycle()
+    r.transport.lie = None  # the twin is gone: ours is adopted, billed from where its orphan charges end
+    for _ in range(10):
+        r.cycle()
+    assert ours.id in r.runtime.store.owned()
+    r.cycle(advance=0)
+    charged = {i: usd for _, i, usd in r.runtime.store.ledger_since("1970-01-01")}
+    billed = r.fake.state.bill().per_instance_usd[ours.id]
+    assert 0.95 * billed <= charged[ours.id] <= 1.05 * billed  # before: charged twice over the hour
 
 
 def _rates_told(scale: float) -> Rewrite:

@@ -155,15 +155,18 @@ def test_a_misspelt_environment_variable_is_refused_by_name(
     config.write_text(f'[tensordock]\ntoken = "{TOKEN}"\n[fleet]\nssh_key = "k"\n')
     monkeypatch.setenv("TDAS_DRYRUN", "true")
     monkeypatch.setenv("TDAS_GUARD__MAX_GPUS", "3")
+    monkeypatch.setenv("TDAS_GUARDS_MAX_GPUS", "3")  # one underscore where the level needs two
     monkeypatch.setenv("TDAS_REDIS_URL", "redis://localhost:6379/0")  # a source's credential: not a setting
+    monkeypatch.setenv("TDAS_SIGNAL_TOKEN", "t")  # a name of the user's own, in no section's settings
     for command in (["check-config", str(config)], ["run", "--config", str(config)]):
         assert main(command) == 2
         err = capsys.readouterr().err
         assert "TDAS_DRYRUN is not a setting; did you mean TDAS_DRY_RUN?" in err
         assert "TDAS_GUARD__MAX_GPUS is not a setting; did you mean TDAS_GUARDS__MAX_GPUS?" in err
-        assert "TDAS_REDIS_URL" not in err
-    monkeypatch.delenv("TDAS_DRYRUN")
-    monkeypatch.delenv("TDAS_GUARD__MAX_GPUS")
+        assert "TDAS_GUARDS_MAX_GPUS is not a setting; did you mean TDAS_GUARDS__MAX_GPUS?" in err
+        assert "TDAS_REDIS_URL" not in err and "TDAS_SIGNAL_TOKEN" not in err
+    for misspelt in ("TDAS_DRYRUN", "TDAS_GUARD__MAX_GPUS", "TDAS_GUARDS_MAX_GPUS"):
+        monkeypatch.delenv(misspelt)
     monkeypatch.setenv("TDAS_DRY_RUN", "true")
     assert load_settings(config).dry_run is True
 

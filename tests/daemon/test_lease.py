@@ -120,12 +120,12 @@ def cluster(tmp_path: Path, pg_store_url: str) -> Iterator[Cluster]:  # noqa: F8
             text = CONFIG.format(
                 url=proxy.url, token=TOKEN, signal=running.signal_file, store="unused", port=port, max_gpus=8
             )
-            text = "leader_lease_s = 3\n" + text.replace('url = "sqlite:///unused"', f'url = "{pg_store_url}"')
-            # a lease of 3 s must outlast the longest call: these calls to a local fake are short
+            text = "leader_lease_s = 5\n" + text.replace('url = "sqlite:///unused"', f'url = "{pg_store_url}"')
+            # the lease must outlast the longest call (3.5 s here): calls to a local fake are short
             text = text.replace(
-                "read_timeout_s = 5\n", "read_timeout_s = 1\ncreate_timeout_s = 1\ncall_deadline_s = 1\n"
+                "read_timeout_s = 5\n", "read_timeout_s = 2\ncreate_timeout_s = 2\ncall_deadline_s = 2\n"
             )
-            text = text.replace("[tensordock]\n", "[tensordock]\nconnect_timeout_s = 0.5\n")
+            text = text.replace("[tensordock]\n", "[tensordock]\nconnect_timeout_s = 1.5\n")
             config = tmp_path / f"replica-{n}.toml"
             config.write_text(text)
             env = {k: v for k, v in os.environ.items() if not k.startswith("TDAS_")}
@@ -166,11 +166,11 @@ def test_sigstop_the_leader_past_its_lease_a_follower_leads_and_the_woken_leader
     stopped_at = time.monotonic()
     cluster.wait(lambda: leader_flags([ports[new]]) == [1.0], "the follower to take over")
     took_over_s = time.monotonic() - stopped_at
-    print(f"takeover after SIGSTOP: {took_over_s:.1f}s (lease 3 s, interval 1 s)")
+    print(f"takeover after SIGSTOP: {took_over_s:.1f}s (lease 5 s, interval 1 s)")
     assert took_over_s >= 1.0  # not before the lease could lapse: the lock was still held
     cluster.demand(2)
     cluster.wait(lambda: cluster.instances() == 2, "the new leader's scale-up")
-    time.sleep(2)  # the frozen one stays frozen well past its lease
+    time.sleep(3)  # the frozen one stays frozen well past its lease
     woke_at = time.monotonic()
     cluster.processes[old].send_signal(signal.SIGCONT)
     cluster.wait(lambda: leader_flags([ports[old]]) == [0.0], "the woken leader to stand down")
