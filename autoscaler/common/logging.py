@@ -13,7 +13,10 @@ from autoscaler.common.secrets import mask_secrets, masked, register_secret
 
 __all__ = ["configure_logging", "mask_secrets", "register_secret"]
 
-_PER_CALL_LOGGERS = ("apscheduler", "httpx", "httpcore", "pika", "nats")
+_PER_CALL_LOGGERS = ("apscheduler", "httpx", "httpcore", "nats")
+# Libraries whose every error the daemon already reports in its own words (a failed read is one
+# `demand_unknown` line a cycle): pika logs each refused connection at ERROR, with tracebacks.
+_REPORTED_ELSEWHERE = ("pika",)
 
 
 def _redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -73,3 +76,5 @@ def configure_logging(level: str = "INFO", json_lines: bool | None = None, strea
     root.setLevel(numeric)
     for chatty in _PER_CALL_LOGGERS:  # a line per request or job run: DEBUG only, their warnings stay
         logging.getLogger(chatty).setLevel(numeric if numeric <= logging.DEBUG else max(numeric, logging.WARNING))
+    for repeated in _REPORTED_ELSEWHERE:
+        logging.getLogger(repeated).setLevel(numeric if numeric <= logging.DEBUG else logging.CRITICAL)

@@ -110,6 +110,15 @@ def changed_settings(old: Settings, new: Settings) -> list[str]:
     return sorted(key for key in before.keys() | after.keys() if before.get(key) != after.get(key))
 
 
+def _close_quietly(signal: object) -> None:
+    close = getattr(signal, "close", None)
+    if callable(close):
+        try:
+            close()
+        except Exception as exc:  # a library's complaint about closing is no reason to stop
+            _log.info("old_signal_close_failed", error=f"{type(exc).__name__}: {exc}")
+
+
 def token_of(settings: Settings) -> str | None:
     """The token these settings resolve to now (a token_file is read at each call)."""
     try:
@@ -361,9 +370,9 @@ class Daemon:
                 self.elector.set_lease(new_settings.lease_s)
             self._watch.cycle_saw(None)  # the source may have changed: the next cycle sets the marks
             old.client.close()
-            signal_close = getattr(old.engine.signal, "close", None)
-            if callable(signal_close):
-                signal_close()
+        # The old source may be blocked in a read on its own thread (a broker gone quiet): it is
+        # closed on a thread of its own, so neither the reload nor SIGTERM waits on it.
+        threading.Thread(target=_close_quietly, args=(old.engine.signal,), name="close-old-signal", daemon=True).start()
         self.scheduler.reschedule_job(
             _JOB_ID,
             trigger="interval",

@@ -21,6 +21,7 @@ from autoscaler.engine.actuator import Actuator, InstanceTemplate, OfferBackoff
 from autoscaler.engine.cycle import Engine, EngineConfig, EngineSettings
 from autoscaler.engine.metrics import CoreMetrics
 from autoscaler.signals import DemandSignal, SignalError
+from autoscaler.signals.combined import CombinedSignal
 from autoscaler.signals.registry import SignalConfigError, build_signal
 from autoscaler.store import Store, open_store
 from autoscaler.tensordock.client import TensorDockClient
@@ -143,6 +144,8 @@ def build_runtime(
             signal = build_signal(settings.signal)
         except (SignalConfigError, SignalError) as exc:
             raise ConfigError(str(exc)) from None
+    if isinstance(signal, CombinedSignal):
+        signal.cancel = stopping  # SIGTERM gives up a demand read in progress, too
     engine = Engine(
         client,
         signal=signal,

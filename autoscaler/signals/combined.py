@@ -31,6 +31,21 @@ class _Job:
     error: BaseException | None = None
 
 
+_CANCEL_POLL_S = 0.2  # how often a read in progress looks for SIGTERM
+
+
+def _busy_anywhere(maps: Sequence[Mapping[str, bool]]) -> dict[str, bool] | None:
+    """Busy where any source says busy (a worker serving two queues is busy with either's job):
+    rule 5 must not hinge on which source was read last."""
+    if not maps:
+        return None
+    merged: dict[str, bool] = {}
+    for flags in maps:
+        for name, busy in flags.items():
+            merged[name] = merged.get(name, False) or busy
+    return merged
+
+
 class _BoundedReader:
     """One source's reads on one thread of its own (a client bound to a thread stays on it)."""
 
@@ -48,7 +63,7 @@ class _BoundedReader:
                 job.error = exc
             job.done.set()
 
-    def read(self, source: SignalSource, now: float) -> Demand:
+    def read(self, source: SignalSource, now: float, cancel: threading.Event | None = None) -> Demand:
         timeout = float(getattr(source.options, "timeout_s", 5.0))
         if self._current is not None and not self._current.done.is_set():
             raise SignalError(
@@ -57,8 +72,15 @@ class _BoundedReader:
         job = _Job(lambda: source.read(now))
         self._current = job
         self._jobs.put(job)
-        if not job.done.wait(timeout + _GRACE_S):
-            raise SignalError(f"{source.name}: no answer within timeout_s ({timeout:g}s)")
+        deadline = time.monotonic() + timeout + _GRACE_S
+        while not job.done.wait(min(_CANCEL_POLL_S, max(0.0, deadline - time.monotonic()))):
+            if cancel is not None and cancel.is_set():  # SIGTERM cuts the wait short (rule 14)
+                raise SignalError(f"{source.name}: read abandoned: the daemon is stopping")
+            if time.monotonic() >= deadline:
+                interrupt = getattr(source, "interrupt", None)
+                if callable(interrupt):  # a source that can end its stuck read does (postgres)
+                    interrupt()
+                raise SignalError(f"{source.name}: no answer within timeout_s ({timeout:g}s)")
         if job.error is not None:
             raise job.error
         assert job.value is not None
@@ -97,6 +119,7 @@ class CombinedSignal:
         for source in self.sources:
             source.max_future_skew_s = max_future_skew_s
         self._readers: dict[int, _BoundedReader] = {}
+        self.cancel: threading.Event | None = None  # set on SIGTERM: a read in progress is given up
         self.name = sources[0].name if len(sources) == 1 else f"{combine}({','.join(s.name for s in sources)})"
         self.readings: list[SourceReading] = []
 
@@ -137,10 +160,7 @@ class CombinedSignal:
         if len(demands) == 1:
             return demands[0]
         pick = sum if self.combine == "sum" else max
-        busy: dict[str, bool] | None = None
-        for demand in demands:
-            if demand.busy is not None:
-                busy = {**(busy or {}), **demand.busy}
+        busy = _busy_anywhere([d.busy for d in demands if d.busy is not None])
         gpus_known = all(d.queued_gpus is not None and d.running_gpus is not None for d in demands)
         queued_mix = _summed([d.queued_by_width for d in demands]) if self.combine == "sum" else None
         running_mix = _summed([d.running_by_width for d in demands]) if self.combine == "sum" else None
@@ -161,7 +181,7 @@ class CombinedSignal:
         reader = self._readers.get(id(source))
         if reader is None:
             reader = self._readers[id(source)] = _BoundedReader(source.name)
-        demand = reader.read(source, now)
+        demand = reader.read(source, now, self.cancel)
         problem = future_stamp_problem(demand.observed_at, now, self.max_future_skew_s)
         if problem is not None:
             raise SignalError(f"{source.name}: observed_at {problem}")

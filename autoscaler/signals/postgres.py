@@ -5,6 +5,10 @@ The transaction is READ ONLY, so a query that would write is refused by the serv
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
+
 import psycopg
 import structlog
 from pydantic import Field
@@ -59,6 +63,16 @@ class PostgresSignal(SignalSource):
             )
             self._conn.read_only = True
         return self._conn
+
+    def interrupt(self) -> None:
+        """A read overran its timeout_s on a connection gone quiet: a half-open link, which no
+        client timeout of psycopg's and no keepalive ends for hours. Its socket is shut, so the
+        stuck read fails on its own thread and the next read connects afresh."""
+        conn = self._conn
+        if conn is None or conn.closed:
+            return
+        with contextlib.suppress(OSError, psycopg.Error), socket.socket(fileno=os.dup(conn.fileno())) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
 
     def read(self, now: float) -> Demand:
         timeout_ms = int(self.options.timeout_s * 1000)

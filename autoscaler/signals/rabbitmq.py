@@ -55,14 +55,18 @@ class RabbitMqSignal(SignalSource):
             raise SignalError(f"{self.name}: queue {self.options.queue!r}: {exc.reply_text}") from None
         except (pika.exceptions.AMQPError, OSError) as exc:
             self.close()
-            raise SignalError(f"{self.name}: {type(exc).__name__}: {exc}") from None
+            where = f"{self._parameters.host}:{self._parameters.port}"
+            detail = str(exc) or "; ".join(str(arg) for arg in exc.args) or "no detail from pika"
+            raise SignalError(f"{self.name}: {where}: {type(exc).__name__}: {detail}") from None
         method = declared.method
         running = int(method.consumer_count) if self.options.running == "consumers" else 0
         return Demand(queued_jobs=int(method.message_count), running_jobs=running, observed_at=now, source=self.name)
 
     def close(self) -> None:
         if self._connection is not None and self._connection.is_open:
-            with contextlib.suppress(pika.exceptions.AMQPError):
+            # Closing must never fail, even from another thread while a read blocks in pika (a
+            # reload): pika then raises what it likes (an AttributeError has been seen).
+            with contextlib.suppress(Exception):
                 self._connection.close()
         self._connection = None
         self._open_channel = None

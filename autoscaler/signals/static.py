@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import Field, StrictInt
 
-from .base import Demand, SignalError, SignalSource, SourceOptions, whole_count, widest, width_mix
+from .base import Demand, SignalError, SignalSource, SourceOptions, busy_flags, whole_count, widest, width_mix
 
 
 class StaticOptions(SourceOptions):
@@ -101,6 +101,15 @@ class FileSignal(SignalSource):
         finally:
             os.close(fd)
 
+    @staticmethod
+    def _busy(raw: object) -> dict[str, bool] | None:
+        """`{"name": true|false|1|0|null}`; a null (or any other value) leaves that worker unknown."""
+        if raw is None:
+            return None
+        if not isinstance(raw, dict):
+            raise ValueError("busy must map instance names to true or false")
+        return busy_flags(raw.items())
+
     def read(self, now: float) -> Demand:
         try:
             data: Any = json.loads(self._read_bytes())
@@ -110,7 +119,7 @@ class FileSignal(SignalSource):
                 queued_jobs=whole_count(data["queued"], "queued"),
                 running_jobs=whole_count(data.get("running", 0), "running"),
                 observed_at=float(data.get("observed_at", self.path.stat().st_mtime)),
-                busy=data.get("busy"),
+                busy=self._busy(data.get("busy")),
                 source=self.name,
                 max_job_gpus=widest(queued),
                 queued_by_width=queued,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import threading
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ import redis
 from autoscaler.signals import SignalError
 from autoscaler.signals.base import Demand, Secret, SignalSource, SourceOptions
 from autoscaler.signals.combined import CombinedSignal
+from autoscaler.signals.postgres import PostgresOptions, PostgresSignal
 from autoscaler.signals.redis_queue import RedisOptions, RedisSignal
 from autoscaler.signals.registry import SignalSettings, SignalSpec, build_signal
 from autoscaler.signals.static import FileOptions, FileSignal
@@ -151,3 +153,112 @@ def test_a_heartbeat_stamped_in_milliseconds_does_not_keep_a_dead_worker_busy() 
         source.close()
     finally:
         client.delete(key)
+
+
+class QuietingProxy:
+    """A TCP proxy whose open connections can go quiet (bytes swallowed both ways, sockets kept
+    open: a half-open link) while new connections still pass."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.quiet: set[int] = set()
+        self.connections: list[tuple[int, socket.socket, socket.socket]] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            number = len(self.connections)
+            self.connections.append((number, client, upstream))
+            for source, target in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(number, source, target), daemon=True).start()
+
+    def _pump(self, number: int, source: socket.socket, target: socket.socket) -> None:
+        while True:
+            try:
+                data = source.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            if number not in self.quiet:
+                with contextlib.suppress(OSError):
+                    target.sendall(data)
+
+    def silence_open_connections(self) -> None:
+        self.quiet |= {number for number, _, _ in self.connections}
+
+    def close(self) -> None:
+        self.listener.close()
+        for _, client, upstream in self.connections:
+            client.close()
+            upstream.close()
+
+
+def test_a_postgres_connection_gone_quiet_is_given_up_and_the_next_read_connects_afresh() -> None:
+    """Before: a half-open connection kept its read stuck (psycopg has no client timeout), so every
+    later read said 'the previous read has not ended' until TCP gave up, hours later, and the fleet
+    held all that while."""
+    require_server("postgres", 5432)
+    proxy = QuietingProxy(5432)
+    dsn = f"postgresql://postgres@127.0.0.1:{proxy.port}/postgres"
+    source = PostgresSignal(PostgresOptions(dsn=Secret(value=dsn), query="SELECT 2, 1", timeout_s=1))
+    signal = CombinedSignal([source])
+    try:
+        assert signal.read(time.time()).queued_jobs == 2
+        proxy.silence_open_connections()
+        with pytest.raises(SignalError, match="no answer within timeout_s"):
+            signal.read(time.time())
+        deadline = time.monotonic() + 20
+        while True:  # the stuck read has ended: the next one connects afresh and answers
+            try:
+                assert signal.read(time.time()).queued_jobs == 2
+                break
+            except SignalError as exc:
+                assert time.monotonic() < deadline, exc
+                time.sleep(0.5)
+    finally:
+        signal.close()
+        proxy.close()
+
+
+def test_sigterm_gives_up_a_read_in_progress() -> None:
+    """Rule 14. Before: a read of a stalled source with timeout_s 60 held SIGTERM for 53 s."""
+    source = Hangs()
+    source.options = SourceOptions(timeout_s=60)
+    signal = CombinedSignal([source])
+    signal.cancel = threading.Event()
+    threading.Timer(0.3, signal.cancel.set).start()
+    started = time.monotonic()
+    with pytest.raises(SignalError, match="read abandoned: the daemon is stopping"):
+        signal.read(time.time())
+    assert time.monotonic() - started < 10  # 60 s before
+    source.release.set()
+    signal.close()
+
+
+class Says(SignalSource):
+    kind = "says"
+
+    def __init__(self, name: str, busy: dict[str, bool]) -> None:
+        super().__init__(SourceOptions(), name)
+        self.busy = busy
+
+    def read(self, now: float) -> Demand:
+        return Demand(queued_jobs=0, running_jobs=1, observed_at=now, source=self.name, busy=self.busy)
+
+
+def test_a_worker_busy_in_any_source_is_busy() -> None:
+    """Rule 5. Before: the source read last won, so a worker busy with one queue's job and idle
+    in another's eyes read as idle, and the daemon stopped it."""
+    for order in ((0, 1), (1, 0)):
+        sources = [Says("qa", {"w1": True, "w2": False}), Says("qb", {"w1": False, "w3": False})]
+        signal = CombinedSignal([sources[i] for i in order])
+        assert signal.read(time.time()).busy == {"w1": True, "w2": False, "w3": False}
+        signal.close()

@@ -7,18 +7,22 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import psycopg
 import pytest
 import redis
 
+from autoscaler.common.logging import configure_logging
 from autoscaler.signals import SignalError
 from autoscaler.signals.base import MAX_JOB_COUNT, whole_count
 from autoscaler.signals.http_json import HttpJsonOptions, HttpJsonSignal
 from autoscaler.signals.prometheus import PrometheusOptions, PrometheusSignal
+from autoscaler.signals.rabbitmq import RabbitMqOptions, RabbitMqSignal
 from autoscaler.signals.registry import SignalConfigError, SignalSettings, SignalSpec, build_signal
+from autoscaler.signals.static import FileOptions, FileSignal
 
-from .conftest import JsonEndpoint, require_server
+from .conftest import JsonEndpoint, dead_port, require_server
 from .test_sources import PG_DSN, REDIS_URL, secret
 
 
@@ -166,3 +170,30 @@ def test_a_prometheus_reply_of_another_shape_is_a_failed_read_not_a_plugin_bug(
         return
     with pytest.raises(SignalError, match=str(expected)):
         source.read(time.time())
+
+
+def test_a_file_sources_busy_flags_take_one_zero_and_null_as_the_readme_says(tmp_path: Path) -> None:
+    """Before: `{"w": 1}` or `{"w": null}` failed the whole read, and demand became unknown."""
+    path = tmp_path / "queue.json"
+    path.write_text(json.dumps({"queued": 1, "busy": {"a": 1, "b": 0, "c": None, "d": True}}))
+    demand = FileSignal(FileOptions(path=str(path))).read(time.time())
+    assert demand.queued_jobs == 1 and demand.busy == {"a": True, "b": False, "d": True}  # c: unknown
+    path.write_text(json.dumps({"queued": 1, "busy": ["a"]}))
+    with pytest.raises(SignalError, match="busy must map instance names"):
+        FileSignal(FileOptions(path=str(path))).read(time.time())
+
+
+def test_a_refused_rabbitmq_connection_names_where_and_pika_says_nothing_at_info(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """Before: 22 pika ERROR lines a second, tracebacks among them, and `AMQPConnectionError:` alone."""
+    configure_logging("INFO", json_lines=True)
+    port = dead_port()
+    source = RabbitMqSignal(RabbitMqOptions(url=secret(f"amqp://guest:guest@127.0.0.1:{port}/"), queue="q"))
+    with pytest.raises(SignalError) as failed:
+        source.read(time.time())
+    assert f"127.0.0.1:{port}" in str(failed.value)
+    assert "AMQPConnectionError: " in str(failed.value) and not str(failed.value).endswith("AMQPConnectionError: ")
+    source.close()
+    captured = capfd.readouterr()
+    assert "pika" not in captured.err and "Traceback" not in captured.err
