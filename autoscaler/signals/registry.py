@@ -62,6 +62,15 @@ def validate_signal_settings(settings: SignalSettings) -> list[tuple[type[Signal
             for error in exc.errors():
                 where = ".".join(str(p) for p in error["loc"])
                 problems.append(f"signal.sources[{index}] ({spec.kind}).options.{where}: {error['msg']}")
+    seen: dict[str, int] = {}
+    for index, spec in enumerate(settings.sources):  # a source's name labels its metrics and logs
+        name = spec.name or spec.kind
+        if name in seen:
+            problems.append(
+                f"signal.sources[{index}].name: {name!r} is also signal.sources[{seen[name]}]'s name;"
+                " give each source a name of its own (their metrics would be one series)"
+            )
+        seen.setdefault(name, index)
     if problems:
         raise SignalConfigError("\n".join(problems))
     return checked

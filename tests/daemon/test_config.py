@@ -98,7 +98,9 @@ def test_the_readme_configuration_example_is_valid(tmp_path: Path) -> None:
     token = tmp_path / "token"
     token.write_text(TOKEN)
     config = tmp_path / "c.toml"
-    config.write_text(match.group(1).replace("/run/credentials/tensordock-autoscaler/token", str(token)))
+    config.write_text(
+        match.group(1).replace("/run/credentials/tensordock-autoscaler.service/tensordock-token", str(token))
+    )
     settings = load_settings(config)
     assert settings.tensordock.resolved_token().get_secret_value() == TOKEN
     assert [p.name for p in settings.policies] == ["queue_target", "cheapest_throughput", "budget"]

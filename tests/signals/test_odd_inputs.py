@@ -197,3 +197,12 @@ def test_a_refused_rabbitmq_connection_names_where_and_pika_says_nothing_at_info
     source.close()
     captured = capfd.readouterr()
     assert "pika" not in captured.err and "Traceback" not in captured.err
+
+
+def test_two_sources_of_one_name_are_refused() -> None:
+    """Before: two unnamed file sources shared one `signal_up{source="file"}`, which read 1 while one was down."""
+    specs = [SignalSpec(kind="static", options={"queued": 1}), SignalSpec(kind="static", options={"queued": 2})]
+    with pytest.raises(SignalConfigError, match=r"signal.sources\[1\].name: 'static' is also signal.sources\[0\]"):
+        build_signal(SignalSettings(sources=specs))
+    named = [SignalSpec(kind="static", name="a", options={"queued": 1}), SignalSpec(kind="static", name="b")]
+    build_signal(SignalSettings(sources=named)).close()
