@@ -93,6 +93,9 @@ class RedisSignal(SignalSource):
         if o.mode == "list":
             return int(r.llen(o.key)), working
         if o.mode == "rq":  # RQ keeps a queue's jobs in a list and the started ones in its wip registry
+            if not r.sismember("rq:queues", f"rq:queue:{o.key}"):  # a misspelt name is not an empty queue
+                known = sorted(str(q).removeprefix("rq:queue:") for q in r.smembers("rq:queues"))[:10]
+                raise SignalError(f"{self.name}: RQ knows no queue {o.key!r} (it knows {known}); check key")
             return int(r.llen(f"rq:queue:{o.key}")), int(r.zcard(f"rq:wip:{o.key}"))
         if o.mode == "celery":  # kombu's Redis transport: the queue is a list, delivered messages sit in 'unacked'
             return int(r.llen(o.key)), max(working, int(r.hlen("unacked")))

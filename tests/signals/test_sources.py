@@ -65,13 +65,18 @@ def test_redis_list_fill_read_drain(redis_client: redis.Redis, unique: str) -> N
 
 def test_redis_rq_conventions(redis_client: redis.Redis, unique: str) -> None:
     source = RedisSignal(RedisOptions(url=secret(REDIS_URL), mode="rq", key=unique))
+    misspelt = RedisSignal(RedisOptions(url=secret(REDIS_URL), mode="rq", key=unique + "s"))
     try:
+        redis_client.sadd("rq:queues", f"rq:queue:{unique}")  # RQ registers a queue on its first enqueue
         redis_client.rpush(f"rq:queue:{unique}", "a", "b", "c")
         redis_client.zadd(f"rq:wip:{unique}", {"d": time.time() + 60})
         demand = source.read(time.time())
         assert (demand.queued_jobs, demand.running_jobs) == (3, 1)
+        with pytest.raises(SignalError, match=f"RQ knows no queue '{unique}s'"):  # before: an empty queue
+            misspelt.read(time.time())
     finally:
         redis_client.delete(f"rq:queue:{unique}", f"rq:wip:{unique}")
+        redis_client.srem("rq:queues", f"rq:queue:{unique}")
 
 
 def test_redis_celery_sorted_set_and_heartbeats(redis_client: redis.Redis, unique: str) -> None:
