@@ -369,11 +369,13 @@ class SqlStore:
 
     def latest_change(self, instance_id: str) -> JournalEntry | None:
         """The last start, stop or delete asked of an instance."""
+        return self._last_entry("instance_id = ? AND kind <> 'create'", instance_id)
+
+    def _last_entry(self, where: str, value: str) -> JournalEntry | None:
         with self._lock:
             row = self._x(
-                f"SELECT {self._JOURNAL_COLUMNS} FROM journal WHERE instance_id = ? AND kind <> 'create'"  # noqa: S608
-                " ORDER BY id DESC LIMIT 1",
-                (instance_id,),
+                f"SELECT {self._JOURNAL_COLUMNS} FROM journal WHERE {where} ORDER BY id DESC LIMIT 1",  # noqa: S608
+                (value,),
             ).fetchone()
         return _entry(row) if row else None
 
@@ -384,13 +386,7 @@ class SqlStore:
 
     def create_of(self, name: str) -> JournalEntry | None:
         """The last create journaled under this name: what it was asked to be."""
-        with self._lock:
-            row = self._x(
-                f"SELECT {self._JOURNAL_COLUMNS} FROM journal WHERE kind = 'create' AND name = ?"  # noqa: S608
-                " ORDER BY id DESC LIMIT 1",
-                (name,),
-            ).fetchone()
-        return _entry(row) if row is not None else None
+        return self._last_entry("kind = 'create' AND name = ?", name)
 
     def journal(self, limit: int = 100) -> list[JournalEntry]:
         with self._lock:
@@ -423,6 +419,28 @@ class SqlStore:
         is the rate from now on (left-point integration, one cycle of lag at most)."""
         self.accrue_many({instance_id: rate_hourly}, now)
 
+    @contextlib.contextmanager
+    def _joined_transaction(self) -> Iterator[None]:
+        """The caller's transaction if one is open (a cycle's bookkeeping), else one of its own."""
+        if self._in_transaction():
+            yield
+            return
+        self._x(self.begin_sql)
+        try:
+            yield
+        except Exception:
+            self._x("ROLLBACK")
+            raise
+        self._x("COMMIT")
+
+    def _book(self, charges: dict[tuple[str, str], float]) -> None:
+        """USD per (UTC day, instance id) added to the ledger."""
+        self._xmany(
+            "INSERT INTO ledger (day, instance_id, usd) VALUES (?, ?, ?)"
+            " ON CONFLICT(day, instance_id) DO UPDATE SET usd = ledger.usd + excluded.usd",
+            [(day, instance_id, usd) for (day, instance_id), usd in charges.items()],
+        )
+
     def accrue_many(self, rates: dict[str, float], now: float) -> None:
         """`accrue` for a whole fleet in one transaction and a handful of statements."""
         if not rates:
@@ -447,15 +465,8 @@ class SqlStore:
                     same_rate.append(instance_id)
                 else:
                     updates.append((rates[instance_id], max(now, since or now), instance_id))
-            own_transaction = not self._in_transaction()
-            if own_transaction:
-                self._x(self.begin_sql)
-            try:
-                self._xmany(
-                    "INSERT INTO ledger (day, instance_id, usd) VALUES (?, ?, ?)"
-                    " ON CONFLICT(day, instance_id) DO UPDATE SET usd = ledger.usd + excluded.usd",
-                    [(day, instance_id, usd) for (day, instance_id), usd in charges.items()],
-                )
+            with self._joined_transaction():
+                self._book(charges)
                 self._xmany("UPDATE instances SET last_rate = ?, last_accrued_at = ? WHERE id = ?", updates)
                 if same_rate:  # the common case: one statement moves every unchanged instance's clock
                     self._x(
@@ -463,12 +474,6 @@ class SqlStore:
                         f" WHERE id IN {self.ids_sql}",
                         (now, self._ids(same_rate)),
                     )
-                if own_transaction:
-                    self._x("COMMIT")
-            except Exception:
-                if own_transaction:
-                    self._x("ROLLBACK")
-                raise
 
     def accrue_orphans(self, rates: dict[str, float], now: float) -> None:
         """Prefix-named instances the store does not own, charged to the ledger like ours (so the
@@ -481,26 +486,13 @@ class SqlStore:
                 _charge(charges, instance_id, last_rate, min(since, now), now)
             if not rows and not rates:
                 return
-            own_transaction = not self._in_transaction()
-            if own_transaction:
-                self._x(self.begin_sql)
-            try:
-                self._xmany(
-                    "INSERT INTO ledger (day, instance_id, usd) VALUES (?, ?, ?)"
-                    " ON CONFLICT(day, instance_id) DO UPDATE SET usd = ledger.usd + excluded.usd",
-                    [(day, instance_id, usd) for (day, instance_id), usd in charges.items()],
-                )
+            with self._joined_transaction():
+                self._book(charges)
                 self._x("DELETE FROM orphan_accrual")
                 self._xmany(
                     "INSERT INTO orphan_accrual VALUES (?, ?, ?)",
                     [(instance_id, rate, now) for instance_id, rate in rates.items()],
                 )
-                if own_transaction:
-                    self._x("COMMIT")
-            except Exception:
-                if own_transaction:
-                    self._x("ROLLBACK")
-                raise
 
     def take_orphan_accrual(self, instance_id: str) -> float | None:
         """An orphan now adopted: until when it was charged as one (its own billing goes on from
