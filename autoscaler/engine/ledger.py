@@ -80,7 +80,7 @@ class Ledger:
     def charge(self, rates: Mapping[str, float], now: float, orphans: Mapping[str, float] | None = None) -> None:
         """The whole fleet's rates from now on, in one write; orphans' too (rule 11: counted in
         full), so a daily budget counts what a lost or restored store no longer knows."""
-        self.store.accrue_many(dict(rates), now)
+        self.store.accrue_many(dict(rates), now, clock_time=True)
         self.store.accrue_orphans(dict(orphans or {}), now)
 
     def settle_stopped(

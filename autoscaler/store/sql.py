@@ -441,8 +441,10 @@ class SqlStore:
             [(day, instance_id, usd) for (day, instance_id), usd in charges.items()],
         )
 
-    def accrue_many(self, rates: dict[str, float], now: float) -> None:
-        """`accrue` for a whole fleet in one transaction and a handful of statements."""
+    def accrue_many(self, rates: dict[str, float], now: float, *, clock_time: bool = False) -> None:
+        """`accrue` for a whole fleet in one transaction and a handful of statements. `clock_time`:
+        `now` is the clock's present (a cycle's charge), not a call dated back, so an accrual dated
+        later than it was made by a clock that ran ahead."""
         if not rates:
             return
         with self._lock:
@@ -454,7 +456,7 @@ class SqlStore:
             updates = []
             same_rate: list[str] = []
             for instance_id, last_rate, since in rows:
-                if since is not None and since > now + _CLOCK_SLACK_S:
+                if clock_time and since is not None and since > now + _CLOCK_SLACK_S:
                     # Accrued by a clock that ran ahead (set back since, or a replica's that leads):
                     # charged from now on, or nothing would be charged until the clock caught up.
                     updates.append((rates[instance_id], now, instance_id))

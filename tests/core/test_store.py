@@ -138,13 +138,14 @@ def test_the_ledger_charges_on_from_now_after_a_clock_that_ran_ahead(store: Stor
     had caught up with the last accrual."""
     store.adopt("i1", "tdas-1", T0 + 7200, "k")
     store.accrue("i1", 1.0, T0 + 7200)
-    store.accrue("i1", 1.0, T0)  # the clock set back by 2 h: charged from now on
-    store.accrue("i1", 1.0, T0 + 3600)
-    assert store.spend(T0 + 3600).total_usd == pytest.approx(1.0)
-    store.accrue("i1", 1.0, T0 + 3601)  # a replica's clock a second behind is no step
-    store.accrue("i1", 1.0, T0 + 3599)
-    store.accrue("i1", 1.0, T0 + 7200)
-    assert store.spend(T0 + 7200).total_usd == pytest.approx(2.0)
+    store.accrue_many({"i1": 1.0}, T0, clock_time=True)  # a cycle after the clock was set back by 2 h
+    store.accrue_many({"i1": 1.0}, T0 + 3600, clock_time=True)
+    assert store.spend(T0 + 3600).total_usd == pytest.approx(1.0)  # charged from the present on
+    store.accrue_many({"i1": 1.0}, T0 + 3601, clock_time=True)  # a replica's clock a second behind is no step
+    store.accrue_many({"i1": 1.0}, T0 + 3599, clock_time=True)
+    store.accrue("i1", 0.1, T0 + 1800)  # a change dated back (a stop settled earlier) never moves the clock back
+    store.accrue_many({"i1": 0.1}, T0 + 7200, clock_time=True)
+    assert store.spend(T0 + 7200).total_usd == pytest.approx(1.0 + 1 / 3600 + 0.1 * 3599 / 3600)
 
 
 def test_orphans_are_charged_until_they_go_or_are_adopted(store: Store) -> None:
