@@ -112,15 +112,23 @@ def parse_instance(item: object, operation: str, on_skip: SkipEntry | None = Non
     the daemon's own record stands in for it, and the id, name and status still count."""
     if not isinstance(item, dict):
         raise _malformed(operation, "instance is not an object", item)
-    flat = _flatten(item)
     try:
-        return Instance.model_validate(flat)
+        return _read_leniently(_flatten(item), operation, on_skip or _skip_nothing)
     except (ValidationError, ValueError, TypeError) as exc:
-        read = _without_unreadable(flat, exc)
+        raise _malformed(operation, f"instance fields are invalid ({_summarise(exc)})", item) from exc
+
+
+def _read_leniently(item: object, operation: str, on_skip: SkipEntry) -> Instance:
+    """The instance, with the optional fields it cannot read left out and reported to `on_skip`;
+    the validation error itself when an essential one cannot be read."""
+    try:
+        return Instance.model_validate(item)
+    except (ValidationError, ValueError, TypeError) as exc:
+        read = _without_unreadable(item, exc)
         if read is None:
-            raise _malformed(operation, f"instance fields are invalid ({_summarise(exc)})", item) from exc
+            raise
         instance, dropped = read
-        (on_skip or _skip_nothing)(operation, f"instance {instance.id}: {', '.join(dropped)} unreadable; left out")
+        on_skip(operation, f"instance {instance.id}: {', '.join(dropped)} unreadable; left out")
         return instance
 
 
@@ -203,13 +211,8 @@ def parse_instance_list(
 
 def _instance_or_unknown(item: object, operation: str, on_skip: SkipEntry) -> Instance:
     try:
-        return Instance.model_validate(item)
+        return _read_leniently(item, operation, on_skip)
     except (ValidationError, ValueError, TypeError) as exc:
-        read = _without_unreadable(item, exc)
-        if read is not None:
-            instance, dropped = read
-            on_skip(operation, f"instance {instance.id}: {', '.join(dropped)} unreadable; left out")
-            return instance
         raw_id = item.get("id") if isinstance(item, dict) else None
         if isinstance(raw_id, bool) or not isinstance(raw_id, str | int) or not str(raw_id):
             raise _malformed(operation, f"instance fields are invalid ({_summarise(exc)})", item) from exc
