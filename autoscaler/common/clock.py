@@ -6,6 +6,8 @@ import threading
 import time
 from typing import Protocol
 
+CLOCK_SLACK_S = 5.0  # replicas' clocks this far apart are not a clock that ran ahead
+
 
 class Clock(Protocol):
     """Seconds since the epoch, and a way to let time pass."""

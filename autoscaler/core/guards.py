@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from autoscaler.common.clock import CLOCK_SLACK_S
 from autoscaler.core.durations import Seconds
 from autoscaler.core.money import RUNNING_LIKE
 from autoscaler.core.plan import Action, ActionKind, Plan
@@ -70,21 +71,19 @@ class GuardedPlan:
     dropped: tuple[Dropped, ...] = field(default=())
 
 
-def _removes_capacity(action: Action, snapshot: Snapshot) -> bool:
+def _removes_capacity(action: Action, instance: FleetInstance | None) -> bool:
     """Stopping or deleting a running instance reduces capacity, and so may deleting one listed in
     error (its worker may still be running jobs); deleting a stopped one does not."""
     if action.kind is ActionKind.STOP:
         return True
     if action.kind is ActionKind.DELETE:
-        instance = snapshot.instance(action.instance_id or "")
         return instance is not None and instance.status in (*RUNNING_LIKE, InstanceStatus.ERROR)
     return False
 
 
-def _replaces_broken(action: Action, snapshot: Snapshot) -> bool:
+def _replaces_broken(action: Action, instance: FleetInstance | None) -> bool:
     """A delete of an instance in error: capacity that does not serve, so no stabilization window
-    keeps it (rule 4 still holds it while demand is unknown)."""
-    instance = snapshot.instance(action.instance_id or "")
+    or cooldown keeps it (rule 4 still holds it while demand is unknown)."""
     return action.kind is ActionKind.DELETE and instance is not None and instance.status is InstanceStatus.ERROR
 
 
@@ -154,14 +153,16 @@ def _refusal_to_add(
 
 
 def _refusal_to_remove(
-    action: Action, snapshot: Snapshot, config: GuardConfig, tally: _Tally, *, blocked: bool
+    action: Action, snapshot: Snapshot, config: GuardConfig, tally: _Tally, *, blocked: bool, broken: bool
 ) -> tuple[str, str] | None:
     if snapshot.demand is None:
         return "hold", f"demand unknown ({snapshot.demand_error or 'stale'}); no scale-down"
-    if blocked and not _replaces_broken(action, snapshot):  # broken capacity waits for no cooldown
+    if broken:  # broken capacity waits for neither a cooldown nor the window
+        return None
+    if blocked:
         return "cooldown", f"scale-down cooldown {config.scale_down_cooldown_s:g}s"
     # Rule 6: scale down only what demand has not wanted for scale_down_delay.
-    if action.gpus > tally.removable and not action.spend_limit and not _replaces_broken(action, snapshot):
+    if action.gpus > tally.removable and not action.spend_limit:
         return (
             "stabilization",
             f"demand wanted {tally.recent_peak} GPUs within {config.scale_down_delay_s:g}s "
@@ -170,13 +171,10 @@ def _refusal_to_remove(
     return None
 
 
-_CLOCK_SLACK_S = 5.0  # replicas' clocks this far apart are not a clock that ran ahead
-
-
 def _cooling(now: float, last: float | None, cooldown_s: float) -> bool:
     """Within a cooldown of the last scaling. A last scaling later than now (by a clock that ran
     ahead, set back since) is not believed: it would hold every scaling until the clock caught up."""
-    return cooldown_s > 0 and last is not None and now - last + _CLOCK_SLACK_S >= 0 and now - last < cooldown_s
+    return cooldown_s > 0 and last is not None and now - last + CLOCK_SLACK_S >= 0 and now - last < cooldown_s
 
 
 def apply_guards(snapshot: Snapshot, plan: Plan, config: GuardConfig, memory: GuardMemory) -> GuardedPlan:
@@ -192,12 +190,12 @@ def apply_guards(snapshot: Snapshot, plan: Plan, config: GuardConfig, memory: Gu
     for action in plan.actions:
         instance = owned.get(action.instance_id or "") if action.instance_id else None
         refusal = _refusal_of_any(action, instance)
-        removes = _removes_capacity(action, snapshot)
         if refusal is None and action.kind.adds_capacity:
             refusal = _refusal_to_add(action, snapshot, config, tally, floor=floor, blocked=up_blocked)
-        elif refusal is None and removes:
-            refusal = _refusal_to_remove(action, snapshot, config, tally, blocked=down_blocked)
-            if refusal is None and not _replaces_broken(action, snapshot):
+        elif refusal is None and _removes_capacity(action, instance):
+            broken = _replaces_broken(action, instance)
+            refusal = _refusal_to_remove(action, snapshot, config, tally, blocked=down_blocked, broken=broken)
+            if refusal is None and not broken:
                 tally.removable -= action.gpus
         # Rule 7: bounded work per cycle.
         if refusal is None and len(kept) >= config.max_actions_per_cycle:

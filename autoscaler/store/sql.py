@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from autoscaler.common.clock import CLOCK_SLACK_S
 from autoscaler.common.secrets import mask_secrets
 from autoscaler.core.money import Spend
 from autoscaler.core.shape import OwnedShape
@@ -103,9 +104,6 @@ def _day_name(day_index: int) -> str:
 def _day(ts: float) -> str:
     """The UTC date of a time; cached per day, since a cycle charges a thousand instances at once."""
     return _day_name(int(ts // 86400))
-
-
-_CLOCK_SLACK_S = 5.0  # replicas' clocks this far apart are not a clock that ran ahead
 
 
 def _charge(charges: dict[tuple[str, str], float], instance_id: str, rate: float, since: float, now: float) -> None:
@@ -456,7 +454,7 @@ class SqlStore:
             updates = []
             same_rate: list[str] = []
             for instance_id, last_rate, since in rows:
-                if clock_time and since is not None and since > now + _CLOCK_SLACK_S:
+                if clock_time and since is not None and since > now + CLOCK_SLACK_S:
                     # Accrued by a clock that ran ahead (set back since, or a replica's that leads):
                     # charged from now on, or nothing would be charged until the clock caught up.
                     updates.append((rates[instance_id], now, instance_id))
