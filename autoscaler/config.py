@@ -192,7 +192,7 @@ class SchedulerSettings(_Section):
     )
 
     watch_s: Seconds = Field(
-        default=5.0,
+        default=1.0,
         ge=0,
         description="between cycles, read the demand this often; new work in the queue runs the next cycle now; 0: off",
     )

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -274,7 +274,9 @@ class CheapestThroughput(BasePolicy[CheapestThroughputOptions]):
                 deficit -= instance.gpus
                 continue
             if best is None:
-                return plan.with_actions(*actions).note(f"{self.name}: no offer fits {size} GPUs; {deficit} short")
+                return plan.with_actions(*actions).short_of_offers(
+                    f"{self.name}: no offer fits {size} GPUs; {deficit} short"
+                )
             room.take(best)
             actions.append(self._create(best, usable, size, f"need {deficit} more GPUs"))
             deficit -= size
@@ -414,6 +416,7 @@ class CheapestThroughput(BasePolicy[CheapestThroughputOptions]):
         room = _HostRoom(candidates, snapshot.shape, size)
         actions: list[Action] = []
         notes: list[str] = []
+        short_of_offers = False
         why = f"{waiting} waiting job(s) of the {size}-GPU class, {short} without a place"
         while short > 0:
             usable = room.usable(candidates)
@@ -434,6 +437,7 @@ class CheapestThroughput(BasePolicy[CheapestThroughputOptions]):
                 continue
             if best is None:
                 notes.append(f"{self.name}: no offer fits {size} GPUs; {short} waiting job(s) without a place")
+                short_of_offers = True
                 break
             if ceiling.too_dear(best.unit_price) and not ceiling.urgent:
                 notes.append(
@@ -453,7 +457,7 @@ class CheapestThroughput(BasePolicy[CheapestThroughputOptions]):
         out = plan.with_actions(*actions)
         for note in notes:
             out = out.note(note)
-        return out
+        return replace(out, offers_short=True) if short_of_offers else out
 
     def _idle(self, snapshot: Snapshot, plan: Plan, extra: dict[int, int], idle_s: float) -> list[FleetInstance]:
         """Running instances known idle past `idle_s`, of a size with places to spare; dearest first."""

@@ -64,6 +64,9 @@ class Plan:
     floor_gpus: int = 0
     actions: tuple[Action, ...] = ()
     notes: tuple[str, ...] = field(default=())
+    # a policy wanted capacity that no listed offer had: a cached listing may be stale, so the
+    # engine reads it again sooner (`offer_refresh_short_s`) than its regular refresh
+    offers_short: bool = False
 
     def with_actions(self, *actions: Action) -> Plan:
         return replace(self, actions=self.actions + actions)
@@ -73,6 +76,10 @@ class Plan:
 
     def note(self, text: str) -> Plan:
         return replace(self, notes=(*self.notes, text))
+
+    def short_of_offers(self, text: str) -> Plan:
+        """No listed offer has what the policy wanted: say so, and ask for a fresh listing."""
+        return replace(self, notes=(*self.notes, text), offers_short=True)
 
     def touched(self) -> set[str]:
         return {a.instance_id for a in self.actions if a.instance_id}

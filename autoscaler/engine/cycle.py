@@ -48,6 +48,11 @@ class EngineSettings(BaseModel):
     )
     max_signal_age_s: Seconds = Field(default=120.0, gt=0, description="older demand counts as unknown, seconds")
     offer_refresh_s: Seconds = Field(default=300.0, ge=0, description="seconds listed offers are reused")
+    offer_refresh_short_s: Seconds = Field(
+        default=10.0,
+        ge=0,
+        description="when no listed offer has what waiting work needs, the listing is read again once it is this old",
+    )
     reap_orphans: bool = Field(default=False, description="delete prefix-named instances the store never created")
     # Counted from when the create gave up on its reply (after create_timeout_s): a server that
     # finishes a create it failed to answer must not be answered with a second one (a duplicate).
@@ -305,6 +310,13 @@ class Engine:
                 _log.warning("offers_unavailable", error=str(exc), reusing=len(self._offers))
         return self._offers
 
+    def _listing_may_hide_room(self, now: float, report: CycleReport) -> bool:
+        """Work waits for capacity no listed offer has: a listing up to `offer_refresh_s` old does not
+        show GPUs freed since (by our deletes, by other renters leaving), so it is read again once
+        `offer_refresh_short_s` old, at most two calls per that many seconds while the shortage lasts."""
+        short = report.plan is not None and report.plan.offers_short
+        return short and self._offers_at is not None and now - self._offers_at >= self.config.offer_refresh_short_s
+
     def refresh_offers(self) -> None:
         """Forget cached offers (after a capacity failure the listing is known to be stale)."""
         self._offers_at = None
@@ -436,6 +448,8 @@ class Engine:
         ):
             self.store.mark_scaled(down_at=now)
         if any(r.outcome == "failed" and r.action.kind is ActionKind.CREATE for r in report.results):
+            self.refresh_offers()
+        if self._listing_may_hide_room(now, report):
             self.refresh_offers()
         for result in ok:
             if result.action.kind is ActionKind.START and result.instance_id:

@@ -282,9 +282,10 @@ class Daemon:
     def watch_queue(self) -> bool:
         """Between cycles: new work in the queue runs the next cycle now; returns whether it did.
 
-        Only the leader watches, never while a cycle runs (it reads the queue itself), and at most
-        once per `scheduler.watch_s`, so early cycles are bounded by the watch's own rate; a reading
-        that fails or is stale triggers nothing, so a failing source is read once per watch, no more.
+        Only the leader watches, never while a cycle runs (it reads the queue itself), at most once
+        per `scheduler.watch_s` and only while the rate limit has a call to spare, so early cycles
+        never crowd out a cycle's calls; a reading that fails or is stale triggers nothing, so a
+        failing source is read once per watch, no more.
         """
         demand = self._between_cycles(self._read_new_work, "watch")
         if demand is None or self._stop.is_set():
@@ -298,8 +299,12 @@ class Daemon:
         return True
 
     def _read_new_work(self) -> Demand | None:
-        """The demand, if it shows work no cycle has seen."""
+        """The demand, if it shows work no cycle has seen. Not read while the API's rate limit has
+        nothing to spare: the early cycle's listing would delay the calls cycles need (creates,
+        deletes), and an unread queue keeps its news for the next watch or cycle."""
         engine = self.runtime.engine
+        if not engine.client.can_spare_a_call():
+            return None
         demand, _ = engine.read_demand(engine.clock.now())
         return demand if demand is not None and self._watch.grew(demand) else None
 

@@ -213,7 +213,7 @@ def replay(
             target = at + step
             if watch_s:
                 watch.cycle_saw(report.snapshot.demand if report.snapshot is not None else None)
-                woken = _watched_until(workload, watch, at, target, watch_s)
+                woken = _watched_until(workload, watch, at, target, watch_s, spare=engine.client.can_spare_a_call)
                 early += woken < target
                 target = woken
             workload.advance(target)
@@ -245,7 +245,15 @@ def replay(
     )
 
 
-def _watched_until(workload: Workload, watch: QueueWatch, at: float, target: float, watch_s: float) -> float:
+def _watched_until(
+    workload: Workload,
+    watch: QueueWatch,
+    at: float,
+    target: float,
+    watch_s: float,
+    *,
+    spare: Callable[[float], bool],
+) -> float:
     """When the daemon's queue watch would run the next cycle after the one at `at`: at the first
     reading that shows new work, or at `target` (the regular cycle).
 
@@ -253,15 +261,18 @@ def _watched_until(workload: Workload, watch: QueueWatch, at: float, target: flo
     watch job keeps its own schedule, so skipping quiet cycles moves no reading. Only readings
     right after an arrival can show new work, so only those are taken, each with the reading
     before it: between arrivals the queue only shrinks, so that one holds the low-water mark the
-    readings in between would have found. Decided on the same QueueWatch as the daemon.
+    readings in between would have found. Decided on the same QueueWatch as the daemon; as in the
+    daemon, no reading is taken while the rate limit has no call to spare (`spare`).
     """
     last = at
     while (arrival := workload.next_arrival) is not None and arrival < target:
         tick = ORIGIN + math.ceil((arrival - ORIGIN) / watch_s) * watch_s
+        while tick < target and not spare(tick):
+            tick += watch_s
         if tick >= target:
             break
         before = tick - watch_s  # after `last`, unless the arrival falls in the grid step after it
-        if before > last and watch.grew(workload.read(before)):
+        if before > last and spare(before) and watch.grew(workload.read(before)):
             return before
         last = tick  # after the arrival, so this reading moves past it: the loop ends
         if watch.grew(workload.read(tick)):
@@ -354,6 +365,8 @@ def _quiet_cycles(
     """How many of the next cycles would do nothing; 0 unless that is certain from here."""
     snapshot = report.snapshot
     if report.results or report.safety or report.error or snapshot is None or snapshot.demand is None:
+        return 0
+    if report.plan is not None and report.plan.offers_short:  # the next listing may show room this one hid
         return 0
     if (
         snapshot.pending_creates

@@ -298,9 +298,10 @@ class TensorDockClient:
     def __exit__(self, *_: object) -> None:
         self.close()
 
-    def can_spare_a_call(self) -> bool:
-        """For calls that may be skipped (following a stop between cycles): never at a cycle's expense."""
-        return self._bucket.spare()
+    def can_spare_a_call(self, at: float | None = None) -> bool:
+        """For calls that may be skipped (following a stop, the queue watch's early cycle): never at
+        a cycle's expense. `at`: a later time, if no call comes before (the simulator's readings)."""
+        return self._bucket.spare(at)
 
     # -- public operations -------------------------------------------------------------------
 

@@ -53,11 +53,14 @@ class TokenBucket:
             return None
         return wait
 
-    def spare(self) -> bool:
-        """At least half the burst is free now: an optional call would not delay a needed one."""
+    def spare(self, at: float | None = None) -> bool:
+        """At least half the burst is free now (or at `at`, later, if no call comes before): an
+        optional call would not delay a needed one."""
         with self._lock:
             now = self._refill()
-            return now >= self._paused_until and self._tokens >= self.burst / 2
+            when = now if at is None else max(now, at)
+            tokens = min(float(self.burst), self._tokens + (when - now) * self._rate)
+            return when >= self._paused_until and tokens >= self.burst / 2
 
     def _refill(self) -> float:
         """Credit the tokens earned since the last look (the lock is held); returns now."""

@@ -462,6 +462,22 @@ def test_shaping_stops_an_idle_wide_instance_no_waiting_job_needs_and_never_rest
     assert [a.kind for a in cheapest().decide(fresh, Plan(desired_gpus=2)).actions] == [ActionKind.CREATE] * 2
 
 
+def test_shaping_short_of_offers_asks_for_a_fresh_listing_and_a_full_one_does_not() -> None:
+    """The engine reads the listing again sooner when a class of waiting jobs found no offer
+    (`offers_short`); a class that the listing served, or one held back by the price ceiling, does not."""
+    only_one = (offer(R3090, 0.3, available=1),)
+    short = cheapest().decide(_widths(snapshot(offers=only_one), {1: 2}), Plan(desired_gpus=2))
+    assert [a.kind for a in short.actions] == [ActionKind.CREATE] and short.offers_short
+    assert any("no offer fits 1 GPUs; 1 waiting job(s) without a place" in n for n in short.notes)
+    served = cheapest().decide(_widths(snapshot(offers=only_one), {1: 1}), Plan(desired_gpus=1))
+    assert [a.kind for a in served.actions] == [ActionKind.CREATE] and not served.offers_short
+    counted = cheapest().decide(snapshot(offers=only_one), Plan(desired_gpus=2))  # no widths: a GPU count
+    assert counted.offers_short
+    ceiling = (offer(R3090, 0.3, available=1), offer(H100, 8.0))
+    held = cheapest().decide(_widths(snapshot(offers=ceiling), {1: 2}, waited_s=30), Plan(desired_gpus=2))
+    assert not held.offers_short  # an offer was listed, only too dear for now
+
+
 def test_the_price_ceiling_buys_a_dear_offer_only_past_the_target_wait() -> None:
     offers = (offer(R3090, 0.3, available=1), offer(H100, 8.0))  # H100: four times the 3090 per unit
     soon = cheapest().decide(_widths(snapshot(offers=offers), {1: 2}, waited_s=30), Plan(desired_gpus=2))

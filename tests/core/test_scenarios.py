@@ -14,7 +14,9 @@ from autoscaler.core.replacement import Stage
 from autoscaler.engine.actuator import OfferBackoff
 from autoscaler.signals.static import FileSignal
 from autoscaler.tensordock.fake import Faults, Timings
+from autoscaler.tensordock.fake.state import _ForeignRental
 
+from ..conftest import RTX4090
 from .conftest import MakeWorld
 
 
@@ -85,6 +87,33 @@ def test_a_capacity_failure_falls_back_to_the_next_offer(make_world: MakeWorld) 
     assert result.outcome == "ok"
     assert result.offer_key != best.offer_key
     assert best.offer_key in world2.runtime.store.backed_off(world2.clock.now())
+
+
+def test_a_listing_with_no_room_for_waiting_work_is_read_again_soon_not_after_offer_refresh_s(
+    make_world: MakeWorld,
+) -> None:
+    """Another renter held every GPU of the one model allowed when the offers were listed, and left
+    right after: with a listing kept for an hour, the job would wait the hour; it is read again once
+    `offer_refresh_short_s` old (10 s), at most that often while nothing fits."""
+    world = make_world(
+        offer_refresh_s=3600,
+        policies=[{"name": "queue_target"}, {"name": "cheapest_throughput", "options": {"allowed_models": [RTX4090]}}],
+    )
+    state = world.fake.state
+    with state.lock:
+        for _, host in state.hosts():
+            if free := state.free(host).gpus.get(RTX4090, 0):
+                state._foreign.append(_ForeignRental(host.id, RTX4090, free, world.clock.now() + 3600))
+    world.signal.set(queued_jobs=1)
+    first = world.cycle(advance=5)
+    assert first.plan is not None and first.plan.offers_short and not first.results
+    state._foreign.clear()  # the renter leaves
+    creates: list[int] = []
+    for n in range(1, 7):  # every 5 s: the listing is read again once 10 s old, then the job's GPU is bought
+        report = world.cycle(advance=5)
+        creates += [n for r in report.results if r.action.kind is ActionKind.CREATE and r.outcome == "ok"]
+    assert creates == [3]  # the cycle after the one that found its 10-s-old listing short
+    assert world.fake.requests["list_hostnodes"] == 2  # the first listing and one more, not one per cycle
 
 
 @pytest.mark.parametrize("backoff_s", [120.0, 900.0])

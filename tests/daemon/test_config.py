@@ -81,8 +81,8 @@ def test_queue_watches_must_come_between_cycles(tmp_path: Path, capsys: pytest.C
     assert main(["check-config", str(config)]) == 2
     err = capsys.readouterr().err
     assert "watch_s (30) must be shorter than interval_s (20)" in err and "watching the queue off" in err
-    config.write_text('[tensordock]\ntoken = "t"\n[scheduler]\ninterval_s = 5\n')
-    assert not load_settings(config).scheduler.watches_queue  # the 5-s default is simply not used
+    config.write_text('[tensordock]\ntoken = "t"\n[scheduler]\ninterval_s = 1\n')
+    assert not load_settings(config).scheduler.watches_queue  # the 1-s default is simply not used
     config.write_text('[tensordock]\ntoken = "t"\n[scheduler]\nwatch_s = 0\n')
     assert not load_settings(config).scheduler.watches_queue
     assert SchedulerSettings().watches_queue
@@ -121,6 +121,7 @@ def test_the_engine_settings_are_defined_once_and_reach_the_engine() -> None:
         "provision_timeout_s": 600.0,
         "max_signal_age_s": 77.0,
         "offer_refresh_s": 45.0,
+        "offer_refresh_short_s": 7.0,
         "reap_orphans": True,
         "unresolved_create_grace_s": 90.0,
         "max_rate_multiple": 5.0,

@@ -46,6 +46,7 @@ def watching(tmp_path: Path, signal_file: Path, source: str | None = None) -> It
     if source is not None:
         text = text.replace(f'kind = "file"\nname = "queue-file"\noptions = {{ path = "{signal_file}" }}', source)
     config = tmp_path / "c.toml"
+    text = text.replace("read_timeout_s = 5\n", "read_timeout_s = 5\nrate_limit = 1000\n")  # calls to spare
     config.write_text(text.replace("interval_s = 1\n", "interval_s = 600\nwatch_s = 1\n"))
     made = Daemon(load_settings(config), config)
     made.scheduler.start(paused=True)
@@ -89,6 +90,20 @@ def test_the_watch_stands_aside_while_a_cycle_runs_or_is_due_and_after_a_stop(da
     daemon.request_stop()
     queue.holds(5)
     assert not daemon.watch_queue() and _early(daemon) == 1
+
+
+def test_the_watch_leaves_new_work_unread_while_the_api_has_no_call_to_spare(daemon: Daemon, queue: Queue) -> None:
+    """Each early cycle lists the fleet: with the rate limit spent (a 429's Retry-After, or a
+    burst of creates) the watch waits rather than take a call a cycle needs, and the news keeps."""
+    assert daemon.run_one_cycle() is not None
+    queue.holds(2)
+    bucket = daemon.runtime.engine.client._bucket
+    bucket.pause(600)  # every caller waits, as after a 429
+    assert not daemon.watch_queue()
+    assert not _next_cycle_set(daemon) and _early(daemon) == 0
+    bucket._paused_until = 0.0  # the pause is over
+    assert daemon.watch_queue()  # the 2 jobs were not read away while it waited
+    assert _next_cycle_set(daemon) and _early(daemon) == 1
 
 
 def test_a_crashed_cycle_leaves_nothing_to_compare_with(

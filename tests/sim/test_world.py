@@ -174,7 +174,7 @@ def test_the_queue_watch_runs_a_cycle_when_new_work_arrives_between_cycles(
 
     boot = 30 + 60
     default, every_10s, off = run(), run("--watch-s", "10"), run("--watch-s", "0")
-    assert default["wait_p95_s"] == pytest.approx((15 - 13 + boot) * 0.95)  # p95 of [92, 0]: 0.95 of the way
+    assert default["wait_p95_s"] == pytest.approx((13 - 13 + boot) * 0.95)  # read at 13 s: p95 of [90, 0]
     assert every_10s["wait_p95_s"] == pytest.approx((20 - 13 + boot) * 0.95)
     assert off["wait_p95_s"] == pytest.approx((300 - 13 + boot) * 0.95)
     assert default["early_cycles"] == every_10s["early_cycles"] == 1
@@ -185,7 +185,8 @@ def test_the_queue_watch_runs_a_cycle_when_new_work_arrives_between_cycles(
 def test_the_modelled_watch_reads_after_arrivals_and_wakes_the_cycle_at_new_work() -> None:
     """The simulator's model of the daemon's watch (`_watched_until`): a reading on the watch grid
     right after each arrival, with the one before it (the low-water mark); the cycle is woken at the
-    first that shows new work, and never past the regular cycle."""
+    first that shows new work, and never past the regular cycle; no reading while the rate limit
+    has no call to spare."""
     clock = ManualClock(ORIGIN)
     state = FakeTensorDock(load_catalog(ONE_HOST), clock)
     workload = Workload([Job(0, 13, 600, 1), Job(1, 47, 600, 1)], state, DEFAULT_THROUGHPUT, ORIGIN)
@@ -194,11 +195,33 @@ def test_the_modelled_watch_reads_after_arrivals_and_wakes_the_cycle_at_new_work
     workload.read = lambda now: (read_at.append(now - ORIGIN), original(now))[1]  # type: ignore[method-assign]
     watch = QueueWatch()
     watch.cycle_saw(original(ORIGIN))
-    assert _watched_until(workload, watch, ORIGIN, ORIGIN + 300, 10.0) == ORIGIN + 20
+
+    def always(_: float) -> bool:
+        return True
+
+    assert _watched_until(workload, watch, ORIGIN, ORIGIN + 300, 10.0, spare=always) == ORIGIN + 20
     assert read_at == [10.0, 20.0]
     watch.cycle_saw(original(ORIGIN + 20))  # the early cycle: one job waits (no instance yet)
     read_at.clear()
-    assert _watched_until(workload, watch, ORIGIN + 20, ORIGIN + 50, 10.0) == ORIGIN + 50  # 47's reading is 50
-    assert read_at == []
-    assert _watched_until(workload, watch, ORIGIN + 20, ORIGIN + 320, 10.0) == ORIGIN + 50
+    assert _watched_until(workload, watch, ORIGIN + 20, ORIGIN + 50, 10.0, spare=always) == ORIGIN + 50
+    assert read_at == []  # 47's reading is 50, the regular cycle's time
+    assert _watched_until(workload, watch, ORIGIN + 20, ORIGIN + 320, 10.0, spare=always) == ORIGIN + 50
     assert read_at == [40.0, 50.0] and workload.next_arrival is None
+
+
+def test_the_modelled_watch_reads_nothing_until_the_rate_limit_can_spare_a_call() -> None:
+    """As the daemon's watch: a reading the rate limit cannot spare is not taken, and the news waits
+    for the first one it can (here 35 s: the reading at 40, not the one at 20 after the arrival)."""
+    clock = ManualClock(ORIGIN)
+    state = FakeTensorDock(load_catalog(ONE_HOST), clock)
+    workload = Workload([Job(0, 13, 600, 1)], state, DEFAULT_THROUGHPUT, ORIGIN)
+    watch = QueueWatch()
+    watch.cycle_saw(workload.read(ORIGIN))
+    spared: list[float] = []
+
+    def spare(at: float) -> bool:
+        spared.append(at - ORIGIN)
+        return at >= ORIGIN + 35
+
+    assert _watched_until(workload, watch, ORIGIN, ORIGIN + 300, 10.0, spare=spare) == ORIGIN + 40
+    assert spared[:3] == [20.0, 30.0, 40.0]
