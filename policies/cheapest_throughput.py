@@ -444,6 +444,7 @@ class CheapestThroughput(BasePolicy[CheapestThroughputOptions]):
                     f"{self.name}: not buying {best.offer.gpu_model} for the {size}-GPU class: "
                     f"{ceiling.text(best.unit_price)}, within target_wait_s {o.target_wait_s:g}s"
                 )
+                short_of_offers = True  # of affordable ones: a fresh listing may show one freed
                 break
             room.take(best)
             extra = (

@@ -265,6 +265,24 @@ def test_token_bucket_never_exceeds_the_limit_in_any_window() -> None:
     assert stamps[-1] - stamps[0] >= (100 - 3) / (10 - 3) * 60 - 1e-6
 
 
+def test_token_bucket_spares_a_call_only_with_half_its_burst_free_now_or_by_a_later_time() -> None:
+    """`spare(at)`: what the bucket will hold at `at` if nothing is taken before (the simulator's
+    watch asks it for readings ahead of its clock); never past the burst, never inside a pause."""
+    clock = ManualClock(1000.0)
+    bucket = TokenBucket(clock, limit=100, window_s=60.0)  # burst 10, refilled at 1.5 a second
+    for _ in range(9):
+        bucket.acquire()
+    assert not bucket.spare()  # 1 token left, 5 needed
+    assert not bucket.spare(at=1002.0)  # 4
+    assert bucket.spare(at=1003.0)  # 5.5
+    assert not bucket.spare(at=900.0)  # a time already past counts as now
+    clock.advance(1000.0)
+    assert bucket.spare()  # full again, capped at the burst
+    bucket.pause(30.0)
+    assert not bucket.spare() and not bucket.spare(at=clock.now() + 29.0)
+    assert bucket.spare(at=clock.now() + 30.0)
+
+
 def test_token_bucket_refuses_nonsense() -> None:
     with pytest.raises(ValueError, match="burst"):
         TokenBucket(ManualClock(), limit=10, window_s=1, burst=10)

@@ -133,6 +133,7 @@ class Engine:
         )
         self._offers: tuple[Offer, ...] = ()
         self._offers_at: float | None = None
+        self._offers_short = False  # the last plan wanted what no listed offer had
         self._counter = itertools.count(1)
         self._spend_seen: float | None = None
         self._stop_called = False  # by the last cycle: its end is not yet in a listing
@@ -299,8 +300,13 @@ class Engine:
         return demand, None
 
     def _current_offers(self, now: float) -> tuple[Offer, ...]:
-        fresh = self._offers_at is not None and now - self._offers_at < self.config.offer_refresh_s
-        if not fresh:
+        """The listing, reused for `offer_refresh_s`; but while the last plan found no listed offer for
+        waiting work, for `offer_refresh_short_s` only: a listing minutes old does not show the GPUs
+        freed since (by our deletes, by other renters leaving). At most two calls per that while."""
+        reuse_s = self.config.offer_refresh_s
+        if self._offers_short:
+            reuse_s = min(reuse_s, self.config.offer_refresh_short_s)
+        if self._offers_at is None or now - self._offers_at >= reuse_s:
             try:
                 offers = offers_from(self.client.list_locations(), self.client.list_hostnodes())
                 allowed = set(self.config.allowed_gpu_models)
@@ -309,13 +315,6 @@ class Engine:
             except TensorDockError as exc:
                 _log.warning("offers_unavailable", error=str(exc), reusing=len(self._offers))
         return self._offers
-
-    def _listing_may_hide_room(self, now: float, report: CycleReport) -> bool:
-        """Work waits for capacity no listed offer has: a listing up to `offer_refresh_s` old does not
-        show GPUs freed since (by our deletes, by other renters leaving), so it is read again once
-        `offer_refresh_short_s` old, at most two calls per that many seconds while the shortage lasts."""
-        short = report.plan is not None and report.plan.offers_short
-        return short and self._offers_at is not None and now - self._offers_at >= self.config.offer_refresh_short_s
 
     def refresh_offers(self) -> None:
         """Forget cached offers (after a capacity failure the listing is known to be stale)."""
@@ -449,8 +448,8 @@ class Engine:
             self.store.mark_scaled(down_at=now)
         if any(r.outcome == "failed" and r.action.kind is ActionKind.CREATE for r in report.results):
             self.refresh_offers()
-        if self._listing_may_hide_room(now, report):
-            self.refresh_offers()
+        if report.plan is not None:
+            self._offers_short = report.plan.offers_short
         for result in ok:
             if result.action.kind is ActionKind.START and result.instance_id:
                 self.reconciler.detail_due(result.instance_id)

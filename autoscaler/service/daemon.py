@@ -145,6 +145,7 @@ class Daemon:
         self.notifier = SystemdNotifier()
         self._cycle_lock = threading.Lock()
         self._watch = QueueWatch()
+        self._news: Demand | None = None  # new work the watch read while no call could be spared
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._last_success: float | None = None
@@ -258,6 +259,7 @@ class Daemon:
             # so a failure is retried by the regular cycle, not by every watch
             snapshot = report.snapshot if report is not None else None
             self._watch.cycle_saw(snapshot.demand if snapshot is not None else None)
+            self._news = None
         if report is None:
             return None
         if report.error is None:
@@ -299,14 +301,18 @@ class Daemon:
         return True
 
     def _read_new_work(self) -> Demand | None:
-        """The demand, if it shows work no cycle has seen. Not read while the API's rate limit has
-        nothing to spare: the early cycle's listing would delay the calls cycles need (creates,
-        deletes), and an unread queue keeps its news for the next watch or cycle."""
+        """The demand, if it shows work no cycle has seen and the rate limit can spare the early
+        cycle's calls. The queue is read either way (that costs TensorDock nothing), so the watch's
+        marks follow it; news read while no call can be spared is kept until one can, or until a
+        cycle reads the queue itself."""
         engine = self.runtime.engine
-        if not engine.client.can_spare_a_call():
-            return None
         demand, _ = engine.read_demand(engine.clock.now())
-        return demand if demand is not None and self._watch.grew(demand) else None
+        if demand is not None and self._watch.grew(demand):
+            self._news = demand
+        if self._news is None or not engine.client.can_spare_a_call():
+            return None
+        news, self._news = self._news, None
+        return news
 
     def _between_cycles(self, work: Callable[[], _T], what: str) -> _T | None:
         """Run a light job between cycles: on the leader only, never while a cycle runs or is about to
@@ -374,6 +380,7 @@ class Daemon:
             if self.elector is not None:  # a new interval (or leader_lease_s) is a new lease
                 self.elector.set_lease(new_settings.lease_s)
             self._watch.cycle_saw(None)  # the source may have changed: the next cycle sets the marks
+            self._news = None
             old.client.close()
         # The old source may be blocked in a read on its own thread (a broker gone quiet): it is
         # closed on a thread of its own, so neither the reload nor SIGTERM waits on it.

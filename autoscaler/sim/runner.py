@@ -262,22 +262,28 @@ def _watched_until(
     right after an arrival can show new work, so only those are taken, each with the reading
     before it: between arrivals the queue only shrinks, so that one holds the low-water mark the
     readings in between would have found. Decided on the same QueueWatch as the daemon; as in the
-    daemon, no reading is taken while the rate limit has no call to spare (`spare`).
+    daemon, news read while the rate limit has no call to spare (`spare`) wakes the cycle at the
+    first reading that can spare one.
     """
     last = at
     while (arrival := workload.next_arrival) is not None and arrival < target:
         tick = ORIGIN + math.ceil((arrival - ORIGIN) / watch_s) * watch_s
-        while tick < target and not spare(tick):
-            tick += watch_s
         if tick >= target:
             break
         before = tick - watch_s  # after `last`, unless the arrival falls in the grid step after it
-        if before > last and spare(before) and watch.grew(workload.read(before)):
-            return before
+        if before > last and watch.grew(workload.read(before)):
+            return _first_spared(before, target, watch_s, spare)
         last = tick  # after the arrival, so this reading moves past it: the loop ends
         if watch.grew(workload.read(tick)):
-            return tick
+            return _first_spared(tick, target, watch_s, spare)
     return target
+
+
+def _first_spared(reading: float, target: float, watch_s: float, spare: Callable[[float], bool]) -> float:
+    """The first watch from `reading` on whose early cycle the rate limit can spare; else the cycle at `target`."""
+    while reading < target and not spare(reading):
+        reading += watch_s
+    return min(reading, target)
 
 
 def _request_faults(faults: Faults) -> bool:

@@ -463,8 +463,8 @@ def test_shaping_stops_an_idle_wide_instance_no_waiting_job_needs_and_never_rest
 
 
 def test_shaping_short_of_offers_asks_for_a_fresh_listing_and_a_full_one_does_not() -> None:
-    """The engine reads the listing again sooner when a class of waiting jobs found no offer
-    (`offers_short`); a class that the listing served, or one held back by the price ceiling, does not."""
+    """The engine reads the listing again sooner when a class of waiting jobs found no offer, or
+    none under the price ceiling (`offers_short`); a class that the listing served does not."""
     only_one = (offer(R3090, 0.3, available=1),)
     short = cheapest().decide(_widths(snapshot(offers=only_one), {1: 2}), Plan(desired_gpus=2))
     assert [a.kind for a in short.actions] == [ActionKind.CREATE] and short.offers_short
@@ -475,7 +475,7 @@ def test_shaping_short_of_offers_asks_for_a_fresh_listing_and_a_full_one_does_no
     assert counted.offers_short
     ceiling = (offer(R3090, 0.3, available=1), offer(H100, 8.0))
     held = cheapest().decide(_widths(snapshot(offers=ceiling), {1: 2}, waited_s=30), Plan(desired_gpus=2))
-    assert not held.offers_short  # an offer was listed, only too dear for now
+    assert held.offers_short  # only a dear offer is left: a fresh listing may show a cheap one freed
 
 
 def test_the_price_ceiling_buys_a_dear_offer_only_past_the_target_wait() -> None:

@@ -92,18 +92,30 @@ def test_the_watch_stands_aside_while_a_cycle_runs_or_is_due_and_after_a_stop(da
     assert not daemon.watch_queue() and _early(daemon) == 1
 
 
-def test_the_watch_leaves_new_work_unread_while_the_api_has_no_call_to_spare(daemon: Daemon, queue: Queue) -> None:
-    """Each early cycle lists the fleet: with the rate limit spent (a 429's Retry-After, or a
-    burst of creates) the watch waits rather than take a call a cycle needs, and the news keeps."""
+def test_the_watch_keeps_new_work_while_the_api_has_no_call_to_spare(daemon: Daemon, queue: Queue) -> None:
+    """Each early cycle lists the fleet: with the rate limit spent (a 429's Retry-After, or a burst
+    of creates) the watch holds its early cycle rather than take a call a cycle needs. It still reads
+    the queue: workers took 3 of 5 jobs and 2 arrived (4 < 5, yet new work), and that news keeps."""
+    queue.holds(5)
     assert daemon.run_one_cycle() is not None
-    queue.holds(2)
     bucket = daemon.runtime.engine.client._bucket
     bucket.pause(600)  # every caller waits, as after a 429
+    queue.holds(2)
+    assert not daemon.watch_queue()
+    queue.holds(4)
     assert not daemon.watch_queue()
     assert not _next_cycle_set(daemon) and _early(daemon) == 0
     bucket._paused_until = 0.0  # the pause is over
-    assert daemon.watch_queue()  # the 2 jobs were not read away while it waited
+    assert daemon.watch_queue()
     assert _next_cycle_set(daemon) and _early(daemon) == 1
+    assert not daemon.watch_queue()  # told once
+    bucket.pause(600)
+    queue.holds(6)
+    assert not daemon.watch_queue()  # news kept
+    bucket._paused_until = 0.0
+    report = daemon.run_one_cycle()  # the regular cycle reads the 6 itself: nothing is left to tell
+    assert report is not None and report.error is None
+    assert not daemon.watch_queue() and _early(daemon) == 1
 
 
 def test_a_crashed_cycle_leaves_nothing_to_compare_with(
