@@ -372,8 +372,6 @@ def _quiet_cycles(
     snapshot = report.snapshot
     if report.results or report.safety or report.error or snapshot is None or snapshot.demand is None:
         return 0
-    if report.plan is not None and report.plan.offers_short:  # the next listing may show room this one hid
-        return 0
     if (
         snapshot.pending_creates
         or snapshot.backed_off
