@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -415,7 +415,7 @@ class CheapestThroughput(BasePolicy[CheapestThroughputOptions]):
         restartable.sort(key=lambda i: (self._unit_price(snapshot, i), i.id))
         room = _HostRoom(candidates, snapshot.shape, size)
         actions: list[Action] = []
-        notes: list[str] = []
+        note: str | None = None  # why the loop stopped short of `short` places
         short_of_offers = False
         why = f"{waiting} waiting job(s) of the {size}-GPU class, {short} without a place"
         while short > 0:
@@ -427,7 +427,7 @@ class CheapestThroughput(BasePolicy[CheapestThroughputOptions]):
                 instance = restartable[0]
                 unit = self._unit_price(snapshot, instance)
                 if ceiling.too_dear(unit) and not ceiling.urgent:
-                    notes.append(f"{self.name}: not restarting {instance.name}: {ceiling.text(unit)}, under the target")
+                    note = f"{self.name}: not restarting {instance.name}: {ceiling.text(unit)}, under the target"
                     break
                 restartable.pop(0)
                 extra = f"; {ceiling.text(unit)}, over the target" if ceiling.too_dear(unit) else ""
@@ -436,11 +436,11 @@ class CheapestThroughput(BasePolicy[CheapestThroughputOptions]):
                 short -= 1
                 continue
             if best is None:
-                notes.append(f"{self.name}: no offer fits {size} GPUs; {short} waiting job(s) without a place")
+                note = f"{self.name}: no offer fits {size} GPUs; {short} waiting job(s) without a place"
                 short_of_offers = True
                 break
             if ceiling.too_dear(best.unit_price) and not ceiling.urgent:
-                notes.append(
+                note = (
                     f"{self.name}: not buying {best.offer.gpu_model} for the {size}-GPU class: "
                     f"{ceiling.text(best.unit_price)}, within target_wait_s {o.target_wait_s:g}s"
                 )
@@ -456,9 +456,9 @@ class CheapestThroughput(BasePolicy[CheapestThroughputOptions]):
             actions.append(self._create(best, usable, size, why, extra))
             short -= 1
         out = plan.with_actions(*actions)
-        for note in notes:
-            out = out.note(note)
-        return replace(out, offers_short=True) if short_of_offers else out
+        if note is None:
+            return out
+        return out.short_of_offers(note) if short_of_offers else out.note(note)
 
     def _idle(self, snapshot: Snapshot, plan: Plan, extra: dict[int, int], idle_s: float) -> list[FleetInstance]:
         """Running instances known idle past `idle_s`, of a size with places to spare; dearest first."""
