@@ -27,6 +27,7 @@ class QueueWatch:
         self._jobs: int | None = None  # None: no cycle reading to compare with
         self._gpus: int | None = None
         self._by_width: dict[int, int] | None = None
+        self._untold = False  # new work read that no cycle has been run for yet
 
     def cycle_saw(self, demand: Demand | None) -> None:
         """A cycle read this demand (None: it could not, or it failed; then nothing triggers until a
@@ -35,6 +36,17 @@ class QueueWatch:
         self._gpus = None if demand is None else demand.queued_gpus
         widths = None if demand is None else _whole_histogram(demand)
         self._by_width = None if widths is None else dict(widths)
+        self._untold = False
+
+    def news(self, demand: Demand, *, can_act: bool) -> bool:
+        """Whether to run a cycle now: this reading or an earlier one showed new work, and the
+        caller can act on it (the rate limit can spare the cycle's calls). Work read while it cannot
+        is kept until it can, or until a cycle reads the queue itself; every reading moves the marks."""
+        self._untold = self.grew(demand) or self._untold
+        if not (self._untold and can_act):
+            return False
+        self._untold = False
+        return True
 
     def grew(self, demand: Demand) -> bool:
         """Whether this reading shows work no cycle has seen. New work is reported once: the reading

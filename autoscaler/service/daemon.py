@@ -145,7 +145,6 @@ class Daemon:
         self.notifier = SystemdNotifier()
         self._cycle_lock = threading.Lock()
         self._watch = QueueWatch()
-        self._news: Demand | None = None  # new work the watch read while no call could be spared
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._last_success: float | None = None
@@ -259,7 +258,6 @@ class Daemon:
             # so a failure is retried by the regular cycle, not by every watch
             snapshot = report.snapshot if report is not None else None
             self._watch.cycle_saw(snapshot.demand if snapshot is not None else None)
-            self._news = None
         if report is None:
             return None
         if report.error is None:
@@ -307,12 +305,9 @@ class Daemon:
         cycle reads the queue itself."""
         engine = self.runtime.engine
         demand, _ = engine.read_demand(engine.clock.now())
-        if demand is not None and self._watch.grew(demand):
-            self._news = demand
-        if self._news is None or not engine.client.can_spare_a_call():
+        if demand is None or not self._watch.news(demand, can_act=engine.client.can_spare_a_call()):
             return None
-        news, self._news = self._news, None
-        return news
+        return demand
 
     def _between_cycles(self, work: Callable[[], _T], what: str) -> _T | None:
         """Run a light job between cycles: on the leader only, never while a cycle runs or is about to
@@ -380,7 +375,6 @@ class Daemon:
             if self.elector is not None:  # a new interval (or leader_lease_s) is a new lease
                 self.elector.set_lease(new_settings.lease_s)
             self._watch.cycle_saw(None)  # the source may have changed: the next cycle sets the marks
-            self._news = None
             old.client.close()
         # The old source may be blocked in a read on its own thread (a broker gone quiet): it is
         # closed on a thread of its own, so neither the reload nor SIGTERM waits on it.
