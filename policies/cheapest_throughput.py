@@ -5,7 +5,9 @@ Instances are the smallest allowed size that fits the widest waiting job. Scale-
 owned stopped instance when, counting only the GPUs the need can use, it is within `restart_margin`
 of the best offer (it boots faster and keeps its disk), else creates on the best offer, with the
 next best as fallbacks for when the listed capacity turns out to be gone. GPUs can add up while no
-instance is wide enough for the widest waiting job; then one that is gets added. Scale-down takes
+instance is wide enough for the widest waiting job; then one that is gets added. When the source
+reports widths, a class's cheapest place may be a host where the fleet's own stopped instances of
+another size hold the GPUs: they are deleted to make room there (`_room_made`). Scale-down takes
 idle instances first, then the dearest per unit of work, and deletes them where the listing gives
 the same GPUs back as cheaply, else stops them (`scale_down`); a busy instance is never chosen, nor
 a wide one a waiting job needs, and one being replaced is left to `consolidate`.
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -83,6 +85,27 @@ class _Candidate:
     unit_price: float
     price: float
     remaining: int
+
+
+@dataclass(frozen=True)
+class _RoomMade:
+    """A place the fleet's own stopped instances hold: `candidate` once `freed` are deleted."""
+
+    candidate: _Candidate
+    freed: tuple[FleetInstance, ...]
+
+
+def _with_freed(offer: Offer, freed: Iterable[FleetInstance], shape: InstanceShape) -> Offer:
+    """The host's offer as it stands once the fleet's own instances there are deleted."""
+    gone = list(freed)
+    rooms = [shape.host_room(i.gpus, i.instance.vcpu_count, i.instance.ram_gb) for i in gone]
+    vcpus, ram = offer.host_vcpus_free, offer.host_ram_gb_free
+    return replace(
+        offer,
+        available_gpus=offer.available_gpus + sum(i.gpus for i in gone),
+        host_vcpus_free=None if vcpus is None else vcpus + sum(v for v, _ in rooms),
+        host_ram_gb_free=None if ram is None else ram + sum(r for _, r in rooms),
+    )
 
 
 class _HostRoom:
@@ -226,19 +249,62 @@ class CheapestThroughput(BasePolicy[CheapestThroughputOptions]):
         return not o.allowed_locations or offer.location_id in o.allowed_locations
 
     def _ranked(self, snapshot: Snapshot, size: int) -> list[_Candidate]:
-        ranked = []
-        for offer in snapshot.offers:
-            if not self._allowed(offer, snapshot) or not offer.fits(snapshot.shape, size):
-                continue
-            price = offer.hourly_price(snapshot.shape, size)
-            unit = snapshot.unit_price(price, offer.gpu_model, size)
-            if math.isinf(unit):  # does no work
-                continue
-            if offer.location_id in self.options.preferred_locations:
-                unit *= 1 - self.options.preferred_discount
-            ranked.append(_Candidate(offer, unit, price, offer.available_gpus))
+        ranked = [c for offer in snapshot.offers if (c := self._candidate(snapshot, offer, size)) is not None]
         ranked.sort(key=lambda c: (c.unit_price, c.price, c.offer.key))
         return ranked
+
+    def _candidate(self, snapshot: Snapshot, offer: Offer, size: int) -> _Candidate | None:
+        """The offer priced per unit of work for `size` GPUs; None if not allowed, too small or idle work."""
+        if not self._allowed(offer, snapshot) or not offer.fits(snapshot.shape, size):
+            return None
+        price = offer.hourly_price(snapshot.shape, size)
+        unit = snapshot.unit_price(price, offer.gpu_model, size)
+        if math.isinf(unit):  # does no work
+            return None
+        if offer.location_id in self.options.preferred_locations:
+            unit *= 1 - self.options.preferred_discount
+        return _Candidate(offer, unit, price, offer.available_gpus)
+
+    def _room_made(self, snapshot: Snapshot, plan: Plan, size: int) -> list[_RoomMade]:
+        """Hosts where the fleet's own stopped instances of other sizes hold the GPUs a `size`-GPU
+        instance would need: deleting them makes room there, cheapest per unit of work first.
+
+        A stopped instance kept for a fast restart holds its GPUs, vCPUs and RAM; on a cheap host it
+        sends a waiting job of another class to a dearer host, for as long as that job runs, while it
+        waits for a restart that may never come. (One of the job's own size is restarted instead.)
+        """
+        touched = plan.touched()
+        held: dict[tuple[str, str], list[FleetInstance]] = {}
+        for i in snapshot.instances:
+            host = i.instance.hostnode_id
+            if (
+                i.status is InstanceStatus.STOPPED
+                and i.gpus != size
+                and i.id not in touched
+                and i.replacement is None
+                and not i.doubt
+                and host is not None
+                and i.gpu_model is not None
+            ):
+                held.setdefault((host, i.gpu_model), []).append(i)
+        if not held:
+            return []
+        offers = {(o.hostnode_id, o.gpu_model): o for o in (*snapshot.full_offers, *snapshot.offers) if o.hostnode_id}
+        found = []
+        for (host, model), stopped in held.items():
+            offer = offers.get((host, model))
+            if offer is None or offer.available_gpus >= size:  # unknown price, or room already listed
+                continue
+            freed: list[FleetInstance] = []
+            for instance in sorted(stopped, key=lambda i: (-i.gpus, i.id)):
+                if offer.available_gpus + sum(i.gpus for i in freed) >= size:
+                    break
+                freed.append(instance)
+            candidate = self._candidate(snapshot, _with_freed(offer, freed, snapshot.shape), size)
+            if candidate is not None:
+                found.append(_RoomMade(candidate, tuple(freed)))
+        found.sort(key=lambda r: (r.candidate.unit_price, r.candidate.price, r.candidate.offer.key))
+        return found
 
     def _unit_price(self, snapshot: Snapshot, instance: FleetInstance, useful_gpus: int | None = None) -> float:
         """Price per unit of work; with `useful_gpus`, of the work it would do (a restart wider than
@@ -418,9 +484,12 @@ class CheapestThroughput(BasePolicy[CheapestThroughputOptions]):
         note: str | None = None  # why the loop stopped short of `short` places
         short_of_offers = False
         why = f"{waiting} waiting job(s) of the {size}-GPU class, {short} without a place"
+        made = self._room_made(snapshot, plan, size)
         while short > 0:
             usable = room.usable(candidates)
-            best = usable[0] if usable else None
+            listed = usable[0] if usable else None
+            freeing = made[0] if made and (listed is None or made[0].candidate.unit_price < listed.unit_price) else None
+            best = freeing.candidate if freeing is not None else listed
             if restartable and (
                 best is None or self._unit_price(snapshot, restartable[0]) <= best.unit_price * (1 + o.restart_margin)
             ):
@@ -446,19 +515,34 @@ class CheapestThroughput(BasePolicy[CheapestThroughputOptions]):
                 )
                 short_of_offers = True  # of affordable ones: a fresh listing may show one freed
                 break
-            room.take(best)
             extra = (
                 f"; bought over the price ceiling: {ceiling.text(best.unit_price)}, over target_wait_s "
                 f"{o.target_wait_s:g}s"
                 if ceiling.too_dear(best.unit_price)
                 else ""
             )
-            actions.append(self._create(best, usable, size, why, extra))
+            if freeing is not None:
+                made.remove(freeing)
+                actions += self._make_room(freeing, listed, size)
+                names = ", ".join(i.name for i in freeing.freed)
+                actions.append(self._create(best, [best, *usable], size, why, f"{extra}; in the room {names} held"))
+            else:
+                room.take(best)
+                actions.append(self._create(best, usable, size, why, extra))
             short -= 1
         out = plan.with_actions(*actions)
         if note is None:
             return out
         return out.short_of_offers(note) if short_of_offers else out.note(note)
+
+    def _make_room(self, freeing: _RoomMade, listed: _Candidate | None, size: int) -> list[Action]:
+        offer = freeing.candidate.offer
+        than = f"the best listed is ${listed.unit_price:.3f}" if listed is not None else "nothing listed fits"
+        reason = (
+            f"making room on host {offer.hostnode_id} for a {size}-GPU {offer.gpu_model} instance at "
+            f"${freeing.candidate.unit_price:.3f}/h per unit of work ({than}); stopped, it holds the GPUs there"
+        )
+        return [delete_action(instance, reason, self.name) for instance in freeing.freed]
 
     def _idle(self, snapshot: Snapshot, plan: Plan, extra: dict[int, int], idle_s: float) -> list[FleetInstance]:
         """Running instances known idle past `idle_s`, of a size with places to spare; dearest first."""

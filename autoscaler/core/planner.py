@@ -42,7 +42,7 @@ def nonsense_in(plan: object, snapshot: Snapshot) -> list[str]:
     if not isinstance(plan.floor_gpus, int) or plan.floor_gpus < 0:
         problems.append(f"floor_gpus {plan.floor_gpus!r} is not a count")
     known_ids = {i.id for i in snapshot.instances} | {i.id for i in snapshot.unowned}
-    offer_keys = {o.key for o in snapshot.offers}
+    offer_keys = {o.key for o in (*snapshot.offers, *snapshot.full_offers)}
     seen: set[str] = set()
     for action in plan.actions:
         if not isinstance(action, Action):

@@ -32,6 +32,11 @@ class InstanceShape:
             gpu_price_per_hr, gpus, self.vcpu_per_gpu * gpus, self.ram_gb_per_gpu * gpus, self.storage_gb
         )
 
+    def host_room(self, gpus: int, vcpus: int | None = None, ram_gb: float | None = None) -> tuple[int, float]:
+        """The vCPUs and RAM an instance takes on its host: as listed, else as this shape makes them
+        (a thin listing omits them; the fleet created the instance with this shape)."""
+        return vcpus or self.vcpu_per_gpu * gpus, ram_gb or float(self.ram_gb_per_gpu * gpus)
+
 
 @dataclass(frozen=True)
 class OwnedShape:

@@ -12,7 +12,7 @@ from autoscaler.core.replacement import Replacement
 from autoscaler.core.shape import InstanceShape, OwnedShape
 from autoscaler.core.throughput import DEFAULT_THROUGHPUT, unit_price, vram_gb
 from autoscaler.signals import Demand
-from autoscaler.tensordock import Hostnode, Instance, InstanceStatus, Location, Pricing
+from autoscaler.tensordock import Hostnode, HostnodeGpu, Instance, InstanceStatus, Location, Pricing
 
 if TYPE_CHECKING:
     from autoscaler.core.plan import Action
@@ -30,6 +30,7 @@ __all__ = [  # the shape and money values are re-exported: the snapshot is what 
     "Snapshot",
     "Spend",
     "billed_rate",
+    "full_offers_from",
     "offers_from",
 ]
 
@@ -84,6 +85,37 @@ class Offer:
         return self.max_ram_per_gpu is None or shape.ram_gb_per_gpu <= self.max_ram_per_gpu
 
 
+def _host_offer(host: Hostnode, location_id: str, gpu: HostnodeGpu, tiers: Mapping[str, int | None]) -> Offer:
+    return Offer(
+        location_id=location_id,
+        hostnode_id=host.id,
+        gpu_model=gpu.gpu_model,
+        available_gpus=gpu.available_count,
+        gpu_price_per_hr=gpu.price_per_hr,
+        pricing=host.pricing,
+        tier=host.tier if host.tier is not None else tiers.get(location_id),
+        max_vcpus_per_gpu=host.max_vcpus_per_gpu,
+        max_ram_per_gpu=host.max_ram_per_gpu,
+        host_vcpus_free=host.vcpu_count,
+        host_ram_gb_free=host.ram_gb,
+        available_ports=host.available_ports,
+        dedicated_ip=host.has_public_ip_available,
+    )
+
+
+def full_offers_from(locations: Iterable[Location], hostnodes: Iterable[Hostnode]) -> tuple[Offer, ...]:
+    """Host offers with none of the model free: the price a host asks, for a policy that would free
+    GPUs the fleet itself holds there (none of these can be bought as they stand)."""
+    tiers = {loc.id: loc.tier for loc in locations}
+    return tuple(
+        _host_offer(host, host.location_id, gpu, tiers)
+        for host in hostnodes
+        if host.location_id is not None
+        for gpu in host.gpus
+        if gpu.available_count <= 0
+    )
+
+
 def offers_from(locations: Iterable[Location], hostnodes: Iterable[Hostnode]) -> tuple[Offer, ...]:
     """Per-host offers where hostnodes are listed (exact price, exact place), else per location."""
     tiers = {loc.id: loc.tier for loc in locations}
@@ -94,23 +126,7 @@ def offers_from(locations: Iterable[Location], hostnodes: Iterable[Hostnode]) ->
             if gpu.available_count <= 0 or host.location_id is None:
                 continue
             covered.add((host.location_id, gpu.gpu_model))
-            offers.append(
-                Offer(
-                    location_id=host.location_id,
-                    hostnode_id=host.id,
-                    gpu_model=gpu.gpu_model,
-                    available_gpus=gpu.available_count,
-                    gpu_price_per_hr=gpu.price_per_hr,
-                    pricing=host.pricing,
-                    tier=host.tier if host.tier is not None else tiers.get(host.location_id),
-                    max_vcpus_per_gpu=host.max_vcpus_per_gpu,
-                    max_ram_per_gpu=host.max_ram_per_gpu,
-                    host_vcpus_free=host.vcpu_count,
-                    host_ram_gb_free=host.ram_gb,
-                    available_ports=host.available_ports,
-                    dedicated_ip=host.has_public_ip_available,
-                )
-            )
+            offers.append(_host_offer(host, host.location_id, gpu, tiers))
     for loc in locations:
         for listed in loc.gpus:
             if listed.max_count <= 0 or (loc.id, listed.gpu_model) in covered:
@@ -213,6 +229,9 @@ class Snapshot:
     demand_error: str | None = None
     fleet_idle_since: float | None = None  # when queued + running last became zero
     desired_history: tuple[tuple[float, int], ...] = ()  # (since, desired GPUs): each in force until the next
+    # hosts listed with none of a model free (`full_offers_from`): where the fleet's own stopped
+    # instances hold the GPUs, freeing them makes room there at this price
+    full_offers: tuple[Offer, ...] = ()
     orphans: tuple[PendingCreate, ...] = ()  # prefix-named, unknown to the store: counted, never touched
     memory: GuardMemory = field(default_factory=GuardMemory)
     max_hourly_spend: float | None = None  # the guards' cap, USD/h: policies plan under it (budget)

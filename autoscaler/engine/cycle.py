@@ -21,11 +21,12 @@ from autoscaler.core.guards import GuardConfig, GuardedPlan, apply_guards
 from autoscaler.core.plan import Action, ActionKind, Plan, delete_action
 from autoscaler.core.planner import PlanningError, run_chain
 from autoscaler.core.policy import Policy, SpendLimits
-from autoscaler.core.snapshot import GuardMemory, InstanceShape, Offer, Snapshot, billed_rate, offers_from
+from autoscaler.core.snapshot import GuardMemory, InstanceShape, Offer, Snapshot, billed_rate
 from autoscaler.core.throughput import DEFAULT_THROUGHPUT
 from autoscaler.engine.actuator import ActionResult, Actuator
 from autoscaler.engine.cycle_log import log_cycle
 from autoscaler.engine.ledger import RateCheck, plausible_rate
+from autoscaler.engine.listing import OfferListing
 from autoscaler.engine.metrics import CoreMetrics
 from autoscaler.engine.reconcile import ABSENT, DetailConfig, Doubts, ReconcileConfig, Reconciled, Reconciler
 from autoscaler.signals import Demand, DemandSignal, SignalError
@@ -131,7 +132,7 @@ class Engine:
                 rate_check=RateCheck(config.max_rate_multiple),
             ),
         )
-        self._offers: tuple[Offer, ...] = ()
+        self._listing = OfferListing()
         self._offers_at: float | None = None
         self._offers_short = False  # the last plan wanted what no listed offer had
         self._counter = itertools.count(1)
@@ -308,13 +309,20 @@ class Engine:
             reuse_s = min(reuse_s, self.config.offer_refresh_short_s)
         if self._offers_at is None or now - self._offers_at >= reuse_s:
             try:
-                offers = offers_from(self.client.list_locations(), self.client.list_hostnodes())
-                allowed = set(self.config.allowed_gpu_models)
-                self._offers = tuple(o for o in offers if not allowed or o.gpu_model in allowed)
+                self._listing.listed(self.client.list_locations(), self.client.list_hostnodes())
                 self._offers_at = now
             except TensorDockError as exc:
                 _log.warning("offers_unavailable", error=str(exc), reusing=len(self._offers))
         return self._offers
+
+    @property
+    def _offers(self) -> tuple[Offer, ...]:
+        """The listing as the fleet's own creates and deletes left it, of the allowed models."""
+        return self._allowed(self._listing.offers)
+
+    def _allowed(self, offers: tuple[Offer, ...]) -> tuple[Offer, ...]:
+        allowed = set(self.config.allowed_gpu_models)
+        return tuple(o for o in offers if not allowed or o.gpu_model in allowed)
 
     def refresh_offers(self) -> None:
         """Forget cached offers (after a capacity failure the listing is known to be stale)."""
@@ -341,6 +349,7 @@ class Engine:
             demand_error=demand_error,
             fleet_idle_since=fleet_idle,
             desired_history=tuple(store.desired_history(now - 86400)),
+            full_offers=self._allowed(self._listing.full_offers),
             orphans=fleet.orphan_load,
             memory=self._memory(),
             max_hourly_spend=self.config.guards.max_hourly_spend,
@@ -431,6 +440,24 @@ class Engine:
 
     # -- after acting -------------------------------------------------------------------------
 
+    def _correct_listing(self, snapshot: Snapshot, ok: Sequence[ActionResult]) -> None:
+        """What the fleet's own creates took and its deletes gave back, until the next listing."""
+        instances = {i.id: i for i in snapshot.instances}
+        for result in ok:
+            action = result.action
+            if action.kind is ActionKind.CREATE:  # a lost reply ("unknown") may have taken them too
+                used = next((o for o in (action.offer, *action.alternatives) if o and o.key == result.offer_key), None)
+                if used is not None:
+                    self._listing.took(
+                        used.hostnode_id, used.gpu_model, action.gpus, *snapshot.shape.host_room(action.gpus)
+                    )
+            elif action.kind is ActionKind.DELETE and result.outcome == "ok":
+                gone = instances.get(action.instance_id or "")
+                if gone is not None and gone.status is not InstanceStatus.STOPPED_DISASSOCIATED:
+                    inst = gone.instance
+                    room = snapshot.shape.host_room(inst.gpu_count, inst.vcpu_count, inst.ram_gb)
+                    self._listing.gave_back(inst.hostnode_id, inst.gpu_model, inst.gpu_count, *room)
+
     def _memory(self) -> GuardMemory:
         up_at, down_at = self.store.last_scaled()
         history_since = self.store.oldest_history()
@@ -450,6 +477,8 @@ class Engine:
             self.refresh_offers()
         if report.plan is not None:
             self._offers_short = report.plan.offers_short
+        if report.snapshot is not None:
+            self._correct_listing(report.snapshot, ok)
         for result in ok:
             if result.action.kind is ActionKind.START and result.instance_id:
                 self.reconciler.detail_due(result.instance_id)

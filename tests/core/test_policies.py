@@ -478,6 +478,52 @@ def test_shaping_short_of_offers_asks_for_a_fresh_listing_and_a_full_one_does_no
     assert held.offers_short  # only a dear offer is left: a fresh listing may show a cheap one freed
 
 
+def _stopped_on(host: str, name: str, gpus: int, model: str = R4090) -> FleetInstance:
+    held = instance(name, InstanceStatus.STOPPED, model=model, gpus=gpus, rate=0.4 * gpus)
+    return replace(held, instance=held.instance.model_copy(update={"hostnode_id": host}))
+
+
+def test_stopped_instances_of_another_size_are_deleted_to_make_room_on_a_cheaper_host() -> None:
+    cheap = offer(R4090, 0.3, available=1, host="h-cheap")  # one GPU free; the fleet's stopped ones hold three
+    dear = offer(R4090, 0.6, available=8, host="h-dear")
+    held = [_stopped_on("h-cheap", "one-a", 1), _stopped_on("h-cheap", "one-b", 1), _stopped_on("h-cheap", "two", 2)]
+    plan = cheapest().decide(_widths(snapshot(*held, offers=(dear, cheap)), {4: 1}), Plan(desired_gpus=4))
+    kinds = [(a.kind, a.instance_id or a.offer.hostnode_id if a.offer else a.instance_id) for a in plan.actions]
+    assert kinds == [(ActionKind.DELETE, "id-two"), (ActionKind.DELETE, "id-one-a"), (ActionKind.CREATE, "h-cheap")]
+    create = plan.actions[-1]
+    assert create.gpus == 4 and create.offer is not None and create.offer.available_gpus == 4
+    assert [o.hostnode_id for o in create.alternatives] == ["h-dear"]  # if the room is not there after all
+    assert (
+        "making room on host h-cheap for a 4-GPU" in plan.actions[0].reason
+        and "best listed is" in plan.actions[0].reason
+    )
+    # a listed offer as cheap: nothing is deleted
+    as_cheap = offer(R4090, 0.3, available=8, host="h-other")
+    kept = cheapest().decide(_widths(snapshot(*held, offers=(as_cheap, cheap)), {4: 1}), Plan(desired_gpus=4))
+    assert [a.kind for a in kept.actions] == [ActionKind.CREATE] and kept.actions[0].offer == as_cheap
+
+
+def test_room_is_made_only_where_the_host_has_it_and_a_stopped_one_of_the_jobs_size_is_restarted() -> None:
+    dear = offer(R4090, 0.6, available=8, host="h-dear")
+    # listed with none free (only the price is known, from the listing's full hosts): freed, it fits one GPU
+    full = replace(offer(R4090, 0.3, available=0, host="h-full"), host_vcpus_free=0, host_ram_gb_free=0.0)
+    wide = _stopped_on("h-full", "four", 4)
+    snap = replace(snapshot(wide, offers=(dear,)), full_offers=(full,))
+    plan = cheapest().decide(_widths(snap, {1: 1}), Plan(desired_gpus=1))
+    assert [(a.kind, a.instance_id) for a in plan.actions][:1] == [(ActionKind.DELETE, "id-four")]
+    assert plan.actions[-1].offer is not None and plan.actions[-1].offer.hostnode_id == "h-full"
+    # the host's vCPUs are what hold a wide instance off it: its GPUs alone would not make room
+    cramped = replace(offer(R4090, 0.3, available=3, host="h-cramped"), host_vcpus_free=16, host_ram_gb_free=512.0)
+    snap = snapshot(_stopped_on("h-cramped", "one", 1), offers=(dear, cramped))
+    plan = cheapest().decide(_widths(snap, {4: 1}), Plan(desired_gpus=4))
+    assert [(a.kind, a.offer.hostnode_id if a.offer else None) for a in plan.actions] == [(ActionKind.CREATE, "h-dear")]
+    # one of the job's own size is restarted, not deleted
+    same = _stopped_on("h-full", "four", 4)
+    snap = replace(snapshot(same, offers=(dear,)), full_offers=(full,))
+    plan = cheapest().decide(_widths(snap, {4: 1}), Plan(desired_gpus=4))
+    assert [(a.kind, a.instance_id) for a in plan.actions] == [(ActionKind.START, "id-four")]
+
+
 def test_the_price_ceiling_buys_a_dear_offer_only_past_the_target_wait() -> None:
     offers = (offer(R3090, 0.3, available=1), offer(H100, 8.0))  # H100: four times the 3090 per unit
     soon = cheapest().decide(_widths(snapshot(offers=offers), {1: 2}, waited_s=30), Plan(desired_gpus=2))

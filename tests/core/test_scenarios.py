@@ -11,13 +11,13 @@ import pytest
 from autoscaler.config import Settings
 from autoscaler.core.plan import ActionKind
 from autoscaler.core.replacement import Stage
-from autoscaler.engine.actuator import OfferBackoff
+from autoscaler.engine.actuator import ActionResult, OfferBackoff
 from autoscaler.signals.static import FileSignal
 from autoscaler.tensordock.fake import Faults, Timings
 from autoscaler.tensordock.fake.state import _ForeignRental
 
 from ..conftest import RTX4090
-from .conftest import MakeWorld
+from .conftest import MakeWorld, World
 
 
 def test_a_queue_spike_scales_up_with_the_cheapest_models(make_world: MakeWorld) -> None:
@@ -114,6 +114,93 @@ def test_a_listing_with_no_room_for_waiting_work_is_read_again_soon_not_after_of
         creates += [n * 5 for r in report.results if r.action.kind is ActionKind.CREATE and r.outcome == "ok"]
     assert creates == [10]
     assert world.fake.requests["list_hostnodes"] == 2  # the first listing and one more, not one per cycle
+
+
+def _left_on_one_host(make_world: MakeWorld, *, gpus: int, scale_down: str) -> tuple[World, str]:
+    """A world whose one allowed model has `gpus` GPUs free on one host, another renter holding the
+    rest for a day, and a listing kept for an hour."""
+    world = make_world(
+        offer_refresh_s=3600,
+        policies=[
+            {"name": "queue_target"},
+            {"name": "cheapest_throughput", "options": {"allowed_models": [RTX4090], "scale_down": scale_down}},
+        ],
+    )
+    state = world.fake.state
+    with state.lock:
+        (host, *_) = [host.id for _, host in state.hosts() if state.free(host).gpus.get(RTX4090, 0) >= gpus]
+        for _, listed in state.hosts():
+            if free := state.free(listed).gpus.get(RTX4090, 0):
+                left = gpus if listed.id == host else 0
+                state._foreign.append(_ForeignRental(listed.id, RTX4090, free - left, world.clock.now() + 86400))
+    return world, host
+
+
+def test_the_listing_kept_between_readings_shows_what_the_fleets_own_creates_took_and_deletes_gave_back(
+    make_world: MakeWorld,
+) -> None:
+    """One GPU of the one allowed model is free when the offers are listed (another renter holds
+    the rest), and the listing is kept for an hour. The create that takes it is not tried again on
+    the same host; the delete that frees it makes it the next job's place at once: with the listing
+    as read, the first would fail at TensorDock and the second wait for a fresh reading."""
+    world, host = _left_on_one_host(make_world, gpus=1, scale_down="delete")
+    world.signal.set(queued_jobs=1)
+    (first,) = [r for r in world.cycle().results if r.action.kind is ActionKind.CREATE]
+    assert first.outcome == "ok" and host in (first.offer_key or "")
+    world.signal.set(queued_jobs=1, running_jobs=1)  # a second job: the listing, as corrected, has no room
+    report = world.cycle()
+    assert not [r for r in report.results if r.action.kind is ActionKind.CREATE]
+    assert report.plan is not None and report.plan.offers_short
+    world.signal.set(queued_jobs=0, running_jobs=0, busy={})  # both done; nothing waits
+    for _ in range(20):
+        if not world.fake_instances():
+            break
+        world.cycle()
+    assert world.fake_instances() == []
+    listings = world.fake.requests["list_hostnodes"]
+    world.signal.set(queued_jobs=1)
+    (again,) = [r for r in world.cycle().results if r.action.kind is ActionKind.CREATE]
+    assert again.outcome == "ok" and host in (again.offer_key or "")
+    assert world.fake.requests["list_hostnodes"] == listings  # bought from the kept listing, as corrected
+    assert world.fake.requests["create_instance"] == 2  # no create tried where the fleet itself was
+
+
+def test_stopped_narrow_instances_on_the_only_host_make_room_for_a_wide_job(
+    make_world: MakeWorld, tmp_path: Path
+) -> None:
+    """Four one-GPU instances, stopped for a fast restart, hold the only four GPUs of the allowed model
+    that are left; a four-GPU job then waits. Kept, they would hold it off for as long as their
+    storage is worth keeping (hours); deleted in the same cycle, they make its place at once."""
+    world, host = _left_on_one_host(make_world, gpus=4, scale_down="stop")
+    signal_file = tmp_path / "queue.json"
+    world.runtime.engine.signal = FileSignal(signal_file)
+
+    def cycle(queued: dict[int, int]) -> list[ActionResult]:
+        names = [i.name for i in world.fake_instances()]
+        signal_file.write_text(
+            json.dumps(
+                {
+                    "queued": sum(queued.values()),
+                    "running": 0,
+                    "busy": dict.fromkeys(names, False),
+                    "observed_at": world.clock.now(),
+                    "queued_by_width": {str(w): n for w, n in queued.items()},
+                }
+            )
+        )
+        return world.cycle().results
+
+    assert [r.action.gpus for r in cycle({1: 4}) if r.outcome == "ok"] == [1, 1, 1, 1]
+    for _ in range(30):  # the jobs ran; nothing waits: the four are stopped, their GPUs kept
+        cycle({})
+    assert [i.phase for i in world.fake_instances()] == ["stopped"] * 4
+    results = cycle({4: 1})
+    assert [(r.action.kind, r.outcome) for r in results] == [(ActionKind.DELETE, "ok")] * 4 + [
+        (ActionKind.CREATE, "ok")
+    ]
+    assert all("making room on host " + host in r.action.reason for r in results[:4])
+    (wide,) = world.fake_instances()
+    assert (wide.gpu_count, wide.host.id) == (4, host)
 
 
 @pytest.mark.parametrize("backoff_s", [120.0, 900.0])
