@@ -108,6 +108,32 @@ def _with_freed(offer: Offer, freed: Iterable[FleetInstance], shape: InstanceSha
     )
 
 
+def _fewest_to_free(stopped: list[FleetInstance], gpus: int) -> list[FleetInstance]:
+    """The stopped instances to delete for `gpus` more: the smallest one that alone is enough, else
+    the widest first (all of them, if together they are too few: the candidate then does not fit)."""
+    alone = sorted((i for i in stopped if i.gpus >= gpus), key=lambda i: (i.gpus, i.id))
+    if alone:
+        return alone[:1]
+    freed: list[FleetInstance] = []
+    for instance in sorted(stopped, key=lambda i: (-i.gpus, i.id)):
+        if sum(i.gpus for i in freed) >= gpus:
+            break
+        freed.append(instance)
+    return freed
+
+
+def _placed_on(plan: Plan) -> set[str]:
+    """Hosts this plan already creates on: what its listing shows free there is spoken for."""
+    return {
+        a.offer.hostnode_id for a in plan.actions if a.kind is ActionKind.CREATE and a.offer and a.offer.hostnode_id
+    }
+
+
+def _rooms_made(plan: Plan) -> set[str]:
+    """Hosts this plan already makes room on: their listing no longer says what is free there."""
+    return {a.offer.hostnode_id for a in plan.actions if a.room and a.offer and a.offer.hostnode_id}
+
+
 class _HostRoom:
     """What one plan leaves free on each host (vCPUs, RAM): the listing was read once, and two
     instances the plan puts on one host must both fit there."""
@@ -265,13 +291,14 @@ class CheapestThroughput(BasePolicy[CheapestThroughputOptions]):
             unit *= 1 - self.options.preferred_discount
         return _Candidate(offer, unit, price, offer.available_gpus)
 
-    def _room_made(self, snapshot: Snapshot, plan: Plan, size: int) -> list[_RoomMade]:
+    def _room_made(self, snapshot: Snapshot, plan: Plan, size: int, keep: set[int]) -> list[_RoomMade]:
         """Hosts where the fleet's own stopped instances of other sizes hold the GPUs a `size`-GPU
         instance would need: deleting them makes room there, cheapest per unit of work first.
 
         A stopped instance kept for a fast restart holds its GPUs, vCPUs and RAM; on a cheap host it
         sends a waiting job of another class to a dearer host, for as long as that job runs, while it
-        waits for a restart that may never come. (One of the job's own size is restarted instead.)
+        waits for a restart that may never come. One of the job's own size is restarted instead, and
+        none of a size in `keep` (with jobs waiting) is freed. One room per host a plan.
         """
         touched = plan.touched()
         held: dict[tuple[str, str], list[FleetInstance]] = {}
@@ -279,7 +306,9 @@ class CheapestThroughput(BasePolicy[CheapestThroughputOptions]):
             host = i.instance.hostnode_id
             if (
                 i.status is InstanceStatus.STOPPED
+                and not i.start_refused  # its GPUs were taken: deleting it frees nothing
                 and i.gpus != size
+                and i.gpus not in keep
                 and i.id not in touched
                 and i.replacement is None
                 and not i.doubt
@@ -293,13 +322,9 @@ class CheapestThroughput(BasePolicy[CheapestThroughputOptions]):
         found = []
         for (host, model), stopped in held.items():
             offer = offers.get((host, model))
-            if offer is None or offer.available_gpus >= size:  # unknown price, or room already listed
-                continue
-            freed: list[FleetInstance] = []
-            for instance in sorted(stopped, key=lambda i: (-i.gpus, i.id)):
-                if offer.available_gpus + sum(i.gpus for i in freed) >= size:
-                    break
-                freed.append(instance)
+            if offer is None or offer.available_gpus >= size or host in _placed_on(plan):
+                continue  # unknown price, room already listed, or this plan places something there
+            freed = _fewest_to_free(stopped, size - offer.available_gpus)
             candidate = self._candidate(snapshot, _with_freed(offer, freed, snapshot.shape), size)
             if candidate is not None:
                 found.append(_RoomMade(candidate, tuple(freed)))
@@ -408,8 +433,9 @@ class CheapestThroughput(BasePolicy[CheapestThroughputOptions]):
             short = min(waiting[size] - places.get(size, 0), math.ceil(room / size) if room > 0 else 0)
             if short > 0:
                 before = len(out.actions)
-                out = self._grow_class(snapshot, out, size, short, waiting[size])
-                room -= size * (len(out.actions) - before)
+                keep = {s for s, n in waiting.items() if n}
+                out = self._grow_class(snapshot, out, size, short, waiting[size], keep=keep)
+                room -= size * sum(1 for a in out.actions[before:] if a.kind.adds_capacity)
         grown = sum(a.gpus for a in out.actions if a.kind.adds_capacity) - sum(
             a.gpus for a in plan.actions if a.kind.adds_capacity
         )
@@ -471,7 +497,9 @@ class CheapestThroughput(BasePolicy[CheapestThroughputOptions]):
             return math.inf
         return max(0.0, snapshot.now - demand.oldest_queued_at) + self.options.boot_s
 
-    def _grow_class(self, snapshot: Snapshot, plan: Plan, size: int, short: int, waiting: int) -> Plan:
+    def _grow_class(
+        self, snapshot: Snapshot, plan: Plan, size: int, short: int, waiting: int, *, keep: set[int]
+    ) -> Plan:
         o = self.options
         candidates = self._ranked(snapshot, size)
         wait = self._projected_wait(snapshot)
@@ -484,9 +512,10 @@ class CheapestThroughput(BasePolicy[CheapestThroughputOptions]):
         note: str | None = None  # why the loop stopped short of `short` places
         short_of_offers = False
         why = f"{waiting} waiting job(s) of the {size}-GPU class, {short} without a place"
-        made = self._room_made(snapshot, plan, size)
+        made = self._room_made(snapshot, plan, size, keep)
+        remade = _rooms_made(plan)  # hosts whose listing no longer says what is free there
         while short > 0:
-            usable = room.usable(candidates)
+            usable = [c for c in room.usable(candidates) if c.offer.hostnode_id not in remade]
             listed = usable[0] if usable else None
             freeing = made[0] if made and (listed is None or made[0].candidate.unit_price < listed.unit_price) else None
             best = freeing.candidate if freeing is not None else listed
@@ -522,12 +551,16 @@ class CheapestThroughput(BasePolicy[CheapestThroughputOptions]):
                 else ""
             )
             if freeing is not None:
-                made.remove(freeing)
-                actions += self._make_room(freeing, listed, size)
+                made = [m for m in made if m.candidate.offer.hostnode_id != best.offer.hostnode_id]
+                remade.add(best.offer.hostnode_id or "")
+                tag = f"{best.offer.key}#{len(plan.actions) + len(actions)}"
+                actions += self._make_room(freeing, listed, size, tag)
                 names = ", ".join(i.name for i in freeing.freed)
-                actions.append(self._create(best, [best, *usable], size, why, f"{extra}; in the room {names} held"))
+                create = self._create(best, [best, *usable], size, why, f"{extra}; in the room {names} held")
+                actions.append(replace(create, room=tag))
             else:
                 room.take(best)
+                made = [m for m in made if m.candidate.offer.hostnode_id != best.offer.hostnode_id]
                 actions.append(self._create(best, usable, size, why, extra))
             short -= 1
         out = plan.with_actions(*actions)
@@ -535,14 +568,14 @@ class CheapestThroughput(BasePolicy[CheapestThroughputOptions]):
             return out
         return out.short_of_offers(note) if short_of_offers else out.note(note)
 
-    def _make_room(self, freeing: _RoomMade, listed: _Candidate | None, size: int) -> list[Action]:
+    def _make_room(self, freeing: _RoomMade, listed: _Candidate | None, size: int, tag: str) -> list[Action]:
         offer = freeing.candidate.offer
         than = f"the best listed is ${listed.unit_price:.3f}" if listed is not None else "nothing listed fits"
         reason = (
             f"making room on host {offer.hostnode_id} for a {size}-GPU {offer.gpu_model} instance at "
             f"${freeing.candidate.unit_price:.3f}/h per unit of work ({than}); stopped, it holds the GPUs there"
         )
-        return [delete_action(instance, reason, self.name) for instance in freeing.freed]
+        return [replace(delete_action(instance, reason, self.name), room=tag) for instance in freeing.freed]
 
     def _idle(self, snapshot: Snapshot, plan: Plan, extra: dict[int, int], idle_s: float) -> list[FleetInstance]:
         """Running instances known idle past `idle_s`, of a size with places to spare; dearest first."""

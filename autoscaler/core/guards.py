@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from autoscaler.common.clock import CLOCK_SLACK_S
 from autoscaler.core.durations import Seconds
 from autoscaler.core.money import RUNNING_LIKE
-from autoscaler.core.plan import Action, ActionKind, Plan
+from autoscaler.core.plan import Action, ActionKind, Plan, whole_rooms
 from autoscaler.core.snapshot import FleetInstance, GuardMemory, Snapshot
 
 __all__ = ["Dropped", "GuardConfig", "GuardMemory", "GuardedPlan", "apply_guards"]
@@ -53,6 +53,7 @@ GUARD_RULES = (
     "max_hourly_spend",
     "stabilization",
     "max_actions_per_cycle",
+    "room",
 )
 """Every rule name a refusal can carry: exported at 0 from start-up, so a panel never says "No data"."""
 
@@ -171,6 +172,11 @@ def _refusal_to_remove(
     return None
 
 
+def _room_refused() -> tuple[str, str]:
+    # A delete that makes room goes only with its create (`whole_rooms`)
+    return "room", "the create it would make room for was refused; the stopped instance is kept"
+
+
 def _cooling(now: float, last: float | None, cooldown_s: float) -> bool:
     """Within a cooldown of the last scaling. A last scaling later than now (by a clock that ran
     ahead, set back since) is not believed: it would hold every scaling until the clock caught up."""
@@ -208,4 +214,6 @@ def apply_guards(snapshot: Snapshot, plan: Plan, config: GuardConfig, memory: Gu
             tally.gpus += action.gpus
             tally.instances += 1
             tally.cost += snapshot.priced(action)
+    kept, orphaned = whole_rooms(kept)
+    dropped += [Dropped(a, *_room_refused()) for a in orphaned]
     return GuardedPlan(plan, tuple(kept), tuple(dropped))

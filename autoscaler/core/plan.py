@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
@@ -39,6 +40,9 @@ class Action:
     # A spending limit asks for it: a scale-down not held back by the stabilization window (rule 6),
     # still by every other rule (busy, cooldown, hold). Set by the budget policy; any plugin may.
     spend_limit: bool = False
+    # Room made on a host: the deletes of the fleet's own stopped instances there and the create they
+    # make room for share this tag, and go or stay together (`whole_rooms`).
+    room: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind is ActionKind.CREATE:
@@ -54,6 +58,14 @@ class Action:
     @property
     def target(self) -> str:
         return self.instance_id or (self.offer.key if self.offer else "?")
+
+
+def whole_rooms(actions: Sequence[Action]) -> tuple[list[Action], list[Action]]:
+    """(kept, dropped): a delete that makes room for a create not among `actions` is dropped, so a
+    create refused or cut leaves the stopped instances it would have replaced as they were."""
+    creates = {a.room for a in actions if a.room and a.kind is ActionKind.CREATE}
+    kept = [a for a in actions if not a.room or a.kind is ActionKind.CREATE or a.room in creates]
+    return kept, [a for a in actions if a not in kept]
 
 
 @dataclass(frozen=True)

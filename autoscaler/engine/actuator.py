@@ -113,6 +113,12 @@ class OfferBackoff:
         self._refusals.pop(offer_key, None)
 
 
+def _room_unmade(room: str, results: Sequence[ActionResult]) -> bool:
+    """A create placed in room its deletes make goes only if they all went: on a host still full it
+    would be refused, and that refusal would back off the host's offer."""
+    return any(r.action.room == room and r.outcome != "ok" for r in results)
+
+
 class Actuator:
     def __init__(
         self,
@@ -151,6 +157,9 @@ class Actuator:
                 continue
             if self.dry_run:
                 results.append(ActionResult(action, "dry_run", action.instance_id))
+                continue
+            if action.kind is ActionKind.CREATE and action.room and _room_unmade(action.room, results):
+                results.append(ActionResult(action, "skipped", error="a delete that was to make its room failed"))
                 continue
             try:
                 if action.kind is ActionKind.CREATE:

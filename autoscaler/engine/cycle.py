@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from autoscaler.common.clock import Clock
 from autoscaler.core.durations import Seconds
 from autoscaler.core.guards import GuardConfig, GuardedPlan, apply_guards
-from autoscaler.core.plan import Action, ActionKind, Plan, delete_action
+from autoscaler.core.plan import Action, ActionKind, Plan, delete_action, whole_rooms
 from autoscaler.core.planner import PlanningError, run_chain
 from autoscaler.core.policy import Policy, SpendLimits
 from autoscaler.core.snapshot import GuardMemory, InstanceShape, Offer, Snapshot, billed_rate
@@ -188,6 +188,7 @@ class Engine:
         actions = list(report.safety[:budget])
         if report.guarded is not None:
             actions += list(report.guarded.actions[: max(0, budget - len(actions))])
+        actions, _ = whole_rooms(actions)  # a create cut by the budget keeps its room's deletes back
         report.results = self.actuator.execute(report.cycle_id, actions)
         self._remember(now, report)
         self._stop_called = any(

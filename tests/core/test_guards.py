@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from autoscaler.core.guards import GuardConfig, GuardMemory, apply_guards
-from autoscaler.core.plan import Action, ActionKind, Plan
+from autoscaler.core.plan import Action, ActionKind, Plan, delete_action
 from autoscaler.core.snapshot import FleetInstance, PendingCreate, Snapshot
 from autoscaler.tensordock import Instance, InstanceStatus
 
@@ -222,3 +223,15 @@ def test_no_plan_gets_past_the_guards_unsafely(world: tuple[Snapshot, Plan, Guar
                 assert cost <= config.max_hourly_spend + 1e-9
             if snap.demand is None:
                 assert gpus <= config.min_gpus
+
+
+def test_deletes_that_make_room_go_only_with_the_create_they_make_room_for() -> None:
+    stopped = [instance(f"s{n}", InstanceStatus.STOPPED) for n in range(2)]
+    deletes = [replace(delete_action(i, "room", "test"), room="h#1") for i in stopped]
+    wide = replace(create(gpus=4), room="h#1")
+    kept, rules = guard(snapshot(*stopped), *deletes, wide, desired=4, max_gpus=2)
+    assert kept == [] and rules == ["max_gpus", "room", "room"]  # the stopped instances stay
+    kept, rules = guard(snapshot(*stopped), *deletes, wide, desired=4, max_gpus=4)
+    assert kept == [*deletes, wide] and rules == []
+    kept, rules = guard(snapshot(*stopped), *deletes, wide, desired=4, max_actions_per_cycle=2)
+    assert kept == [] and rules == ["max_actions_per_cycle", "room", "room"]

@@ -478,6 +478,11 @@ def test_shaping_short_of_offers_asks_for_a_fresh_listing_and_a_full_one_does_no
     assert held.offers_short  # only a dear offer is left: a fresh listing may show a cheap one freed
 
 
+def _targets(plan: Plan) -> list[tuple[ActionKind, str | None]]:
+    """Each action with the instance it acts on, or the host a create goes to."""
+    return [(a.kind, a.instance_id or (a.offer.hostnode_id if a.offer else None)) for a in plan.actions]
+
+
 def _stopped_on(host: str, name: str, gpus: int, model: str = R4090) -> FleetInstance:
     held = instance(name, InstanceStatus.STOPPED, model=model, gpus=gpus, rate=0.4 * gpus)
     return replace(held, instance=held.instance.model_copy(update={"hostnode_id": host}))
@@ -488,8 +493,11 @@ def test_stopped_instances_of_another_size_are_deleted_to_make_room_on_a_cheaper
     dear = offer(R4090, 0.6, available=8, host="h-dear")
     held = [_stopped_on("h-cheap", "one-a", 1), _stopped_on("h-cheap", "one-b", 1), _stopped_on("h-cheap", "two", 2)]
     plan = cheapest().decide(_widths(snapshot(*held, offers=(dear, cheap)), {4: 1}), Plan(desired_gpus=4))
-    kinds = [(a.kind, a.instance_id or a.offer.hostnode_id if a.offer else a.instance_id) for a in plan.actions]
-    assert kinds == [(ActionKind.DELETE, "id-two"), (ActionKind.DELETE, "id-one-a"), (ActionKind.CREATE, "h-cheap")]
+    assert _targets(plan) == [
+        (ActionKind.DELETE, "id-two"),
+        (ActionKind.DELETE, "id-one-a"),
+        (ActionKind.CREATE, "h-cheap"),
+    ]
     create = plan.actions[-1]
     assert create.gpus == 4 and create.offer is not None and create.offer.available_gpus == 4
     assert [o.hostnode_id for o in create.alternatives] == ["h-dear"]  # if the room is not there after all
@@ -522,6 +530,34 @@ def test_room_is_made_only_where_the_host_has_it_and_a_stopped_one_of_the_jobs_s
     snap = replace(snapshot(same, offers=(dear,)), full_offers=(full,))
     plan = cheapest().decide(_widths(snap, {4: 1}), Plan(desired_gpus=4))
     assert [(a.kind, a.instance_id) for a in plan.actions] == [(ActionKind.START, "id-four")]
+
+
+def test_room_is_made_once_a_host_and_never_from_a_stopped_instance_a_waiting_job_could_restart() -> None:
+    cheap = offer(R4090, 0.3, available=2, host="h-cheap")
+    dear = offer(R4090, 0.6, available=8, host="h-dear")
+    two = _stopped_on("h-cheap", "two", 2)
+    # a 4-GPU and a 2-GPU job wait: the stopped 2-GPU instance is the 2-GPU job's restart, not room
+    plan = cheapest().decide(_widths(snapshot(two, offers=(dear, cheap)), {4: 1, 2: 1}), Plan(desired_gpus=6))
+    assert _targets(plan) == [
+        (ActionKind.CREATE, "h-dear"),
+        (ActionKind.START, "id-two"),
+    ]
+    # two 4-GPU jobs: room for one on the cheap host; the other is not put on the same host's listing
+    ones = [_stopped_on("h-cheap", f"one-{n}", 1) for n in range(2)]
+    plan = cheapest().decide(_widths(snapshot(*ones, offers=(dear, cheap)), {4: 2}), Plan(desired_gpus=8))
+    creates = [a.offer.hostnode_id for a in plan.actions if a.kind is ActionKind.CREATE and a.offer]
+    assert creates == ["h-cheap", "h-dear"]
+    tags = {a.room for a in plan.actions if a.room}
+    assert len(tags) == 1 and [a.kind for a in plan.actions if a.room] == [ActionKind.DELETE] * 2 + [ActionKind.CREATE]
+    # the smallest stopped instance that alone is enough goes, not the widest
+    held = [_stopped_on("h-cheap", "one", 1), _stopped_on("h-cheap", "four", 4), _stopped_on("h-cheap", "eight", 8)]
+    full = offer(R4090, 0.3, available=0, host="h-cheap")
+    snap = replace(snapshot(*held, offers=(dear,)), full_offers=(full,))
+    plan = cheapest().decide(_widths(snap, {2: 1}), Plan(desired_gpus=2))
+    assert _targets(plan) == [
+        (ActionKind.DELETE, "id-four"),
+        (ActionKind.CREATE, "h-cheap"),
+    ]
 
 
 def test_the_price_ceiling_buys_a_dear_offer_only_past_the_target_wait() -> None:

@@ -14,7 +14,7 @@ from autoscaler.core.replacement import Stage
 from autoscaler.engine.actuator import ActionResult, OfferBackoff
 from autoscaler.signals.static import FileSignal
 from autoscaler.tensordock.fake import Faults, Timings
-from autoscaler.tensordock.fake.state import _ForeignRental
+from autoscaler.tensordock.fake.state import FakeApiError, _ForeignRental
 
 from ..conftest import RTX4090
 from .conftest import MakeWorld, World
@@ -165,12 +165,14 @@ def test_the_listing_kept_between_readings_shows_what_the_fleets_own_creates_too
     assert world.fake.requests["create_instance"] == 2  # no create tried where the fleet itself was
 
 
+@pytest.mark.parametrize("deletes_fail", [False, True])
 def test_stopped_narrow_instances_on_the_only_host_make_room_for_a_wide_job(
-    make_world: MakeWorld, tmp_path: Path
+    make_world: MakeWorld, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, deletes_fail: bool
 ) -> None:
     """Four one-GPU instances, stopped for a fast restart, hold the only four GPUs of the allowed model
     that are left; a four-GPU job then waits. Kept, they would hold it off for as long as their
-    storage is worth keeping (hours); deleted in the same cycle, they make its place at once."""
+    storage is worth keeping (hours); deleted in the same cycle, they make its place at once. If a
+    delete fails, the create is not tried on the host still full (its refusal would back it off)."""
     world, host = _left_on_one_host(make_world, gpus=4, scale_down="stop")
     signal_file = tmp_path / "queue.json"
     world.runtime.engine.signal = FileSignal(signal_file)
@@ -194,6 +196,18 @@ def test_stopped_narrow_instances_on_the_only_host_make_room_for_a_wide_job(
     for _ in range(30):  # the jobs ran; nothing waits: the four are stopped, their GPUs kept
         cycle({})
     assert [i.phase for i in world.fake_instances()] == ["stopped"] * 4
+    if deletes_fail:
+
+        def refuse(instance_id: str) -> None:
+            raise FakeApiError("domain", f"Instance {instance_id} is locked by an operation in progress")
+
+        monkeypatch.setattr(world.fake.state, "delete", refuse)
+        creates = world.fake.requests["create_instance"]
+        results = cycle({4: 1})
+        assert [(r.action.kind, r.outcome) for r in results][-1] == (ActionKind.CREATE, "skipped")
+        assert world.fake.requests["create_instance"] == creates
+        assert host not in " ".join(world.runtime.store.backed_off(world.clock.now()))
+        return
     results = cycle({4: 1})
     assert [(r.action.kind, r.outcome) for r in results] == [(ActionKind.DELETE, "ok")] * 4 + [
         (ActionKind.CREATE, "ok")
