@@ -550,8 +550,8 @@ class CheapestThroughput(BasePolicy[CheapestThroughputOptions]):
                 if ceiling.too_dear(best.unit_price)
                 else ""
             )
+            made = [m for m in made if m.candidate.offer.hostnode_id != best.offer.hostnode_id]  # one room a host
             if freeing is not None:
-                made = [m for m in made if m.candidate.offer.hostnode_id != best.offer.hostnode_id]
                 remade.add(best.offer.hostnode_id or "")
                 tag = f"{best.offer.key}#{len(plan.actions) + len(actions)}"
                 actions += self._make_room(freeing, listed, size, tag)
@@ -560,7 +560,6 @@ class CheapestThroughput(BasePolicy[CheapestThroughputOptions]):
                 actions.append(replace(create, room=tag))
             else:
                 room.take(best)
-                made = [m for m in made if m.candidate.offer.hostnode_id != best.offer.hostnode_id]
                 actions.append(self._create(best, usable, size, why, extra))
             short -= 1
         out = plan.with_actions(*actions)

@@ -37,6 +37,8 @@ class OfferListing:
         """A fresh reading: it stands as read."""
         self._locations, self._hostnodes = tuple(locations), tuple(hostnodes)
         self._changes = {}
+        read = offers_from(self._locations, self._hostnodes)
+        self._by_host = {(o.location_id, o.gpu_model) for o in read if o.hostnode_id}
         self._derive()
 
     def took(self, hostnode_id: str | None, gpu_model: str | None, gpus: int, vcpus: int, ram_gb: float) -> None:
@@ -57,11 +59,6 @@ class OfferListing:
         self._derive()
 
     def _derive(self) -> None:
-        if not self._changes:
-            self.offers = offers_from(self._locations, self._hostnodes)
-            self.full_offers = full_offers_from(self._locations, self._hostnodes)
-            self._by_host = {(o.location_id, o.gpu_model) for o in self.offers if o.hostnode_id}
-            return
         hosts = [self._corrected(h, self._changes[h.id]) if h.id in self._changes else h for h in self._hostnodes]
         self.full_offers = full_offers_from(self._locations, hosts)
         # a host the fleet filled does not make its location's own (coarser) offer stand in for it
