@@ -172,9 +172,11 @@ def _refusal_to_remove(
     return None
 
 
-def _room_refused() -> tuple[str, str]:
-    # A delete that makes room goes only with its create (`whole_rooms`)
-    return "room", "the create it would make room for was refused; the stopped instance is kept"
+def _room_refused(action: Action) -> tuple[str, str]:
+    # A room's deletes and its create go together (`whole_rooms`)
+    if action.kind is ActionKind.CREATE:
+        return "room", "a stopped instance holding its room may not be deleted; not tried on a host still full"
+    return "room", "the room it would make is not used this cycle; the stopped instance is kept"
 
 
 def _cooling(now: float, last: float | None, cooldown_s: float) -> bool:
@@ -214,6 +216,6 @@ def apply_guards(snapshot: Snapshot, plan: Plan, config: GuardConfig, memory: Gu
             tally.gpus += action.gpus
             tally.instances += 1
             tally.cost += snapshot.priced(action)
-    kept, orphaned = whole_rooms(kept)
-    dropped += [Dropped(a, *_room_refused()) for a in orphaned]
+    kept, orphaned = whole_rooms(kept, plan.actions)
+    dropped += [Dropped(a, *_room_refused(a)) for a in orphaned]
     return GuardedPlan(plan, tuple(kept), tuple(dropped))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -60,12 +61,17 @@ class Action:
         return self.instance_id or (self.offer.key if self.offer else "?")
 
 
-def whole_rooms(actions: Sequence[Action]) -> tuple[list[Action], list[Action]]:
-    """(kept, dropped): a delete that makes room for a create not among `actions` is dropped, so a
-    create refused or cut leaves the stopped instances it would have replaced as they were."""
+def whole_rooms(actions: Sequence[Action], planned: Sequence[Action] | None = None) -> tuple[list[Action], list[Action]]:
+    """(kept, dropped): a room's deletes and its create go together or not at all. A delete whose
+    create was refused or cut would free a host for nothing; a create whose delete was refused
+    would be tried on a host still full, refused, and back the host's offer off. `planned` (default
+    `actions`) is what the room was planned as, before any of it was dropped."""
+    planned_size = Counter(a.room for a in (actions if planned is None else planned) if a.room)
+    size = Counter(a.room for a in actions if a.room)
     creates = {a.room for a in actions if a.room and a.kind is ActionKind.CREATE}
-    kept = [a for a in actions if not a.room or a.kind is ActionKind.CREATE or a.room in creates]
-    return kept, [a for a in actions if a not in kept]
+    whole = {room for room in creates if size[room] >= planned_size[room]}
+    kept = [a for a in actions if not a.room or a.room in whole]
+    return kept, [a for a in actions if a.room and a.room not in whole]
 
 
 @dataclass(frozen=True)

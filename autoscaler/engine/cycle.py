@@ -188,7 +188,8 @@ class Engine:
         actions = list(report.safety[:budget])
         if report.guarded is not None:
             actions += list(report.guarded.actions[: max(0, budget - len(actions))])
-        actions, _ = whole_rooms(actions)  # a create cut by the budget keeps its room's deletes back
+        planned = report.guarded.actions if report.guarded is not None else ()
+        actions, _ = whole_rooms(actions, planned)  # a room cut by the budget is cut whole
         report.results = self.actuator.execute(report.cycle_id, actions)
         self._remember(now, report)
         self._stop_called = any(

@@ -235,3 +235,14 @@ def test_deletes_that_make_room_go_only_with_the_create_they_make_room_for() -> 
     assert kept == [*deletes, wide] and rules == []
     kept, rules = guard(snapshot(*stopped), *deletes, wide, desired=4, max_actions_per_cycle=2)
     assert kept == [] and rules == ["max_actions_per_cycle", "room", "room"]
+
+
+def test_a_create_goes_only_if_every_delete_making_its_room_goes() -> None:
+    """A stopped instance a stale heartbeat calls busy may not be deleted; the create in its room
+    is then not tried on a host still full (it would be refused and back the host off)."""
+    free, stale = instance("s0", InstanceStatus.STOPPED), instance("s1", InstanceStatus.STOPPED, busy=True)
+    deletes = [replace(delete_action(i, "room", "test"), room="h#1") for i in (free, stale)]
+    wide = replace(create(gpus=4), room="h#1")
+    elsewhere = create(gpus=1)
+    kept, rules = guard(snapshot(free, stale), *deletes, wide, elsewhere, desired=5)
+    assert kept == [elsewhere] and rules == ["busy", "room", "room"]
