@@ -72,7 +72,7 @@ class GuardedPlan:
     dropped: tuple[Dropped, ...] = field(default=())
 
 
-def _removes_capacity(action: Action, instance: FleetInstance | None) -> bool:
+def removes_capacity(action: Action, instance: FleetInstance | None) -> bool:
     """Stopping or deleting a running instance reduces capacity, and so may deleting one listed in
     error (its worker may still be running jobs); deleting a stopped one does not."""
     if action.kind is ActionKind.STOP:
@@ -200,7 +200,7 @@ def apply_guards(snapshot: Snapshot, plan: Plan, config: GuardConfig, memory: Gu
         refusal = _refusal_of_any(action, instance)
         if refusal is None and action.kind.adds_capacity:
             refusal = _refusal_to_add(action, snapshot, config, tally, floor=floor, blocked=up_blocked)
-        elif refusal is None and _removes_capacity(action, instance):
+        elif refusal is None and removes_capacity(action, instance):
             broken = _replaces_broken(action, instance)
             refusal = _refusal_to_remove(action, snapshot, config, tally, blocked=down_blocked, broken=broken)
             if refusal is None and not broken:

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from autoscaler.common.clock import Clock
 from autoscaler.core.durations import Seconds
-from autoscaler.core.guards import GuardConfig, GuardedPlan, apply_guards
+from autoscaler.core.guards import GuardConfig, GuardedPlan, apply_guards, removes_capacity
 from autoscaler.core.plan import Action, ActionKind, Plan, delete_action, whole_rooms
 from autoscaler.core.planner import PlanningError, run_chain
 from autoscaler.core.policy import Policy, SpendLimits
@@ -469,8 +469,9 @@ class Engine:
         ok = [r for r in report.results if r.outcome in ("ok", "unknown")]
         if any(r.action.kind.adds_capacity for r in ok):
             self.store.mark_scaled(up_at=now)
-        if any(
-            r.action.kind is ActionKind.STOP or (r.action.kind is ActionKind.DELETE and r.action.gpus)
+        owned = {i.id: i for i in report.snapshot.instances} if report.snapshot is not None else {}
+        if any(  # deleting a stopped instance (retention, room) serves no less: no scale-down cooldown
+            removes_capacity(r.action, owned.get(r.action.instance_id or ""))
             for r in ok
             if r.action.policy != "safety"
         ):

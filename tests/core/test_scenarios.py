@@ -208,10 +208,12 @@ def test_stopped_narrow_instances_on_the_only_host_make_room_for_a_wide_job(
         assert world.fake.requests["create_instance"] == creates
         assert host not in " ".join(world.runtime.store.backed_off(world.clock.now()))
         return
+    _, stopped_at = world.runtime.store.last_scaled()
     results = cycle({4: 1})
     assert [(r.action.kind, r.outcome) for r in results] == [(ActionKind.DELETE, "ok")] * 4 + [
         (ActionKind.CREATE, "ok")
     ]
+    assert world.runtime.store.last_scaled()[1] == stopped_at  # no serving capacity went: no scale-down
     assert all("making room on host " + host in r.action.reason for r in results[:4])
     (wide,) = world.fake_instances()
     assert (wide.gpu_count, wide.host.id) == (4, host)
