@@ -61,7 +61,9 @@ class Action:
         return self.instance_id or (self.offer.key if self.offer else "?")
 
 
-def whole_rooms(actions: Sequence[Action], planned: Sequence[Action] | None = None) -> tuple[list[Action], list[Action]]:
+def whole_rooms(
+    actions: Sequence[Action], planned: Sequence[Action] | None = None
+) -> tuple[list[Action], list[Action]]:
     """(kept, dropped): a room's deletes and its create go together or not at all. A delete whose
     create was refused or cut would free a host for nothing; a create whose delete was refused
     would be tried on a host still full, refused, and back the host's offer off. `planned` (default

@@ -471,9 +471,7 @@ class Engine:
             self.store.mark_scaled(up_at=now)
         owned = {i.id: i for i in report.snapshot.instances} if report.snapshot is not None else {}
         if any(  # deleting a stopped instance (retention, room) serves no less: no scale-down cooldown
-            removes_capacity(r.action, owned.get(r.action.instance_id or ""))
-            for r in ok
-            if r.action.policy != "safety"
+            removes_capacity(r.action, owned.get(r.action.instance_id or "")) for r in ok if r.action.policy != "safety"
         ):
             self.store.mark_scaled(down_at=now)
         if any(r.outcome == "failed" and r.action.kind is ActionKind.CREATE for r in report.results):
