@@ -67,6 +67,7 @@ class ActionResult:
     error: str | None = None
 
 
+ALREADY_GONE = "already gone"  # a delete answered "not found": done, but by someone else, who may hold its GPUs
 NAME_PLACEHOLDER = "${TDAS_INSTANCE_NAME}"
 GPUS_PLACEHOLDER = "${TDAS_INSTANCE_GPUS}"
 
@@ -324,8 +325,8 @@ class Actuator:
             now = self.clock.now()
             if action.kind is ActionKind.DELETE:  # already gone: what we wanted
                 self._gone(instance_id, now)
-                self.store.journal_outcome(entry, "ok", now, error="already gone")
-                return ActionResult(action, "ok", instance_id)
+                self.store.journal_outcome(entry, "ok", now, error=ALREADY_GONE)
+                return ActionResult(action, "ok", instance_id, error=ALREADY_GONE)
             self.store.journal_outcome(entry, "failed", now, error=str(exc))
             return ActionResult(action, "failed", instance_id, error=str(exc))
         except CapacityUnavailableError as exc:

@@ -23,7 +23,7 @@ from autoscaler.core.planner import PlanningError, run_chain
 from autoscaler.core.policy import Policy, SpendLimits
 from autoscaler.core.snapshot import GuardMemory, InstanceShape, Offer, Snapshot, billed_rate
 from autoscaler.core.throughput import DEFAULT_THROUGHPUT
-from autoscaler.engine.actuator import ActionResult, Actuator
+from autoscaler.engine.actuator import ALREADY_GONE, ActionResult, Actuator
 from autoscaler.engine.cycle_log import log_cycle
 from autoscaler.engine.ledger import RateCheck, plausible_rate
 from autoscaler.engine.listing import OfferListing
@@ -453,7 +453,7 @@ class Engine:
                     self._listing.took(
                         used.hostnode_id, used.gpu_model, action.gpus, *snapshot.shape.host_room(action.gpus)
                     )
-            elif action.kind is ActionKind.DELETE and result.outcome == "ok":
+            elif action.kind is ActionKind.DELETE and result.outcome == "ok" and result.error != ALREADY_GONE:
                 gone = instances.get(action.instance_id or "")
                 if gone is not None and gone.status is not InstanceStatus.STOPPED_DISASSOCIATED:
                     inst = gone.instance

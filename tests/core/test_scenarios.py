@@ -11,7 +11,7 @@ import pytest
 from autoscaler.config import Settings
 from autoscaler.core.plan import ActionKind
 from autoscaler.core.replacement import Stage
-from autoscaler.engine.actuator import ActionResult, OfferBackoff
+from autoscaler.engine.actuator import ALREADY_GONE, ActionResult, OfferBackoff
 from autoscaler.signals.static import FileSignal
 from autoscaler.tensordock.fake import Faults, Timings
 from autoscaler.tensordock.fake.state import FakeApiError, _ForeignRental
@@ -163,6 +163,39 @@ def test_the_listing_kept_between_readings_shows_what_the_fleets_own_creates_too
     assert again.outcome == "ok" and host in (again.offer_key or "")
     assert world.fake.requests["list_hostnodes"] == listings  # bought from the kept listing, as corrected
     assert world.fake.requests["create_instance"] == 2  # no create tried where the fleet itself was
+
+
+def test_a_delete_answered_already_gone_gives_nothing_back_to_the_kept_listing(
+    make_world: MakeWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Someone deleted the instance just before the fleet did, and another renter took its GPU: the
+    delete is answered "not found". The kept listing must not show that GPU free again; a create
+    tried there would be refused and back the host's offer off."""
+    world, host = _left_on_one_host(make_world, gpus=1, scale_down="delete")
+    state = world.fake.state
+    world.signal.set(queued_jobs=1)
+    (first,) = [r for r in world.cycle().results if r.action.kind is ActionKind.CREATE]
+    assert first.outcome == "ok" and host in (first.offer_key or "")
+    delete = state.delete
+
+    def gone_before_us(instance_id: str) -> None:
+        delete(instance_id)
+        state._foreign.append(_ForeignRental(host, RTX4090, 1, world.clock.now() + 86400))
+        raise FakeApiError("not_found", f"Instance {instance_id} not found")
+
+    monkeypatch.setattr(state, "delete", gone_before_us)
+    world.signal.set(queued_jobs=0, running_jobs=0, busy={})
+    for _ in range(20):
+        results = world.cycle().results
+        if [r for r in results if r.action.kind is ActionKind.DELETE]:
+            break
+    (gone,) = [r for r in results if r.action.kind is ActionKind.DELETE]
+    assert gone.outcome == "ok" and gone.error == ALREADY_GONE
+    world.signal.set(queued_jobs=1)
+    report = world.cycle()
+    assert not [r for r in report.results if r.action.kind is ActionKind.CREATE]
+    assert world.fake.requests["create_instance"] == 1
+    assert host not in " ".join(world.runtime.store.backed_off(world.clock.now()))
 
 
 @pytest.mark.parametrize("deletes_fail", [False, True])
