@@ -192,11 +192,10 @@ def apply_guards(snapshot: Snapshot, plan: Plan, config: GuardConfig, memory: Gu
     tally = _tally(snapshot, plan, config, memory, floor)
     up_blocked = _cooling(now, memory.last_scale_up_at, config.scale_up_cooldown_s)
     down_blocked = _cooling(now, memory.last_scale_down_at, config.scale_down_cooldown_s)
-    owned = {i.id: i for i in snapshot.instances}
     kept: list[Action] = []
     dropped: list[Dropped] = []
     for action in plan.actions:
-        instance = owned.get(action.instance_id or "") if action.instance_id else None
+        instance = snapshot.instance(action.instance_id) if action.instance_id else None
         refusal = _refusal_of_any(action, instance)
         if refusal is None and action.kind.adds_capacity:
             refusal = _refusal_to_add(action, snapshot, config, tally, floor=floor, blocked=up_blocked)

@@ -444,7 +444,6 @@ class Engine:
 
     def _correct_listing(self, snapshot: Snapshot, ok: Sequence[ActionResult]) -> None:
         """What the fleet's own creates took and its deletes gave back, until the next listing."""
-        instances = {i.id: i for i in snapshot.instances}
         for result in ok:
             action = result.action
             if action.kind is ActionKind.CREATE:  # a lost reply ("unknown") may have taken them too
@@ -454,7 +453,7 @@ class Engine:
                         used.hostnode_id, used.gpu_model, action.gpus, *snapshot.shape.host_room(action.gpus)
                     )
             elif action.kind is ActionKind.DELETE and result.outcome == "ok" and result.error != ALREADY_GONE:
-                gone = instances.get(action.instance_id or "")
+                gone = snapshot.instance(action.instance_id or "")
                 if gone is not None and gone.status is not InstanceStatus.STOPPED_DISASSOCIATED:
                     inst = gone.instance
                     room = snapshot.shape.host_room(inst.gpu_count, inst.vcpu_count, inst.ram_gb)
@@ -469,9 +468,11 @@ class Engine:
         ok = [r for r in report.results if r.outcome in ("ok", "unknown")]
         if any(r.action.kind.adds_capacity for r in ok):
             self.store.mark_scaled(up_at=now)
-        owned = {i.id: i for i in report.snapshot.instances} if report.snapshot is not None else {}
+        snapshot = report.snapshot
         if any(  # deleting a stopped instance (retention, room) serves no less: no scale-down cooldown
-            removes_capacity(r.action, owned.get(r.action.instance_id or "")) for r in ok if r.action.policy != "safety"
+            removes_capacity(r.action, snapshot.instance(r.action.instance_id or "") if snapshot is not None else None)
+            for r in ok
+            if r.action.policy != "safety"
         ):
             self.store.mark_scaled(down_at=now)
         if any(r.outcome == "failed" and r.action.kind is ActionKind.CREATE for r in report.results):

@@ -37,9 +37,9 @@ class OfferListing:
         """A fresh reading: it stands as read."""
         self._locations, self._hostnodes = tuple(locations), tuple(hostnodes)
         self._changes = {}
-        read = offers_from(self._locations, self._hostnodes)
-        self._by_host = {(o.location_id, o.gpu_model) for o in read if o.hostnode_id}
-        self._derive()
+        self._by_host = set()
+        self._derive()  # no corrections, no host yet filled by the fleet: the offers as read
+        self._by_host = {(o.location_id, o.gpu_model) for o in self.offers if o.hostnode_id}
 
     def took(self, hostnode_id: str | None, gpu_model: str | None, gpus: int, vcpus: int, ram_gb: float) -> None:
         """A create placed on a host: its GPUs and room are no longer free there."""
