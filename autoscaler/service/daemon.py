@@ -25,6 +25,7 @@ import signal
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
@@ -57,6 +58,7 @@ _WATCHDOG_JOB_ID = "watchdog"
 _WATCH_JOB_ID = "watch-queue"
 _LIVENESS_SLACK_S = 10.0  # the scheduler's own lateness on a loaded machine
 _MIN_WATCHDOG_S = 3.0  # a third of it between pings: shorter cannot be pinged reliably
+_MAIN_LOOP_S = 0.1  # how soon the main thread acts on a signal the handler recorded
 
 
 class _QuietPollSkips(logging.Filter):
@@ -146,7 +148,7 @@ class Daemon:
         self._cycle_lock = threading.Lock()
         self._watch = QueueWatch()
         self._stop = threading.Event()
-        self._reload = threading.Event()
+        self._signals: deque[int] = deque()  # recorded by the handler, acted on by the main loop
         self._last_success: float | None = None
         self._started = time.time()
         self._cycle_started: float | None = None  # monotonic; None while no cycle runs
@@ -405,10 +407,20 @@ class Daemon:
         self._stop.set()
 
     def _on_signal(self, signum: int, _: FrameType | None) -> None:
-        if signum == signal.SIGHUP:
-            self._reload.set()
-        else:
-            self._stop.set()
+        """Only records the signal. A handler runs between two bytecodes of the main thread, which
+        may be inside `Event.wait` holding the event's lock: setting that event here waited on the
+        lock forever (a SIGTERM that never stopped the daemon). A deque append takes no lock."""
+        self._signals.append(signum)
+
+    def _reload_asked(self) -> bool:
+        """The signals recorded since the last look, acted on outside the handler: stop, or reload."""
+        reload = False
+        while self._signals:
+            if self._signals.popleft() == signal.SIGHUP:
+                reload = True
+            else:
+                self._stop.set()
+        return reload
 
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -449,12 +461,15 @@ class Daemon:
             dry_run=self.settings.dry_run,
             policies=[p.name for p in self.settings.policies],
         )
-        while not self._stop.wait(0.2):
-            if self._reload.is_set():
-                self._reload.clear()
+        while True:
+            reload = self._reload_asked()
+            if self._stop.is_set():
+                break
+            if reload:
                 self.notifier.notify(RELOADING="1", STATUS="reloading configuration")
                 self.reload()
                 self.notifier.notify(READY="1")
+            time.sleep(_MAIN_LOOP_S)  # no Event.wait: see _on_signal
         return self.shutdown()
 
     def _schedule_polls(self) -> None:

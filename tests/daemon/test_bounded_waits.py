@@ -8,12 +8,17 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from autoscaler.common.clock import SystemClock
+from autoscaler.config import load_settings
+from autoscaler.service.daemon import Daemon
+from autoscaler.tensordock.fake import FakeServer, build_fake
 from tests.support import free_port
 
 from ..conftest import TOKEN
@@ -83,6 +88,32 @@ def test_sigterm_during_an_api_outage_exits_at_once_and_starts_no_new_attempt(
             if process.poll() is None:
                 process.kill()
                 process.wait(timeout=10)
+
+
+def test_the_signal_handler_takes_no_lock_the_interrupted_main_thread_may_hold(tmp_path: Path) -> None:
+    """A handler runs between two bytecodes of the main thread. Before: it set the stop event, whose
+    lock the main loop's `Event.wait` holds at its start; a SIGTERM landing there waited on that lock
+    forever, and the daemon never stopped (the case above, once in CI, killed after 60 s)."""
+    server = FakeServer(build_fake(TOKEN, "documented", clock=SystemClock())).start()
+    text = CONFIG.format(
+        url=server.url, token=TOKEN, signal=tmp_path / "q.json", store=tmp_path / "s.db", port=0, max_gpus=2
+    )
+    config = tmp_path / "c.toml"
+    config.write_text(text)
+    made = Daemon(load_settings(config), config)
+    try:
+        for signum in (signal.SIGHUP, signal.SIGTERM):
+            with made._stop._cond:  # type: ignore[attr-defined]  # held so at the start of Event.wait
+                handler = threading.Thread(target=made._on_signal, args=(signum, None), daemon=True)
+                handler.start()
+                handler.join(timeout=10)
+                assert not handler.is_alive(), "the handler waited on a lock the main thread holds"
+            reload_asked = made._reload_asked()  # the main loop acts on what the handler recorded
+            assert reload_asked == (signum == signal.SIGHUP)
+            assert made._stop.is_set() == (signum == signal.SIGTERM)
+    finally:
+        made.runtime.close()
+        server.stop()
 
 
 def test_demand_stamped_in_milliseconds_is_refused_and_holds_the_fleet(
