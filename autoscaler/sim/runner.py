@@ -63,7 +63,9 @@ class SimOptions:
     fast_forward: bool = True
     max_skip_s: float = 900.0
     spare_listings: bool = True  # skip offer listings that could show nothing new (see _OfferCadence)
-    drain_limit_s: float = 60 * 86400.0  # after the last submission, give up on jobs this much later
+    # after the last submission, give up this much later on jobs still waiting; a started job runs
+    # to its end and is billed in full (a long job on a slow model is served, not cut off unpaid)
+    drain_limit_s: float = 60 * 86400.0
     world_throughput: Mapping[str, float] | None = None  # the jobs' true speed per model; None: the policies' table
     lp_wait_s: float = 300.0  # the LP bound's service: every job started within this
     lp_cache_dir: Path | None = None  # where LP bounds are kept between runs; None: solved every time
@@ -203,7 +205,7 @@ def replay(
             if options.progress is not None and at - reported_at >= PROGRESS_EVERY_S:
                 reported_at = at
                 options.progress(at - ORIGIN, workload.completed, len(jobs))
-            if at >= deadline:
+            if at >= deadline and (workload.queue or not workload.running_gpus):
                 break
             step = interval
             if options.fast_forward:

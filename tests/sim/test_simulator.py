@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -68,6 +69,28 @@ def test_three_jobs_cost_and_waits_as_computed_by_hand(tmp_path: Path) -> None:
     assert result.cost_ratio == pytest.approx(run.cost_usd / result.lower_bound_usd)
     assert (result.wait_p50_s, result.wait_p95_s) == (0.0, pytest.approx(810.0))  # inclusive: 0.9 of 0->900
     assert run.preempted == 0
+
+
+@pytest.mark.parametrize("strategy", ["ours", "per-job"])
+def test_a_job_running_at_the_drain_limit_runs_to_its_end_and_is_billed_in_full(tmp_path: Path, strategy: str) -> None:
+    """Before: the replay stopped at the limit, the job counted as not served and its bill cut short
+    (trace a, noisy, seed 1: a 31-day eight-GPU job on an RTX A4000, 0.28x, ran past day 90)."""
+    # One A100; a five-hour job at 0 runs 90-18090 s (see above); the limit is 1800 s after it.
+    trace = write_trace(tmp_path / "long.csv", [(0, 5 * 3600, 1)])
+    _, runs = compare(trace, one_gpu_fleet(), (strategy,), replace(EXACT, drain_limit_s=1800.0))
+    run = runs[strategy]
+    assert run.jobs_completed == 1
+    assert run.simulated_s == pytest.approx(90.0 + 5 * 3600)
+    assert run.cost_usd == pytest.approx(RATE * (90.0 + 5 * 3600) / 3600, rel=1e-9)
+
+
+def test_a_job_still_waiting_at_the_drain_limit_is_given_up(tmp_path: Path) -> None:
+    # One GPU at most: the 60-s job waits behind the five-hour one and still waits at the limit.
+    trace = write_trace(tmp_path / "stuck.csv", [(0, 5 * 3600, 1), (10, 60, 1)])
+    _, runs = compare(trace, one_gpu_fleet(), ("ours",), replace(EXACT, drain_limit_s=1800.0))
+    run = runs["ours"]
+    assert run.jobs_completed == 0
+    assert 1810.0 <= run.simulated_s < 1810.0 + 3600
 
 
 def test_backfill_runs_a_narrow_job_around_a_wide_one_that_must_wait(tmp_path: Path) -> None:
