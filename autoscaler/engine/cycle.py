@@ -28,7 +28,15 @@ from autoscaler.engine.cycle_log import log_cycle
 from autoscaler.engine.ledger import RateCheck, plausible_rate
 from autoscaler.engine.listing import OfferListing
 from autoscaler.engine.metrics import CoreMetrics
-from autoscaler.engine.reconcile import ABSENT, DetailConfig, Doubts, ReconcileConfig, Reconciled, Reconciler
+from autoscaler.engine.reconcile import (
+    ABSENT,
+    DetailConfig,
+    Doubts,
+    ReconcileConfig,
+    Reconciled,
+    Reconciler,
+    believable_gpus,
+)
 from autoscaler.signals import Demand, DemandSignal, SignalError
 from autoscaler.store import Store
 from autoscaler.tensordock import Instance, InstanceStatus, TensorDockError
@@ -398,7 +406,7 @@ class Engine:
             sum(
                 billed_rate(i.status, i.rate_hourly or 0.0, 0.0)
                 for i in snap.unowned
-                if plausible_rate(i.rate_hourly, None, None, check)
+                if plausible_rate(i.rate_hourly, None, None, check, gpus=believable_gpus(i))
             )
         )
         counts: dict[tuple[str, str, str, str], int] = {}

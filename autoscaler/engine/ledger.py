@@ -22,6 +22,11 @@ from autoscaler.tensordock import InstanceStatus
 _log = structlog.get_logger("autoscaler.ledger")
 
 
+# USD per GPU-hour no TensorDock GPU is billed (an H100 lists at about 2.25): the ceiling where no
+# offer says what to expect, and the most a rate above its offer's price is still charged at
+MAX_GPU_RATE_HOURLY = 10.0
+
+
 @dataclass(frozen=True)
 class RateCheck:
     """How far a reported rateHourly may stray from what we expect before it is disbelieved."""
@@ -30,28 +35,42 @@ class RateCheck:
 
 
 def plausible_rate(
-    rate: float | None, expected: float | None, dearest_offer: float | None, check: RateCheck, *, running: bool = False
+    rate: float | None,
+    expected: float | None,
+    dearest_offer: float | None,
+    check: RateCheck,
+    *,
+    running: bool = False,
+    gpus: int = 8,
 ) -> bool:
     """A reported rate is believed only when finite, not negative, and not absurd for its offer:
     above `max_multiple` times its offer's price, or, while it runs, $0 or below its offer's price
     divided by `max_multiple` (a per-GPU rate given as the instance's, or a placeholder 0, would
     let the fleet past max_hourly_spend and the budgets). A stopped instance bills its storage:
-    a low rate is no lie there."""
+    a low rate is no lie there. With no price to compare (no offer listed), above
+    MAX_GPU_RATE_HOURLY for each of its `gpus` is absurd."""
     if rate is None or not math.isfinite(rate) or rate < 0:
         return False
     if running and (rate == 0 or (expected and rate * check.max_multiple < expected)):
         return False
     ceiling = expected if expected else dearest_offer
-    return ceiling is None or rate <= check.max_multiple * ceiling
+    if ceiling is None:
+        return rate <= gpus * MAX_GPU_RATE_HOURLY
+    return rate <= check.max_multiple * ceiling
 
 
-def disbelieved_charge(rate: float | None, fallback: float, dearest_offer: float | None, check: RateCheck) -> float:
+def disbelieved_charge(
+    rate: float | None, fallback: float, dearest_offer: float | None, check: RateCheck, *, gpus: int
+) -> float:
     """What an instance whose reported rate is too far from its own offer's price is charged: the
     last believable rate (`fallback`), or the reported one where it is higher and still within
-    `max_multiple` of the dearest listed offer of its width. Then a listing that underprices every
-    offer cannot hide a real bill from max_hourly_spend and the budgets (rule 2), while a 1e300 or
-    an infinite rate is not believed at all (rule 11)."""
-    if rate is None or not math.isfinite(rate) or dearest_offer is None or rate > check.max_multiple * dearest_offer:
+    `max_multiple` of the dearest listed offer of its width, or within MAX_GPU_RATE_HOURLY for
+    each GPU (a listing that underprices every offer also underprices the dearest). Then such a
+    listing cannot hide a real bill from max_hourly_spend and the budgets (rule 2), while a 1e300
+    or an infinite rate is not believed at all (rule 11)."""
+    if rate is None or not math.isfinite(rate):
+        return fallback
+    if rate > max(check.max_multiple * (dearest_offer or 0.0), gpus * MAX_GPU_RATE_HOURLY):
         return fallback
     return max(fallback, rate)
 

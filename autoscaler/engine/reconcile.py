@@ -39,6 +39,9 @@ from autoscaler.tensordock.client import TensorDockClient
 _log = structlog.get_logger("autoscaler.reconcile")
 MAX_GPUS_PER_INSTANCE = 8  # TensorDock's limit: an instance of unknown shape may hold this many
 ABSENT = "absent from the listing"  # the status_raw of an owned instance a listing left out
+# said of an owned instance we did not delete (ours are forgotten when the delete returns): not
+# believed until it is gone from the listing and a GET says 404, so it counts in full meanwhile
+_GONE_UNCONFIRMED = (InstanceStatus.DELETING, InstanceStatus.DELETED)
 
 
 class DetailConfig(BaseModel):
@@ -344,8 +347,12 @@ class Reconciler:
         if record is None:
             self._foreign[instance_id] = (detail, now)
             return
+        # the rate it runs at: a stopped one's reply is its storage, which is no price to charge once it
+        # runs again, and would hide how far above its listing it is billed (`_listed_price_factor`)
         running = detail.status in RUNNING_LIKE
-        seen = detail.rate_hourly if self._rate_believable(detail.rate_hourly, record, running=running) else None
+        seen = (
+            detail.rate_hourly if running and self._rate_believable(detail.rate_hourly, record, running=True) else None
+        )
         learned_shape = None if record.shape is not None else shape_from(detail)
         self.store.refine(instance_id, now, seen_rate=seen, shape=learned_shape)
 
@@ -355,7 +362,8 @@ class Reconciler:
         self, rate: float | None, record: OwnedRecord | None, dearest: float | None = None, *, running: bool
     ) -> bool:
         expected = record.expected_rate if record is not None else None
-        return plausible_rate(rate, expected, dearest, self.config.rate_check, running=running)
+        gpus = record.shape.gpus if record is not None and record.shape is not None else MAX_GPUS_PER_INSTANCE
+        return plausible_rate(rate, expected, dearest, self.config.rate_check, running=running, gpus=gpus)
 
     def _believe(
         self,
@@ -428,18 +436,16 @@ class Reconciler:
         )
 
     def _listed_price_factor(self, believed: list[tuple[Instance, OwnedRecord, bool | None, str | None]]) -> float:
-        """How many times its offer's listed price the worst-mispriced instance of ours, up or on its
-        way, is charged: 1 unless one is over `max_rate_multiple` (a listing that underprices). Read
-        from what the store keeps, so a restart, a reload or a new leader knows it at once."""
+        """How many times its offer's listed price the worst-mispriced instance of ours is charged
+        while it runs (a stopped one: as it last ran): 1 unless one is over `max_rate_multiple` (a
+        listing that underprices). Read from what the store keeps, so a restart, a reload or a new
+        leader knows it at once, and a fleet stopped to the cap still knows it."""
         multiple = self.config.rate_check.max_multiple
-        ratios = [
-            view.rate_hourly / record.expected_rate
-            for view, record, _, _ in believed
-            if view.status in RUNNING_LIKE
-            and record.expected_rate
-            and view.rate_hourly is not None
-            and view.rate_hourly > multiple * record.expected_rate
-        ]
+        ratios = []
+        for view, record, _, _ in believed:
+            rate = view.rate_hourly if view.status in RUNNING_LIKE else record.seen_rate
+            if record.expected_rate and rate is not None and rate > multiple * record.expected_rate:
+                ratios.append(rate / record.expected_rate)
         return max([1.0, *ratios])
 
     def _foreign_views(
@@ -498,7 +504,18 @@ class Reconciler:
         status = listed.status
         if detail is not None and detail.status is not InstanceStatus.UNKNOWN:
             status = detail.status  # the later, and fuller, word
-        if status is InstanceStatus.UNKNOWN:
+        if status in _GONE_UNCONFIRMED:  # our own deletes forget at once: this one is another's word
+            self._detail_due.add(record.id)  # the next cycle asks its GET
+            counts["unknown_status"] = 1
+            _log.warning(
+                "listed_as_deleted",
+                instance=record.id,
+                name=record.name,
+                said=status.value,
+                counted="in full until the listing leaves it out and a GET by id says 404 (rule 11)",
+            )
+            status = InstanceStatus.UNKNOWN
+        elif status is InstanceStatus.UNKNOWN:
             counts["unknown_status"] = 1
             _log.warning("status_unknown", instance=record.id, name=record.name, raw=listed.status_raw)
         gpus = shape.gpus if shape is not None else MAX_GPUS_PER_INSTANCE
@@ -513,7 +530,7 @@ class Reconciler:
                 rate = reported
                 break
             counts["implausible_rates"] = counts.get("implausible_rates", 0) + 1
-            charged = disbelieved_charge(reported, fallback, dearest.get(gpus), self.config.rate_check)
+            charged = disbelieved_charge(reported, fallback, dearest.get(gpus), self.config.rate_check, gpus=gpus)
             self.ledger.rejected_rate(record.id, record.name, reported, charged)
             if charged > rate:  # kept as the last rate to charge: between GETs, and after a restart
                 rate = charged
@@ -560,19 +577,21 @@ class Reconciler:
         a budget on a stranger's VM (the bounds still count it in full)."""
         rates = {}
         for orphan in orphans:
-            gpus = orphan.gpu_count or MAX_GPUS_PER_INSTANCE
+            gpus = believable_gpus(orphan)
             if orphan.status in (InstanceStatus.STOPPED, InstanceStatus.STOPPED_DISASSOCIATED):
                 rates[orphan.id] = 0.0
-            elif plausible_rate(orphan.rate_hourly, None, dearest.get(gpus), self.config.rate_check, running=True):
+            elif plausible_rate(
+                orphan.rate_hourly, None, dearest.get(gpus), self.config.rate_check, running=True, gpus=gpus
+            ):
                 rates[orphan.id] = orphan.rate_hourly or 0.0
         return rates
 
     def _load_of(self, orphan: Instance, dearest: Mapping[int, float]) -> PendingCreate:
         """An orphan counts in full: what it is, if known; else the widest and dearest it could be."""
-        gpus = orphan.gpu_count or MAX_GPUS_PER_INSTANCE
+        gpus = believable_gpus(orphan)
         rate = orphan.rate_hourly
         billing = orphan.status not in (InstanceStatus.STOPPED, InstanceStatus.STOPPED_DISASSOCIATED)
-        if not plausible_rate(rate, None, dearest.get(gpus), self.config.rate_check, running=billing):
+        if not plausible_rate(rate, None, dearest.get(gpus), self.config.rate_check, running=billing, gpus=gpus):
             rate = dearest.get(gpus, 0.0)
         return PendingCreate(orphan.name or orphan.id, gpus if billing else 0, (rate or 0.0) if billing else 0.0, 0.0)
 
@@ -647,8 +666,15 @@ def _rich(instance: Instance) -> bool:
     return bool(instance.gpus) and instance.rate_hourly is not None
 
 
+def believable_gpus(instance: Instance) -> int:
+    """The GPUs a reply says an instance has, if an instance can have that many; else the most
+    one can (rule 11: a count of 0 or 10^9 is not believed, and doubt counts in full)."""
+    return instance.gpu_count if 0 < instance.gpu_count <= MAX_GPUS_PER_INSTANCE else MAX_GPUS_PER_INSTANCE
+
+
 def shape_from(instance: Instance | None) -> OwnedShape | None:
-    if instance is None or not instance.gpus:
+    """What a reply says an instance is made of; None when it says no GPUs or more than one can hold."""
+    if instance is None or not instance.gpus or believable_gpus(instance) != instance.gpu_count:
         return None
     return OwnedShape(
         gpu_model=instance.gpu_model,

@@ -53,6 +53,9 @@ _STATUS_NOISE = re.compile(r"[\s_\-]")
 
 
 MAX_PLAUSIBLE_PRICE = 1000.0  # USD per GPU-hour (or per vCPU/GB-hour): a discovery entry above it is noise
+# USD per GPU-hour: a GPU listed below it is a placeholder or a unit slip, not an offer (the cheapest
+# in the field notes is 0.17); bought, it would be charged at its listed near-nothing
+MIN_PLAUSIBLE_GPU_PRICE = 0.01
 
 
 class _Frozen(BaseModel):
@@ -185,7 +188,7 @@ class LocationGpuOffer(_Frozen):
     gpu_model: str
     display_name: str | None = None
     max_count: int = Field(ge=0)
-    price_per_hr: float = Field(ge=0, le=MAX_PLAUSIBLE_PRICE, allow_inf_nan=False)
+    price_per_hr: float = Field(ge=MIN_PLAUSIBLE_GPU_PRICE, le=MAX_PLAUSIBLE_PRICE, allow_inf_nan=False)
     max_vcpus: int | None = Field(default=None, ge=0)
     max_ram_gb: float | None = Field(default=None, ge=0)
     max_storage_gb: float | None = Field(default=None, ge=0)
@@ -210,7 +213,7 @@ class Location(_Frozen):
 class HostnodeGpu(_Frozen):
     gpu_model: str
     available_count: int = Field(ge=0)
-    price_per_hr: float = Field(ge=0, le=MAX_PLAUSIBLE_PRICE, allow_inf_nan=False)
+    price_per_hr: float = Field(ge=MIN_PLAUSIBLE_GPU_PRICE, le=MAX_PLAUSIBLE_PRICE, allow_inf_nan=False)
 
 
 class Hostnode(_Frozen):

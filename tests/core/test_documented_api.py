@@ -269,6 +269,44 @@ def test_an_unknown_status_counts_in_full_and_is_left_alone(rig: Callable[..., R
     assert r.provider_gpus() <= 2  # the doubtful one still counts: nothing created in its place
 
 
+@pytest.mark.parametrize("get_agrees", [False, True], ids=["only-the-listing", "listing-and-get"])
+@pytest.mark.parametrize("word", ["deleted", "Deleting"])
+def test_an_instance_said_deleted_that_we_did_not_delete_counts_until_a_get_says_404(
+    rig: Callable[..., Rig], word: str, get_agrees: bool
+) -> None:
+    """Before: a listing that said `deleted` freed the GPUs at once, and two more were created past
+    max_gpus = 2 (found by an adversarial probe of the real daemon)."""
+    r = rig(guards={"max_gpus": 2, "max_instances": 2})
+    r.signal.set(queued_jobs=2)
+    for _ in range(4):
+        r.cycle()
+    ours = {i.id for i in r.provider_instances()}
+    assert len(ours) == 2 and r.provider_gpus() == 2
+
+    def deleted(request: httpx.Request, body: Any) -> Any:
+        path = request.url.path
+        if request.method == "GET" and path.endswith("/instances"):
+            data = body["data"]
+            for item in data["instances"] if isinstance(data, dict) else data:
+                item["attributes"]["status"] = word
+        elif request.method == "GET" and get_agrees and path.rsplit("/", 1)[-1] in ours:
+            (body["data"] if isinstance(body.get("data"), dict) else body)["status"] = word
+        return body
+
+    r.transport.lie = deleted
+    r.signal.set(queued_jobs=4)
+    for _ in range(10):
+        report = r.cycle()
+        assert all(res.action.kind.value != "create" for res in report.results)
+        assert r.provider_gpus() == 2
+    gone = sorted(ours)[0]  # now it really goes: left out of the listing, and its GET says 404
+    r.fake.state.delete(gone)
+    r.transport.lie = None
+    for _ in range(6):
+        r.cycle()
+    assert r.provider_gpus() == 2 and gone not in {i.id for i in r.provider_instances()}
+
+
 def test_a_lost_store_holds_instead_of_building_a_second_fleet(rig: Callable[..., Rig], tmp_path: Path) -> None:
     r = rig(guards={"max_gpus": 3})
     r.signal.set(queued_jobs=3)
@@ -1024,3 +1062,104 @@ def test_an_orphan_is_charged_so_the_budgets_count_it(rig: Callable[..., Rig]) -
     r.cycle(advance=0)
     bill = r.fake.state.bill().total_usd
     assert 0.9 * bill <= r.runtime.store.spend(r.clock.now()).total_usd <= 1.3 * bill
+
+
+@pytest.mark.parametrize("price", [0, 0.0001])
+def test_gpus_listed_at_nothing_are_not_offers(rig: Callable[..., Rig], price: float) -> None:
+    """Before: every GPU listed at $0 (or $0.0001) was bought as nearly free; eight H100s passed a
+    $1/h max_hourly_spend, and the budget's stops and new creates churned past max_instances."""
+    r = rig(guards={"max_hourly_spend": 1.0, "max_gpus": 8})
+
+    def free(request: httpx.Request, body: Any) -> Any:
+        path = request.url.path
+        if request.method == "GET" and (path.endswith("/locations") or path.endswith("/hostnodes")):
+            data = body["data"]
+            for location in data.get("locations", []):
+                for gpu in location.get("gpus", []):
+                    gpu["price_per_hr"] = price
+            for host in data.get("hostnodes", []):
+                for gpu in host["available_resources"]["gpus"]:
+                    gpu["price_per_hr"] = price
+        return body
+
+    r.transport.lie = free
+    r.signal.set(queued_jobs=8)
+    for _ in range(5):
+        report = r.cycle()
+    assert r.provider_instances() == [] and report.snapshot.offers == ()
+    skipped = r.runtime.metrics.registry.get_sample_value(
+        "tensordock_autoscaler_discovery_entries_skipped_total", {"endpoint": "list_hostnodes"}
+    )
+    assert skipped and skipped > 0  # said, not silently empty
+    r.transport.lie = None  # honest prices again: bought within the cap
+    for _ in range(5):
+        r.cycle()
+    billed = sum(i.rate_hourly for i in r.provider_instances() if i.phase != "stopped")
+    assert 0 < billed <= 1.0
+
+
+def test_an_orphan_said_to_hold_a_billion_gpus_at_1e300_an_hour_poisons_nothing(rig: Callable[..., Rig]) -> None:
+    """Before: its rate was believed (no listed offer has a billion GPUs to compare with), the day's
+    spend became 1e297 and the daily budget held every scale-up until midnight."""
+    r = rig(guards={"max_gpus": 12})
+    r.signal.set(queued_jobs=1)
+    for _ in range(3):
+        r.cycle()
+    stray = _hand_made(r, "tdas-from-an-older-store")
+
+    def absurd(request: httpx.Request, body: Any) -> Any:
+        if request.method == "GET" and request.url.path.endswith("/instances"):
+            for item in _listing_items(body):
+                if item["id"] == stray:
+                    item["attributes"]["rateHourly"] = 1e300
+                    item["attributes"]["resources"] = {"gpus": {"h100-sxm5-80gb": {"count": 10**9}}}
+        elif request.method == "GET" and request.url.path.endswith(stray):
+            detail = body["data"] if isinstance(body.get("data"), dict) else body
+            detail["rateHourly"] = 1e300
+            detail["resources"] = {"gpus": {"h100-sxm5-80gb": {"count": 10**9}}}
+        return body
+
+    r.transport.lie = absurd
+    for _ in range(20):
+        report = r.cycle(advance=60)
+    assert report.snapshot.active_gpus == 1 + 8  # counted as the most an instance can hold
+    assert r.runtime.store.spend(r.clock.now()).total_usd < 50
+    r.signal.set(queued_jobs=3)  # nothing held back: two more fit under max_gpus = 12
+    for _ in range(4):
+        r.cycle()
+    assert r.provider_gpus() == 3 + 1  # ours and the stray's one real GPU
+
+
+def test_offers_listed_at_one_percent_cannot_hide_the_bill_from_the_cap(rig: Callable[..., Rig]) -> None:
+    """Only the H100 is still listed above the floor (at $0.0225 a GPU); its reported $2.48/h is
+    over 3x even the dearest listed offer. Before: disbelieved, and charged at the listed price, so
+    eight ran against a $1/h cap. Now a rate within $10 a GPU-hour is charged when above the listing."""
+    r = rig(guards={"max_hourly_spend": 1.0, "max_gpus": 8})
+
+    def one_percent(request: httpx.Request, body: Any) -> Any:
+        path = request.url.path
+        if request.method == "GET" and (path.endswith("/locations") or path.endswith("/hostnodes")):
+            data = body["data"]
+            zero = {"per_vcpu_hr": 0, "per_gb_ram_hr": 0, "per_gb_storage_hr": 0}
+            for location in data.get("locations", []):
+                location_gpus = location.get("gpus", [])
+                for gpu in location_gpus:
+                    gpu["price_per_hr"], gpu["pricing"] = round(gpu["price_per_hr"] * 0.01, 4), zero
+            for host in data.get("hostnodes", []):
+                host["pricing"] = zero
+                for gpu in host["available_resources"]["gpus"]:
+                    gpu["price_per_hr"] = round(gpu["price_per_hr"] * 0.01, 4)
+        return body
+
+    def billed() -> float:
+        return sum(i.rate_hourly for i in r.provider_instances() if i.phase != "stopped")
+
+    r.transport.lie = one_percent
+    r.signal.set(queued_jobs=8)
+    r.cycle()
+    assert billed() > 1.0  # the first buys, on the listed prices, passed the cap: nothing could tell
+    for _ in range(3):
+        r.cycle()
+    for _ in range(10):
+        r.cycle()
+        assert billed() <= 1.0
