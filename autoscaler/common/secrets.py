@@ -1,7 +1,8 @@
 """The one place secrets are masked: every output stream, every log line and every stored error passes here.
 
 Two rules, applied together:
-- every registered secret (API token, each source's credential, the store's password) is replaced;
+- every registered secret (API token, each source's credential, the store's password) is replaced,
+  also when a server echoes it back in another case or percent-encoded (`TD-SECRET`, `td%2Dsecret`);
 - the password of any URL (`scheme://user:PASSWORD@host`) is replaced, registered or not, so a
   DSN that reaches a message before its owner registered it still does not leak.
 """
@@ -19,6 +20,7 @@ from pydantic import BaseModel, SecretStr
 
 MASK = "***"
 _SECRETS: set[str] = set()
+_SECRET_FORMS: list[re.Pattern[str]] = []  # one pattern: every registered secret, in any case or percent-encoding
 _LOCK = threading.Lock()
 # scheme://user:password@  (user may be empty: redis://:pw@host); the password runs to the last '@' of the netloc
 _URL_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@'\"]*:)(?P<pw>[^\s/'\"]*)(?P<at>@)")
@@ -38,6 +40,20 @@ def register_secret(value: str | None) -> None:
                 password = None
             if password and len(password) >= 4:
                 _SECRETS.add(password)
+        longest_first = sorted(_SECRETS, key=len, reverse=True)  # a URL before its password
+        if longest_first:  # an empty pattern would match between every two characters
+            _SECRET_FORMS[:] = [re.compile("|".join(_any_form(s) for s in longest_first), re.IGNORECASE)]
+
+
+def _any_form(secret: str) -> str:
+    """A pattern for `secret` with each character as itself or percent-encoded, in either case."""
+    parts = []
+    for char in secret:
+        forms = {re.escape(char)}
+        if char.isascii():
+            forms |= {f"%{ord(variant):02x}" for variant in (char.lower(), char.upper())}
+        parts.append(f"(?:{'|'.join(sorted(forms))})" if len(forms) > 1 else re.escape(char))
+    return "".join(parts)
 
 
 def mask_secrets(text: str) -> str:
@@ -45,11 +61,8 @@ def mask_secrets(text: str) -> str:
     if "://" in text:
         text = _URL_PASSWORD.sub(lambda m: f"{m['head']}{MASK}{m['at']}", text)
     with _LOCK:
-        secrets = sorted(_SECRETS, key=len, reverse=True)  # longest first: a URL before its password
-    for secret in secrets:
-        if secret in text:
-            text = text.replace(secret, MASK)
-    return text
+        forms = _SECRET_FORMS[0] if _SECRET_FORMS else None
+    return forms.sub(MASK, text) if forms is not None else text
 
 
 def mask_url(url: str) -> str:

@@ -304,3 +304,21 @@ def test_each_json_line_is_written_whole_from_many_threads() -> None:
     lines = target.getvalue().splitlines()
     assert len(lines) == 1200
     assert all(json.loads(line)["event"].startswith("t") for line in lines)
+
+
+def test_a_secret_echoed_in_another_case_or_percent_encoded_is_masked() -> None:
+    """Before: an error reply that echoed the token upper-cased or URL-encoded was logged, journaled
+    and stored in the back-off table as it came (found by an adversarial probe of the daemon)."""
+    token = "td-Probe-token-abc123XYZ"
+    register_secret(token)
+    for echoed in (
+        token,
+        token.upper(),
+        token.lower(),
+        "td%2DProbe%2Dtoken%2Dabc123XYZ",
+        "%74%64%2d%50robe-token-abc123xyz",
+    ):
+        assert mask_secrets(f'{{"errors": [{{"detail": "bad key {echoed}"}}]}}') == (
+            '{"errors": [{"detail": "bad key ***"}]}'
+        ), echoed
+    assert mask_secrets("td-Probe-token-abc123XY") == "td-Probe-token-abc123XY"  # not the token: kept
