@@ -100,7 +100,12 @@ def _run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"run: invalid configuration: {exc}", file=sys.stderr)
         return 2
-    return daemon.run()
+    code = daemon.run()
+    if daemon.call_abandoned:  # the cycle's thread is still in its call: the interpreter would wait for it
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def _check_config(args: argparse.Namespace) -> int:

@@ -148,6 +148,7 @@ class Daemon:
         self._cycle_lock = threading.Lock()
         self._watch = QueueWatch()
         self._stop = threading.Event()
+        self.call_abandoned = False  # set when the call in flight outlived scheduler.shutdown_timeout_s
         self._signals: deque[int] = deque()  # recorded by the handler, acted on by the main loop
         self._last_success: float | None = None
         self._started = time.time()
@@ -498,8 +499,13 @@ class Daemon:
         self.runtime.stopping.set()  # every wait of the client ends now; the actuator starts no new call
         self.scheduler.shutdown(wait=False)
         clean = self._cycle_lock.acquire(timeout=self.settings.scheduler.shutdown_timeout_s)
-        if not clean:
-            _log.error("shutdown_timeout", waited_s=self.settings.scheduler.shutdown_timeout_s)
+        if not clean:  # its intent is journaled: the next start resolves it (a create, by its name)
+            self.call_abandoned = True
+            _log.error(
+                "shutdown_timeout",
+                waited_s=self.settings.scheduler.shutdown_timeout_s,
+                abandoned="the call in flight; its intent is in the journal and the next start resolves it",
+            )
         if self.elector is not None:  # after the call in flight: nobody else leads while it may still land
             self.elector.step_down()
         self.endpoints.stop()

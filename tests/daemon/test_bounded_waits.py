@@ -90,6 +90,49 @@ def test_sigterm_during_an_api_outage_exits_at_once_and_starts_no_new_attempt(
                 process.wait(timeout=10)
 
 
+def never_answering(conn: socket.socket) -> None:
+    read_request(conn)
+    time.sleep(300)  # a reply that never comes; the read timeout is longer still
+
+
+def test_a_call_in_flight_longer_than_the_shutdown_timeout_does_not_keep_the_process(tmp_path: Path) -> None:
+    """Before: `stopped` was logged after shutdown_timeout_s, but the process lived on until the
+    call's own read timeout (create_timeout_s, 120 s), past systemd's TimeoutStopSec."""
+    signal_file = tmp_path / "queue.json"
+    signal_file.write_text(json.dumps({"queued": 1, "running": 0, "observed_at": time.time()}))
+    with raw_server(never_answering) as api:
+        text = CONFIG.format(
+            url=api.url, token=TOKEN, signal=signal_file, store=tmp_path / "state.db", port=free_port(), max_gpus=8
+        )
+        text = text.replace("read_timeout_s = 5\n", "read_timeout_s = 280\ncall_deadline_s = 900\n")
+        text = text.replace("shutdown_timeout_s = 20\n", "shutdown_timeout_s = 2\n")
+        config = tmp_path / "config.toml"
+        config.write_text(text)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TDAS_")}
+        with (tmp_path / "daemon.log").open("wb") as log:
+            process = subprocess.Popen(
+                daemon_command("run", "--config", str(config)), stdout=subprocess.DEVNULL, stderr=log, env=env
+            )
+        try:
+            deadline = time.monotonic() + 60
+            while api.requests < 1:
+                assert process.poll() is None, (tmp_path / "daemon.log").read_text()[-2000:]
+                assert time.monotonic() < deadline, "the daemon never called the API"
+                time.sleep(0.05)
+            time.sleep(0.5)  # the listing is in flight, and stays so
+            sent_at = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            code = process.wait(timeout=60)
+            took = time.monotonic() - sent_at
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=10)
+    logged = (tmp_path / "daemon.log").read_text()
+    assert code == 0 and took < 30, (took, logged[-2000:])  # 2 s of shutdown timeout, not 280 s of read
+    assert '"shutdown_timeout"' in logged and '"clean": false' in logged
+
+
 def test_the_signal_handler_takes_no_lock_the_interrupted_main_thread_may_hold(tmp_path: Path) -> None:
     """A handler runs between two bytecodes of the main thread. Before: it set the stop event, whose
     lock the main loop's `Event.wait` holds at its start; a SIGTERM landing there waited on that lock
