@@ -133,6 +133,9 @@ class Reconciler:
         budget, forgotten = self._confirm_absent(now, absent, owned, budget)
         if changed or forgotten:
             owned = store.owned()
+        # a create whose reply gave a wrong id: its instance, listed under its name, is ours now
+        if forgotten and self._adopt_created_names(now, [i for i in listing if i.name in by_name], owned, offer_by_key):
+            owned = store.owned()
         returned = [i for i, r in owned.items() if i in listed and r.absent_since is not None]
         store.mark_absent(returned, None)
         store.mark_absent([i for i in owned if i not in listed], now)

@@ -464,6 +464,33 @@ def test_a_create_reply_naming_another_instance_adopts_neither(rig: Callable[...
     assert [i.id for i in r.provider_instances()] == [theirs]
 
 
+def test_a_create_reply_with_our_name_and_an_id_that_exists_nowhere_makes_no_second_instance(
+    rig: Callable[..., Rig],
+) -> None:
+    """Before: the made-up id was recorded, the listing showed ours under its name as an orphan (not
+    capacity), and in the cycle the made-up id's GET said 404 a second instance was created for the
+    same job (found by an adversarial probe of the real daemon)."""
+    r = rig(guards={"max_gpus": 4})
+
+    def made_up_id(request: httpx.Request, body: Any) -> Any:
+        if request.method == "POST" and request.url.path.endswith("/instances"):
+            body["data"]["id"] = "00000000-0000-4000-8000-000000000000"
+        return body
+
+    r.signal.set(queued_jobs=1)
+    for _ in range(3):
+        r.cycle()
+    assert len(r.provider_instances()) == 1  # one listed and owned: the listing is trusted
+    r.transport.lie = made_up_id
+    r.signal.set(queued_jobs=2)
+    r.cycle()
+    r.transport.lie = None
+    for _ in range(6):
+        r.cycle()
+        assert len(r.provider_instances()) == 2
+    assert set(r.runtime.store.owned()) == {i.id for i in r.provider_instances()}
+
+
 def test_one_unreadable_stranger_in_the_listing_blinds_nothing(rig: Callable[..., Rig]) -> None:
     """Before: a foreign VM with a string GPU count failed every listing, so no cycle ran at all."""
     r = rig()
