@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,10 @@ class Job:
     submit: float
     duration: float
     gpus: int
+
+
+# seconds: no submission later, no job longer (ten years; the Philly windows' longest job is weeks)
+MAX_SECONDS = 10 * 366 * 86400.0
 
 
 def load_trace(path: str | Path) -> list[Job]:
@@ -46,9 +51,12 @@ def _job(path: Path, line: int, index: int, row: dict[str, str]) -> Job:
     def number(field: str) -> float:
         text = (row.get(field) or "").strip()
         try:
-            return float(text)
+            value = float(text)
         except ValueError:
             raise TraceError(f"trace {path}:{line}: {field} {text!r} is not a number") from None
+        if not math.isfinite(value) or abs(value) > MAX_SECONDS:
+            raise TraceError(f"trace {path}:{line}: {field} {text!r} must be a finite number up to {MAX_SECONDS:g}")
+        return value
 
     submit, duration, gpus = number("submit_time"), number("duration"), number("gpus")
     if submit < 0:

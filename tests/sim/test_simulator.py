@@ -272,6 +272,12 @@ def test_simulate_cli_prints_the_json_the_issue_names_and_writes_a_plot(
         ("submit_time,duration,gpus\n1,5,9\n", ":2: gpus must be a whole number from 1 to 8"),
         ("submit_time,duration,gpus\n1,0,1\n", ":2: duration must be positive"),
         ("submit_time,duration,gpus\n", "no jobs"),
+        # before: tracebacks from the bound's LP (NaN, inf, 1e300), not the line and the field
+        ("submit_time,duration,gpus\n0,nan,1\n", ":2: duration 'nan' must be a finite number"),
+        ("submit_time,duration,gpus\n0,inf,1\n", ":2: duration 'inf' must be a finite number"),
+        ("submit_time,duration,gpus\nnan,100,1\n", ":2: submit_time 'nan' must be a finite number"),
+        ("submit_time,duration,gpus\n1e300,100,1\n", ":2: submit_time '1e300' must be a finite number up to"),
+        ("submit_time,duration,gpus\n0,100,inf\n", ":2: gpus 'inf' must be a finite number"),
     ],
 )
 def test_a_bad_trace_is_refused_naming_the_line_and_field(tmp_path: Path, content: str, message: str) -> None:
