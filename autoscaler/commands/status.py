@@ -6,6 +6,8 @@ import contextlib
 from typing import Any
 
 from autoscaler.core.snapshot import billed_rate
+from autoscaler.engine.ledger import RateCheck, plausible_rate
+from autoscaler.engine.reconcile import believable_gpus
 from autoscaler.service.runtime import Runtime
 from autoscaler.tensordock import TensorDockError
 
@@ -20,6 +22,10 @@ def _duration(seconds: float | None) -> str:
     if seconds < 86400:
         return f"{seconds / 3600:.1f}h"
     return f"{seconds / 86400:.1f}d"
+
+
+def _usd(rate: float | None) -> str:
+    return "?" if rate is None else f"{rate:.3f}"
 
 
 def fleet_status(runtime: Runtime) -> dict[str, Any]:
@@ -42,7 +48,9 @@ def fleet_status(runtime: Runtime) -> dict[str, Any]:
         full_rate = instance.rate_hourly
         if record is not None:
             full_rate = record.seen_rate or record.expected_rate or full_rate
-        rate = billed_rate(instance.status, full_rate or 0.0, record.storage_rate if record else 0.0)
+        rate: float | None = billed_rate(instance.status, full_rate or 0.0, record.storage_rate if record else 0.0)
+        if not plausible_rate(rate, None, None, RateCheck(), gpus=believable_gpus(instance)):
+            rate = None  # NaN, negative or absurd (rule 11): said as unknown, never summed or printed as nan
         rows.append(
             {
                 "name": instance.name,
@@ -50,7 +58,7 @@ def fleet_status(runtime: Runtime) -> dict[str, Any]:
                 "gpu_model": shape.gpu_model if shape else instance.gpu_model,
                 "gpus": shape.gpus if shape else instance.gpu_count,
                 "status": instance.status.value,
-                "usd_per_hour": round(rate, 4),
+                "usd_per_hour": round(rate, 4) if rate is not None else None,
                 "age_s": round(now - record.created_at) if record else None,
                 "idle_s": round(now - record.idle_since) if record and record.idle_since else None,
                 "managed": managed,
@@ -59,8 +67,8 @@ def fleet_status(runtime: Runtime) -> dict[str, Any]:
     spend = runtime.store.spend(now)
     return {
         "instances": rows,
-        "managed_usd_per_hour": round(sum(r["usd_per_hour"] for r in rows if r["managed"]), 4),
-        "unmanaged_usd_per_hour": round(sum(r["usd_per_hour"] for r in rows if not r["managed"]), 4),
+        "managed_usd_per_hour": round(sum(r["usd_per_hour"] or 0.0 for r in rows if r["managed"]), 4),
+        "unmanaged_usd_per_hour": round(sum(r["usd_per_hour"] or 0.0 for r in rows if not r["managed"]), 4),
         "spend_today_usd": round(spend.today_usd, 4),
     }
 
@@ -71,8 +79,9 @@ def render_status(status: dict[str, Any]) -> str:
     for r in status["instances"]:
         gpu = f"{r['gpus']}x {r['gpu_model']}" if r["gpu_model"] else "-"
         lines.append(
-            f"{(r['name'] or '-')[:26]:<26} {r['id']:<36} {gpu[:30]:<30} {r['status']:<22} {r['usd_per_hour']:>8.3f} "
-            f"{_duration(r['age_s']):>6} {_duration(r['idle_s']):>6}  {'yes' if r['managed'] else 'no'}"
+            f"{(r['name'] or '-')[:26]:<26} {r['id']:<36} {gpu[:30]:<30} {r['status']:<22} "
+            f"{_usd(r['usd_per_hour']):>8} {_duration(r['age_s']):>6} {_duration(r['idle_s']):>6}  "
+            f"{'yes' if r['managed'] else 'no'}"
         )
     lines.append(
         f"fleet ${status['managed_usd_per_hour']:.3f}/h managed, ${status['unmanaged_usd_per_hour']:.3f}/h not;"
