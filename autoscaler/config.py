@@ -107,6 +107,9 @@ class TensorDockSettings(_Section):
         )
 
 
+MAX_THROUGHPUT = 100.0  # relative to the reference GPU: no model is a hundred A100s
+
+
 class FleetSettings(_Section):
     name_prefix: str = Field(
         default="tdas",
@@ -136,6 +139,18 @@ class FleetSettings(_Section):
         if self.ssh_key and self.ssh_key_id:
             raise ValueError("give fleet.ssh_key or fleet.ssh_key_id, not both")
         return self
+
+    @field_validator("throughput")
+    @classmethod
+    def _speeds(cls, table: dict[str, float]) -> dict[str, float]:
+        """A negative or unbounded speed would rank a model cheapest for no work at all."""
+        for model, speed in table.items():
+            if not 0 <= speed <= MAX_THROUGHPUT:
+                raise ValueError(
+                    f"{model} = {speed:g}: a speed is from 0 (never bought) to {MAX_THROUGHPUT:g},"
+                    " relative to an A100 SXM4 80GB = 1.0"
+                )
+        return table
 
     @property
     def shape(self) -> InstanceShape:

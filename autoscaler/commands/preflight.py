@@ -7,11 +7,13 @@ user can read.
 
 from __future__ import annotations
 
+import difflib
 import stat
 import time
 from dataclasses import dataclass, field
 
 from autoscaler.config import ConfigError, Settings
+from autoscaler.core.throughput import DEFAULT_THROUGHPUT
 
 # systemd hands LoadCredential= files over under this directory, inside the unit only
 _CREDENTIALS_DIR = "/run/credentials/"
@@ -85,9 +87,30 @@ def check(settings: Settings, *, offline: bool = False) -> Findings:
     if not settings.fleet.ssh_key:
         found.problems.append("fleet.ssh_key: required; TensorDock refuses instances without an SSH public key")
     _cloud_init(settings, found)
+    _fleet_names_and_steps(settings, found)
     if not offline:
         _sources_build(settings, found)
     return found
+
+
+def _fleet_names_and_steps(settings: Settings, found: Findings) -> None:
+    """Warnings, not refusals: TensorDock adds models the default table does not know yet."""
+    fleet = settings.fleet
+    known = sorted(DEFAULT_THROUGHPUT)
+    for key, names in (("fleet.allowed_gpu_models", fleet.allowed_gpu_models), ("fleet.throughput", fleet.throughput)):
+        for name in names:
+            if name not in DEFAULT_THROUGHPUT:
+                close = difflib.get_close_matches(name, known, n=1, cutoff=0.3)
+                hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(known)}"
+                found.warnings.append(f"{key}: {name!r} is not a GPU model TensorDock is known to list{hint}")
+    if fleet.allowed_gpu_models and not set(fleet.allowed_gpu_models) & set(DEFAULT_THROUGHPUT):
+        found.warnings.append(
+            "fleet.allowed_gpu_models: no known model is allowed; unless TensorDock lists one, nothing is bought"
+        )
+    if fleet.vcpu_per_gpu % 2:
+        found.warnings.append(
+            f"fleet.vcpu_per_gpu: {fleet.vcpu_per_gpu} is odd; TensorDock takes vCPUs in steps of 2 (2, 4, 6 ...)"
+        )
 
 
 def _sources_build(settings: Settings, found: Findings) -> None:

@@ -181,3 +181,25 @@ def test_an_empty_token_file_is_named_as_empty(tmp_path: Path, capsys: pytest.Ca
     config.write_text(f'[tensordock]\ntoken_file = "{token_file}"\n[fleet]\nssh_key = "k"\n')
     assert main(["check-config", str(config)]) == 2
     assert f"tensordock.token_file: {token_file} is empty" in capsys.readouterr().err
+
+
+def test_a_negative_speed_is_refused_and_unknown_models_or_odd_vcpus_are_warned_of(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: all three passed check-config in silence; `plan` then showed `0 offers` with jobs
+    waiting and nothing naming `allowed_gpu_models = ["h100"]` (found by an adversarial probe)."""
+    config = tmp_path / "c.toml"
+    head = f'[tensordock]\ntoken = "{TOKEN}"\n[fleet]\nssh_key = "ssh-ed25519 AAAA"\n'
+    config.write_text(head + 'throughput = { "h100-sxm5-80gb" = -1 }\n')
+    assert main(["check-config", "--offline", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "fleet.throughput" in err and "h100-sxm5-80gb = -1" in err and "from 0" in err
+    config.write_text(
+        head + 'allowed_gpu_models = ["h100"]\nthroughput = { "nonexistent-gpu" = 2 }\nvcpu_per_gpu = 3\n'
+    )
+    assert main(["check-config", "--offline", str(config)]) == 0  # warned, not refused: new models appear
+    err = capsys.readouterr().err
+    assert "fleet.allowed_gpu_models: 'h100' is not a GPU model" in err and "did you mean 'h100-sxm5-80gb'" in err
+    assert "no known model is allowed" in err
+    assert "fleet.throughput: 'nonexistent-gpu'" in err
+    assert "fleet.vcpu_per_gpu: 3 is odd" in err
