@@ -227,7 +227,10 @@ def _plan(args: argparse.Namespace) -> int:
     demand_unknown = snap is not None and snap.demand is None
     if snap is not None and demand_unknown:
         print(f"plan: could not plan: demand unknown: {snap.demand_error}", file=sys.stderr)
-    return 1 if report.error or demand_unknown else 0
+    offers_unknown = runtime.engine.offers_error is not None and snap is not None and not snap.offers
+    if offers_unknown:  # a plan on no offers would say "actions: none" as if nothing were needed
+        print(f"plan: could not plan: offers unavailable: {runtime.engine.offers_error}", file=sys.stderr)
+    return 1 if report.error or demand_unknown or offers_unknown else 0
 
 
 def _plot_target_problem(target: str) -> str | None:

@@ -143,6 +143,7 @@ class Engine:
         self._listing = OfferListing()
         self._offers_at: float | None = None
         self._offers_short = False  # the last plan wanted what no listed offer had
+        self.offers_error: str | None = None  # why the last offer listing failed; None once one is read
         self._counter = itertools.count(1)
         self._spend_seen: float | None = None
         self._stop_called = False  # by the last cycle: its end is not yet in a listing
@@ -321,7 +322,9 @@ class Engine:
             try:
                 self._listing.listed(self.client.list_locations(), self.client.list_hostnodes())
                 self._offers_at = now
+                self.offers_error = None
             except TensorDockError as exc:
+                self.offers_error = str(exc)
                 _log.warning("offers_unavailable", error=str(exc), reusing=len(self._offers))
         return self._offers
 

@@ -238,6 +238,33 @@ def test_plan_exits_non_zero_when_demand_is_unknown(run: Run, tmp_path: Path) ->
     assert "could not plan: demand unknown" in err
 
 
+def test_plan_exits_non_zero_when_the_offers_cannot_be_read(run: Run) -> None:
+    """Before: discovery answered an HTML page with a 200, and `plan` said `0 offers; actions: none`
+    and exit 0, as if nothing were needed (found by an adversarial probe)."""
+    from typing import Any
+
+    from autoscaler.common.wsgi import BackgroundServer
+    from autoscaler.tensordock.fake import build_fake
+
+    fake = build_fake(TOKEN, "observed")
+
+    def maintenance(environ: dict[str, Any], start_response: Any) -> Any:
+        if environ["PATH_INFO"].endswith(("/locations", "/hostnodes")):
+            start_response("200 OK", [("Content-Type", "text/html")])
+            return [b"<html><body>Down for maintenance</body></html>"]
+        return fake(environ, start_response)
+
+    server = BackgroundServer(maintenance, "127.0.0.1", 0, name="html-discovery")
+    server.start()
+    try:
+        source = '[[signal.sources]]\nkind = "static"\noptions = { queued = 2 }'
+        code, out, err = run("plan", base_url=f"http://127.0.0.1:{server.port}/api/v2", end=source)
+    finally:
+        server.stop()
+    assert code == 1, out + err
+    assert "could not plan: offers unavailable" in err
+
+
 def test_simulate_refuses_a_plot_into_a_missing_folder_before_running(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
