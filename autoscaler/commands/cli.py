@@ -302,7 +302,10 @@ def _compare_with_progress(trace: str, settings: Any, strategies: tuple[str, ...
 
 
 def _simulate(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
     from autoscaler.common.logging import configure_logging
+    from autoscaler.config import readable_errors
     from autoscaler.sim import SimOptions, StrategyError, TraceError, default_cache_dir, markdown_table
     from autoscaler.sim.workload import WorkerTimings
     from autoscaler.tensordock.fake import Faults, Timings
@@ -319,8 +322,8 @@ def _simulate(args: argparse.Namespace) -> int:
     strategies = tuple(name.strip() for name in args.strategies.split(",") if name.strip())
     try:
         faults = Faults.model_validate_json(args.faults) if args.faults else Faults()
-    except ValueError as exc:  # pydantic's ValidationError, bad JSON included
-        print(f"simulate: bad --faults: {exc}", file=sys.stderr)
+    except ValidationError as exc:  # bad JSON included: one line per problem, no pydantic URL
+        print("simulate: bad --faults:\n  " + "\n  ".join(readable_errors(exc)), file=sys.stderr)
         return 2
     try:
         world = _world_throughput(args, settings)
