@@ -238,6 +238,21 @@ def test_plan_exits_non_zero_when_demand_is_unknown(run: Run, tmp_path: Path) ->
     assert "could not plan: demand unknown" in err
 
 
+def test_a_demand_stamped_at_no_real_time_says_so(run: Run, tmp_path: Path) -> None:
+    """Before: `observed_at: -1e308` was reported as "stale by 1000...(300 digits)s"."""
+    queue = tmp_path / "queue.json"
+    queue.write_text('{"queued": 1, "running": 0, "observed_at": -1e308}')
+    source = f'[[signal.sources]]\nkind = "file"\noptions = {{ path = "{queue}" }}'
+    from autoscaler.tensordock.fake import FakeServer, build_fake
+
+    server = FakeServer(build_fake(TOKEN, "observed")).start()
+    try:
+        code, out, err = run("plan", base_url=server.url, end=source)
+    finally:
+        server.stop()
+    assert code == 1 and "observed_at -1e+308 is not a time of the last ten years" in err, out + err
+
+
 def test_plan_exits_non_zero_when_the_offers_cannot_be_read(run: Run) -> None:
     """Before: discovery answered an HTML page with a 200, and `plan` said `0 offers; actions: none`
     and exit 0, as if nothing were needed (found by an adversarial probe)."""
