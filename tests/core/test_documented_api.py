@@ -759,20 +759,33 @@ def test_port_forwards_silently_dropped_at_a_location_are_what_the_fake_bills(ri
     assert r.runtime.store.owned()[ours.id].shape is not None
 
 
-def _listed_at_5_percent(request: httpx.Request, body: Any) -> Any:
-    path = request.url.path
-    if request.method != "GET" or not (path.endswith("/locations") or path.endswith("/hostnodes")):
+def _listed_at(fraction: float) -> Rewrite:
+    """Discovery with every GPU at `fraction` of its price and vCPU, RAM and disk free."""
+
+    def lie(request: httpx.Request, body: Any) -> Any:
+        path = request.url.path
+        if request.method != "GET" or not (path.endswith("/locations") or path.endswith("/hostnodes")):
+            return body
+        data = body["data"]
+        zero = {"per_vcpu_hr": 0, "per_gb_ram_hr": 0, "per_gb_storage_hr": 0}
+        for location in data.get("locations", []):
+            for gpu in location.get("gpus", []):
+                gpu["price_per_hr"], gpu["pricing"] = round(gpu["price_per_hr"] * fraction, 4), zero
+        for host in data.get("hostnodes", []):
+            host["pricing"] = zero
+            for gpu in host["available_resources"]["gpus"]:
+                gpu["price_per_hr"] = round(gpu["price_per_hr"] * fraction, 4)
         return body
-    data = body["data"]
-    zero = {"per_vcpu_hr": 0, "per_gb_ram_hr": 0, "per_gb_storage_hr": 0}
-    for location in data.get("locations", []):
-        for gpu in location.get("gpus", []):
-            gpu["price_per_hr"], gpu["pricing"] = round(gpu["price_per_hr"] * 0.05, 4), zero
-    for host in data.get("hostnodes", []):
-        host["pricing"] = zero
-        for gpu in host["available_resources"]["gpus"]:
-            gpu["price_per_hr"] = round(gpu["price_per_hr"] * 0.05, 4)
-    return body
+
+    return lie
+
+
+_listed_at_5_percent = _listed_at(0.05)
+
+
+def _billed(r: Rig) -> float:
+    """What the provider bills the fleet per hour now."""
+    return sum(i.rate_hourly for i in r.provider_instances() if i.phase != "stopped")
 
 
 def test_offers_listed_far_below_their_bill_cannot_hide_it_from_the_cap(rig: Callable[..., Rig]) -> None:
@@ -783,26 +796,23 @@ def test_offers_listed_far_below_their_bill_cannot_hide_it_from_the_cap(rig: Cal
     what ours turned out to cost, so nothing is bought past it again."""
     r = rig(guards={"max_hourly_spend": 0.6, "max_gpus": 16})
 
-    def billed() -> float:
-        return sum(i.rate_hourly for i in r.provider_instances() if i.phase != "stopped")
-
     r.transport.lie = _listed_at_5_percent
     r.signal.set(queued_jobs=4)
     r.cycle()
-    assert billed() > 0.6  # the first buys, on the listed prices, passed the cap: nothing could tell
+    assert _billed(r) > 0.6  # the first buys, on the listed prices, passed the cap: nothing could tell
     for _ in range(3):
         report = r.cycle()
-    assert billed() <= 0.6 and report.snapshot.listed_price_factor > 10
+    assert _billed(r) <= 0.6 and report.snapshot.listed_price_factor > 10
     bought = len(r.provider_instances())
     r.signal.set(queued_jobs=12)
     for _ in range(6):
         r.cycle()
-        assert billed() <= 0.6
+        assert _billed(r) <= 0.6
     assert len(r.provider_instances()) == bought  # priced as ours are billed, no offer fits under the cap
     creates = r.fake.requests["create_instance"]
     r.restart_with_store(r.tmp_path / "state.db")  # a restart (or a reload, or a new leader) knows it at once
     report = r.cycle()
-    assert report.snapshot.listed_price_factor > 10 and report.snapshot.hourly_cost >= 0.9 * billed()
+    assert report.snapshot.listed_price_factor > 10 and report.snapshot.hourly_cost >= 0.9 * _billed(r)
     hide_one = r.provider_instances()[0].id
 
     def cheap_and_one_missing(request: httpx.Request, body: Any) -> Any:
@@ -819,7 +829,7 @@ def test_offers_listed_far_below_their_bill_cannot_hide_it_from_the_cap(rig: Cal
     for _ in range(120):  # two hours at the cap: consolidate sees no saving in offers that only look cheap
         report = r.cycle(advance=60)
         created += [res.action.reason for res in report.results if res.action.kind.value == "create"]
-        assert billed() <= 0.6
+        assert _billed(r) <= 0.6
     assert not [reason for reason in created if reason.startswith("consolidate")], created
     assert r.fake.requests["create_instance"] - creates <= 2, created  # at most what the cap affords
     r.cycle(advance=0)
@@ -1121,8 +1131,7 @@ def test_gpus_listed_at_nothing_are_not_offers(rig: Callable[..., Rig], price: f
     r.transport.lie = None  # honest prices again: bought within the cap
     for _ in range(5):
         r.cycle()
-    billed = sum(i.rate_hourly for i in r.provider_instances() if i.phase != "stopped")
-    assert 0 < billed <= 1.0
+    assert 0 < _billed(r) <= 1.0
 
 
 def test_an_orphan_said_to_hold_a_billion_gpus_at_1e300_an_hour_poisons_nothing(rig: Callable[..., Rig]) -> None:
@@ -1162,31 +1171,12 @@ def test_offers_listed_at_one_percent_cannot_hide_the_bill_from_the_cap(rig: Cal
     over 3x even the dearest listed offer. Before: disbelieved, and charged at the listed price, so
     eight ran against a $1/h cap. Now a rate within $10 a GPU-hour is charged when above the listing."""
     r = rig(guards={"max_hourly_spend": 1.0, "max_gpus": 8})
-
-    def one_percent(request: httpx.Request, body: Any) -> Any:
-        path = request.url.path
-        if request.method == "GET" and (path.endswith("/locations") or path.endswith("/hostnodes")):
-            data = body["data"]
-            zero = {"per_vcpu_hr": 0, "per_gb_ram_hr": 0, "per_gb_storage_hr": 0}
-            for location in data.get("locations", []):
-                location_gpus = location.get("gpus", [])
-                for gpu in location_gpus:
-                    gpu["price_per_hr"], gpu["pricing"] = round(gpu["price_per_hr"] * 0.01, 4), zero
-            for host in data.get("hostnodes", []):
-                host["pricing"] = zero
-                for gpu in host["available_resources"]["gpus"]:
-                    gpu["price_per_hr"] = round(gpu["price_per_hr"] * 0.01, 4)
-        return body
-
-    def billed() -> float:
-        return sum(i.rate_hourly for i in r.provider_instances() if i.phase != "stopped")
-
-    r.transport.lie = one_percent
+    r.transport.lie = _listed_at(0.01)
     r.signal.set(queued_jobs=8)
     r.cycle()
-    assert billed() > 1.0  # the first buys, on the listed prices, passed the cap: nothing could tell
+    assert _billed(r) > 1.0  # the first buys, on the listed prices, passed the cap: nothing could tell
     for _ in range(3):
         r.cycle()
     for _ in range(10):
         r.cycle()
-        assert billed() <= 1.0
+        assert _billed(r) <= 1.0

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -10,7 +11,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ from autoscaler.tensordock.fake import FakeServer, build_fake
 from tests.support import free_port
 
 from ..conftest import TOKEN
-from ..rawhttp import raw_server, read_request, reply
+from ..rawhttp import RawServer, raw_server, read_request, reply
 from .conftest import CONFIG, RunningDaemon
 from .pgtools import daemon_command
 
@@ -35,6 +36,34 @@ def answering(status: str, headers: dict[str, str]) -> Callable[[socket.socket],
     return handler
 
 
+@contextlib.contextmanager
+def daemon_calling(tmp_path: Path, api: RawServer, edit: Callable[[str], str]) -> Iterator[subprocess.Popen[bytes]]:
+    """The real daemon on `api`, its configuration changed by `edit`, once its first call went out."""
+    signal_file = tmp_path / "queue.json"
+    signal_file.write_text(json.dumps({"queued": 1, "running": 0, "observed_at": time.time()}))
+    text = CONFIG.format(
+        url=api.url, token=TOKEN, signal=signal_file, store=tmp_path / "state.db", port=free_port(), max_gpus=8
+    )
+    config = tmp_path / "config.toml"
+    config.write_text(edit(text))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TDAS_")}
+    with (tmp_path / "daemon.log").open("wb") as log:
+        process = subprocess.Popen(
+            daemon_command("run", "--config", str(config)), stdout=subprocess.DEVNULL, stderr=log, env=env
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while api.requests < 1:
+            assert process.poll() is None, (tmp_path / "daemon.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "the daemon never called the API"
+            time.sleep(0.05)
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+
+
 @pytest.mark.parametrize(
     ("status", "headers"),
     [("503 Service Unavailable", {}), ("429 Too Many Requests", {"Retry-After": "1e9"})],
@@ -44,50 +73,23 @@ def test_sigterm_during_an_api_outage_exits_at_once_and_starts_no_new_attempt(
     tmp_path: Path, status: str, headers: dict[str, str]
 ) -> None:
     """Before: the back-off sleeps (2, 4, 8 s...) ran out first, 17.8 s; a Retry-After of 1e9 never ended."""
-    signal_file = tmp_path / "queue.json"
-    signal_file.write_text(json.dumps({"queued": 1, "running": 0, "observed_at": time.time()}))
-    with raw_server(answering(status, headers)) as api:
-        text = CONFIG.format(
-            url=api.url,
-            token=TOKEN,
-            signal=signal_file,
-            store=tmp_path / "state.db",
-            port=free_port(),
-            max_gpus=8,
-        )
+
+    def long_waits(text: str) -> str:
         waits = "max_attempts = 6\nbackoff_initial_s = 20\ncall_deadline_s = 900\nretry_after_max_s = 300"
         assert "max_attempts = 2\nbackoff_initial_s = 0.05" in text
-        text = text.replace("max_attempts = 2\nbackoff_initial_s = 0.05", waits)
-        config = tmp_path / "config.toml"
-        config.write_text(text)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TDAS_")}
-        with (tmp_path / "daemon.log").open("wb") as log:
-            process = subprocess.Popen(
-                daemon_command("run", "--config", str(config)),
-                stdout=subprocess.DEVNULL,
-                stderr=log,
-                env=env,
-            )
-        try:
-            deadline = time.monotonic() + 60
-            while api.requests < 1:
-                assert process.poll() is None, (tmp_path / "daemon.log").read_text()[-2000:]
-                assert time.monotonic() < deadline, "the daemon never called the API"
-                time.sleep(0.05)
-            time.sleep(1.0)  # now it waits: a 20 s back-off, or a Retry-After clamped to 300 s
-            seen = api.requests
-            sent_at = time.monotonic()
-            process.send_signal(signal.SIGTERM)
-            code = process.wait(timeout=60)
-            took = time.monotonic() - sent_at
-            print(f"SIGTERM to exit during a {status} outage: {took:.2f}s")
-            assert code == 0
-            assert took < 5.0  # ~0.3 s unloaded; the wait it cut was 20 s or more
-            assert api.requests == seen  # no new attempt started
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait(timeout=10)
+        return text.replace("max_attempts = 2\nbackoff_initial_s = 0.05", waits)
+
+    with raw_server(answering(status, headers)) as api, daemon_calling(tmp_path, api, long_waits) as process:
+        time.sleep(1.0)  # now it waits: a 20 s back-off, or a Retry-After clamped to 300 s
+        seen = api.requests
+        sent_at = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=60)
+        took = time.monotonic() - sent_at
+        print(f"SIGTERM to exit during a {status} outage: {took:.2f}s")
+        assert code == 0
+        assert took < 5.0  # ~0.3 s unloaded; the wait it cut was 20 s or more
+        assert api.requests == seen  # no new attempt started
 
 
 def never_answering(conn: socket.socket) -> None:
@@ -98,36 +100,17 @@ def never_answering(conn: socket.socket) -> None:
 def test_a_call_in_flight_longer_than_the_shutdown_timeout_does_not_keep_the_process(tmp_path: Path) -> None:
     """Before: `stopped` was logged after shutdown_timeout_s, but the process lived on until the
     call's own read timeout (create_timeout_s, 120 s), past systemd's TimeoutStopSec."""
-    signal_file = tmp_path / "queue.json"
-    signal_file.write_text(json.dumps({"queued": 1, "running": 0, "observed_at": time.time()}))
-    with raw_server(never_answering) as api:
-        text = CONFIG.format(
-            url=api.url, token=TOKEN, signal=signal_file, store=tmp_path / "state.db", port=free_port(), max_gpus=8
-        )
+
+    def long_read_short_shutdown(text: str) -> str:
         text = text.replace("read_timeout_s = 5\n", "read_timeout_s = 280\ncall_deadline_s = 900\n")
-        text = text.replace("shutdown_timeout_s = 20\n", "shutdown_timeout_s = 2\n")
-        config = tmp_path / "config.toml"
-        config.write_text(text)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TDAS_")}
-        with (tmp_path / "daemon.log").open("wb") as log:
-            process = subprocess.Popen(
-                daemon_command("run", "--config", str(config)), stdout=subprocess.DEVNULL, stderr=log, env=env
-            )
-        try:
-            deadline = time.monotonic() + 60
-            while api.requests < 1:
-                assert process.poll() is None, (tmp_path / "daemon.log").read_text()[-2000:]
-                assert time.monotonic() < deadline, "the daemon never called the API"
-                time.sleep(0.05)
-            time.sleep(0.5)  # the listing is in flight, and stays so
-            sent_at = time.monotonic()
-            process.send_signal(signal.SIGTERM)
-            code = process.wait(timeout=60)
-            took = time.monotonic() - sent_at
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait(timeout=10)
+        return text.replace("shutdown_timeout_s = 20\n", "shutdown_timeout_s = 2\n")
+
+    with raw_server(never_answering) as api, daemon_calling(tmp_path, api, long_read_short_shutdown) as process:
+        time.sleep(0.5)  # the listing is in flight, and stays so
+        sent_at = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=60)
+        took = time.monotonic() - sent_at
     logged = (tmp_path / "daemon.log").read_text()
     assert code == 0 and took < 30, (took, logged[-2000:])  # 2 s of shutdown timeout, not 280 s of read
     assert '"shutdown_timeout"' in logged and '"clean": false' in logged
