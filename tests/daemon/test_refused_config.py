@@ -224,16 +224,20 @@ def test_demand_values_are_never_coerced(tmp_path: Path, value: str) -> None:
     assert FileSignal(path).read(time.time()).queued_jobs == 3
 
 
-def test_plan_exits_non_zero_when_demand_is_unknown(run: Run, tmp_path: Path) -> None:
-    missing = tmp_path / "no-queue.json"
-    source = f'[[signal.sources]]\nkind = "file"\noptions = {{ path = "{missing}" }}'
+def _plan_on_queue_file(run: Run, path: Path) -> tuple[int, str, str]:
+    """`plan` against the fake, its demand read from the queue file at `path`."""
     from autoscaler.tensordock.fake import FakeServer, build_fake
 
+    source = f'[[signal.sources]]\nkind = "file"\noptions = {{ path = "{path}" }}'
     server = FakeServer(build_fake(TOKEN, "observed")).start()
     try:
-        code, out, err = run("plan", base_url=server.url, end=source)
+        return run("plan", base_url=server.url, end=source)
     finally:
         server.stop()
+
+
+def test_plan_exits_non_zero_when_demand_is_unknown(run: Run, tmp_path: Path) -> None:
+    code, out, err = _plan_on_queue_file(run, tmp_path / "no-queue.json")
     assert code == 1, out + err
     assert "could not plan: demand unknown" in err
 
@@ -242,14 +246,7 @@ def test_a_demand_stamped_at_no_real_time_says_so(run: Run, tmp_path: Path) -> N
     """Before: `observed_at: -1e308` was reported as "stale by 1000...(300 digits)s"."""
     queue = tmp_path / "queue.json"
     queue.write_text('{"queued": 1, "running": 0, "observed_at": -1e308}')
-    source = f'[[signal.sources]]\nkind = "file"\noptions = {{ path = "{queue}" }}'
-    from autoscaler.tensordock.fake import FakeServer, build_fake
-
-    server = FakeServer(build_fake(TOKEN, "observed")).start()
-    try:
-        code, out, err = run("plan", base_url=server.url, end=source)
-    finally:
-        server.stop()
+    code, out, err = _plan_on_queue_file(run, queue)
     assert code == 1 and "observed_at -1e+308 is not a time of the last ten years" in err, out + err
 
 

@@ -16,15 +16,20 @@ from autoscaler.tensordock.fake import FakeServer, Timings, build_fake
 from ..conftest import TOKEN, create_request
 
 
+def _config(tmp_path: Path, server: FakeServer, *, queued: int) -> Path:
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'[tensordock]\nbase_url = "{server.url}"\ntoken = "{TOKEN}"\n[fleet]\nssh_key = "k"\n'
+        f'[[signal.sources]]\nkind = "static"\noptions = {{ queued = {queued} }}\n'
+        f'[store]\nurl = "sqlite:///{tmp_path}/s.db"\n'
+    )
+    return config
+
+
 def test_status_shows_managed_and_unmanaged_instances(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     fake = build_fake(TOKEN, "documented", clock=SystemClock(), timings=Timings(create_s=0, ip_s=0))
     with FakeServer(fake) as server:
-        config = tmp_path / "c.toml"
-        config.write_text(
-            f'[tensordock]\nbase_url = "{server.url}"\ntoken = "{TOKEN}"\n[fleet]\nssh_key = "k"\n'
-            f'[[signal.sources]]\nkind = "static"\noptions = {{ queued = 1 }}\n'
-            f'[store]\nurl = "sqlite:///{tmp_path}/s.db"\n'
-        )
+        config = _config(tmp_path, server, queued=1)
         runtime = build_runtime(load_settings(config))
         runtime.engine.run_cycle()
         chicago = next(loc.id for loc in fake.state.catalog.locations if loc.city == "Chicago")
@@ -51,12 +56,7 @@ def test_a_rate_that_is_not_a_number_is_said_unknown_and_the_json_stays_json(
     (not JSON) and `$nan/h` (found by an adversarial probe)."""
     fake = build_fake(TOKEN, "documented", clock=SystemClock(), timings=Timings(create_s=0, ip_s=0))
     with FakeServer(fake) as server:
-        config = tmp_path / "c.toml"
-        config.write_text(
-            f'[tensordock]\nbase_url = "{server.url}"\ntoken = "{TOKEN}"\n[fleet]\nssh_key = "k"\n'
-            f'[[signal.sources]]\nkind = "static"\noptions = {{ queued = 0 }}\n'
-            f'[store]\nurl = "sqlite:///{tmp_path}/s.db"\n'
-        )
+        config = _config(tmp_path, server, queued=0)
         chicago = next(loc.id for loc in fake.state.catalog.locations if loc.city == "Chicago")
         runtime = build_runtime(load_settings(config))
         runtime.client.create_instance(create_request(chicago, name="someone-elses"))
