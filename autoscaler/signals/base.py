@@ -146,7 +146,7 @@ def width_mix(value: object, what: str, skipped: list[str] | None = None) -> dic
     mix: dict[int, int] = {}
     for key, count in pairs:
         try:
-            width = job_width(int(key) if isinstance(key, str) and key.strip().isdigit() else key, f"{what} width")
+            width = job_width(_number_in(key), f"{what} width")
         except ValueError as exc:
             if skipped is None:
                 raise
@@ -154,6 +154,19 @@ def width_mix(value: object, what: str, skipped: list[str] | None = None) -> dic
             continue
         mix[width] = mix.get(width, 0) + whole_count(count, f"{what}[{width}]")
     return mix
+
+
+def _number_in(key: object) -> object:
+    """A JSON key is always a string: "-1" or "1.5" is read as the number it spells, so the error
+    says what is wrong with that number, not that a key was a string."""
+    if not isinstance(key, str):
+        return key
+    for parse in (int, float):
+        try:
+            return parse(key.strip())
+        except ValueError:
+            continue
+    return key
 
 
 def busy_flags(pairs: Iterable[tuple[object, object]]) -> dict[str, bool]:

@@ -443,6 +443,11 @@ def test_file_source_reads_the_width_mix(tmp_path: object) -> None:
     path.write_text('{"queued": 3, "queued_by_width": {"one": 3}}')
     with pytest.raises(SignalError, match="not a count"):
         FileSignal(path).read(time.time())
+    # a JSON key is always a string: the error is about the number it spells, not "a string"
+    for key, said in (("-1", "width is -1, a negative count"), ("1.5", "width is 1.5, not a count")):
+        path.write_text(f'{{"queued": 3, "queued_by_width": {{"{key}": 3}}}}')
+        with pytest.raises(SignalError, match=said):
+            FileSignal(path).read(time.time())
 
 
 def test_postgres_width_query_reports_the_mix(jobs_table: str) -> None:
