@@ -184,8 +184,8 @@ class _Ceiling:
 
 def _free_place(instance: FleetInstance, touched: set[str]) -> bool:
     """Whether a waiting job can take the instance now or soon: running and not known busy, or
-    starting; not acted on by this plan and not being replaced."""
-    if instance.id in touched or instance.replacement:
+    starting; not acted on by this plan and not being replaced; of a size TensorDock has said."""
+    if instance.id in touched or instance.replacement or not instance.shape_known:
         return False
     return instance.status is InstanceStatus.STARTING or (
         instance.status is InstanceStatus.RUNNING and instance.busy is not True

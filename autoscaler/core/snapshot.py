@@ -162,6 +162,9 @@ class FleetInstance:
     replacement: Replacement | None = None  # the consolidation retiring it, as this cycle sees it
     start_refused: bool = False  # a start failed for capacity: as good as StoppedDisassociated
     doubt: str | None = None  # why the daemon cannot know it (status or shape): counted in full, never touched
+    # False while TensorDock has not said its GPUs: 8 against the bounds, but 1 of capacity, so a
+    # guess never makes the known workers look surplus (rule 11 counts doubt against the limits only)
+    shape_known: bool = True
 
     @property
     def id(self) -> str:
@@ -182,6 +185,11 @@ class FleetInstance:
     @property
     def gpu_model(self) -> str | None:
         return self.instance.gpu_model
+
+    @property
+    def serving_gpus(self) -> int:
+        """What it counts for as capacity: its GPUs, or the least it can hold while they are unknown."""
+        return self.gpus if self.shape_known else 1
 
     @property
     def rate_hourly(self) -> float:
@@ -264,16 +272,18 @@ class Snapshot:
     @cached_property
     def active_gpus(self) -> int:
         """GPUs running or on their way, in doubt, or on orphans, including creates not yet listed:
-        what every bound counts (rule 11)."""
-        return self.serving_gpus + sum(o.gpus for o in self.orphans)
+        what every bound counts (rule 11): one of unknown shape as the most it can hold."""
+        own = sum(i.gpus for i in self.instances if i.status in COUNTED_AS_ACTIVE)
+        return own + sum(p.gpus for p in self.pending_creates) + sum(o.gpus for o in self.orphans)
 
     @cached_property
     def serving_gpus(self) -> int:
         """The fleet's own GPUs, running, on their way or in doubt, and its creates not yet listed:
         the capacity policies weigh against demand. An orphan counts against the bounds but serves
         nothing of ours: counted as capacity, a stranger's prefix-named instance would make our
-        own workers look surplus."""
-        return sum(i.gpus for i in self.instances if i.status in COUNTED_AS_ACTIVE) + sum(
+        own workers look surplus. One whose GPUs TensorDock has not said counts as 1, for the same
+        reason."""
+        return sum(i.serving_gpus for i in self.instances if i.status in COUNTED_AS_ACTIVE) + sum(
             p.gpus for p in self.pending_creates
         )
 

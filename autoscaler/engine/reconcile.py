@@ -390,6 +390,7 @@ class Reconciler:
         rates: dict[str, float] = {}
         observations: list[tuple[str, str, bool | None]] = []
         believed: list[tuple[Instance, OwnedRecord, bool | None, str | None]] = []
+        unknown_shape: set[str] = set()  # GPUs counted as 8 against the bounds, as 1 of capacity
         doubts = {"implausible_rates": 0, "unknown_status": 0, "unknown_shape": 0, "contradicted": 0, "absent": 0}
         listed_ids = set()
         with store.transaction():  # one commit for the whole fleet's bookkeeping
@@ -406,6 +407,8 @@ class Reconciler:
                 rates[instance.id] = billed_rate(view.status, view.rate_hourly or 0.0, storage_rate)
                 observations.append((instance.id, view.status.value, busy))
                 believed.append((view, record, busy, _doubt(counts) or _renamed(view, record)))
+                if counts.get("unknown_shape"):
+                    unknown_shape.add(instance.id)
                 if view.status.is_stopped:
                     self.ledger.settle_stopped(record, rates[instance.id], now, watched_before.get(instance.id))
             for instance_id, record in owned.items():  # missing from this listing: kept, in doubt, in full
@@ -414,12 +417,14 @@ class Reconciler:
                 doubts["absent"] += 1
                 view = self._absent_view(record, dearest)
                 believed.append((view, record, None, "absent from the last listing; a GET must confirm it is gone"))
+                if record.shape is None:
+                    unknown_shape.add(instance_id)
                 if record.last_rate is not None:
                     rates[instance_id] = record.last_rate
             self.ledger.charge(rates, now, self._orphan_rates(orphans, dearest))
             since = store.observe_many(observations, now)
         self._views = {k: v for k, v in self._views.items() if k in owned}
-        fleet = self._fleet(believed, since, unresolved, by_name)
+        fleet = self._fleet(believed, since, unresolved, by_name, unknown_shape)
         watched = {v.id: v.status for v, *_ in believed if v.id in listed_ids}
         pending = tuple(
             PendingCreate(e.name or "?", e.gpus, e.hourly_price, e.at)
@@ -604,6 +609,7 @@ class Reconciler:
         since: Mapping[str, tuple[float | None, float | None]],
         unresolved: list[JournalEntry],
         by_name: Mapping[str, Instance],
+        unknown_shape: set[str],
     ) -> tuple[FleetInstance, ...]:
         awaited = {e.name for e in unresolved if e.name}
         fleet = []
@@ -631,6 +637,7 @@ class Reconciler:
                     replacement=replacement,
                     start_refused=record.start_refused_at is not None and view.status is InstanceStatus.STOPPED,
                     doubt=doubt,
+                    shape_known=view.id not in unknown_shape,
                 )
             )
         return tuple(fleet)

@@ -343,6 +343,41 @@ def test_after_adopt_the_fleet_is_managed_again_without_a_duplicate(rig: Callabl
     assert snapshot is not None and all(i.doubt is None for i in snapshot.instances)  # GETs resolved the shapes
 
 
+def test_instances_adopted_without_their_gpus_are_no_capacity_that_makes_known_ones_surplus(
+    rig: Callable[..., Rig], tmp_path: Path
+) -> None:
+    """Before: two adopted instances whose GET did not say their GPUs counted as 8 GPUs of capacity
+    each; with 4 jobs queued the daemon deleted two known workers as surplus ("desired 4 GPUs, have
+    18") and then never grew back (found by an adversarial probe of the real daemon)."""
+    from autoscaler.commands.adopt import orphans_to_adopt
+
+    r = rig(guards={"max_gpus": 24, "max_instances": 24})
+    r.signal.set(queued_jobs=4)
+    for _ in range(4):
+        r.cycle()
+    ours = sorted(i.id for i in r.provider_instances())
+    assert len(ours) == 4
+    shapeless = set(ours[:2])
+
+    def no_gpus_for_two(request: httpx.Request, body: Any) -> Any:
+        if request.method == "GET" and request.url.path.rsplit("/", 1)[-1] in shapeless:
+            detail = body["data"] if isinstance(body.get("data"), dict) else body
+            detail.pop("resources", None)
+            detail.pop("gpus", None)
+        return body
+
+    r.transport.lie = no_gpus_for_two
+    r.restart_with_store(tmp_path / "lost.db")
+    orphans_to_adopt(r.runtime, commit=True)
+    for _ in range(20):  # past the guards' 300-s stabilization window
+        report = r.cycle()
+        assert not _removals(report), [res.action.reason for res in report.results]
+    snapshot = report.snapshot
+    assert snapshot is not None and snapshot.active_gpus == 2 * 8 + 2  # the bounds count the doubt in full
+    assert snapshot.serving_gpus == 2 * 1 + 2  # capacity counts the least they can hold
+    assert sorted(i.id for i in r.provider_instances()) == ours
+
+
 def test_orphans_count_against_the_bounds(rig: Callable[..., Rig]) -> None:
     """A prefix-named instance the store never made (an older store copy, say) is counted in full."""
     r = rig(guards={"max_gpus": 3})
