@@ -172,14 +172,20 @@ def _number_in(key: object) -> object:
 def busy_flags(pairs: Iterable[tuple[object, object]]) -> dict[str, bool]:
     """Instance name -> busy, from what a source returned. Only true/false (or 1/0) is a state: a
     null or anything else is unknown, left out, so a worker in doubt never reads as idle (rule 5);
-    a string is not guessed ('f' and 'false' are both truthy)."""
-    flags = {}
+    a string is not guessed ('f' and 'false' are both truthy). A name given twice (two series, two
+    rows) is busy if either says so, and unknown if either is unknown and none says busy."""
+    busy: set[str] = set()
+    idle: set[str] = set()
+    doubt: set[str] = set()
     for name, flag in pairs:
-        if isinstance(flag, bool):
-            flags[str(name)] = flag
-        elif isinstance(flag, int) and flag in (0, 1):
-            flags[str(name)] = bool(flag)
-    return flags
+        key = str(name)
+        if flag is True or (type(flag) is int and flag == 1):
+            busy.add(key)
+        elif flag is False or (type(flag) is int and flag == 0):
+            idle.add(key)
+        else:
+            doubt.add(key)
+    return {name: name in busy for name in busy | (idle - doubt)}
 
 
 def widest(mix: Mapping[int, int] | None) -> int:

@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 from pydantic import Field
 
-from .base import Demand, Secret, SignalError, SignalSource, SourceOptions, whole_count
+from .base import Demand, Secret, SignalError, SignalSource, SourceOptions, busy_flags, whole_count
 from .http_reading import ReplyError, get_json
 
 
@@ -77,11 +77,11 @@ class PrometheusSignal(SignalSource):
         o = self.options
         busy = None
         if o.busy_query:
-            busy = {
-                labels[o.instance_label]: value > 0
+            busy = busy_flags(
+                (labels[o.instance_label], value > 0 if math.isfinite(value) and value >= 0 else None)
                 for labels, value in self._query(o.busy_query)
                 if o.instance_label in labels
-            }
+            )
         return Demand(
             queued_jobs=self._total(o.queued_query),
             running_jobs=self._total(o.running_query) if o.running_query else 0,

@@ -280,6 +280,18 @@ def test_nats_dead_server_is_unknown(caplog: pytest.LogCaptureFixture) -> None:
     assert not [r for r in caplog.records if r.name.startswith("nats") and r.levelname == "ERROR"]
 
 
+@pytest.mark.parametrize("order", ["busy-first", "idle-first"])
+def test_an_instance_named_twice_is_busy_if_either_says_so(order: str) -> None:
+    """Rule 5. Before: the last series or row won, so `busy 1` then `busy 0` for one worker read idle,
+    and it was deleted as surplus (two Prometheus series, two PostgreSQL rows; found by a probe)."""
+    from autoscaler.signals.base import busy_flags
+
+    said = [("tdas-a", True), ("tdas-a", False), ("tdas-b", 0), ("tdas-b", 0), ("tdas-c", False), ("tdas-c", None)]
+    if order == "idle-first":
+        said.reverse()
+    assert busy_flags(said) == {"tdas-a": True, "tdas-b": False}  # tdas-c: in doubt, left out
+
+
 # -- Prometheus ----------------------------------------------------------------------------------
 
 
@@ -304,6 +316,15 @@ def test_prometheus_queries_fill_read_drain(prometheus_server: PrometheusServer)
     prometheus_server.queued.set(0)
     prometheus_server.wait_for("sum(tdas_test_queue_depth)", 0)
     assert source.read(time.time()).queued_jobs == 0
+    # two series for each worker, the second a zero copy: a worker is busy if either says so
+    doubled = PrometheusSignal(
+        PrometheusOptions(
+            url=prometheus_server.url,
+            queued_query="sum(tdas_test_queue_depth)",
+            busy_query='tdas_test_worker_busy or label_replace(tdas_test_worker_busy * 0, "copy", "zero", "", "")',
+        )
+    )
+    assert doubled.read(time.time()).busy == {"tdas-a": True, "tdas-b": False}
     with pytest.raises(SignalError, match="no series"):
         PrometheusSignal(PrometheusOptions(url=prometheus_server.url, queued_query="nonexistent_metric")).read(0)
     with pytest.raises(SignalError, match="failed"):
