@@ -125,15 +125,25 @@ class LeaderElector:
                 self.step_down()
                 raise FencedError(reason) from None
 
-    def step_down(self) -> None:
-        """Close the lock's session: PostgreSQL releases the lock, a follower takes it."""
-        with self._mutex:
+    def step_down(self, timeout: float | None = None) -> bool:
+        """Close the lock's session: PostgreSQL releases the lock, a follower takes it.
+
+        With `timeout` (shutdown), False when another thread still holds the elector in a store call
+        that does not return (a store that stopped answering): this replica stops leading anyway,
+        and the session ends with the process, so the lease lapses for the next leader."""
+        if not self._mutex.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
+            self.token = None  # refused at the next check, whenever the stuck call returns
+            return False
+        try:
             self.token = None
             self._renewed_at = None  # the store keeps the old token: a stray intent is refused, not unfenced
             if self._conn is not None:
                 with contextlib.suppress(psycopg.Error):
                     self._conn.close()
             self._conn = None
+            return True
+        finally:
+            self._mutex.release()
 
     # -- the machinery ------------------------------------------------------------------------------
 

@@ -498,18 +498,28 @@ class Daemon:
         _log.info("stopping")
         self.runtime.stopping.set()  # every wait of the client ends now; the actuator starts no new call
         self.scheduler.shutdown(wait=False)
-        clean = self._cycle_lock.acquire(timeout=self.settings.scheduler.shutdown_timeout_s)
+        limit = self.settings.scheduler.shutdown_timeout_s
+        deadline = time.monotonic() + limit
+        clean = self._cycle_lock.acquire(timeout=limit)
         if not clean:  # its intent is journaled: the next start resolves it (a create, by its name)
             self.call_abandoned = True
             _log.error(
                 "shutdown_timeout",
-                waited_s=self.settings.scheduler.shutdown_timeout_s,
+                waited_s=limit,
                 abandoned="the call in flight; its intent is in the journal and the next start resolves it",
             )
-        if self.elector is not None:  # after the call in flight: nobody else leads while it may still land
-            self.elector.step_down()
+        # after the call in flight: nobody else leads while it may still land
+        if self.elector is not None and not self.elector.step_down(timeout=deadline - time.monotonic()):
+            clean = False
+            self.call_abandoned = True
+            _log.error(
+                "shutdown_timeout",
+                waited_s=limit,
+                abandoned="the store, which does not answer; the lease lapses when this process ends",
+            )
         self.endpoints.stop()
-        self.runtime.close()
+        if clean:  # a call or a store that does not return would hold the close too; the exit ends them
+            self.runtime.close()
         _log.info("stopped", clean=clean)
         return 0
 

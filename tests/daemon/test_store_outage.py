@@ -23,7 +23,10 @@ from autoscaler.tensordock.fake import FakeServer, Timings, build_fake
 from tests.support import free_port
 
 from ..conftest import TOKEN
-from ..core.conftest import pg_store_url  # noqa: F401 - the fixture
+from ..core.conftest import (
+    PG_URL,
+    pg_store_url,  # noqa: F401 - the fixture
+)
 from ..signals.conftest import require_server
 from .conftest import CONFIG
 from .pgtools import PgRole, daemon_command
@@ -154,6 +157,46 @@ def test_the_daemon_says_not_ready_while_its_store_is_gone_and_acts_again_when_i
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
     finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+        log.close()
+        server.stop()
+
+
+def test_sigterm_while_the_store_does_not_answer_exits_within_the_shutdown_timeout(
+    tmp_path: Path, role: PgRole
+) -> None:
+    """Before: the cycle's lease renewal waited on a store that did not answer, holding the elector,
+    and SIGTERM's step-down waited on the elector until the store answered (81 s in a probe: a
+    proxy that stopped passing bytes; here a lock another session holds on the lease table)."""
+    server = FakeServer(build_fake(TOKEN, "observed", clock=SystemClock())).start()
+    signal_file = tmp_path / "queue.json"
+    signal_file.write_text(json.dumps({"queued": 0, "running": 0, "observed_at": time.time()}))
+    port = free_port()
+    text = CONFIG.format(url=server.url, token=TOKEN, signal=signal_file, store="unused", port=port, max_gpus=8)
+    text = text.replace('url = "sqlite:///unused"', f'url = "{role.url}"')
+    config = tmp_path / "daemon.toml"
+    config.write_text(text.replace("shutdown_timeout_s = 20\n", "shutdown_timeout_s = 3\n"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TDAS_")}
+    log = (tmp_path / "daemon.log").open("wb")
+    process = subprocess.Popen(
+        daemon_command("run", "--config", str(config)), stdout=subprocess.DEVNULL, stderr=log, env=env
+    )
+    blocker = psycopg.connect(PG_URL)
+    try:
+        wait_for(lambda: leader_flags([port]) == [1.0], "leading", timeout=60)
+        blocker.execute(f"LOCK TABLE {role.schema}.leadership IN ACCESS EXCLUSIVE MODE")  # held: no commit
+        time.sleep(3)  # the next cycle's renewal waits on the lock, holding the elector
+        sent_at = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=60)
+        took = time.monotonic() - sent_at
+        logged = (tmp_path / "daemon.log").read_text()
+        assert code == 0 and took < 30, (took, logged[-2000:])  # 3 s of shutdown timeout, not the store's
+        assert "the store, which does not answer" in logged
+    finally:
+        blocker.close()
         if process.poll() is None:
             process.kill()
             process.wait(timeout=10)
