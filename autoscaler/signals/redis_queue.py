@@ -63,8 +63,14 @@ class RedisSignal(SignalSource):
     def __init__(self, options: RedisOptions, name: str | None = None) -> None:
         super().__init__(options, name)
         url = options.url.resolve(f"{self.name}.url") or "redis://127.0.0.1:6379/0"
+        # a binary job payload or heartbeat (a pickled job, say) reads as text with U+FFFD in it: that
+        # job is one of unknown width, that worker unheard, instead of the whole queue unreadable
         self._redis = redis.Redis.from_url(
-            url, socket_timeout=options.timeout_s, socket_connect_timeout=options.timeout_s, decode_responses=True
+            url,
+            socket_timeout=options.timeout_s,
+            socket_connect_timeout=options.timeout_s,
+            decode_responses=True,
+            encoding_errors="replace",
         )
 
     def _busy(self, now: float) -> dict[str, bool] | None:

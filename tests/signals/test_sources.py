@@ -87,6 +87,7 @@ def test_redis_celery_sorted_set_and_heartbeats(redis_client: redis.Redis, uniqu
         redis_client.hset(
             hearts, mapping={"tdas-a": f"busy:{now}", "tdas-b": f"idle:{now}", "tdas-dead": f"busy:{now - 3600}"}
         )
+        redis_client.hset(hearts, "tdas-garbled", b"\xffbusy:\xfe")  # binary: that worker unheard, no more
         celery = RedisSignal(RedisOptions(url=secret(REDIS_URL), mode="celery", key=unique, heartbeat_key=hearts))
         demand = celery.read(now)
         assert demand.queued_jobs == 2 and demand.busy == {"tdas-a": True, "tdas-b": False}
@@ -542,6 +543,10 @@ def test_redis_width_field_reads_a_bounded_sample_of_the_head(redis_client: redi
         assert (odd.queued_jobs, odd.queued_by_width, odd.max_job_gpus) == (5, {1: 3}, 1)
         redis_client.delete(unique)
         assert source.read(time.time()).queued_by_width == {}
+        # a binary payload (a pickled job) is one job, of one GPU: before, the whole queue was unreadable
+        redis_client.rpush(unique, b"\x80\x04\x95pickle\xff", json.dumps({"spec": {"gpus": 8}}))
+        binary = source.read(time.time())
+        assert (binary.queued_jobs, binary.queued_by_width) == (2, {1: 1, 8: 1})
     finally:
         redis_client.delete(unique)
         source.close()
