@@ -48,16 +48,21 @@ class RabbitMqSignal(SignalSource):
         return self._open_channel
 
     def read(self, now: float) -> Demand:
-        try:
-            declared = self._channel().queue_declare(queue=self.options.queue, passive=True)
-        except pika.exceptions.ChannelClosedByBroker as exc:
-            self._open_channel = None
-            raise SignalError(f"{self.name}: queue {self.options.queue!r}: {exc.reply_text}") from None
-        except (pika.exceptions.AMQPError, OSError) as exc:
-            self.close()
-            where = f"{self._parameters.host}:{self._parameters.port}"
-            detail = str(exc) or "; ".join(str(arg) for arg in exc.args) or "no detail from pika"
-            raise SignalError(f"{self.name}: {where}: {type(exc).__name__}: {detail}") from None
+        for attempt in (1, 2):
+            kept = self._connection is not None and self._connection.is_open
+            try:
+                declared = self._channel().queue_declare(queue=self.options.queue, passive=True)
+                break
+            except pika.exceptions.ChannelClosedByBroker as exc:
+                self._open_channel = None
+                raise SignalError(f"{self.name}: queue {self.options.queue!r}: {exc.reply_text}") from None
+            except (pika.exceptions.AMQPError, OSError) as exc:
+                self.close()
+                if kept and attempt == 1:  # kept between reads, unserviced: the broker may have dropped it
+                    continue
+                where = f"{self._parameters.host}:{self._parameters.port}"
+                detail = str(exc) or "; ".join(str(arg) for arg in exc.args) or "no detail from pika"
+                raise SignalError(f"{self.name}: {where}: {type(exc).__name__}: {detail}") from None
         method = declared.method
         running = int(method.consumer_count) if self.options.running == "consumers" else 0
         return Demand(queued_jobs=int(method.message_count), running_jobs=running, observed_at=now, source=self.name)

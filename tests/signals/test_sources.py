@@ -159,6 +159,25 @@ def test_rabbitmq_ready_messages_and_consumers(unique: str) -> None:
         connection.close()
 
 
+def test_a_rabbitmq_connection_the_broker_dropped_between_reads_is_opened_again(unique: str) -> None:
+    """Before: the connection kept between reads sends no heartbeats; once the broker dropped it,
+    the next read failed (`StreamLostError`), every few cycles with a long interval (found by a probe)."""
+    require_server("RabbitMQ", 5672)
+    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    channel = connection.channel()
+    channel.queue_declare(unique, auto_delete=False)
+    source = RabbitMqSignal(RabbitMqOptions(url=secret(f"{AMQP_URL}?heartbeat=1"), queue=unique))
+    try:
+        channel.basic_publish("", unique, b"job")
+        assert source.read(time.time()).queued_jobs == 1
+        time.sleep(6)  # three times what a broker waits for a 1-s heartbeat: it has closed the connection
+        assert source.read(time.time()).queued_jobs == 1
+    finally:
+        source.close()
+        channel.queue_delete(unique)
+        connection.close()
+
+
 def test_rabbitmq_dead_server_is_unknown() -> None:
     url = f"amqp://guest:guest@127.0.0.1:{dead_port()}/%2F"
     source = RabbitMqSignal(RabbitMqOptions(url=secret(url), queue="q", timeout_s=1))
