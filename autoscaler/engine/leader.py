@@ -82,6 +82,12 @@ class LeaderElector:
     def is_leader(self) -> bool:
         return self.token is not None
 
+    def leading_now(self) -> bool:
+        """Read without the elector's lock, which a renewal stuck on an unanswering store holds: a
+        token, and a lease that has not lapsed on this process's clock."""
+        renewed_at = self._renewed_at
+        return self.token is not None and renewed_at is not None and time.monotonic() - renewed_at < self.lease_s
+
     # -- each cycle ---------------------------------------------------------------------------------
 
     def ensure(self) -> bool:

@@ -143,6 +143,9 @@ class Daemon:
             self.elector = LeaderElector(
                 settings.store.url, settings.fleet.name_prefix, self.runtime.store, lease_s=settings.lease_s
             )
+        if self.elector is not None:  # said at each scrape, so a replica stuck on its store stops saying 1
+            elector = self.elector
+            self.metrics.leader.set_function(lambda: 1.0 if elector.leading_now() else 0.0)
         self._wire(self.runtime)
         self.notifier = SystemdNotifier()
         self._cycle_lock = threading.Lock()

@@ -204,6 +204,45 @@ def test_sigterm_while_the_store_does_not_answer_exits_within_the_shutdown_timeo
         server.stop()
 
 
+def test_a_leader_stuck_on_its_store_stops_saying_it_leads_once_its_lease_lapsed(tmp_path: Path, role: PgRole) -> None:
+    """Before: `tensordock_autoscaler_leader` stayed 1 on a replica whose renewal hung on the store,
+    while another replica had taken over: a sum over replicas said two leaders (found by a probe)."""
+    import threading
+
+    from autoscaler.config import load_settings
+    from autoscaler.service.daemon import Daemon
+
+    server = FakeServer(build_fake(TOKEN, "observed", clock=SystemClock())).start()
+    text = CONFIG.format(url=server.url, token=TOKEN, signal=tmp_path / "q.json", store="unused", port=0, max_gpus=2)
+    config = tmp_path / "c.toml"
+    text = text.replace("read_timeout_s = 5\n", "read_timeout_s = 1\ncreate_timeout_s = 1\ncall_deadline_s = 1\n")
+    config.write_text("leader_lease_s = 7\n" + text.replace('url = "sqlite:///unused"', f'url = "{role.url}"'))
+    made = Daemon(load_settings(config), config)
+    stuck, release = threading.Event(), threading.Event()
+
+    def renewal_stuck_on_the_store() -> None:
+        with made.elector._mutex:  # type: ignore[union-attr]  # as ensure() holds it in a store call
+            stuck.set()
+            release.wait(30)
+
+    def leader() -> float | None:
+        return made.metrics.registry.get_sample_value("tensordock_autoscaler_leader")
+
+    try:
+        assert made.elector is not None and made.elector.ensure()
+        assert leader() == 1.0
+        holder = threading.Thread(target=renewal_stuck_on_the_store, daemon=True)
+        holder.start()
+        assert stuck.wait(10)
+        wait_for(lambda: leader() == 0.0, "leader 0 once the 7-s lease lapsed", timeout=30)
+    finally:
+        release.set()
+        if made.elector is not None:
+            made.elector.step_down()
+        made.runtime.close()
+        server.stop()
+
+
 def test_replicas_opening_a_new_store_together_all_start(pg_store_url: str) -> None:  # noqa: F811
     """Before: two of four died of a duplicate key in pg_namespace or pg_type (IF NOT EXISTS races)."""
     import threading
