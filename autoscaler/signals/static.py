@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -113,12 +114,14 @@ class FileSignal(SignalSource):
     def read(self, now: float) -> Demand:
         try:
             data: Any = json.loads(self._read_bytes())
+            if not isinstance(data, dict):
+                raise ValueError(f'is {type(data).__name__}; write an object: {{"queued": N, "observed_at": T}}')
             queued = width_mix(data["queued_by_width"], "queued_by_width") if "queued_by_width" in data else None
             running = width_mix(data["running_by_width"], "running_by_width") if "running_by_width" in data else None
             return Demand(
                 queued_jobs=whole_count(data["queued"], "queued"),
                 running_jobs=whole_count(data.get("running", 0), "running"),
-                observed_at=float(data.get("observed_at", self.path.stat().st_mtime)),
+                observed_at=_seconds(data.get("observed_at", self.path.stat().st_mtime)),
                 busy=self._busy(data.get("busy")),
                 source=self.name,
                 max_job_gpus=widest(queued),
@@ -127,3 +130,13 @@ class FileSignal(SignalSource):
             )
         except (OSError, ValueError, KeyError, TypeError, OverflowError) as exc:  # Infinity is valid JSON here
             raise SignalError(f"{self.name} {self.path}: {exc}") from exc
+
+
+def _seconds(value: object) -> float:
+    """`observed_at` as Unix seconds; a null, a date string or a boolean says what to write instead."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return float(value)  # "1767225600.5": the number it spells, as before
+    raise ValueError(f"observed_at is {value!r}; write Unix seconds (a number such as 1767225600.0), or leave it out")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable
 
@@ -489,6 +490,26 @@ def test_file_source_reads_the_width_mix(tmp_path: object) -> None:
         path.write_text(f'{{"queued": 3, "queued_by_width": {{"{key}": 3}}}}')
         with pytest.raises(SignalError, match=said):
             FileSignal(path).read(time.time())
+
+
+def test_a_queue_file_with_observed_at_in_the_wrong_form_says_what_to_write(tmp_path: object) -> None:
+    """Before: `float() argument must be a string or a real number, not 'NoneType'` and `list indices
+    must be integers`, naming neither the field nor the fix (found by a probe)."""
+    from pathlib import Path
+
+    from autoscaler.signals.static import FileSignal
+
+    path = Path(str(tmp_path)) / "queue.json"
+    for document, said in (
+        ('{"queued": 1, "observed_at": null}', "observed_at is None; write Unix seconds"),
+        ('{"queued": 1, "observed_at": "2026-11-28T16:00:00Z"}', "observed_at is '2026-11-28T16:00:00Z'; write Unix"),
+        ("[1, 2]", 'is list; write an object: {"queued": N'),
+    ):
+        path.write_text(document)
+        with pytest.raises(SignalError, match=re.escape(said)):
+            FileSignal(path).read(time.time())
+    path.write_text('{"queued": 1, "observed_at": "1767225600.5"}')  # a number in a string: as before
+    assert FileSignal(path).read(time.time()).observed_at == 1767225600.5
 
 
 def test_postgres_width_query_reports_the_mix(jobs_table: str) -> None:
