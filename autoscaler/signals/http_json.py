@@ -73,6 +73,8 @@ class HttpJsonSignal(SignalSource):
             response.raise_for_status()
         except ReplyError as exc:
             raise SignalError(f"{self.name}: {o.url}: {exc}") from None
+        except httpx.HTTPStatusError as exc:
+            raise SignalError(f"{self.name}: {o.url}: HTTP {exc.response.status_code}") from None
         except (httpx.HTTPError, ValueError) as exc:
             raise SignalError(f"{self.name}: {o.url}: {type(exc).__name__}") from None
         busy = None
