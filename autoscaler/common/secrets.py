@@ -2,7 +2,7 @@
 
 Two rules, applied together:
 - every registered secret (API token, each source's credential, the store's password) is replaced,
-  also when a server echoes it back in another case or percent-encoded (`TD-SECRET`, `td%2Dsecret`);
+  also, when 16 characters or more, echoed back in another case or percent-encoded (`TD-SECRET`);
 - the password of any URL (`scheme://user:PASSWORD@host`) is replaced, registered or not, so a
   DSN that reaches a message before its owner registered it still does not leak.
 """
@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, SecretStr
 
 MASK = "***"
+VARIANTS_FROM = 16  # characters: API tokens are longer; a short password is matched only as written
 _SECRETS: set[str] = set()
 _SECRET_FORMS: list[re.Pattern[str]] = []  # one pattern: every registered secret, in any case or percent-encoding
 _LOCK = threading.Lock()
@@ -46,7 +47,10 @@ def register_secret(value: str | None) -> None:
 
 
 def _any_form(secret: str) -> str:
-    """A pattern for `secret` with each character as itself or percent-encoded, in either case."""
+    """A pattern for `secret` with each character as itself or percent-encoded, in either case; a
+    secret shorter than VARIANTS_FROM only as itself (a password `postgres` would mask `PostgreSQL`)."""
+    if len(secret) < VARIANTS_FROM:
+        return "(?-i:" + re.escape(secret) + ")"
     parts = []
     for char in secret:
         forms = {re.escape(char)}

@@ -75,8 +75,9 @@ class LeaderElector:
         """A reload's lease: the local check uses it at once, the database from the next renewal."""
         if not lease_s > 0:
             raise ValueError(f"lease_s must be positive, not {lease_s!r}")
-        with self._mutex:
-            self.lease_s = lease_s
+        # no lock: a renewal stuck on a store that does not answer holds it, and the reload (on the
+        # main thread) would wait with it, SIGTERM unheard; one float is written whole
+        self.lease_s = lease_s
 
     @property
     def is_leader(self) -> bool:

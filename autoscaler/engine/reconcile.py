@@ -513,7 +513,8 @@ class Reconciler:
         if detail is not None and detail.status is not InstanceStatus.UNKNOWN:
             status = detail.status  # the later, and fuller, word
         if status in _GONE_UNCONFIRMED:  # our own deletes forget at once: this one is another's word
-            self._detail_due.add(record.id)  # the next cycle asks its GET
+            if record.detail_at is None or now - record.detail_at >= self.config.detail.refresh_gap_s:
+                self._detail_due.add(record.id)  # a later cycle asks its GET, not every one
             counts["unknown_status"] = 1
             _log.warning(
                 "listed_as_deleted",

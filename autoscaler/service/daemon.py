@@ -59,6 +59,7 @@ _WATCH_JOB_ID = "watch-queue"
 _LIVENESS_SLACK_S = 10.0  # the scheduler's own lateness on a loaded machine
 _MIN_WATCHDOG_S = 3.0  # a third of it between pings: shorter cannot be pinged reliably
 _MAIN_LOOP_S = 0.1  # how soon the main thread acts on a signal the handler recorded
+_LOCK_POLL_S = 0.5  # how often a cycle waiting for the cycle lock looks for a shutdown
 
 
 class _QuietPollSkips(logging.Filter):
@@ -258,12 +259,21 @@ class Daemon:
                 self.metrics.last_success.set(self._last_success)  # a standby check, as /readyz counts it
                 self.notifier.notify(STATUS="standby: another replica leads")
                 return None
-        with self._cycle_lock:
+        # not `with`: shutdown takes the lock and keeps it, and a cycle thread waiting on it (its
+        # renewal came back during the shutdown) would hold the process at exit for good
+        while not self._cycle_lock.acquire(timeout=_LOCK_POLL_S):
+            if self.runtime.stopping.is_set():
+                return None
+        try:
+            if self.runtime.stopping.is_set():
+                return None
             report = self._run_engine_cycle()
             # what the queue watch compares with: nothing after a cycle that failed to read or crashed,
             # so a failure is retried by the regular cycle, not by every watch
             snapshot = report.snapshot if report is not None else None
             self._watch.cycle_saw(snapshot.demand if snapshot is not None else None)
+        finally:
+            self._cycle_lock.release()
         if report is None:
             return None
         if report.error is None:

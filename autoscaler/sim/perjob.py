@@ -18,7 +18,6 @@ The controller looks again every `interval_s` while jobs wait, as a managed-jobs
 from __future__ import annotations
 
 import heapq
-import math
 import random
 import time
 from collections.abc import Mapping
@@ -89,6 +88,7 @@ def replay_per_job(jobs: list[Job], settings: Settings, options: SimOptions) -> 
     arrivals = iter(jobs)
     upcoming = next(arrivals, None)
     deadline = ORIGIN + max(job.submit for job in jobs) + options.drain_limit_s
+    seen_out_by = deadline + options.drain_limit_s  # as the engine's replay (runner.SimOptions)
     interval = options.interval(settings)
     completed = calls = peak = 0
     now = ORIGIN
@@ -133,14 +133,14 @@ def replay_per_job(jobs: list[Job], settings: Settings, options: SimOptions) -> 
                     gpus[inst.gpu_model] = gpus.get(inst.gpu_model, 0) + inst.gpu_count
             peak = max(peak, sum(gpus.values()))
             timeline.append(Sample(now - ORIGIN, len(queue), sum(p.job.gpus for _, _, p in running), gpus, rate))
-        if completed == len(jobs) or (now >= deadline and (queue or not running)):
-            break  # past the limit only the jobs already running are seen out
+        if completed == len(jobs) or (now >= deadline and (queue or not running or now >= seen_out_by)):
+            break  # past the limit, with nothing waiting, the jobs running are seen out
         later = [running[0][0]] if running else []
         if upcoming is not None:
             later.append(ORIGIN + upcoming.submit)
         if queue:
             later.append(now + interval)
-        now = min(min(later, default=deadline), deadline if now < deadline else math.inf)
+        now = min(min(later, default=deadline), deadline if now < deadline else seen_out_by)
     with state.lock:
         state.settle()
         cost = state.bill().total_usd

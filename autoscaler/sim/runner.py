@@ -63,8 +63,9 @@ class SimOptions:
     fast_forward: bool = True
     max_skip_s: float = 900.0
     spare_listings: bool = True  # skip offer listings that could show nothing new (see _OfferCadence)
-    # after the last submission, give up this much later on jobs still waiting; a started job runs
-    # to its end and is billed in full (a long job on a slow model is served, not cut off unpaid)
+    # the replay ends this long after the last submission if a job still waits then; if none does,
+    # the jobs running are seen out and billed in full (a long job on a slow model is served, not cut
+    # off unpaid), for at most as long again
     drain_limit_s: float = 60 * 86400.0
     world_throughput: Mapping[str, float] | None = None  # the jobs' true speed per model; None: the policies' table
     lp_wait_s: float = 300.0  # the LP bound's service: every job started within this
@@ -183,6 +184,7 @@ def replay(
     engine = runtime.engine
     offers = _OfferCadence(engine, fake, enabled=options.spare_listings and not _request_faults(options.faults))
     deadline = ORIGIN + max(job.submit for job in jobs) + options.drain_limit_s
+    seen_out_by = deadline + options.drain_limit_s  # a speed near 0 or a job of years ends here
     interval, watch_s = options.interval(settings), options.watch(settings)
     watch = QueueWatch()
     timeline: list[Sample] = []
@@ -205,7 +207,7 @@ def replay(
             if options.progress is not None and at - reported_at >= PROGRESS_EVERY_S:
                 reported_at = at
                 options.progress(at - ORIGIN, workload.completed, len(jobs))
-            if at >= deadline and (workload.queue or not workload.running_gpus):
+            if at >= deadline and (workload.queue or not workload.running_gpus or at >= seen_out_by):
                 break
             step = interval
             if options.fast_forward:

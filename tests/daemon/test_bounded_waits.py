@@ -142,6 +142,29 @@ def test_the_signal_handler_takes_no_lock_the_interrupted_main_thread_may_hold(t
         server.stop()
 
 
+def test_a_cycle_reaching_the_cycle_lock_after_shutdown_took_it_ends(tmp_path: Path) -> None:
+    """Shutdown takes the cycle lock and keeps it. Before: a cycle whose lease renewal returned
+    during the shutdown then waited on that lock forever, and the interpreter waited for its thread
+    at exit: SIGTERM never ended the process (found in review)."""
+    server = FakeServer(build_fake(TOKEN, "documented", clock=SystemClock())).start()
+    text = CONFIG.format(
+        url=server.url, token=TOKEN, signal=tmp_path / "q.json", store=tmp_path / "s.db", port=0, max_gpus=2
+    )
+    config = tmp_path / "c.toml"
+    config.write_text(text)
+    made = Daemon(load_settings(config), config)
+    try:
+        made.runtime.stopping.set()  # what shutdown does first
+        assert made._cycle_lock.acquire(timeout=5)  # and then keeps
+        cycle = threading.Thread(target=made._cycle, daemon=True)
+        cycle.start()
+        cycle.join(timeout=20)
+        assert not cycle.is_alive(), "the cycle waits on the lock shutdown keeps"
+    finally:
+        made.runtime.close()
+        server.stop()
+
+
 def test_demand_stamped_in_milliseconds_is_refused_and_holds_the_fleet(
     daemon: Callable[..., RunningDaemon],
 ) -> None:

@@ -322,3 +322,5 @@ def test_a_secret_echoed_in_another_case_or_percent_encoded_is_masked() -> None:
             '{"errors": [{"detail": "bad key ***"}]}'
         ), echoed
     assert mask_secrets("td-Probe-token-abc123XY") == "td-Probe-token-abc123XY"  # not the token: kept
+    register_secret("pgsecret")  # short: only as written, or every "PGSECRET..." word would go
+    assert mask_secrets("pgsecret PGSECRET") == "*** PGSECRET"

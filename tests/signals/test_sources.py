@@ -171,8 +171,10 @@ def test_a_rabbitmq_connection_the_broker_dropped_between_reads_is_opened_again(
     try:
         channel.basic_publish("", unique, b"job")
         assert source.read(time.time()).queued_jobs == 1
+        kept = source._connection
         time.sleep(6)  # three times what a broker waits for a 1-s heartbeat: it has closed the connection
         assert source.read(time.time()).queued_jobs == 1
+        assert source._connection is not kept  # read on a new connection, the dropped one closed
     finally:
         source.close()
         channel.queue_delete(unique)

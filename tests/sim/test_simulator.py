@@ -75,17 +75,31 @@ def test_three_jobs_cost_and_waits_as_computed_by_hand(tmp_path: Path) -> None:
 def test_a_job_running_at_the_drain_limit_runs_to_its_end_and_is_billed_in_full(tmp_path: Path, strategy: str) -> None:
     """Before: the replay stopped at the limit, the job counted as not served and its bill cut short
     (trace a, noisy, seed 1: a 31-day eight-GPU job on an RTX A4000, 0.28x, ran past day 90)."""
-    # One A100; a five-hour job at 0 runs 90-18090 s (see above); the limit is 1800 s after it.
+    # One A100; a five-hour job at 0 runs 90-18090 s (see above); the limit is three hours after it,
+    # and a job running then is seen out for as long again (to 21600 s).
     trace = write_trace(tmp_path / "long.csv", [(0, 5 * 3600, 1)])
-    _, runs = compare(trace, one_gpu_fleet(), (strategy,), replace(EXACT, drain_limit_s=1800.0))
+    _, runs = compare(trace, one_gpu_fleet(), (strategy,), replace(EXACT, drain_limit_s=3 * 3600.0))
     run = runs[strategy]
     assert run.jobs_completed == 1
     assert run.simulated_s == pytest.approx(90.0 + 5 * 3600)
     assert run.cost_usd == pytest.approx(RATE * (90.0 + 5 * 3600) / 3600, rel=1e-9)
 
 
-def test_a_job_still_waiting_at_the_drain_limit_is_given_up(tmp_path: Path) -> None:
-    # One GPU at most: the 60-s job waits behind the five-hour one and still waits at the limit.
+@pytest.mark.parametrize("strategy", ["ours", "per-job"])
+def test_a_job_not_done_twice_the_drain_limit_after_the_last_submission_is_given_up(
+    tmp_path: Path, strategy: str
+) -> None:
+    """A job of years, or a speed near 0, ends the replay: seen out for one more drain limit, not forever."""
+    trace = write_trace(tmp_path / "long.csv", [(0, 5 * 3600, 1)])
+    _, runs = compare(trace, one_gpu_fleet(), (strategy,), replace(EXACT, drain_limit_s=1800.0))
+    run = runs[strategy]
+    assert run.jobs_completed == 0
+    assert 3600.0 <= run.simulated_s < 3600.0 + 3600
+
+
+def test_a_replay_with_a_job_still_waiting_at_the_drain_limit_ends_there(tmp_path: Path) -> None:
+    # One GPU at most: the 60-s job waits behind the five-hour one and still waits at the limit: the
+    # replay ends (a strategy that cannot place a job gives up the rest with it), as before.
     trace = write_trace(tmp_path / "stuck.csv", [(0, 5 * 3600, 1), (10, 60, 1)])
     _, runs = compare(trace, one_gpu_fleet(), ("ours",), replace(EXACT, drain_limit_s=1800.0))
     run = runs["ours"]
