@@ -116,53 +116,48 @@ def test_a_call_in_flight_longer_than_the_shutdown_timeout_does_not_keep_the_pro
     assert '"shutdown_timeout"' in logged and '"clean": false' in logged
 
 
-def test_the_signal_handler_takes_no_lock_the_interrupted_main_thread_may_hold(tmp_path: Path) -> None:
+@pytest.fixture
+def made(tmp_path: Path) -> Iterator[Daemon]:
+    """The daemon in this process, not started: its parts are driven by hand."""
+    server = FakeServer(build_fake(TOKEN, "documented", clock=SystemClock())).start()
+    text = CONFIG.format(
+        url=server.url, token=TOKEN, signal=tmp_path / "q.json", store=tmp_path / "s.db", port=0, max_gpus=2
+    )
+    config = tmp_path / "c.toml"
+    config.write_text(text)
+    daemon = Daemon(load_settings(config), config)
+    try:
+        yield daemon
+    finally:
+        daemon.runtime.close()
+        server.stop()
+
+
+def test_the_signal_handler_takes_no_lock_the_interrupted_main_thread_may_hold(made: Daemon) -> None:
     """A handler runs between two bytecodes of the main thread. Before: it set the stop event, whose
     lock the main loop's `Event.wait` holds at its start; a SIGTERM landing there waited on that lock
     forever, and the daemon never stopped (the case above, once in CI, killed after 60 s)."""
-    server = FakeServer(build_fake(TOKEN, "documented", clock=SystemClock())).start()
-    text = CONFIG.format(
-        url=server.url, token=TOKEN, signal=tmp_path / "q.json", store=tmp_path / "s.db", port=0, max_gpus=2
-    )
-    config = tmp_path / "c.toml"
-    config.write_text(text)
-    made = Daemon(load_settings(config), config)
-    try:
-        for signum in (signal.SIGHUP, signal.SIGTERM):
-            with made._stop._cond:  # type: ignore[attr-defined]  # held so at the start of Event.wait
-                handler = threading.Thread(target=made._on_signal, args=(signum, None), daemon=True)
-                handler.start()
-                handler.join(timeout=10)
-                assert not handler.is_alive(), "the handler waited on a lock the main thread holds"
-            reload_asked = made._reload_asked()  # the main loop acts on what the handler recorded
-            assert reload_asked == (signum == signal.SIGHUP)
-            assert made._stop.is_set() == (signum == signal.SIGTERM)
-    finally:
-        made.runtime.close()
-        server.stop()
+    for signum in (signal.SIGHUP, signal.SIGTERM):
+        with made._stop._cond:  # type: ignore[attr-defined]  # held so at the start of Event.wait
+            handler = threading.Thread(target=made._on_signal, args=(signum, None), daemon=True)
+            handler.start()
+            handler.join(timeout=10)
+            assert not handler.is_alive(), "the handler waited on a lock the main thread holds"
+        reload_asked = made._reload_asked()  # the main loop acts on what the handler recorded
+        assert reload_asked == (signum == signal.SIGHUP)
+        assert made._stop.is_set() == (signum == signal.SIGTERM)
 
 
-def test_a_cycle_reaching_the_cycle_lock_after_shutdown_took_it_ends(tmp_path: Path) -> None:
+def test_a_cycle_reaching_the_cycle_lock_after_shutdown_took_it_ends(made: Daemon) -> None:
     """Shutdown takes the cycle lock and keeps it. Before: a cycle whose lease renewal returned
     during the shutdown then waited on that lock forever, and the interpreter waited for its thread
     at exit: SIGTERM never ended the process (found in review)."""
-    server = FakeServer(build_fake(TOKEN, "documented", clock=SystemClock())).start()
-    text = CONFIG.format(
-        url=server.url, token=TOKEN, signal=tmp_path / "q.json", store=tmp_path / "s.db", port=0, max_gpus=2
-    )
-    config = tmp_path / "c.toml"
-    config.write_text(text)
-    made = Daemon(load_settings(config), config)
-    try:
-        made.runtime.stopping.set()  # what shutdown does first
-        assert made._cycle_lock.acquire(timeout=5)  # and then keeps
-        cycle = threading.Thread(target=made._cycle, daemon=True)
-        cycle.start()
-        cycle.join(timeout=20)
-        assert not cycle.is_alive(), "the cycle waits on the lock shutdown keeps"
-    finally:
-        made.runtime.close()
-        server.stop()
+    made.runtime.stopping.set()  # what shutdown does first
+    assert made._cycle_lock.acquire(timeout=5)  # and then keeps
+    cycle = threading.Thread(target=made._cycle, daemon=True)
+    cycle.start()
+    cycle.join(timeout=20)
+    assert not cycle.is_alive(), "the cycle waits on the lock shutdown keeps"
 
 
 def test_demand_stamped_in_milliseconds_is_refused_and_holds_the_fleet(
