@@ -10,6 +10,7 @@ from pydantic import BeforeValidator
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
+DECADE_S = 10 * 366 * 86400.0  # past any real wait, job or age: a time further off is a unit or stamp slip
 
 
 def parse_duration(value: object) -> object:

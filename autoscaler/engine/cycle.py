@@ -16,7 +16,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
 from autoscaler.common.clock import Clock
-from autoscaler.core.durations import Seconds
+from autoscaler.core.durations import DECADE_S, Seconds
 from autoscaler.core.guards import GuardConfig, GuardedPlan, apply_guards, removes_capacity
 from autoscaler.core.plan import Action, ActionKind, Plan, delete_action, whole_rooms
 from autoscaler.core.planner import PlanningError, run_chain
@@ -43,7 +43,6 @@ from autoscaler.tensordock import Instance, InstanceStatus, TensorDockError
 from autoscaler.tensordock.client import TensorDockClient
 
 _log = structlog.get_logger("autoscaler.cycle")
-_DECADE_S = 10 * 366 * 86400.0  # a demand older than this was stamped with no real time
 
 NAME_PREFIX_PATTERN = r"^[a-z0-9][a-z0-9-]{0,30}$"  # fleet.name_prefix: lower-case, a valid start of a hostname
 
@@ -308,7 +307,7 @@ class Engine:
         except Exception as exc:  # a plugin's bug is a failed read, not a dead daemon
             return None, f"{self.signal.name}: {type(exc).__name__}: {exc}"
         age = now - demand.observed_at
-        if age > _DECADE_S:  # not a stale reading but no time at all: say so, not a 300-digit age
+        if age > DECADE_S:  # not a stale reading but no time at all: say so, not a 300-digit age
             return None, f"{demand.source}: observed_at {demand.observed_at:g} is not a time of the last ten years"
         if age > self.config.max_signal_age_s:
             return None, f"{demand.source}: stale by {age:.0f}s (max_signal_age_s {self.config.max_signal_age_s:g})"

@@ -41,7 +41,7 @@ def plausible_rate(
     check: RateCheck,
     *,
     running: bool = False,
-    gpus: int = 8,
+    gpus: int,
 ) -> bool:
     """A reported rate is believed only when finite, not negative, and not absurd for its offer:
     above `max_multiple` times its offer's price, or, while it runs, $0 or below its offer's price

@@ -87,8 +87,7 @@ def replay_per_job(jobs: list[Job], settings: Settings, options: SimOptions) -> 
     timeline: list[Sample] = []
     arrivals = iter(jobs)
     upcoming = next(arrivals, None)
-    deadline = ORIGIN + max(job.submit for job in jobs) + options.drain_limit_s
-    seen_out_by = deadline + options.drain_limit_s  # as the engine's replay (runner.SimOptions)
+    deadline, seen_out_by = options.drain_ends(jobs)
     interval = options.interval(settings)
     completed = calls = peak = 0
     now = ORIGIN

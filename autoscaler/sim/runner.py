@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -80,6 +80,12 @@ class SimOptions:
 
     def catalog(self) -> Catalog:
         return load_catalog(self.catalog_path).deepened(self.market_depth)
+
+    def drain_ends(self, jobs: Sequence[Job]) -> tuple[float, float]:
+        """When a replay ends if a job still waits, and when at the latest if the jobs running are
+        seen out (a speed near 0 or a job of years ends there): both replays, one rule."""
+        deadline = ORIGIN + max(job.submit for job in jobs) + self.drain_limit_s
+        return deadline, deadline + self.drain_limit_s
 
     def interval(self, settings: Settings) -> float:
         """Seconds between cycles: the daemon's (`scheduler.interval_s`), unless this run overrides it."""
@@ -183,8 +189,7 @@ def replay(
     )
     engine = runtime.engine
     offers = _OfferCadence(engine, fake, enabled=options.spare_listings and not _request_faults(options.faults))
-    deadline = ORIGIN + max(job.submit for job in jobs) + options.drain_limit_s
-    seen_out_by = deadline + options.drain_limit_s  # a speed near 0 or a job of years ends here
+    deadline, seen_out_by = options.drain_ends(jobs)
     interval, watch_s = options.interval(settings), options.watch(settings)
     watch = QueueWatch()
     timeline: list[Sample] = []

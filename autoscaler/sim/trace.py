@@ -7,6 +7,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from autoscaler.core.durations import DECADE_S
+
 REQUIRED = ("submit_time", "duration", "gpus")
 
 
@@ -24,8 +26,8 @@ class Job:
     gpus: int
 
 
-# seconds: no submission later, no job longer (ten years; the Philly windows' longest job is weeks)
-MAX_SECONDS = 10 * 366 * 86400.0
+# seconds: no submission later, no job longer (the Philly windows' longest job is weeks)
+MAX_SECONDS = DECADE_S
 
 
 def load_trace(path: str | Path) -> list[Job]:
